@@ -1,0 +1,29 @@
+//! Switchyard's shared domain: what a migration is, how its traffic front moves, how an entity is
+//! bucketed, and the safety rules that every change must pass.
+//!
+//! Pure by design: no I/O, no clocks, no randomness. The server calls [`rules::apply`] with the
+//! current state, the operation, what it knows of the client fleet and the version the change
+//! will get; clients call [`bucket::bucket`] and [`Front::stage_for`] to evaluate locally. Both
+//! sides therefore bucket every entity identically.
+//!
+//! # Layout
+//! - [`types`]: validated newtypes (migration key, basis points, version, reason).
+//! - [`stage`]: the six stages plus `contracted`, and what each means for reads and writes.
+//! - [`front`]: the rollout front `(stage, rollout)` and which stage an entity is at.
+//! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
+//! - [`migration`]: the migration record and its backfill state.
+//! - [`rules`]: safety rules 1–9 as pure functions over a migration and the fleet.
+
+pub mod bucket;
+pub mod front;
+pub mod migration;
+pub mod rules;
+pub mod stage;
+pub mod types;
+
+pub use bucket::bucket;
+pub use front::Front;
+pub use migration::{Backfill, BackfillStatus, Migration, NewMigration};
+pub use rules::{DomainError, Event, Fleet, LiveInstance, Operation, Rule};
+pub use stage::{Plan, Side, Stage};
+pub use types::{BasisPoints, InvalidInput, MigrationKey, Reason, Version};

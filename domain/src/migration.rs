@@ -1,0 +1,123 @@
+//! The migration record: identity, settings, the traffic front and the facts the rules need.
+
+use crate::{BasisPoints, Front, MigrationKey, Stage, Version};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Seven days, the default soak period of the contract gate.
+pub const DEFAULT_SOAK_SECONDS: u64 = 7 * 24 * 3600;
+/// Default share of shadow reads that clients compare: all of them.
+pub const DEFAULT_SHADOW_SAMPLE: BasisPoints = BasisPoints::FULL;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillStatus {
+    /// The migration has no backfill.
+    None,
+    NotStarted,
+    Running,
+    Complete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub status: BackfillStatus,
+    pub rows_done: u64,
+    pub rows_total_estimate: u64,
+    pub started_version: Option<Version>,
+    pub completed_version: Option<Version>,
+}
+
+impl Backfill {
+    pub fn initial(has_backfill: bool) -> Self {
+        Self {
+            status: if has_backfill {
+                BackfillStatus::NotStarted
+            } else {
+                BackfillStatus::None
+            },
+            rows_done: 0,
+            rows_total_estimate: 0,
+            started_version: None,
+            completed_version: None,
+        }
+    }
+}
+
+/// What a release manager gives to create a migration. Validated before it reaches the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMigration {
+    pub key: MigrationKey,
+    pub description: String,
+    pub owner: String,
+    pub entity_kind: String,
+    pub soak_seconds: u64,
+    pub expected_services: Vec<String>,
+    pub has_backfill: bool,
+    pub shadow_sample: BasisPoints,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub key: MigrationKey,
+    pub description: String,
+    pub owner: String,
+    pub entity_kind: String,
+    pub soak_seconds: u64,
+    pub expected_services: Vec<String>,
+    pub has_backfill: bool,
+    /// Bucketing seed, fixed at creation so the same entities lead every stage.
+    pub salt: u64,
+    pub shadow_sample_bp: BasisPoints,
+    pub stage: Stage,
+    pub rollout_bp: BasisPoints,
+    pub version: Version,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub expand_applied: bool,
+    pub backfill: Backfill,
+    /// Set once any entity has been at `complete` (old writes stopped); cleared only by
+    /// recording that the old shape was repaired (rule 6).
+    pub old_shape_stale: bool,
+    /// For each stage, the snapshot version since which every entity has been at that stage or
+    /// beyond, continuously. Rules 3 and 5 ask clients to have applied at least that version;
+    /// the contract gate reads the soak start from it.
+    pub full_since: BTreeMap<Stage, Version>,
+}
+
+impl Migration {
+    /// A new migration sits at `off` with its front at 100%, so the first `advance` moves it
+    /// to `dual_write` at 0% and the release manager ramps from there.
+    pub fn create(new: NewMigration, salt: u64, version: Version, now_ms: i64) -> Self {
+        Self {
+            key: new.key,
+            description: new.description,
+            owner: new.owner,
+            entity_kind: new.entity_kind,
+            soak_seconds: new.soak_seconds,
+            expected_services: new.expected_services,
+            backfill: Backfill::initial(new.has_backfill),
+            has_backfill: new.has_backfill,
+            salt,
+            shadow_sample_bp: new.shadow_sample,
+            stage: Stage::Off,
+            rollout_bp: BasisPoints::FULL,
+            version,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            expand_applied: false,
+            old_shape_stale: false,
+            full_since: BTreeMap::from([(Stage::Off, version)]),
+        }
+    }
+
+    pub fn front(&self) -> Front {
+        Front::new(self.stage, self.rollout_bp)
+    }
+
+    /// The stage of one entity, by key; `None` for an operation without an entity.
+    pub fn stage_for_entity(&self, entity_key: Option<&[u8]>) -> Stage {
+        self.front()
+            .stage_for(entity_key.map(|k| crate::bucket(self.salt, k)))
+    }
+}

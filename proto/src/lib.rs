@@ -1,0 +1,12 @@
+//! The Switchyard wire contract, generated at build time from `proto/switchyard/v1/*.proto`.
+//!
+//! Only transport code (the server's gRPC layer, clients) depends on this crate; domain logic
+//! works on the types of `switchyard-domain` and converts at the edge.
+
+pub mod v1 {
+    tonic::include_proto!("switchyard.v1");
+
+    /// Encoded `FileDescriptorSet` of every Switchyard proto, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
+}

@@ -1,0 +1,347 @@
+//! The operations of the flag server, independent of transport. HTTP and gRPC handlers parse
+//! their wire forms into domain values, call these methods, and map the `ApiError` back.
+
+use crate::auth::{Authenticator, Permission, Principal, Role, generate_token, hash_token};
+use crate::error::ApiError;
+use crate::hub::{Hub, Snapshot};
+use crate::store::{AuditRecord, ClientInstance, Store, TokenRecord};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
+use switchyard_domain::rules::{self, parse_reason};
+use switchyard_domain::types::parse_label;
+use switchyard_domain::{
+    BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Plan, Stage, Version,
+};
+
+/// Milliseconds since the Unix epoch. Injectable so tests can move time without sleeping.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+pub struct App {
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub clock: Clock,
+    /// A client instance is live if it reported within this long.
+    pub client_ttl: Duration,
+}
+
+/// What a release manager sends to create a migration.
+#[derive(Debug, Clone, Default)]
+pub struct CreateMigrationInput {
+    pub key: String,
+    pub description: String,
+    pub owner: String,
+    pub entity_kind: String,
+    pub soak_seconds: Option<u64>,
+    pub expected_services: Vec<String>,
+    pub has_backfill: bool,
+    pub shadow_sample_bp: Option<u32>,
+    pub reason: String,
+}
+
+/// The answer to "what do I do with this entity?".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    pub key: String,
+    pub bucket: Option<u32>,
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub version: Version,
+}
+
+/// How long a mutation's response waits for the local snapshot to include it.
+const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// The largest audit page.
+pub const MAX_AUDIT_PAGE: u32 = 500;
+
+impl App {
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    pub async fn create_migration(
+        &self,
+        who: &Principal,
+        input: CreateMigrationInput,
+    ) -> Result<Migration, ApiError> {
+        who.require(Permission::Operate)?;
+        let reason = parse_reason(&input.reason)?;
+        let key = MigrationKey::parse(&input.key)?;
+        let text = |what: &str, raw: String, max: usize| -> Result<String, ApiError> {
+            if raw.len() > max || raw.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(ApiError::invalid(format!(
+                    "invalid {what}: allowed up to {max} characters of printable text"
+                )));
+            }
+            Ok(raw.trim().to_owned())
+        };
+        let soak_seconds = input.soak_seconds.unwrap_or(DEFAULT_SOAK_SECONDS);
+        if soak_seconds > 365 * 24 * 3600 {
+            return Err(ApiError::invalid(format!(
+                "soak period of {soak_seconds} s is too long: allowed up to one year (31536000 s)"
+            )));
+        }
+        let mut expected_services = input
+            .expected_services
+            .iter()
+            .map(|s| parse_label("expected service", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        expected_services.sort();
+        expected_services.dedup();
+        if expected_services.len() > 64 {
+            return Err(ApiError::invalid(
+                "too many expected services: allowed up to 64",
+            ));
+        }
+        let new = NewMigration {
+            key,
+            description: text("description", input.description, 4000)?,
+            owner: text("owner", input.owner, 200)?,
+            entity_kind: text("entity kind", input.entity_kind, 200)?,
+            soak_seconds,
+            expected_services,
+            has_backfill: input.has_backfill,
+            shadow_sample: input
+                .shadow_sample_bp
+                .map(BasisPoints::new)
+                .transpose()?
+                .unwrap_or(DEFAULT_SHADOW_SAMPLE),
+        };
+        // 53 bits so the salt survives JSON numbers in every language (JavaScript included).
+        let salt = rand::rng().random::<u64>() & ((1 << 53) - 1);
+        let created = self
+            .store
+            .create_migration(new, salt, &who.actor(), &reason, self.now())
+            .await?;
+        self.hub
+            .caught_up(created.version, READ_YOUR_WRITE_WAIT)
+            .await;
+        Ok(created)
+    }
+
+    pub fn get_migration(&self, who: &Principal, key: &str) -> Result<Arc<Migration>, ApiError> {
+        who.require(Permission::Read)?;
+        let key = MigrationKey::parse(key)?;
+        self.hub
+            .get(key.as_str())
+            .ok_or_else(|| ApiError::NotFound(format!("migration {key} does not exist")))
+    }
+
+    pub fn snapshot(&self, who: &Principal) -> Result<Arc<Snapshot>, ApiError> {
+        who.require(Permission::Read)?;
+        Ok(self.hub.snapshot())
+    }
+
+    /// Applies one operation under the safety rules.
+    pub async fn mutate(
+        &self,
+        who: &Principal,
+        key: &str,
+        expected: Version,
+        reason: &str,
+        op: Operation,
+    ) -> Result<Migration, ApiError> {
+        let needs = match op {
+            Operation::Record(Event::ExpandApplied | Event::Contracted) => Permission::RecordSchema,
+            _ => Permission::Operate,
+        };
+        who.require(needs)?;
+        let key = MigrationKey::parse(key)?;
+        let result = self
+            .store
+            .mutate(
+                key.as_str(),
+                &who.actor(),
+                self.now(),
+                self.client_ttl,
+                |current, fleet, next_version| {
+                    let now = self.now();
+                    let (next, reason) =
+                        rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
+                    Ok((next, reason, op.action().to_owned()))
+                },
+            )
+            .await;
+        match result {
+            Ok(done) => {
+                self.hub
+                    .caught_up(done.migration.version, READ_YOUR_WRITE_WAIT)
+                    .await;
+                Ok(done.migration)
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                if let Some(rule) = e.rule() {
+                    crate::metrics::record_refusal(rule);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn audit(
+        &self,
+        who: &Principal,
+        key: &str,
+        limit: Option<u32>,
+        before_id: Option<u64>,
+    ) -> Result<(Vec<AuditRecord>, Option<u64>), ApiError> {
+        who.require(Permission::Read)?;
+        let key = MigrationKey::parse(key)?;
+        if self.hub.get(key.as_str()).is_none() && self.store.get(key.as_str()).await?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "migration {key} does not exist"
+            )));
+        }
+        let limit = match limit {
+            None | Some(0) => 50,
+            Some(n) if n <= MAX_AUDIT_PAGE => n,
+            Some(n) => {
+                return Err(ApiError::invalid(format!(
+                    "page size {n} is too large: allowed 1 to {MAX_AUDIT_PAGE}"
+                )));
+            }
+        };
+        let entries = self.store.audit(key.as_str(), limit, before_id).await?;
+        let next = (entries.len() == limit as usize)
+            .then(|| entries.last().map(|e| e.id))
+            .flatten();
+        Ok((entries, next))
+    }
+
+    /// Server-side evaluation for apps that cannot link the client: always the current state.
+    pub fn decide(
+        &self,
+        who: &Principal,
+        key: &str,
+        entity_key: Option<&str>,
+    ) -> Result<Decision, ApiError> {
+        let migration = self.get_migration(who, key)?;
+        if entity_key.is_some_and(|k| k.len() > 1024) {
+            return Err(ApiError::invalid(
+                "entity key is too long: allowed up to 1024 bytes",
+            ));
+        }
+        let bucket = entity_key.map(|k| switchyard_domain::bucket(migration.salt, k.as_bytes()));
+        let stage: Stage = migration.front().stage_for(bucket);
+        Ok(Decision {
+            key: migration.key.to_string(),
+            bucket,
+            plan: stage.plan(),
+            version: migration.version,
+        })
+    }
+
+    pub async fn heartbeat(
+        &self,
+        who: &Principal,
+        service: &str,
+        instance_id: &str,
+        applied: Version,
+    ) -> Result<Version, ApiError> {
+        who.require(Permission::Read)?;
+        let service = parse_label("service name", service)?;
+        let instance_id = parse_label("instance id", instance_id)?;
+        let current = self.hub.snapshot().version;
+        if applied > current {
+            // A client cannot have applied a version this server has not published; a replica
+            // that is behind will catch up, so allow what the database has.
+            let stored = self.store.snapshot_version().await?;
+            if applied > stored {
+                return Err(ApiError::invalid(format!(
+                    "applied version {applied} is newer than the newest snapshot ({stored})"
+                )));
+            }
+        }
+        self.store
+            .heartbeat(&service, &instance_id, applied, self.now())
+            .await?;
+        Ok(current)
+    }
+
+    /// Instances seen within the last hour; `live` marks those within the client TTL.
+    pub async fn instances(
+        &self,
+        who: &Principal,
+    ) -> Result<Vec<(ClientInstance, bool)>, ApiError> {
+        who.require(Permission::Read)?;
+        let now = self.now();
+        let all = self
+            .store
+            .instances(now, Duration::from_secs(3600).max(self.client_ttl))
+            .await?;
+        let live_after = now - self.client_ttl.as_millis() as i64;
+        Ok(all
+            .into_iter()
+            .map(|i| {
+                let live = i.last_seen_ms >= live_after;
+                (i, live)
+            })
+            .collect())
+    }
+
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        name: &str,
+        role: Role,
+    ) -> Result<(TokenRecord, String), ApiError> {
+        who.require(Permission::ManageTokens)?;
+        let name = parse_label("token name", name)?;
+        let secret = generate_token();
+        let record = self
+            .store
+            .create_token(&name, role, &hash_token(&secret), self.now())
+            .await?;
+        Ok((record, secret))
+    }
+
+    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRecord>, ApiError> {
+        who.require(Permission::ManageTokens)?;
+        Ok(self.store.list_tokens().await?)
+    }
+
+    pub async fn revoke_token(&self, who: &Principal, id: u64) -> Result<TokenRecord, ApiError> {
+        who.require(Permission::ManageTokens)?;
+        let (record, hash) = self.store.revoke_token(id, self.now()).await?;
+        self.auth.forget(&hash).await;
+        Ok(record)
+    }
+
+    /// On an empty token table, creates the first admin token: `preset` if given, else a new
+    /// random one, which is returned so the caller can print it once.
+    pub async fn bootstrap_admin(&self, preset: Option<&str>) -> Result<Option<String>, ApiError> {
+        if self.store.count_tokens().await? > 0 {
+            return Ok(None);
+        }
+        let secret = match preset {
+            Some(t) if t.trim().len() >= 16 => t.trim().to_owned(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "SWITCHYARD_ADMIN_TOKEN is too short: use at least 16 characters",
+                ));
+            }
+            None => generate_token(),
+        };
+        match self
+            .store
+            .create_token("admin", Role::Admin, &hash_token(&secret), self.now())
+            .await
+        {
+            Ok(_) => Ok(preset.is_none().then_some(secret)),
+            // Another replica starting on the same database bootstrapped first.
+            Err(crate::store::StoreError::AlreadyExists(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

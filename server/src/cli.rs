@@ -1,0 +1,704 @@
+//! The `switchyard` command line: `serve` runs the server; every other command is a client of
+//! the HTTP API. Human-readable output by default, `--json` for machines.
+//!
+//! Exit codes: 0 done; 1 refused (a safety rule, a stale version, a conflict); 2 usage error
+//! (bad arguments, unknown migration, invalid input); 3 cannot reach or authenticate (network,
+//! 401/403, server errors).
+
+use crate::startup::ServeConfig;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::time::Duration;
+use switchyard_domain::{BasisPoints, Migration};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Feature flags for expand/contract database migrations"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Remote {
+    /// Server base URL (HTTP API).
+    #[arg(
+        long,
+        env = "SWITCHYARD_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the flag server.
+    Serve(ServeConfig),
+    /// Create, show or list migrations.
+    #[command(subcommand)]
+    Migration(MigrationCommand),
+    /// Move the rollout front: `ramp KEY --percent 12.5`.
+    Ramp {
+        key: String,
+        /// Percentage of entities at the stage, up to two decimals.
+        #[arg(long)]
+        percent: String,
+        /// The stage to ramp (default: the current one). The next stage is allowed when the
+        /// current one is at 100%, the previous one when it is at 0%.
+        #[arg(long)]
+        stage: Option<String>,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Advance to the next stage (needs the current one at 100%).
+    Advance {
+        key: String,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Step back to the previous stage (needs the current one at 0%).
+    Retreat {
+        key: String,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Record a schema or data event.
+    Record {
+        key: String,
+        event: RecordedEvent,
+        /// Rows done (backfill-progress).
+        #[arg(long)]
+        rows_done: Option<u64>,
+        /// Estimated total rows (backfill-progress).
+        #[arg(long)]
+        rows_total: Option<u64>,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Show a migration's audit log, newest first.
+    Audit {
+        key: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Show entries older than this id (for paging).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Ask the server what an operation on an entity should do.
+    Decide {
+        key: String,
+        /// The entity key; omit for an operation without one.
+        #[arg(long)]
+        entity: Option<String>,
+    },
+    /// List client instances seen in the last hour.
+    Instances,
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationCommand {
+    Create {
+        key: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// What the migration is partitioned by, e.g. user_id.
+        #[arg(long, default_value = "")]
+        entity_kind: String,
+        /// Contract-gate soak period (e.g. 7d, 36h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        soak: Option<Duration>,
+        /// A service expected to use the migration (repeatable).
+        #[arg(long = "expected-service")]
+        expected_services: Vec<String>,
+        /// The migration has a backfill.
+        #[arg(long)]
+        backfill: bool,
+        /// Percentage of shadow reads to compare.
+        #[arg(long)]
+        shadow_sample_percent: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    Show {
+        key: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["reader", "operator", "gate", "admin"])]
+        role: String,
+    },
+    List,
+    Revoke {
+        id: u64,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RecordedEvent {
+    ExpandApplied,
+    BackfillStarted,
+    BackfillProgress,
+    BackfillComplete,
+    OldShapeRepaired,
+    Contracted,
+}
+
+/// What every mutating command takes.
+#[derive(Args, Debug)]
+pub struct Change {
+    /// Why (required; kept in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// The version you expect the migration at (default: read it first).
+    #[arg(long)]
+    pub expected_version: Option<u64>,
+}
+
+/// A failed command with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+    pub body: Option<Value>,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+            body: None,
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    remote: Remote,
+}
+
+impl Client {
+    pub fn new(remote: Remote) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client configuration is static"),
+            remote,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let url = format!("{}{}", self.remote.server.trim_end_matches('/'), path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.remote.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach the server at {}: {e}", self.remote.server),
+            body: None,
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("server answered {status}"), str::to_owned);
+        let code = match status.as_u16() {
+            401 | 403 => 3,
+            400 | 404 | 413 => 2,
+            409 | 422 => 1,
+            _ => 3,
+        };
+        let prefix = match value.get("rule").and_then(Value::as_u64) {
+            Some(_) if code == 1 => "refused: ",
+            _ => "",
+        };
+        Err(Failure {
+            code,
+            message: format!("{prefix}{message}"),
+            body: Some(value),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn expected_version(&self, key: &str, given: Option<u64>) -> Result<u64, Failure> {
+        match given {
+            Some(v) => Ok(v),
+            None => {
+                let m = self
+                    .get(&format!("/v1/migrations/{}", path_segment(key)?))
+                    .await?;
+                m.get("version")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| Failure::usage("the server's answer has no version"))
+            }
+        }
+    }
+}
+
+/// Rejects keys that would change the URL path; the server validates the exact form.
+fn path_segment(key: &str) -> Result<&str, Failure> {
+    if key.is_empty() || key.contains(['/', '?', '#', '%']) {
+        return Err(Failure::usage(format!(
+            "invalid migration key {key:?}: allowed a-z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    Ok(key)
+}
+
+/// Runs a client command, printing its result; returns the exit code.
+pub async fn run(remote: Remote, command: Command) -> i32 {
+    let json_output = remote.json;
+    let client = Client::new(remote);
+    match execute(&client, command).await {
+        Ok(output) => {
+            if json_output {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&output.json).unwrap_or_default()
+                );
+            } else {
+                println!("{}", output.human);
+            }
+            0
+        }
+        Err(failure) => {
+            if json_output {
+                let body = failure
+                    .body
+                    .clone()
+                    .unwrap_or_else(|| json!({ "code": "cli_error", "message": failure.message }));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                );
+            }
+            eprintln!("error: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+struct Output {
+    json: Value,
+    human: String,
+}
+
+async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Migration(MigrationCommand::Create {
+            key,
+            description,
+            owner,
+            entity_kind,
+            soak,
+            expected_services,
+            backfill,
+            shadow_sample_percent,
+            reason,
+        }) => {
+            let sample = shadow_sample_percent
+                .map(|p| BasisPoints::from_percent(&p).map(|bp| bp.get()))
+                .transpose()
+                .map_err(|e| Failure::usage(e.0))?;
+            let m = client
+                .post(
+                    "/v1/migrations",
+                    json!({
+                        "key": key, "description": description, "owner": owner,
+                        "entity_kind": entity_kind, "soak_seconds": soak.map(|d| d.as_secs()),
+                        "expected_services": expected_services, "has_backfill": backfill,
+                        "shadow_sample_bp": sample, "reason": reason,
+                    }),
+                )
+                .await?;
+            Ok(migration_output(m, "created"))
+        }
+        Command::Migration(MigrationCommand::Show { key }) => {
+            let m = client
+                .get(&format!("/v1/migrations/{}", path_segment(&key)?))
+                .await?;
+            Ok(migration_output(m, ""))
+        }
+        Command::Migration(MigrationCommand::List) => {
+            let s = client.get("/v1/migrations").await?;
+            let human = list_table(&s);
+            Ok(Output { json: s, human })
+        }
+        Command::Ramp {
+            key,
+            percent,
+            stage,
+            change,
+        } => {
+            let bp = BasisPoints::from_percent(&percent).map_err(|e| Failure::usage(e.0))?;
+            let version = client
+                .expected_version(&key, change.expected_version)
+                .await?;
+            let m = client
+                .post(
+                    &format!("/v1/migrations/{}/rollout", path_segment(&key)?),
+                    json!({ "stage": stage, "rollout_bp": bp.get(),
+                            "expected_version": version, "reason": change.reason }),
+                )
+                .await?;
+            Ok(migration_output(m, "ramped"))
+        }
+        Command::Advance { key, change } => step(client, &key, "advance", change).await,
+        Command::Retreat { key, change } => step(client, &key, "retreat", change).await,
+        Command::Record {
+            key,
+            event,
+            rows_done,
+            rows_total,
+            change,
+        } => {
+            let name = event
+                .to_possible_value()
+                .map(|v| v.get_name().replace('-', "_"))
+                .unwrap_or_default();
+            let version = client
+                .expected_version(&key, change.expected_version)
+                .await?;
+            let m = client
+                .post(
+                    &format!("/v1/migrations/{}/events", path_segment(&key)?),
+                    json!({ "event": name, "expected_version": version, "reason": change.reason,
+                            "rows_done": rows_done, "rows_total_estimate": rows_total }),
+                )
+                .await?;
+            Ok(migration_output(m, &format!("recorded {name}")))
+        }
+        Command::Audit { key, limit, before } => {
+            let mut path = format!("/v1/migrations/{}/audit?limit={limit}", path_segment(&key)?);
+            if let Some(b) = before {
+                path.push_str(&format!("&before_id={b}"));
+            }
+            let page = client.get(&path).await?;
+            let human = audit_table(&page);
+            Ok(Output { json: page, human })
+        }
+        Command::Decide { key, entity } => {
+            let mut path = format!("/v1/migrations/{}/decide", path_segment(&key)?);
+            if let Some(e) = &entity {
+                path.push_str(&format!("?entity_key={}", url_encode(e)));
+            }
+            let d = client.get(&path).await?;
+            let human = format!(
+                "{} for {}: stage {}, write {}, read {}, return {}{}",
+                d["key"].as_str().unwrap_or(""),
+                entity
+                    .as_deref()
+                    .map_or("an operation without entity".to_owned(), |e| {
+                        format!("entity {e} (bucket {})", d["bucket"])
+                    }),
+                d["stage"].as_str().unwrap_or(""),
+                d["write"].as_str().unwrap_or(""),
+                d["read"].as_str().unwrap_or(""),
+                d["return_value"].as_str().unwrap_or(""),
+                if d["shadow_compare"].as_bool() == Some(true) {
+                    ", compare shadow reads"
+                } else {
+                    ""
+                },
+            );
+            Ok(Output { json: d, human })
+        }
+        Command::Instances => {
+            let list = client.get("/v1/clients").await?;
+            let mut human = format!(
+                "{:<24} {:<40} {:>8} {:<5} LAST SEEN\n",
+                "SERVICE", "INSTANCE", "APPLIED", "LIVE"
+            );
+            for i in list["instances"].as_array().into_iter().flatten() {
+                human.push_str(&format!(
+                    "{:<24} {:<40} {:>8} {:<5} {}\n",
+                    i["service"].as_str().unwrap_or(""),
+                    i["instance_id"].as_str().unwrap_or(""),
+                    i["applied_version"],
+                    if i["live"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    time(i["last_seen_ms"].as_i64()),
+                ));
+            }
+            Ok(Output {
+                json: list,
+                human: human.trim_end().to_owned(),
+            })
+        }
+        Command::Token(TokenCommand::Create { name, role }) => {
+            let t = client
+                .post("/v1/tokens", json!({ "name": name, "role": role }))
+                .await?;
+            let human = format!(
+                "created token {} ({}) with role {}; it is shown only now:\n{}",
+                t["info"]["id"],
+                t["info"]["name"].as_str().unwrap_or(""),
+                t["info"]["role"].as_str().unwrap_or(""),
+                t["token"].as_str().unwrap_or("")
+            );
+            Ok(Output { json: t, human })
+        }
+        Command::Token(TokenCommand::List) => {
+            let list = client.get("/v1/tokens").await?;
+            let mut human = format!(
+                "{:>4} {:<24} {:<9} {:<22} REVOKED\n",
+                "ID", "NAME", "ROLE", "CREATED"
+            );
+            for t in list["tokens"].as_array().into_iter().flatten() {
+                human.push_str(&format!(
+                    "{:>4} {:<24} {:<9} {:<22} {}\n",
+                    t["id"],
+                    t["name"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    time(t["created_at_ms"].as_i64()),
+                    t["revoked_at_ms"]
+                        .as_i64()
+                        .map_or("-".to_owned(), |ms| time(Some(ms))),
+                ));
+            }
+            Ok(Output {
+                json: list,
+                human: human.trim_end().to_owned(),
+            })
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let t = client
+                .post(&format!("/v1/tokens/{id}/revoke"), json!({}))
+                .await?;
+            let human = format!(
+                "revoked token {} ({})",
+                t["id"],
+                t["name"].as_str().unwrap_or("")
+            );
+            Ok(Output { json: t, human })
+        }
+    }
+}
+
+async fn step(client: &Client, key: &str, action: &str, change: Change) -> Result<Output, Failure> {
+    let version = client
+        .expected_version(key, change.expected_version)
+        .await?;
+    let m = client
+        .post(
+            &format!("/v1/migrations/{}/{action}", path_segment(key)?),
+            json!({ "expected_version": version, "reason": change.reason }),
+        )
+        .await?;
+    Ok(migration_output(
+        m,
+        if action == "advance" {
+            "advanced"
+        } else {
+            "stepped back"
+        },
+    ))
+}
+
+fn url_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// "dual_write at 25% (the rest at off)".
+fn front_text(m: &Migration) -> String {
+    let front = m.front();
+    match m.stage {
+        switchyard_domain::Stage::Off => "off".to_owned(),
+        switchyard_domain::Stage::Contracted => "contracted".to_owned(),
+        s if front.rollout_bp_full() => format!("{s} at 100%"),
+        s => format!(
+            "{s} at {} (the rest at {})",
+            m.rollout_bp,
+            front.stage_for(Some(u32::MAX))
+        ),
+    }
+}
+
+trait FrontExt {
+    fn rollout_bp_full(&self) -> bool;
+}
+
+impl FrontExt for switchyard_domain::Front {
+    fn rollout_bp_full(&self) -> bool {
+        self.rollout.is_full()
+    }
+}
+
+fn migration_output(value: Value, verb: &str) -> Output {
+    let human = match serde_json::from_value::<Migration>(value.clone()) {
+        Ok(m) => {
+            let backfill = if m.has_backfill {
+                format!(
+                    "{:?} ({} of ~{} rows)",
+                    m.backfill.status, m.backfill.rows_done, m.backfill.rows_total_estimate
+                )
+                .to_lowercase()
+            } else {
+                "none".to_owned()
+            };
+            let services = if m.expected_services.is_empty() {
+                "-".to_owned()
+            } else {
+                m.expected_services.join(", ")
+            };
+            let head = if verb.is_empty() {
+                format!("{} (version {})", m.key, m.version)
+            } else {
+                format!("{verb} {} (now version {})", m.key, m.version)
+            };
+            format!(
+                "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  updated          {}",
+                front_text(&m),
+                if m.description.is_empty() {
+                    "-"
+                } else {
+                    &m.description
+                },
+                if m.owner.is_empty() { "-" } else { &m.owner },
+                if m.entity_kind.is_empty() {
+                    "-"
+                } else {
+                    &m.entity_kind
+                },
+                if m.expand_applied { "yes" } else { "no" },
+                backfill,
+                if m.old_shape_stale {
+                    "yes (repair needed before old reads)"
+                } else {
+                    "no"
+                },
+                humantime::format_duration(Duration::from_secs(m.soak_seconds)),
+                services,
+                time(Some(m.updated_at_ms)),
+            )
+        }
+        Err(_) => value.to_string(),
+    };
+    Output { json: value, human }
+}
+
+fn list_table(snapshot: &Value) -> String {
+    let mut out = format!("{:<40} {:<36} {:>8} UPDATED\n", "KEY", "FRONT", "VERSION");
+    let migrations: Vec<Migration> = snapshot["migrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| serde_json::from_value(m.clone()).ok())
+        .collect();
+    if migrations.is_empty() {
+        return "no migrations yet; create one with `switchyard migration create`".to_owned();
+    }
+    for m in migrations {
+        out.push_str(&format!(
+            "{:<40} {:<36} {:>8} {}\n",
+            m.key.as_str(),
+            front_text(&m),
+            m.version.0,
+            time(Some(m.updated_at_ms))
+        ));
+    }
+    format!(
+        "{}\nsnapshot version {}",
+        out.trim_end(),
+        snapshot["version"]
+    )
+}
+
+fn audit_table(page: &Value) -> String {
+    let mut out = String::new();
+    for e in page["entries"].as_array().into_iter().flatten() {
+        let front = |v: &Value| match (v["stage"].as_str(), v["rollout_bp"].as_u64()) {
+            (Some(s), Some(bp)) => format!(
+                "{s}@{}",
+                BasisPoints::new(bp as u32)
+                    .map(|b| b.to_string())
+                    .unwrap_or_default()
+            ),
+            _ => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "#{:<5} v{:<6} {} {:<20} {:<18} {} -> {}\n        by {}: {}\n",
+            e["id"],
+            e["version"],
+            time(e["at_ms"].as_i64()),
+            e["action"].as_str().unwrap_or(""),
+            "",
+            front(&e["before"]),
+            front(&e["after"]),
+            e["actor"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    if out.is_empty() {
+        return "no audit entries".to_owned();
+    }
+    if let Some(next) = page["next_before_id"].as_u64() {
+        out.push_str(&format!("(older entries: --before {next})"));
+    }
+    out.trim_end().to_owned()
+}

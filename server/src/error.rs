@@ -1,0 +1,153 @@
+//! The API error: one enum for both transports, with exactly one mapping to an HTTP response
+//! (in `http`) and one to a `tonic::Status` (in `grpc`). Internal errors are logged where they
+//! are mapped and never leak their text.
+
+use crate::store::StoreError;
+use switchyard_domain::rules::DomainError;
+use switchyard_domain::{InvalidInput, Migration, Rule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidArgument { message: String, rule: Option<Rule> },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Rule 8: the expected version is stale.
+    #[error("{message}")]
+    Stale {
+        message: String,
+        current: Box<Migration>,
+    },
+    /// A safety rule refused the change.
+    #[error("{message}")]
+    Refused {
+        rule: Rule,
+        message: String,
+        current: Box<Migration>,
+    },
+    /// The operation does not apply to the current state.
+    #[error("{message}")]
+    NotApplicable {
+        message: String,
+        current: Box<Migration>,
+    },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable machine-readable code of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { .. } => "invalid_argument",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::Stale { .. } => "stale_version",
+            ApiError::Refused { .. } => "rule_refused",
+            ApiError::NotApplicable { .. } => "not_applicable",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::PermissionDenied(_) => "permission_denied",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn rule(&self) -> Option<Rule> {
+        match self {
+            ApiError::InvalidArgument { rule, .. } => *rule,
+            ApiError::Refused { rule, .. } => Some(*rule),
+            ApiError::Stale { .. } => Some(Rule::ExpectedVersion),
+            _ => None,
+        }
+    }
+
+    pub fn current(&self) -> Option<&Migration> {
+        match self {
+            ApiError::Stale { current, .. }
+            | ApiError::Refused { current, .. }
+            | ApiError::NotApplicable { current, .. } => Some(current),
+            _ => None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidArgument {
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    /// The message safe to show a caller: internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error; the server log has the details".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> Self {
+        ApiError::invalid(e.0)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    /// For refusals that happen before any migration is loaded (e.g. a create's reason).
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Invalid(e) => e.into(),
+            DomainError::Refused { rule, .. } => ApiError::InvalidArgument {
+                message: e.to_string(),
+                rule: Some(rule),
+            },
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} does not exist")),
+            StoreError::AlreadyExists(what) => {
+                ApiError::AlreadyExists(format!("{what} already exists; pick another name"))
+            }
+            StoreError::Refused { error, current } => match error {
+                DomainError::Stale { .. } => ApiError::Stale {
+                    message: error.to_string(),
+                    current,
+                },
+                // A missing reason is bad input, not a state conflict.
+                DomainError::Refused {
+                    rule: Rule::Reason, ..
+                } => ApiError::InvalidArgument {
+                    message: error.to_string(),
+                    rule: Some(Rule::Reason),
+                },
+                DomainError::Refused { rule, .. } => ApiError::Refused {
+                    rule,
+                    message: error.to_string(),
+                    current,
+                },
+                DomainError::NotApplicable(message) => ApiError::NotApplicable { message, current },
+                DomainError::Invalid(e) => e.into(),
+            },
+            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                ApiError::Unavailable("the database is not answering; retry shortly".to_owned())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The gRPC API (tonic): the same operations and errors as HTTP. The only module that knows
+//! tonic; wire types convert to domain values here.
+
+use crate::app::{App, CreateMigrationInput, Decision};
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::hub::{Snapshot, WatchItem};
+use crate::store::{AuditRecord, TokenRecord};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use std::pin::Pin;
+use std::sync::Arc;
+use switchyard_domain::migration::BackfillStatus;
+use switchyard_domain::{BasisPoints, Event, Migration, Operation, Side, Stage, Version};
+use switchyard_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+pub use pb::switchyard_server::SwitchyardServer;
+
+pub struct GrpcApi {
+    app: Arc<App>,
+}
+
+impl GrpcApi {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        self.app
+            .auth
+            .authenticate(header)
+            .await
+            .map_err(|e| status("auth", e))
+    }
+}
+
+/// The one mapping from `ApiError` to a gRPC status. `details` carries an encoded
+/// `ErrorDetail` (code, rule, current state).
+pub fn status(method: &str, e: ApiError) -> Status {
+    use tonic::Code;
+    let code = match &e {
+        ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+        ApiError::NotFound(_) => Code::NotFound,
+        ApiError::AlreadyExists(_) => Code::AlreadyExists,
+        ApiError::Stale { .. } => Code::Aborted,
+        ApiError::Refused { .. } | ApiError::NotApplicable { .. } => Code::FailedPrecondition,
+        ApiError::Unauthenticated(_) => Code::Unauthenticated,
+        ApiError::PermissionDenied(_) => Code::PermissionDenied,
+        ApiError::PayloadTooLarge(_) => Code::ResourceExhausted,
+        ApiError::Unavailable(_) => Code::Unavailable,
+        ApiError::Internal(detail) => {
+            tracing::error!(%detail, method, "internal error");
+            Code::Internal
+        }
+    };
+    let detail = pb::ErrorDetail {
+        code: e.code().to_owned(),
+        rule: e.rule().map_or(0, |r| r.number()),
+        current: e.current().map(migration_to_pb),
+    };
+    count(method, code);
+    Status::with_details(code, e.public_message(), detail.encode_to_vec().into())
+}
+
+fn count(method: &str, code: tonic::Code) {
+    metrics::counter!(
+        "switchyard_grpc_requests_total",
+        "method" => method.to_owned(),
+        "code" => format!("{code:?}")
+    )
+    .increment(1);
+}
+
+fn ok<T>(method: &str, value: T) -> Result<Response<T>, Status> {
+    count(method, tonic::Code::Ok);
+    Ok(Response::new(value))
+}
+
+pub fn stage_to_pb(s: Stage) -> pb::Stage {
+    match s {
+        Stage::Off => pb::Stage::Off,
+        Stage::DualWrite => pb::Stage::DualWrite,
+        Stage::Shadow => pb::Stage::Shadow,
+        Stage::Live => pb::Stage::Live,
+        Stage::Rampdown => pb::Stage::Rampdown,
+        Stage::Complete => pb::Stage::Complete,
+        Stage::Contracted => pb::Stage::Contracted,
+    }
+}
+
+/// `None` for STAGE_UNSPECIFIED.
+pub fn stage_from_pb(raw: i32) -> Result<Option<Stage>, ApiError> {
+    let stage = match pb::Stage::try_from(raw) {
+        Ok(pb::Stage::Unspecified) => return Ok(None),
+        Ok(pb::Stage::Off) => Stage::Off,
+        Ok(pb::Stage::DualWrite) => Stage::DualWrite,
+        Ok(pb::Stage::Shadow) => Stage::Shadow,
+        Ok(pb::Stage::Live) => Stage::Live,
+        Ok(pb::Stage::Rampdown) => Stage::Rampdown,
+        Ok(pb::Stage::Complete) => Stage::Complete,
+        Ok(pb::Stage::Contracted) => Stage::Contracted,
+        Err(_) => {
+            return Err(ApiError::invalid(format!(
+                "unknown stage {raw}: allowed STAGE_OFF (1) to STAGE_CONTRACTED (7)"
+            )));
+        }
+    };
+    Ok(Some(stage))
+}
+
+fn side_to_pb(s: Side) -> i32 {
+    (match s {
+        Side::Old => pb::Side::Old,
+        Side::New => pb::Side::New,
+        Side::Both => pb::Side::Both,
+    }) as i32
+}
+
+fn role_to_pb(r: Role) -> i32 {
+    (match r {
+        Role::Reader => pb::Role::Reader,
+        Role::Operator => pb::Role::Operator,
+        Role::Gate => pb::Role::Gate,
+        Role::Admin => pb::Role::Admin,
+    }) as i32
+}
+
+fn role_from_pb(raw: i32) -> Result<Role, ApiError> {
+    match pb::Role::try_from(raw) {
+        Ok(pb::Role::Reader) => Ok(Role::Reader),
+        Ok(pb::Role::Operator) => Ok(Role::Operator),
+        Ok(pb::Role::Gate) => Ok(Role::Gate),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        _ => Err(ApiError::invalid(format!(
+            "invalid role {raw}: allowed ROLE_READER, ROLE_OPERATOR, ROLE_GATE, ROLE_ADMIN"
+        ))),
+    }
+}
+
+pub fn migration_to_pb(m: &Migration) -> pb::Migration {
+    let backfill_status = match m.backfill.status {
+        BackfillStatus::None => pb::BackfillStatus::None,
+        BackfillStatus::NotStarted => pb::BackfillStatus::NotStarted,
+        BackfillStatus::Running => pb::BackfillStatus::Running,
+        BackfillStatus::Complete => pb::BackfillStatus::Complete,
+    };
+    pb::Migration {
+        key: m.key.to_string(),
+        description: m.description.clone(),
+        owner: m.owner.clone(),
+        entity_kind: m.entity_kind.clone(),
+        soak_seconds: m.soak_seconds,
+        expected_services: m.expected_services.clone(),
+        has_backfill: m.has_backfill,
+        salt: m.salt,
+        stage: stage_to_pb(m.stage) as i32,
+        rollout_bp: m.rollout_bp.get(),
+        version: m.version.0,
+        created_at_ms: m.created_at_ms,
+        updated_at_ms: m.updated_at_ms,
+        expand_applied: m.expand_applied,
+        backfill: Some(pb::Backfill {
+            status: backfill_status as i32,
+            rows_done: m.backfill.rows_done,
+            rows_total_estimate: m.backfill.rows_total_estimate,
+            started_version: m.backfill.started_version.map_or(0, |v| v.0),
+            completed_version: m.backfill.completed_version.map_or(0, |v| v.0),
+        }),
+        old_shape_stale: m.old_shape_stale,
+        shadow_sample_bp: m.shadow_sample_bp.get(),
+    }
+}
+
+fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        version: s.version.0,
+        migrations: s.migrations.values().map(|m| migration_to_pb(m)).collect(),
+    }
+}
+
+fn decision_to_pb(d: Decision) -> pb::Decision {
+    pb::Decision {
+        key: d.key,
+        stage: stage_to_pb(d.plan.stage) as i32,
+        bucket: d.bucket.unwrap_or(0),
+        has_bucket: d.bucket.is_some(),
+        write: side_to_pb(d.plan.write),
+        authoritative_write: side_to_pb(d.plan.authoritative_write),
+        read: side_to_pb(d.plan.read),
+        return_value: side_to_pb(d.plan.return_value),
+        shadow_compare: d.plan.shadow_compare,
+        version: d.version.0,
+    }
+}
+
+fn token_to_pb(t: TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id,
+        name: t.name,
+        role: role_to_pb(t.role),
+        created_at_ms: t.created_at_ms,
+        revoked_at_ms: t.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+fn audit_to_pb(e: AuditRecord) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: e.id,
+        migration_key: e.migration_key,
+        version: e.version.0,
+        actor: e.actor,
+        at_ms: e.at_ms,
+        action: e.action,
+        reason: e.reason,
+        before_json: e.before_json,
+        after_json: e.after_json,
+    }
+}
+
+fn event_from_pb(r: &pb::RecordEventRequest) -> Result<Event, ApiError> {
+    Ok(match pb::EventKind::try_from(r.event) {
+        Ok(pb::EventKind::ExpandApplied) => Event::ExpandApplied,
+        Ok(pb::EventKind::BackfillStarted) => Event::BackfillStarted,
+        Ok(pb::EventKind::BackfillProgress) => Event::BackfillProgress {
+            rows_done: r.rows_done,
+            rows_total_estimate: r.rows_total_estimate,
+        },
+        Ok(pb::EventKind::BackfillComplete) => Event::BackfillComplete,
+        Ok(pb::EventKind::OldShapeRepaired) => Event::OldShapeRepaired,
+        Ok(pb::EventKind::Contracted) => Event::Contracted,
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "invalid event {}: allowed EVENT_KIND_EXPAND_APPLIED (1) to \
+                 EVENT_KIND_CONTRACTED (6)",
+                r.event
+            )));
+        }
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::switchyard_server::Switchyard for GrpcApi {
+    async fn create_migration(
+        &self,
+        request: Request<pb::CreateMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        const M: &str = "CreateMigration";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let input = CreateMigrationInput {
+            key: r.key,
+            description: r.description,
+            owner: r.owner,
+            entity_kind: r.entity_kind,
+            soak_seconds: (r.soak_seconds > 0).then_some(r.soak_seconds),
+            expected_services: r.expected_services,
+            has_backfill: r.has_backfill,
+            shadow_sample_bp: (r.shadow_sample_bp > 0).then_some(r.shadow_sample_bp),
+            reason: r.reason,
+        };
+        match self.app.create_migration(&who, input).await {
+            Ok(m) => ok(M, migration_to_pb(&m)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn get_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        const M: &str = "GetMigration";
+        let who = self.caller(&request).await?;
+        match self.app.get_migration(&who, &request.get_ref().key) {
+            Ok(m) => ok(M, migration_to_pb(&m)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_migrations(
+        &self,
+        request: Request<pb::ListMigrationsRequest>,
+    ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
+        const M: &str = "ListMigrations";
+        let who = self.caller(&request).await?;
+        match self.app.snapshot(&who) {
+            Ok(s) => ok(
+                M,
+                pb::ListMigrationsResponse {
+                    migrations: snapshot_to_pb(&s).migrations,
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn set_rollout(
+        &self,
+        request: Request<pb::SetRolloutRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        const M: &str = "SetRollout";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let result = async {
+            let op = Operation::SetRollout {
+                stage: stage_from_pb(r.stage)?,
+                rollout: BasisPoints::new(r.rollout_bp)?,
+            };
+            self.app
+                .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
+                .await
+        }
+        .await;
+        match result {
+            Ok(m) => ok(M, migration_to_pb(&m)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn advance(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.step("Advance", request, Operation::Advance).await
+    }
+
+    async fn retreat(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.step("Retreat", request, Operation::Retreat).await
+    }
+
+    async fn record_event(
+        &self,
+        request: Request<pb::RecordEventRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        const M: &str = "RecordEvent";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let result = async {
+            let event = event_from_pb(&r)?;
+            self.app
+                .mutate(
+                    &who,
+                    &r.key,
+                    Version(r.expected_version),
+                    &r.reason,
+                    Operation::Record(event),
+                )
+                .await
+        }
+        .await;
+        match result {
+            Ok(m) => ok(M, migration_to_pb(&m)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        const M: &str = "Audit";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let before = (r.before_id > 0).then_some(r.before_id);
+        match self.app.audit(&who, &r.key, Some(r.limit), before).await {
+            Ok((entries, next)) => ok(
+                M,
+                pb::AuditResponse {
+                    entries: entries.into_iter().map(audit_to_pb).collect(),
+                    next_before_id: next.unwrap_or(0),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        const M: &str = "GetSnapshot";
+        let who = self.caller(&request).await?;
+        match self.app.snapshot(&who) {
+            Ok(s) => ok(M, snapshot_to_pb(&s)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        const M: &str = "Watch";
+        let who = self.caller(&request).await?;
+        self.app.snapshot(&who).map_err(|e| status(M, e))?;
+        let since = Version(request.get_ref().since_version);
+        let stream = self.app.hub.watch(since).map(|item| {
+            Ok(pb::WatchEvent {
+                event: Some(match item {
+                    WatchItem::Snapshot(s) => pb::watch_event::Event::Snapshot(snapshot_to_pb(&s)),
+                    WatchItem::Change(m) => pb::watch_event::Event::Change(migration_to_pb(&m)),
+                }),
+            })
+        });
+        ok(M, Box::pin(stream) as WatchStream)
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        const M: &str = "Decide";
+        let who = self.caller(&request).await?;
+        let r = request.get_ref();
+        let entity = (!r.entity_key.is_empty()).then_some(r.entity_key.as_str());
+        match self.app.decide(&who, &r.key, entity) {
+            Ok(d) => ok(M, decision_to_pb(d)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        const M: &str = "Heartbeat";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        match self
+            .app
+            .heartbeat(&who, &r.service, &r.instance_id, Version(r.applied_version))
+            .await
+        {
+            Ok(v) => ok(
+                M,
+                pb::HeartbeatResponse {
+                    snapshot_version: v.0,
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        const M: &str = "ListInstances";
+        let who = self.caller(&request).await?;
+        match self.app.instances(&who).await {
+            Ok(list) => ok(
+                M,
+                pb::ListInstancesResponse {
+                    instances: list
+                        .into_iter()
+                        .map(|(i, live)| pb::Instance {
+                            service: i.service,
+                            instance_id: i.instance_id,
+                            applied_version: i.applied_version.0,
+                            last_seen_ms: i.last_seen_ms,
+                            live,
+                        })
+                        .collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        const M: &str = "CreateToken";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let result = async {
+            let role = role_from_pb(r.role)?;
+            self.app.create_token(&who, &r.name, role).await
+        }
+        .await;
+        match result {
+            Ok((record, token)) => ok(
+                M,
+                pb::CreateTokenResponse {
+                    info: Some(token_to_pb(record)),
+                    token,
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        const M: &str = "ListTokens";
+        let who = self.caller(&request).await?;
+        match self.app.list_tokens(&who).await {
+            Ok(list) => ok(
+                M,
+                pb::ListTokensResponse {
+                    tokens: list.into_iter().map(token_to_pb).collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        const M: &str = "RevokeToken";
+        let who = self.caller(&request).await?;
+        match self.app.revoke_token(&who, request.get_ref().id).await {
+            Ok(t) => ok(M, token_to_pb(t)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+}
+
+impl GrpcApi {
+    async fn step(
+        &self,
+        method: &str,
+        request: Request<pb::StepRequest>,
+        op: Operation,
+    ) -> Result<Response<pb::Migration>, Status> {
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        match self
+            .app
+            .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
+            .await
+        {
+            Ok(m) => ok(method, migration_to_pb(&m)),
+            Err(e) => Err(status(method, e)),
+        }
+    }
+}

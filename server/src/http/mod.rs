@@ -1,0 +1,502 @@
+//! The HTTP/JSON API (axum), under `/v1/`, plus health, readiness, metrics and the OpenAPI
+//! document. The only module that knows HTTP.
+
+mod json;
+
+use crate::app::{App, CreateMigrationInput};
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::hub::WatchItem;
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, extract::DefaultBodyLimit};
+use futures::StreamExt;
+use json::{ApiJson, AuditPage, InstanceJson, SnapshotJson, TokenJson};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_domain::{BasisPoints, Event, Operation, Stage, Version};
+
+/// Request bodies above this are refused with 413; no legitimate request comes close.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/migrations", post(create_migration).get(list_migrations))
+        .route("/migrations/{key}", get(get_migration))
+        .route("/migrations/{key}/rollout", post(set_rollout))
+        .route("/migrations/{key}/advance", post(advance))
+        .route("/migrations/{key}/retreat", post(retreat))
+        .route("/migrations/{key}/events", post(record_event))
+        .route("/migrations/{key}/audit", get(audit))
+        .route("/migrations/{key}/decide", get(decide))
+        .route("/snapshot", get(snapshot))
+        .route("/watch", get(watch))
+        .route("/clients/heartbeat", post(heartbeat))
+        .route("/clients", get(instances))
+        .route("/tokens", post(create_token).get(list_tokens))
+        .route("/tokens/{id}/revoke", post(revoke_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async { crate::metrics::handle().render() }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        )
+        .fallback(|| async {
+            ApiError::NotFound("no such route; the API is described at /openapi.json".to_owned())
+        })
+        .layer(axum::middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics::counter!(
+        "switchyard_http_requests_total",
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::AlreadyExists(_) | ApiError::Stale { .. } => StatusCode::CONFLICT,
+            ApiError::Refused { .. } | ApiError::NotApplicable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut body = serde_json::json!({
+            "code": self.code(),
+            "message": self.public_message(),
+        });
+        if let Some(rule) = self.rule() {
+            body["rule"] = rule.number().into();
+        }
+        if let Some(current) = self.current() {
+            body["current"] = serde_json::to_value(current).unwrap_or_default();
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// The authenticated caller of a `/v1/` route.
+struct Caller(Principal);
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        Ok(Caller(app.auth.authenticate(header).await?))
+    }
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
+    app.store
+        .ping()
+        .await
+        .map_err(|_| ApiError::Unavailable("database unreachable".to_owned()))?;
+    Ok("ready")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateMigrationBody {
+    key: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    entity_kind: String,
+    soak_seconds: Option<u64>,
+    #[serde(default)]
+    expected_services: Vec<String>,
+    #[serde(default)]
+    has_backfill: bool,
+    shadow_sample_bp: Option<u32>,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn create_migration(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<CreateMigrationBody>,
+) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let created = app
+        .create_migration(
+            &who,
+            CreateMigrationInput {
+                key: body.key,
+                description: body.description,
+                owner: body.owner,
+                entity_kind: body.entity_kind,
+                soak_seconds: body.soak_seconds,
+                expected_services: body.expected_services,
+                has_backfill: body.has_backfill,
+                shadow_sample_bp: body.shadow_sample_bp,
+                reason: body.reason,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, json::to_json(&created)))
+}
+
+async fn list_migrations(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let snapshot = app.snapshot(&who)?;
+    Ok(axum::Json(SnapshotJson::from(&*snapshot)).into_response())
+}
+
+async fn get_migration(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(json::to_json(&*app.get_migration(&who, &key)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    stage: Option<String>,
+    rollout_bp: u32,
+    expected_version: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn set_rollout(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<RolloutBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let op = Operation::SetRollout {
+        stage: body.stage.as_deref().map(Stage::parse).transpose()?,
+        rollout: BasisPoints::new(body.rollout_bp)?,
+    };
+    let done = app
+        .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
+        .await?;
+    Ok(json::to_json(&done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    expected_version: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn advance(
+    state: State<Arc<App>>,
+    caller: Caller,
+    key: Path<String>,
+    body: ApiJson<StepBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    step(state, caller, key, body, Operation::Advance).await
+}
+
+async fn retreat(
+    state: State<Arc<App>>,
+    caller: Caller,
+    key: Path<String>,
+    body: ApiJson<StepBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    step(state, caller, key, body, Operation::Retreat).await
+}
+
+async fn step(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<StepBody>,
+    op: Operation,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let done = app
+        .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
+        .await?;
+    Ok(json::to_json(&done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    event: String,
+    expected_version: u64,
+    #[serde(default)]
+    reason: String,
+    rows_done: Option<u64>,
+    rows_total_estimate: Option<u64>,
+}
+
+/// Parses an event name as the API and CLI spell it (`expand_applied` or `expand-applied`).
+pub fn parse_event(
+    name: &str,
+    rows_done: Option<u64>,
+    rows_total_estimate: Option<u64>,
+) -> Result<Event, ApiError> {
+    let event = match name.replace('-', "_").as_str() {
+        "expand_applied" => Event::ExpandApplied,
+        "backfill_started" => Event::BackfillStarted,
+        "backfill_progress" => Event::BackfillProgress {
+            rows_done: rows_done.ok_or_else(|| {
+                ApiError::invalid("backfill_progress needs rows_done (and rows_total_estimate)")
+            })?,
+            rows_total_estimate: rows_total_estimate.unwrap_or(0),
+        },
+        "backfill_complete" => Event::BackfillComplete,
+        "old_shape_repaired" => Event::OldShapeRepaired,
+        "contracted" => Event::Contracted,
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "unknown event {:?}: allowed expand_applied, backfill_started, \
+                 backfill_progress, backfill_complete, old_shape_repaired, contracted",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+    };
+    Ok(event)
+}
+
+async fn record_event(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<EventBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let event = parse_event(&body.event, body.rows_done, body.rows_total_estimate)?;
+    let done = app
+        .mutate(
+            &who,
+            &key,
+            Version(body.expected_version),
+            &body.reason,
+            Operation::Record(event),
+        )
+        .await?;
+    Ok(json::to_json(&done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+    before_id: Option<u64>,
+}
+
+async fn audit(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    let (entries, next) = app.audit(&who, &key, q.limit, q.before_id).await?;
+    Ok(axum::Json(AuditPage::new(entries, next)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideQuery {
+    entity_key: Option<String>,
+}
+
+async fn decide(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    query: Result<Query<DecideQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<crate::app::Decision>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    Ok(axum::Json(app.decide(
+        &who,
+        &key,
+        q.entity_key.as_deref(),
+    )?))
+}
+
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let snapshot = app.snapshot(&who)?;
+    let etag = format!("\"v{}\"", snapshot.version);
+    let unchanged = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag)]).into_response());
+    }
+    Ok(([(ETAG, etag)], axum::Json(SnapshotJson::from(&*snapshot))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    since: Option<u64>,
+}
+
+/// Server-sent events: `snapshot` first, then `change` per migration change; each event's id is
+/// its version, so a reconnecting EventSource resumes with `Last-Event-ID`.
+async fn watch(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    app.snapshot(&who)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let since = Version(q.since.or(last_event_id).unwrap_or(0));
+    let stream = app.hub.watch(since).map(|item| {
+        let event = match item {
+            WatchItem::Snapshot(s) => SseEvent::default()
+                .event("snapshot")
+                .id(s.version.to_string())
+                .json_data(SnapshotJson::from(&*s)),
+            WatchItem::Change(m) => SseEvent::default()
+                .event("change")
+                .id(m.version.to_string())
+                .json_data(&*m),
+        };
+        Ok(event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatBody {
+    service: String,
+    instance_id: String,
+    applied_version: u64,
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<HeartbeatBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let current = app
+        .heartbeat(
+            &who,
+            &body.service,
+            &body.instance_id,
+            Version(body.applied_version),
+        )
+        .await?;
+    Ok(axum::Json(
+        serde_json::json!({ "snapshot_version": current }),
+    ))
+}
+
+async fn instances(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let list: Vec<InstanceJson> = app
+        .instances(&who)
+        .await?
+        .into_iter()
+        .map(InstanceJson::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "instances": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    role: String,
+}
+
+async fn create_token(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let role = Role::parse(&body.role).map_err(ApiError::invalid)?;
+    let (record, secret) = app.create_token(&who, &body.name, role).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "info": TokenJson::from(record), "token": secret })),
+    ))
+}
+
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let tokens: Vec<TokenJson> = app
+        .list_tokens(&who)
+        .await?
+        .into_iter()
+        .map(TokenJson::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "tokens": tokens })))
+}
+
+async fn revoke_token(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TokenJson>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("invalid token id {id:?}: allowed a number")))?;
+    Ok(axum::Json(TokenJson::from(
+        app.revoke_token(&who, id).await?,
+    )))
+}

@@ -1,0 +1,227 @@
+//! The in-memory snapshot and its fan-out to watchers.
+//!
+//! One follower task per server owns the snapshot: it reads every change committed after the
+//! version it holds (`Store::changed_since`), swaps in the new snapshot, then broadcasts each
+//! changed migration in version order. It wakes when this replica commits (`poke`), when
+//! Postgres announces a commit made through another replica (LISTEN/NOTIFY), and on a short
+//! timer as a safety net for a missed notification. Because the database commits in version
+//! order (see `store`), reading "everything after N" never skips a change.
+//!
+//! Readers (decide, snapshot, watch) only clone an `Arc` under a briefly held lock.
+
+use crate::store::{Backend, NOTIFY_CHANNEL, Store};
+use futures::Stream;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use switchyard_domain::{Migration, Version};
+use tokio::sync::{Notify, broadcast, watch};
+
+/// All migrations at one snapshot version.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub version: Version,
+    pub migrations: BTreeMap<String, Arc<Migration>>,
+}
+
+/// What a watcher receives: the full snapshot first (and again after falling behind), then each
+/// change with its version.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    Snapshot(Arc<Snapshot>),
+    Change(Arc<Migration>),
+}
+
+pub struct Hub {
+    store: Arc<Store>,
+    current: RwLock<Arc<Snapshot>>,
+    changes: broadcast::Sender<Arc<Migration>>,
+    version: watch::Sender<Version>,
+    poke: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Changes buffered per watcher before it counts as lagging and is sent a fresh snapshot.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Safety-net refresh period: bounds how stale a replica can be if a NOTIFY is lost.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Hub {
+    /// Loads the full snapshot and starts the follower (and, on Postgres, the listener).
+    pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, crate::store::StoreError> {
+        let (migrations, version) = store.changed_since(Version(0)).await?;
+        let snapshot = Snapshot {
+            version,
+            migrations: migrations
+                .into_iter()
+                .map(|m| (m.key.to_string(), Arc::new(m)))
+                .collect(),
+        };
+        let hub = Arc::new(Self {
+            store,
+            current: RwLock::new(Arc::new(snapshot)),
+            changes: broadcast::channel(BROADCAST_CAPACITY).0,
+            version: watch::channel(version).0,
+            poke: Notify::new(),
+            shutdown: watch::channel(false).0,
+        });
+        tokio::spawn(hub.clone().follow());
+        if hub.store.backend() == Backend::Postgres {
+            tokio::spawn(hub.clone().listen());
+        }
+        Ok(hub)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().expect("snapshot lock poisoned").clone()
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Migration>> {
+        self.current
+            .read()
+            .expect("snapshot lock poisoned")
+            .migrations
+            .get(key)
+            .cloned()
+    }
+
+    /// Asks the follower to read new changes now.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Waits until the snapshot holds `version` (or `timeout` passes), so a caller that just
+    /// committed reads its own write from the snapshot.
+    pub async fn caught_up(&self, version: Version, timeout: Duration) -> bool {
+        self.poke();
+        let mut rx = self.version.subscribe();
+        tokio::time::timeout(timeout, reach(&mut rx, version))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Ends every watch stream and stops the background tasks.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+        self.poke.notify_one();
+    }
+
+    /// The watch stream: never an older state than `since`, then every change exactly once in
+    /// version order. Ends when the server shuts down.
+    pub fn watch(self: &Arc<Self>, since: Version) -> impl Stream<Item = WatchItem> + Send + use<> {
+        let hub = self.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        async_stream::stream! {
+            let _open = crate::metrics::OpenWatch::new();
+            // A replica behind the caller waits until it has caught up rather than send an
+            // older state.
+            let mut version_rx = hub.version.subscribe();
+            tokio::select! {
+                reached = reach(&mut version_rx, since) => if !reached { return },
+                _ = stopped(&mut shutdown) => return,
+            }
+            let mut changes = hub.changes.subscribe();
+            let snapshot = hub.snapshot();
+            let mut last = snapshot.version;
+            yield WatchItem::Snapshot(snapshot);
+            loop {
+                tokio::select! {
+                    received = changes.recv() => match received {
+                        Ok(m) if m.version > last => {
+                            last = m.version;
+                            yield WatchItem::Change(m);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let snapshot = hub.snapshot();
+                            last = snapshot.version;
+                            yield WatchItem::Snapshot(snapshot);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+    }
+
+    async fn follow(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "reading new changes failed; retrying");
+            }
+            tokio::select! {
+                _ = self.poke.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn refresh(&self) -> Result<(), crate::store::StoreError> {
+        let held = self.snapshot();
+        let (changed, version) = self.store.changed_since(held.version).await?;
+        if version <= held.version {
+            return Ok(());
+        }
+        let mut next = (*held).clone();
+        next.version = version;
+        let changed: Vec<Arc<Migration>> = changed.into_iter().map(Arc::new).collect();
+        for m in &changed {
+            next.migrations.insert(m.key.to_string(), m.clone());
+        }
+        *self.current.write().expect("snapshot lock poisoned") = Arc::new(next);
+        for m in changed {
+            // No receivers is fine: nobody is watching.
+            let _ = self.changes.send(m);
+        }
+        self.version.send_replace(version);
+        metrics::gauge!("switchyard_snapshot_version").set(version.0 as f64);
+        Ok(())
+    }
+
+    /// Postgres: wakes the follower on every change committed through any replica.
+    async fn listen(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect(self.store.url()).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                // Anything committed while we were not listening.
+                self.poke();
+                loop {
+                    listener.recv().await?;
+                    self.poke();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                result = listener => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "change listener lost; reconnecting");
+                    }
+                }
+                _ = stopped(&mut shutdown) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it before anything else awaits.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Resolves to whether the published version reached `version` (false if the hub is gone).
+async fn reach(rx: &mut watch::Receiver<Version>, version: Version) -> bool {
+    rx.wait_for(|v| *v >= version).await.map(|_| ()).is_ok()
+}

@@ -1,0 +1,26 @@
+//! The Switchyard flag server: stores migrations and their traffic state, enforces the safety
+//! rules, and serves them over HTTP/JSON and gRPC to clients, release managers and pipelines.
+//! The `switchyard` binary (this crate's `main.rs`) is both the server and the CLI.
+//!
+//! # Layout
+//! - [`store`]: SQLite/Postgres persistence; the only module that knows SQL.
+//! - [`hub`]: the in-memory snapshot, change following (LISTEN/NOTIFY) and watch fan-out.
+//! - [`app`]: the operations, transport-independent; calls the domain's rules.
+//! - [`auth`]: bearer tokens and roles.
+//! - [`error`]: the API error both transports map.
+//! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one.
+//! - [`startup`]: configuration, listeners, graceful shutdown.
+//! - [`cli`]: the command-line client of the HTTP API.
+//! - [`metrics`]: Prometheus counters and gauges.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod openapi;
+pub mod startup;
+pub mod store;

@@ -1,0 +1,63 @@
+//! Prometheus metrics. The recorder is process-wide (the `metrics` facade has one global
+//! recorder), installed on first use; `/metrics` renders it.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (e.g. by an embedding application); then
+        // this handle renders an empty registry rather than failing start-up.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "switchyard_http_requests_total",
+        "HTTP requests by route and status"
+    );
+    metrics::describe_counter!(
+        "switchyard_grpc_requests_total",
+        "gRPC requests by method and status code"
+    );
+    metrics::describe_gauge!(
+        "switchyard_open_watches",
+        "Open watch streams (gRPC and SSE)"
+    );
+    metrics::describe_gauge!(
+        "switchyard_snapshot_version",
+        "Snapshot version held by this replica"
+    );
+    metrics::describe_counter!(
+        "switchyard_refusals_total",
+        "Mutations refused, by safety rule"
+    );
+}
+
+pub fn record_refusal(rule: switchyard_domain::Rule) {
+    metrics::counter!("switchyard_refusals_total", "rule" => rule.number().to_string())
+        .increment(1);
+}
+
+/// Counts an open watch stream for as long as it lives.
+pub struct OpenWatch(());
+
+impl OpenWatch {
+    pub fn new() -> Self {
+        metrics::gauge!("switchyard_open_watches").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        metrics::gauge!("switchyard_open_watches").decrement(1.0);
+    }
+}

@@ -1,0 +1,190 @@
+//! Builds the server from its configuration, binds both listeners (port 0 works: the bound
+//! addresses are exposed), and runs until a shutdown is requested. Shutdown ends watch streams
+//! first, so both transports can drain their in-flight requests and stop.
+
+use crate::app::{App, Clock};
+use crate::auth::Authenticator;
+use crate::grpc::{GrpcApi, SwitchyardServer};
+use crate::hub::Hub;
+use crate::store::Store;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything `switchyard serve` is configured with.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// HTTP/JSON API, dashboard, health and metrics address.
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// gRPC address.
+    #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_DATABASE_URL",
+        default_value = "sqlite://switchyard.db"
+    )]
+    pub database_url: String,
+    /// A client instance counts as live if it reported within this long (e.g. 30s).
+    #[arg(long, env = "SWITCHYARD_CLIENT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub client_ttl: Duration,
+    /// First admin token, used only when the store has no token yet; if unset, one is
+    /// generated and printed once.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub app: Arc<App>,
+    /// The admin token generated on an empty store, to be shown once.
+    pub generated_admin_token: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(config: ServeConfig, clock: Clock) -> anyhow::Result<Server> {
+        crate::metrics::handle();
+        let store = Arc::new(
+            Store::connect(&config.database_url)
+                .await
+                .with_context(|| {
+                    format!("opening the store at {}", redact(&config.database_url))
+                })?,
+        );
+        let hub = Hub::start(store.clone()).await?;
+        let app = Arc::new(App {
+            auth: Authenticator::new(store.clone()),
+            store,
+            hub,
+            clock,
+            client_ttl: config.client_ttl,
+        });
+        let generated_admin_token = app
+            .bootstrap_admin(config.admin_token.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the first admin token: {e}"))?;
+
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let (shutdown, _) = watch::channel(false);
+
+        let router = crate::http::router(app.clone());
+        let mut stop = shutdown.subscribe();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("HTTP server")
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SwitchyardServer<GrpcApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let api = SwitchyardServer::new(GrpcApi::new(app.clone()))
+            .max_decoding_message_size(crate::http::MAX_BODY_BYTES);
+        let mut stop = shutdown.subscribe();
+        let grpc_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(api)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+                .context("gRPC server")
+        });
+
+        tracing::info!(%http_addr, %grpc_addr, "switchyard serving");
+        Ok(Server {
+            http_addr,
+            grpc_addr,
+            app,
+            generated_admin_token,
+            shutdown,
+            tasks: vec![http_task, grpc_task],
+        })
+    }
+
+    /// Ends watch streams, drains in-flight requests, stops background tasks and closes the
+    /// database pool.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.app.hub.shut_down();
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            task.await??;
+        }
+        self.app.store.close().await;
+        Ok(())
+    }
+}
+
+/// The database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}
