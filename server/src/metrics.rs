@@ -14,6 +14,8 @@ pub fn handle() -> &'static PrometheusHandle {
         // this handle renders an empty registry rather than failing start-up.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        // Present from the start, so dashboards and alerts see 0 rather than nothing.
+        metrics::gauge!("switchyard_open_watches").set(0.0);
         handle
     })
 }

@@ -1,3 +1,200 @@
-pub fn document() -> serde_json::Value {
-    serde_json::json!({})
+//! The OpenAPI 3.1 document of the HTTP API, served at `/openapi.json`. Written by hand next to
+//! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears.
+
+use serde_json::{Value, json};
+
+pub fn document() -> Value {
+    let key = json!({ "name": "key", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
+    let errors = |codes: &[&str]| -> Value {
+        let mut map = serde_json::Map::new();
+        for code in codes {
+            let description = match *code {
+                "400" => "Invalid input (code invalid_argument; rule 9 for a missing reason)",
+                "401" => "Missing, malformed, unknown or revoked token",
+                "403" => "The token's role does not allow this",
+                "404" => "Unknown migration",
+                "409" => {
+                    "Stale expected version (stale_version, rule 8, with `current`) or already exists"
+                }
+                "413" => "Body larger than 64 KiB",
+                "422" => {
+                    "Refused by a safety rule (rule_refused, with `rule` and `current`) or not applicable to the current state"
+                }
+                _ => "Error",
+            };
+            map.insert(
+                (*code).to_owned(),
+                json!({ "description": description,
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+            );
+        }
+        Value::Object(map)
+    };
+    let ok = |schema: &str, extra: &[&str]| -> Value {
+        let mut responses = errors(extra);
+        responses["200"] = json!({ "description": "OK",
+            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
+        responses
+    };
+    let body = |schema: &str| {
+        json!({ "required": true,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+    };
+    let mutation = |summary: &str, schema: &str| {
+        json!({
+            "summary": summary, "parameters": [key.clone()], "requestBody": body(schema),
+            "responses": ok("Migration", &["400", "401", "403", "404", "409", "413", "422"]),
+        })
+    };
+    let read = ["401", "403"];
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Switchyard",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Feature flags for expand/contract database migrations. Every mutation names the version it expects and a reason; refusals name the safety rule and what would allow the change."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/v1/migrations": {
+                "get": { "summary": "List all migrations (the current snapshot)", "responses": ok("Snapshot", &read) },
+                "post": { "summary": "Create a migration (at `off`)", "requestBody": body("CreateMigration"),
+                    "responses": {
+                        "201": { "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Migration" } } } },
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
+                        "409": errors(&["409"])["409"], "413": errors(&["413"])["413"]
+                    } }
+            },
+            "/v1/migrations/{key}": {
+                "get": { "summary": "Get one migration", "parameters": [key], "responses": ok("Migration", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/rollout": { "post": mutation("Move the rollout front (stage and basis points)", "SetRollout") },
+            "/v1/migrations/{key}/advance": { "post": mutation("Advance to the next stage (needs 100%)", "Step") },
+            "/v1/migrations/{key}/retreat": { "post": mutation("Step back to the previous stage (needs 0%)", "Step") },
+            "/v1/migrations/{key}/events": { "post": mutation("Record an event (expand applied, backfill, old shape repaired, contracted)", "RecordEvent") },
+            "/v1/migrations/{key}/audit": {
+                "get": { "summary": "The migration's audit log, newest first", "parameters": [key,
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
+                    { "name": "before_id", "in": "query", "schema": { "type": "integer", "minimum": 0 } }],
+                    "responses": ok("AuditPage", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/decide": {
+                "get": { "summary": "Server-side evaluation: stage and read/write plan for one entity", "parameters": [key,
+                    { "name": "entity_key", "in": "query", "schema": { "type": "string", "maxLength": 1024 },
+                      "description": "Omit for an operation without an entity: it gets the trailing stage." }],
+                    "responses": ok("Decision", &["400", "401", "403", "404"]) }
+            },
+            "/v1/snapshot": {
+                "get": { "summary": "All migrations with the snapshot version; ETag \"v<version>\", If-None-Match gives 304",
+                    "parameters": [{ "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
+                    "responses": { "200": ok("Snapshot", &[])["200"], "304": { "description": "Not modified" },
+                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+            },
+            "/v1/watch": {
+                "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version",
+                    "parameters": [{ "name": "since", "in": "query", "schema": { "type": "integer" },
+                        "description": "Last version applied; the server never sends an older state. `Last-Event-ID` works too." }],
+                    "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } },
+                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+            },
+            "/v1/clients/heartbeat": {
+                "post": { "summary": "A client instance reports it is live and which snapshot version it applied",
+                    "requestBody": body("Heartbeat"),
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "type": "object", "properties": { "snapshot_version": { "type": "integer" } } } } } },
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
+            },
+            "/v1/clients": {
+                "get": { "summary": "Client instances seen in the last hour", "responses": { "200": { "description": "OK",
+                    "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
+                    "401": errors(&["401"])["401"] } }
+            },
+            "/v1/tokens": {
+                "get": { "summary": "List tokens (admin)", "responses": { "200": { "description": "OK" }, "403": errors(&["403"])["403"] } },
+                "post": { "summary": "Create a token (admin); the secret is returned once", "requestBody": body("CreateToken"),
+                    "responses": { "201": { "description": "Created: {info, token}" }, "400": errors(&["400"])["400"],
+                        "403": errors(&["403"])["403"], "409": errors(&["409"])["409"] } }
+            },
+            "/v1/tokens/{id}/revoke": {
+                "post": { "summary": "Revoke a token (admin)",
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                    "responses": { "200": { "description": "Revoked" }, "403": errors(&["403"])["403"], "404": errors(&["404"])["404"] } }
+            },
+            "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } },
+            "/readyz": { "get": { "summary": "Readiness (database reachable)", "security": [],
+                "responses": { "200": { "description": "ready" }, "503": { "description": "database unreachable" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition format" } } } },
+            "/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Stage": { "type": "string", "enum": ["off", "dual_write", "shadow", "live", "rampdown", "complete", "contracted"] },
+                "Side": { "type": "string", "enum": ["old", "new", "both"] },
+                "BasisPoints": { "type": "integer", "minimum": 0, "maximum": 10000 },
+                "Migration": { "type": "object", "properties": {
+                    "key": { "type": "string" }, "description": { "type": "string" }, "owner": { "type": "string" },
+                    "entity_kind": { "type": "string" }, "soak_seconds": { "type": "integer" },
+                    "expected_services": { "type": "array", "items": { "type": "string" } },
+                    "has_backfill": { "type": "boolean" },
+                    "salt": { "type": "integer", "description": "bucket = xxh3_64_with_seed(entity_key, salt) % 10000" },
+                    "shadow_sample_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                    "stage": { "$ref": "#/components/schemas/Stage" },
+                    "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                    "version": { "type": "integer" }, "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" },
+                    "expand_applied": { "type": "boolean" },
+                    "backfill": { "type": "object", "properties": {
+                        "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
+                        "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
+                        "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] } } },
+                    "old_shape_stale": { "type": "boolean" },
+                    "full_since": { "type": "object", "additionalProperties": { "type": "integer" },
+                        "description": "stage → version since which every entity has been at that stage or beyond" } } },
+                "Snapshot": { "type": "object", "properties": { "version": { "type": "integer" },
+                    "migrations": { "type": "array", "items": { "$ref": "#/components/schemas/Migration" } } } },
+                "CreateMigration": { "type": "object", "required": ["key", "reason"], "additionalProperties": false, "properties": {
+                    "key": { "type": "string" }, "description": { "type": "string" }, "owner": { "type": "string" },
+                    "entity_kind": { "type": "string" }, "soak_seconds": { "type": "integer", "maximum": 31536000 },
+                    "expected_services": { "type": "array", "items": { "type": "string" } },
+                    "has_backfill": { "type": "boolean" }, "shadow_sample_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                    "reason": { "type": "string", "minLength": 1 } } },
+                "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
+                    "stage": { "$ref": "#/components/schemas/Stage" }, "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
+                "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
+                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
+                "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
+                    "event": { "type": "string", "enum": ["expand_applied", "backfill_started", "backfill_progress", "backfill_complete", "old_shape_repaired", "contracted"] },
+                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
+                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" } } },
+                "Decision": { "type": "object", "properties": {
+                    "key": { "type": "string" }, "bucket": { "type": ["integer", "null"] },
+                    "stage": { "$ref": "#/components/schemas/Stage" }, "write": { "$ref": "#/components/schemas/Side" },
+                    "authoritative_write": { "$ref": "#/components/schemas/Side" }, "read": { "$ref": "#/components/schemas/Side" },
+                    "return_value": { "$ref": "#/components/schemas/Side" }, "shadow_compare": { "type": "boolean" },
+                    "version": { "type": "integer" } } },
+                "AuditPage": { "type": "object", "properties": {
+                    "entries": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": "integer" }, "migration_key": { "type": "string" }, "version": { "type": "integer" },
+                        "actor": { "type": "string" }, "at_ms": { "type": "integer" }, "action": { "type": "string" },
+                        "reason": { "type": "string" }, "before": {}, "after": {} } } },
+                    "next_before_id": { "type": ["integer", "null"] } } },
+                "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
+                    "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" } } },
+                "Instance": { "type": "object", "properties": {
+                    "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
+                    "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
+                "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+                    "name": { "type": "string" }, "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
+                "Error": { "type": "object", "required": ["code", "message"], "properties": {
+                    "code": { "type": "string", "enum": ["invalid_argument", "not_found", "already_exists", "stale_version", "rule_refused",
+                        "not_applicable", "unauthenticated", "permission_denied", "payload_too_large", "unavailable", "internal"] },
+                    "message": { "type": "string" }, "rule": { "type": "integer", "minimum": 1, "maximum": 9 },
+                    "current": { "$ref": "#/components/schemas/Migration" } } }
+            }
+        }
+    })
 }

@@ -1,0 +1,211 @@
+//! The `switchyard` binary as a user runs it: `serve` on a fresh SQLite file, then the CLI
+//! against it, checking output and the documented exit codes; SIGTERM shuts down cleanly and a
+//! restart on the same file keeps everything.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+struct Served {
+    child: Child,
+    http: String,
+    token: Option<String>,
+}
+
+/// Starts `switchyard serve` on port 0 and reads the bound address (and a generated token).
+fn serve(db: &std::path::Path, admin_token: Option<&str>) -> Served {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(t) = admin_token {
+        command.env("SWITCHYARD_ADMIN_TOKEN", t);
+    }
+    let mut child = command.spawn().expect("spawning switchyard serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before announcing its address")
+            .unwrap();
+        if let Some(t) = line.trim().strip_prefix("sy_") {
+            token = Some(format!("sy_{t}"));
+        }
+        if let Some(rest) = line.strip_prefix("switchyard serving HTTP on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Served { child, http, token }
+}
+
+fn cli(served: &Served, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SWITCHYARD_SERVER", &served.http)
+        .env("SWITCHYARD_TOKEN", token)
+        .output()
+        .expect("running the CLI")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn terminate(mut served: Served) {
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = served.child.wait().unwrap();
+    assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
+}
+
+#[test]
+fn a_release_manager_session_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("switchyard.db");
+    let served = serve(&db, None);
+    let token = served
+        .token
+        .clone()
+        .expect("the first start prints an admin token");
+    let key = "users.username-to-handle";
+
+    let o = cli(
+        &served,
+        &token,
+        &[
+            "migration",
+            "create",
+            key,
+            "--entity-kind",
+            "user_id",
+            "--backfill",
+            "--description",
+            "rename username to handle",
+            "--reason",
+            "ticket 42",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("created users.username-to-handle"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Refused by rule 2 (exit 1), with the rule's message.
+    let o = cli(&served, &token, &["advance", key, "--reason", "too early"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("rule 2") && stderr(&o).contains("expand-applied"),
+        "{}",
+        stderr(&o)
+    );
+
+    for args in [
+        &["record", key, "expand-applied", "--reason", "DDL applied"][..],
+        &["advance", key, "--reason", "start dual writes"],
+        &["ramp", key, "--percent", "12.5", "--reason", "first slice"],
+    ] {
+        let o = cli(&served, &token, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    let o = cli(&served, &token, &["migration", "show", key, "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["stage"], "dual_write");
+    assert_eq!(shown["rollout_bp"], 1250);
+
+    let o = cli(&served, &token, &["migration", "list"]);
+    assert!(stdout(&o).contains("dual_write at 12.5%"), "{}", stdout(&o));
+
+    // Usage errors exit 2: a bad percentage, a missing reason, an unknown migration.
+    for args in [
+        &["ramp", key, "--percent", "101", "--reason", "x"][..],
+        &["ramp", key, "--percent", "5"],
+        &["migration", "show", "no.such-migration"],
+    ] {
+        let o = cli(&served, &token, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // A stale expected version is refused (exit 1).
+    let o = cli(
+        &served,
+        &token,
+        &[
+            "ramp",
+            key,
+            "--percent",
+            "20",
+            "--expected-version",
+            "1",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rule 8"), "{}", stderr(&o));
+
+    // Authentication problems exit 3, and so does an unreachable server.
+    let o = cli(&served, "sy_not-a-real-token", &["migration", "list"]);
+    assert_eq!(o.status.code(), Some(3));
+    let reader = cli(
+        &served,
+        &token,
+        &["token", "create", "app", "--role", "reader", "--json"],
+    );
+    let reader: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    let o = cli(
+        &served,
+        reader["token"].as_str().unwrap(),
+        &["ramp", key, "--percent", "50", "--reason", "x"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+
+    let o = cli(&served, &token, &["audit", key]);
+    assert!(
+        stdout(&o).contains("first slice") && stdout(&o).contains("ticket 42"),
+        "{}",
+        stdout(&o)
+    );
+
+    terminate(served);
+    let o = Command::new(BIN)
+        .args(["migration", "list"])
+        .env("SWITCHYARD_SERVER", "http://127.0.0.1:9")
+        .env("SWITCHYARD_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+
+    // A restart on the same file keeps the state and the token, and prints no new token.
+    let served = serve(&db, None);
+    assert_eq!(served.token, None);
+    let o = cli(&served, &token, &["migration", "show", key, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["rollout_bp"], 1250);
+    terminate(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}

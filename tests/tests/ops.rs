@@ -1,0 +1,210 @@
+//! The operations side: health, readiness, metrics, the OpenAPI document, gRPC health and
+//! reflection, and the first admin token.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use switchyard_tests::{Db, TestServer, both_databases};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+async fn health_and_readiness(db: Db) {
+    let srv = TestServer::start(db).await;
+    let plain = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let response = plain
+            .get(format!("{}{path}", srv.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", srv.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "switchyard.v1.Switchyard".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    srv.stop().await;
+}
+
+async fn readiness_fails_when_the_database_is_gone(db: Db) {
+    let srv = TestServer::start(db).await;
+    srv.server.app.store.close().await;
+    let response = reqwest::get(format!("{}/readyz", srv.base)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Liveness does not depend on the database.
+    let response = reqwest::get(format!("{}/healthz", srv.base)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+both_databases!(
+    health_and_readiness,
+    readiness_fails_when_the_database_is_gone
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_watches_versions_and_refusals() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    srv.create("ops.metrics", false, &[]).await;
+    let version = srv.version_of("ops.metrics").await;
+    // Refused by rule 2: the expand DDL is not recorded.
+    let (status, _) = srv
+        .post(
+            "/v1/migrations/ops.metrics/advance",
+            json!({ "expected_version": version, "reason": "too early" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let text = reqwest::get(format!("{}/metrics", srv.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "switchyard_http_requests_total{route=\"/v1/migrations\",status=\"201\"}",
+        "switchyard_refusals_total{rule=\"2\"}",
+        "switchyard_snapshot_version",
+        "switchyard_open_watches",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_route() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", srv.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in [
+        ("post", "/v1/migrations"),
+        ("get", "/v1/migrations"),
+        ("get", "/v1/migrations/{key}"),
+        ("post", "/v1/migrations/{key}/rollout"),
+        ("post", "/v1/migrations/{key}/advance"),
+        ("post", "/v1/migrations/{key}/retreat"),
+        ("post", "/v1/migrations/{key}/events"),
+        ("get", "/v1/migrations/{key}/audit"),
+        ("get", "/v1/migrations/{key}/decide"),
+        ("get", "/v1/snapshot"),
+        ("get", "/v1/watch"),
+        ("post", "/v1/clients/heartbeat"),
+        ("get", "/v1/clients"),
+        ("post", "/v1/tokens"),
+        ("get", "/v1/tokens"),
+        ("post", "/v1/tokens/{id}/revoke"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path}"
+        );
+    }
+    // Every `$ref` resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling $ref {name}"
+        );
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_reflection_lists_the_services() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", srv.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["switchyard.v1.Switchyard", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_token_is_generated_once_and_works() {
+    let db = std::sync::Arc::new(switchyard_tests::TestDb::new(Db::Sqlite).await);
+    let config = |admin_token: Option<&str>| switchyard_server::startup::ServeConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        client_ttl: switchyard_tests::CLIENT_TTL,
+        admin_token: admin_token.map(str::to_owned),
+    };
+    let clock = switchyard_server::app::system_clock();
+    let first = switchyard_server::startup::Server::start(config(None), clock.clone())
+        .await
+        .unwrap();
+    let token = first
+        .generated_admin_token
+        .clone()
+        .expect("a generated token on an empty store");
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v1/tokens", first.http_addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    first.shutdown().await.unwrap();
+
+    // A restart on the same store neither generates another nor accepts a new preset.
+    let second =
+        switchyard_server::startup::Server::start(config(Some("another-preset-token-xyz")), clock)
+            .await
+            .unwrap();
+    assert_eq!(second.generated_admin_token, None);
+    let client = reqwest::Client::new();
+    let status = |t: &str| {
+        client
+            .get(format!("http://{}/v1/tokens", second.http_addr))
+            .bearer_auth(t.to_owned())
+            .send()
+    };
+    assert_eq!(status(&token).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        status("another-preset-token-xyz").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    second.shutdown().await.unwrap();
+}
