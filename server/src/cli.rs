@@ -37,6 +37,9 @@ pub struct Remote {
     /// Bearer token.
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM CA certificate to trust for an `https://` server (e.g. a self-signed one).
+    #[arg(long, env = "SWITCHYARD_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -200,15 +203,26 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(remote: Remote) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client configuration is static"),
-            remote,
+    pub fn new(remote: Remote) -> Result<Self, Failure> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &remote.tls_ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                Failure::usage(format!("{} is not a PEM certificate: {e}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(ca);
         }
+        let http = builder
+            .build()
+            .map_err(|e| Failure::usage(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self { http, remote })
     }
 
     async fn call(
@@ -293,8 +307,11 @@ fn path_segment(key: &str) -> Result<&str, Failure> {
 /// Runs a client command, printing its result; returns the exit code.
 pub async fn run(remote: Remote, command: Command) -> i32 {
     let json_output = remote.json;
-    let client = Client::new(remote);
-    match execute(&client, command).await {
+    let result = match Client::new(remote) {
+        Ok(client) => execute(&client, command).await,
+        Err(failure) => Err(failure),
+    };
+    match result {
         Ok(output) => {
             if json_output {
                 println!(

@@ -9,7 +9,7 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`error`]: the API error both transports map.
 //! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one.
-//! - [`startup`]: configuration, listeners, graceful shutdown.
+//! - [`startup`]: configuration, listeners, graceful shutdown; [`tls`] for both listeners.
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.
 
@@ -24,3 +24,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod startup;
 pub mod store;
+pub mod tls;

@@ -37,9 +37,12 @@ async fn serve(config: switchyard_server::startup::ServeConfig) -> i32 {
              {token}\n\nExport it for the CLI: export SWITCHYARD_TOKEN={token}\n"
         );
     }
+    let scheme = if server.tls { "https" } else { "http" };
     println!(
-        "switchyard serving HTTP on http://{} and gRPC on {}",
-        server.http_addr, server.grpc_addr
+        "switchyard serving HTTP on {scheme}://{} and gRPC on {} ({})",
+        server.http_addr,
+        server.grpc_addr,
+        if server.tls { "TLS" } else { "plaintext" }
     );
     shutdown_signal().await;
     tracing::info!("shutting down: ending watch streams and draining requests");

@@ -7,8 +7,10 @@ use crate::auth::Authenticator;
 use crate::grpc::{GrpcApi, SwitchyardServer};
 use crate::hub::Hub;
 use crate::store::Store;
+use crate::tls::{TlsFiles, TlsListener};
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -38,9 +40,17 @@ pub struct ServeConfig {
     /// generated and printed once.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// PEM certificate chain: serve both HTTP and gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub struct Server {
+    /// Whether both listeners speak TLS.
+    pub tls: bool,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub app: Arc<App>,
@@ -53,6 +63,11 @@ pub struct Server {
 impl Server {
     pub async fn start(config: ServeConfig, clock: Clock) -> anyhow::Result<Server> {
         crate::metrics::handle();
+        // Read before anything else so a bad path fails start-up at once.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles::read(cert, key)?),
+            _ => None,
+        };
         let store = Arc::new(
             Store::connect(&config.database_url)
                 .await
@@ -84,14 +99,26 @@ impl Server {
 
         let router = crate::http::router(app.clone());
         let mut stop = shutdown.subscribe();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let http_task = match &tls {
+            Some(tls) => {
+                let listener = TlsListener::new(http, tls.server_config()?)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                        .context("HTTPS server")
                 })
-                .await
-                .context("HTTP server")
-        });
+            }
+            None => tokio::spawn(async move {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                    .context("HTTP server")
+            }),
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SwitchyardServer<GrpcApi>>().await;
@@ -102,8 +129,14 @@ impl Server {
         let api = SwitchyardServer::new(GrpcApi::new(app.clone()))
             .max_decoding_message_size(crate::http::MAX_BODY_BYTES);
         let mut stop = shutdown.subscribe();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.tonic_config())
+                .context("configuring gRPC TLS")?;
+        }
         let grpc_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(api)
@@ -117,8 +150,9 @@ impl Server {
                 .context("gRPC server")
         });
 
-        tracing::info!(%http_addr, %grpc_addr, "switchyard serving");
+        tracing::info!(%http_addr, %grpc_addr, tls = tls.is_some(), "switchyard serving");
         Ok(Server {
+            tls: tls.is_some(),
             http_addr,
             grpc_addr,
             app,

@@ -212,6 +212,8 @@ impl TestServer {
             database_url: db.url.clone(),
             client_ttl: CLIENT_TTL,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
+            tls_cert: None,
+            tls_key: None,
         };
         let server = Server::start(config, clock.clock())
             .await

@@ -170,6 +170,8 @@ async fn the_first_admin_token_is_generated_once_and_works() {
         database_url: db.url.clone(),
         client_ttl: switchyard_tests::CLIENT_TTL,
         admin_token: admin_token.map(str::to_owned),
+        tls_cert: None,
+        tls_key: None,
     };
     let clock = switchyard_server::app::system_clock();
     let first = switchyard_server::startup::Server::start(config(None), clock.clone())
