@@ -483,7 +483,9 @@ fn check_front(
             ),
         ));
     }
-    if new.leading() >= Stage::Shadow
+    // The stage, as for rule 2: `(shadow, 0%)` routes like dual_write at 100% but announces
+    // shadow reads the backfill has not made safe.
+    if new.stage >= Stage::Shadow
         && next.has_backfill
         && next.backfill.status != BackfillStatus::Complete
     {
@@ -496,6 +498,18 @@ fn check_front(
                     BackfillStatus::Running => "running",
                     _ => "not started",
                 }
+            ),
+        ));
+    }
+    // Rule 3's reason holds for as long as the backfill runs: a writer that stops dual-writing
+    // mid-backfill changes rows the backfill has already passed.
+    if next.backfill.status == BackfillStatus::Running && new.trailing() < Stage::DualWrite {
+        return Err(refuse(
+            Rule::BackfillAfterDualWrite,
+            format!(
+                "while the backfill runs every entity must keep dual-writing, and {} would put \
+                 some at off: keep dual_write at 100% until backfill-complete is recorded",
+                describe(new)
             ),
         ));
     }

@@ -459,19 +459,34 @@ fn rule4_shadow_needs_the_backfill_complete() {
     contains(&msg, "backfill recorded complete (it is not started)");
     contains(&msg, "record backfill-complete");
 
-    // `(shadow, 0%)` is the same traffic as `(dual_write, 100%)`.
-    d.ok(Operation::Advance);
-    assert_eq!(d.front(), (Stage::Shadow, 0));
-    d.refused(ramp(1), Rule::ShadowAfterBackfill);
+    // Even `(shadow, 0%)`, the same traffic as `(dual_write, 100%)`, shows a shadow stage.
+    d.refused(Operation::Advance, Rule::ShadowAfterBackfill);
+    assert_eq!(d.front(), (Stage::DualWrite, 10_000));
 
     d.ok(Operation::Record(Event::BackfillStarted));
-    let msg = d.refused(ramp(1), Rule::ShadowAfterBackfill);
+    let msg = d.refused(Operation::Advance, Rule::ShadowAfterBackfill);
     contains(&msg, "(it is running)");
     contains(&msg, "record backfill-complete");
 
     d.ok(Operation::Record(Event::BackfillComplete));
+    d.ok(Operation::Advance);
+    assert_eq!(d.front(), (Stage::Shadow, 0));
     d.ok(ramp(1));
     assert_eq!(d.front(), (Stage::Shadow, 1));
+}
+
+#[test]
+fn rule3_a_running_backfill_keeps_every_entity_dual_writing() {
+    let mut d = Driver::new(true, &[]);
+    d.drive_to_full(Stage::DualWrite);
+    d.ok(Operation::Record(Event::BackfillStarted));
+    let msg = d.refused(ramp(9_999), Rule::BackfillAfterDualWrite);
+    contains(&msg, "while the backfill runs");
+    assert_eq!(d.front(), (Stage::DualWrite, 10_000));
+
+    d.ok(Operation::Record(Event::BackfillComplete));
+    d.ok(ramp(9_999));
+    assert_eq!(d.front(), (Stage::DualWrite, 9_999));
 }
 
 #[test]
@@ -1065,11 +1080,14 @@ fn expect(
     if new_front.stage > Stage::Off && !m.expand_applied {
         broken.push(Rule::ExpandFirst);
     }
-    if new_front.leading() >= Stage::Shadow
+    if new_front.stage >= Stage::Shadow
         && m.has_backfill
         && m.backfill.status != BackfillStatus::Complete
     {
         broken.push(Rule::ShadowAfterBackfill);
+    }
+    if m.backfill.status == BackfillStatus::Running && new_front.trailing() < Stage::DualWrite {
+        broken.push(Rule::BackfillAfterDualWrite);
     }
     if share_complete(new_front) > share_complete(m.front()) {
         let ready = model

@@ -1,8 +1,8 @@
 //! The in-memory snapshot and its fan-out to watchers.
 //!
 //! One follower task per server owns the snapshot: it reads every change committed after the
-//! version it holds (`Store::changed_since`), swaps in the new snapshot, then broadcasts each
-//! changed migration in version order. It wakes when this replica commits (`poke`), when
+//! version it holds (`Store::changes_since`, one state per version), swaps in the new snapshot,
+//! then broadcasts each change in version order. It wakes when this replica commits (`poke`), when
 //! Postgres announces a commit made through another replica (LISTEN/NOTIFY), and on a short
 //! timer as a safety net for a missed notification. Because the database commits in version
 //! order (see `store`), reading "everything after N" never skips a change.
@@ -112,7 +112,7 @@ impl Hub {
         let hub = self.clone();
         let mut shutdown = self.shutdown.subscribe();
         async_stream::stream! {
-            let _open = crate::metrics::OpenWatch::new();
+            let _open = crate::metrics::OpenWatch::open();
             // A replica behind the caller waits until it has caught up rather than send an
             // older state.
             let mut version_rx = hub.version.subscribe();
@@ -161,7 +161,7 @@ impl Hub {
 
     async fn refresh(&self) -> Result<(), crate::store::StoreError> {
         let held = self.snapshot();
-        let (changed, version) = self.store.changed_since(held.version).await?;
+        let (changed, version) = self.store.changes_since(held.version).await?;
         if version <= held.version {
             return Ok(());
         }

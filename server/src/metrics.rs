@@ -52,7 +52,7 @@ pub fn record_refusal(rule: switchyard_domain::Rule) {
 pub struct OpenWatch(());
 
 impl OpenWatch {
-    pub fn new() -> Self {
+    pub fn open() -> Self {
         metrics::gauge!("switchyard_open_watches").increment(1.0);
         Self(())
     }

@@ -355,11 +355,9 @@ async fn decide(
     query: Result<Query<DecideQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<crate::app::Decision>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
-    Ok(axum::Json(app.decide(
-        &who,
-        &key,
-        q.entity_key.as_deref(),
-    )?))
+    // An empty key means "no entity", as in the proto, so both protocols answer alike.
+    let entity = q.entity_key.as_deref().filter(|k| !k.is_empty());
+    Ok(axum::Json(app.decide(&who, &key, entity)?))
 }
 
 async fn snapshot(
@@ -372,7 +370,12 @@ async fn snapshot(
     let unchanged = headers
         .get(IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            // If-None-Match uses the weak comparison (RFC 9110 13.1.2): `W/"v3"` matches `"v3"`.
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        });
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag)]).into_response());
     }

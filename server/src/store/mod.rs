@@ -174,15 +174,30 @@ impl Store {
     ) -> Result<Migration, StoreError> {
         let _guard = self.lock_writes().await;
         let mut tx = self.pool.begin().await?;
+        let created = self
+            .create_in(&mut tx, new, salt, actor, reason, now_ms)
+            .await;
+        finish(tx, created).await
+    }
+
+    async fn create_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        new: NewMigration,
+        salt: u64,
+        actor: &str,
+        reason: &Reason,
+        now_ms: i64,
+    ) -> Result<Migration, StoreError> {
         let exists: Option<String> =
             sqlx::query_scalar("SELECT key FROM migrations WHERE key = $1")
                 .bind(new.key.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         if exists.is_some() {
             return Err(StoreError::AlreadyExists(format!("migration {}", new.key)));
         }
-        let version = next_version(&mut tx).await?;
+        let version = next_version(tx).await?;
         let migration = Migration::create(new, salt, version, now_ms);
         let row = MigrationRow::from_domain(&migration)?;
         sqlx::query(
@@ -196,14 +211,13 @@ impl Store {
         .bind(row.created_at_ms)
         .bind(row.updated_at_ms)
         .bind(&row.state)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         insert_audit(
-            &mut tx, &migration, actor, now_ms, "create", reason, "", &row.state,
+            tx, &migration, actor, now_ms, "create", reason, "", &row.state,
         )
         .await?;
-        self.notify(&mut tx, version).await?;
-        tx.commit().await?;
+        self.notify(tx, version).await?;
         Ok(migration)
     }
 
@@ -218,22 +232,20 @@ impl Store {
         row.map(MigrationRow::into_domain).transpose()
     }
 
-    /// Migrations changed after `version`, oldest change first, and the snapshot version they
-    /// bring the caller to.
+    /// The current state of every migration changed after `version` (each once, oldest
+    /// first), and the snapshot version they bring the caller to.
     pub async fn changed_since(
         &self,
         version: Version,
     ) -> Result<(Vec<Migration>, Version), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let current: i64 = sqlx::query_scalar("SELECT version FROM snapshot_version WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut tx = self.begin_consistent_read().await?;
+        let current = read_snapshot_version(&mut tx).await?;
         let rows: Vec<MigrationRow> = sqlx::query_as(&format!(
             "SELECT {} FROM migrations WHERE version > $1 AND version <= $2 ORDER BY version",
             MigrationRow::COLUMNS
         ))
         .bind(version.0 as i64)
-        .bind(current)
+        .bind(current.0 as i64)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -241,7 +253,51 @@ impl Store {
             .into_iter()
             .map(MigrationRow::into_domain)
             .collect::<Result<_, _>>()?;
-        Ok((migrations, Version(current as u64)))
+        Ok((migrations, current))
+    }
+
+    /// Every change committed after `version`, one state per version in version order (read
+    /// from the audit log, which holds the state after each change), and the snapshot version
+    /// they bring the caller to. Unlike [`Store::changed_since`], two changes to one migration
+    /// come back as two states.
+    pub async fn changes_since(
+        &self,
+        version: Version,
+    ) -> Result<(Vec<Migration>, Version), StoreError> {
+        let mut tx = self.begin_consistent_read().await?;
+        let current = read_snapshot_version(&mut tx).await?;
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT migration_key, version, after_json FROM audit_log \
+             WHERE version > $1 AND version <= $2 ORDER BY version",
+        )
+        .bind(version.0 as i64)
+        .bind(current.0 as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let changes = rows
+            .into_iter()
+            .map(|(key, v, state)| {
+                serde_json::from_str::<Migration>(&state)
+                    .map_err(|e| StoreError::Corrupt(format!("audit of {key} at {v}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((changes, current))
+    }
+
+    /// A read transaction whose statements all see one snapshot. SQLite's read transactions
+    /// already do; Postgres' default (read committed) would let a commit land between reading
+    /// the version and reading the rows, so ask for repeatable read.
+    async fn begin_consistent_read(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Applies a domain decision to one migration in one transaction (see the module docs).
@@ -259,23 +315,40 @@ impl Store {
     {
         let _guard = self.lock_writes().await;
         let mut tx = self.pool.begin().await?;
+        let mutated = self
+            .mutate_in(&mut tx, key, actor, now_ms, client_ttl, decide)
+            .await;
+        finish(tx, mutated).await
+    }
+
+    async fn mutate_in<F>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        key: &str,
+        actor: &str,
+        now_ms: i64,
+        client_ttl: Duration,
+        decide: F,
+    ) -> Result<Mutated, StoreError>
+    where
+        F: FnOnce(&Migration, &Fleet, Version) -> Result<(Migration, Reason, String), DomainError>,
+    {
         let row: Option<MigrationRow> = sqlx::query_as(&format!(
             "SELECT {} FROM migrations WHERE key = $1{}",
             MigrationRow::COLUMNS,
             self.backend.for_update()
         ))
         .bind(key)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let current = row
             .ok_or_else(|| StoreError::NotFound(key.to_owned()))?
             .into_domain()?;
-        let fleet = load_fleet(&mut tx, now_ms, client_ttl).await?;
-        let version = next_version(&mut tx).await?;
+        let fleet = load_fleet(tx, now_ms, client_ttl).await?;
+        let version = next_version(tx).await?;
         let (next, reason, action) = match decide(&current, &fleet, version) {
             Ok(decided) => decided,
             Err(error) => {
-                // Dropping `tx` rolls back the version bump.
                 return Err(StoreError::Refused {
                     error,
                     current: Box::new(current),
@@ -295,7 +368,7 @@ impl Store {
         .bind(&row.state)
         .bind(&row.key)
         .bind(before.version)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if updated.rows_affected() != 1 {
             // Unreachable while the row lock / write mutex is held; refuse rather than guess.
@@ -308,7 +381,7 @@ impl Store {
             });
         }
         insert_audit(
-            &mut tx,
+            tx,
             &next,
             actor,
             now_ms,
@@ -318,8 +391,7 @@ impl Store {
             &row.state,
         )
         .await?;
-        self.notify(&mut tx, version).await?;
-        tx.commit().await?;
+        self.notify(tx, version).await?;
         Ok(Mutated { migration: next })
     }
 
@@ -452,21 +524,25 @@ impl Store {
     ) -> Result<(TokenRecord, String), StoreError> {
         let _guard = self.lock_writes().await;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(id as i64)
-        .execute(&mut *tx)
-        .await?;
-        let row: Option<(i64, String, String, i64, Option<i64>, String)> = sqlx::query_as(
-            "SELECT id, name, role, created_at_ms, revoked_at_ms, token_hash FROM api_tokens \
-             WHERE id = $1",
-        )
-        .bind(id as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let revoked = async {
+            sqlx::query(
+                "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(id as i64)
+            .execute(&mut *tx)
+            .await?;
+            let row: Option<(i64, String, String, i64, Option<i64>, String)> = sqlx::query_as(
+                "SELECT id, name, role, created_at_ms, revoked_at_ms, token_hash \
+                 FROM api_tokens WHERE id = $1",
+            )
+            .bind(id as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            Ok(row)
+        }
+        .await;
+        let row = finish(tx, revoked).await?;
         let (id, name, role, created_at_ms, revoked_at_ms, hash) =
             row.ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
         let record = TokenRow {
@@ -502,6 +578,36 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Commits on success; on failure rolls back explicitly, before the caller releases the SQLite
+/// write mutex. (A dropped transaction only queues its rollback for the connection's next use,
+/// leaving SQLite's write lock held meanwhile, so the next writer would fail with SQLITE_BUSY.)
+async fn finish<T>(
+    tx: sqlx::Transaction<'_, sqlx::Any>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back a refused change failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn read_snapshot_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<Version, StoreError> {
+    let v: i64 = sqlx::query_scalar("SELECT version FROM snapshot_version WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Version(v as u64))
 }
 
 async fn next_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<Version, StoreError> {
