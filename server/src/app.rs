@@ -174,6 +174,11 @@ impl App {
             .await;
         match result {
             Ok(done) => {
+                tracing::info!(
+                    key = %key, action = op.action(), version = %done.migration.version,
+                    stage = %done.migration.stage, rollout = %done.migration.rollout_bp,
+                    actor = %who.actor(), "migration changed"
+                );
                 self.hub
                     .caught_up(done.migration.version, READ_YOUR_WRITE_WAIT)
                     .await;
@@ -183,6 +188,10 @@ impl App {
                 let e = ApiError::from(e);
                 if let Some(rule) = e.rule() {
                     crate::metrics::record_refusal(rule);
+                    tracing::info!(
+                        key = %key, action = op.action(), rule = rule.number(),
+                        actor = %who.actor(), "change refused"
+                    );
                 }
                 Err(e)
             }

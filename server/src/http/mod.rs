@@ -59,6 +59,8 @@ pub fn router(app: Arc<App>) -> Router {
             ApiError::NotFound("no such route; the API is described at /openapi.json".to_owned())
         })
         .layer(axum::middleware::from_fn(count_requests))
+        // One span per request (method, path); `RUST_LOG=tower_http=debug` logs each response.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

@@ -189,15 +189,19 @@ impl Store {
         reason: &Reason,
         now_ms: i64,
     ) -> Result<Migration, StoreError> {
+        // Taking the version first queues concurrent creates on its row lock (Postgres), so the
+        // existence check below sees a create that committed meanwhile.
+        let version = next_version(tx).await?;
+        let key = new.key.clone();
+        let already = move || StoreError::AlreadyExists(format!("migration {key}"));
         let exists: Option<String> =
             sqlx::query_scalar("SELECT key FROM migrations WHERE key = $1")
                 .bind(new.key.as_str())
                 .fetch_optional(&mut **tx)
                 .await?;
         if exists.is_some() {
-            return Err(StoreError::AlreadyExists(format!("migration {}", new.key)));
+            return Err(already());
         }
-        let version = next_version(tx).await?;
         let migration = Migration::create(new, salt, version, now_ms);
         let row = MigrationRow::from_domain(&migration)?;
         sqlx::query(
@@ -212,7 +216,12 @@ impl Store {
         .bind(row.updated_at_ms)
         .bind(&row.state)
         .execute(&mut **tx)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Backstop: a create that raced past the check above.
+            sqlx::Error::Database(db) if db.is_unique_violation() => already(),
+            other => other.into(),
+        })?;
         insert_audit(
             tx, &migration, actor, now_ms, "create", reason, "", &row.state,
         )

@@ -1,0 +1,188 @@
+//! Change propagation: opens N watch streams on a running `switchyard serve`, then makes ramps
+//! and measures, for each ramp, the time from the ramp call's response to each watcher's receipt
+//! of the change. Reports per-receipt and per-ramp ("every watcher has it") percentiles and the
+//! server's resident memory per open watch (from /proc, so run it on the server's machine).
+//!
+//! Usage: see BENCHMARKS.md.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::switchyard_client::SwitchyardClient;
+use tokio::sync::{Barrier, mpsc};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Args {
+    /// Server HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// Server gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    #[arg(long, env = "SWITCHYARD_TOKEN")]
+    token: String,
+    /// The server's process id, to read its resident memory.
+    #[arg(long)]
+    server_pid: u32,
+    /// Open watch streams.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// HTTP/2 connections the streams are spread over (at most ~200 streams per connection).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Ramps to measure.
+    #[arg(long, default_value_t = 30)]
+    ramps: usize,
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn request<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let http = reqwest::Client::new();
+    let key = format!("bench.propagation-{}", std::process::id());
+    let post = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{}{path}", args.http);
+        let token = args.token.clone();
+        async move {
+            let r = http.post(url).bearer_auth(token).json(&body).send().await?;
+            let status = r.status();
+            let body: serde_json::Value = r.json().await?;
+            if !status.is_success() {
+                bail!("{status}: {body}");
+            }
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let m = post(
+        "/v1/migrations".into(),
+        serde_json::json!({"key": key, "reason": "bench"}),
+    )
+    .await?;
+    let mut version = m["version"].as_u64().unwrap();
+    for (path, body) in [
+        ("events", serde_json::json!({"event": "expand_applied"})),
+        ("advance", serde_json::json!({})),
+    ] {
+        let mut body = body;
+        body["expected_version"] = version.into();
+        body["reason"] = "bench setup".into();
+        version = post(format!("/v1/migrations/{key}/{path}"), body).await?["version"]
+            .as_u64()
+            .unwrap();
+    }
+
+    let rss_before = rss_kib(args.server_pid)?;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(Channel::from_shared(args.grpc.clone())?.connect().await?);
+    }
+    // Each watcher reports (version, receipt instant) of every change of our migration.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let ready = Arc::new(Barrier::new(args.watchers + 1));
+    for i in 0..args.watchers {
+        let mut client = SwitchyardClient::new(channels[i % channels.len()].clone());
+        let (tx, ready, token, key) = (tx.clone(), ready.clone(), args.token.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut stream = client
+                .watch(request(&token, pb::WatchRequest { since_version: 0 }))
+                .await
+                .expect("watch")
+                .into_inner();
+            // The first message is the snapshot.
+            stream.next().await.expect("snapshot").expect("snapshot ok");
+            ready.wait().await;
+            while let Some(Ok(event)) = stream.next().await {
+                if let Some(pb::watch_event::Event::Change(m)) = event.event {
+                    if m.key == key {
+                        let _ = tx.send((m.version, Instant::now()));
+                    }
+                }
+            }
+        });
+    }
+    ready.wait().await;
+    // Let the server settle its buffers before reading its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(args.server_pid)?;
+
+    let mut receipts = Vec::new();
+    let mut all_received = Vec::new();
+    for i in 0..args.ramps {
+        let bp = 100 + (i as u64 % 50) * 100;
+        let body = serde_json::json!({"rollout_bp": bp, "expected_version": version, "reason": "bench ramp"});
+        let m = post(format!("/v1/migrations/{key}/rollout"), body).await?;
+        let answered = Instant::now();
+        version = m["version"].as_u64().unwrap();
+        let mut got = 0;
+        let mut last = Duration::ZERO;
+        while got < args.watchers {
+            let (v, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .context("watchers stopped receiving")?
+                .context("watchers ended")?;
+            if v == version {
+                let latency = at.saturating_duration_since(answered);
+                receipts.push(latency);
+                last = last.max(latency);
+                got += 1;
+            }
+        }
+        all_received.push(last);
+    }
+    receipts.sort();
+    all_received.sort();
+    let per_watch = (rss_after.saturating_sub(rss_before)) as f64 / args.watchers as f64;
+    println!(
+        "watchers={} connections={} ramps={}\n\
+         receipt latency after the ramp's response: p50={:?} p99={:?} max={:?}\n\
+         every watcher received: p50={:?} p99={:?} max={:?}\n\
+         server RSS: {} KiB before, {} KiB with watches open: {:.1} KiB per watch",
+        args.watchers,
+        args.connections,
+        args.ramps,
+        percentile(&receipts, 0.5),
+        percentile(&receipts, 0.99),
+        receipts.last().copied().unwrap_or_default(),
+        percentile(&all_received, 0.5),
+        percentile(&all_received, 0.99),
+        all_received.last().copied().unwrap_or_default(),
+        rss_before,
+        rss_after,
+        per_watch
+    );
+    Ok(())
+}
