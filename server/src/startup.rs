@@ -97,7 +97,10 @@ impl Server {
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let (shutdown, _) = watch::channel(false);
 
-        let router = crate::http::router(app.clone());
+        // A make-service hands each connection a cheap clone of the built router; serving the
+        // `Router` itself would rebuild its route table per connection (kilobytes per open
+        // watch, measured with massif).
+        let router = crate::http::router(app.clone()).into_make_service();
         let mut stop = shutdown.subscribe();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -37,6 +37,50 @@ struct Args {
     /// Ramps to measure.
     #[arg(long, default_value_t = 30)]
     ramps: usize,
+    /// Watch over gRPC streams or HTTP server-sent events (one connection per watcher).
+    #[arg(long, value_parser = ["grpc", "sse"], default_value = "grpc")]
+    transport: String,
+}
+
+/// Follows one SSE watch: waits for the snapshot, then reports each change of `key`.
+async fn watch_sse(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    key: String,
+    ready: Arc<Barrier>,
+    tx: mpsc::UnboundedSender<(u64, Instant)>,
+) {
+    let response = http.get(url).bearer_auth(token).send().await.expect("SSE watch");
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen_snapshot = false;
+    while let Some(Ok(chunk)) = body.next().await {
+        let at = Instant::now();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            match field("event:").as_deref() {
+                Some("snapshot") if !seen_snapshot => {
+                    seen_snapshot = true;
+                    ready.wait().await;
+                }
+                Some("change") => {
+                    let data: serde_json::Value =
+                        serde_json::from_str(&field("data:").unwrap_or_default()).unwrap_or_default();
+                    if data["key"] == key.as_str() {
+                        let _ = tx.send((data["version"].as_u64().unwrap_or(0), at));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -107,13 +151,24 @@ async fn main() -> anyhow::Result<()> {
 
     let rss_before = rss_kib(args.server_pid)?;
     let mut channels = Vec::new();
-    for _ in 0..args.connections {
+    for _ in 0..if args.transport == "grpc" { args.connections } else { 0 } {
         channels.push(Channel::from_shared(args.grpc.clone())?.connect().await?);
     }
     // Each watcher reports (version, receipt instant) of every change of our migration.
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
     let ready = Arc::new(Barrier::new(args.watchers + 1));
     for i in 0..args.watchers {
+        if args.transport == "sse" {
+            tokio::spawn(watch_sse(
+                http.clone(),
+                format!("{}/v1/watch", args.http),
+                args.token.clone(),
+                key.clone(),
+                ready.clone(),
+                tx.clone(),
+            ));
+            continue;
+        }
         let mut client = SwitchyardClient::new(channels[i % channels.len()].clone());
         let (tx, ready, token, key) = (tx.clone(), ready.clone(), args.token.clone(), key.clone());
         tokio::spawn(async move {
@@ -167,12 +222,13 @@ async fn main() -> anyhow::Result<()> {
     all_received.sort();
     let per_watch = (rss_after.saturating_sub(rss_before)) as f64 / args.watchers as f64;
     println!(
-        "watchers={} connections={} ramps={}\n\
+        "transport={} watchers={} connections={} ramps={}\n\
          receipt latency after the ramp's response: p50={:?} p99={:?} max={:?}\n\
          every watcher received: p50={:?} p99={:?} max={:?}\n\
          server RSS: {} KiB before, {} KiB with watches open: {:.1} KiB per watch",
+        args.transport,
         args.watchers,
-        args.connections,
+        if args.transport == "grpc" { args.connections } else { args.watchers },
         args.ramps,
         percentile(&receipts, 0.5),
         percentile(&receipts, 0.99),
