@@ -51,7 +51,12 @@ async fn watch_sse(
     ready: Arc<Barrier>,
     tx: mpsc::UnboundedSender<(u64, Instant)>,
 ) {
-    let response = http.get(url).bearer_auth(token).send().await.expect("SSE watch");
+    let response = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("SSE watch");
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut seen_snapshot = false;
@@ -72,7 +77,8 @@ async fn watch_sse(
                 }
                 Some("change") => {
                     let data: serde_json::Value =
-                        serde_json::from_str(&field("data:").unwrap_or_default()).unwrap_or_default();
+                        serde_json::from_str(&field("data:").unwrap_or_default())
+                            .unwrap_or_default();
                     if data["key"] == key.as_str() {
                         let _ = tx.send((data["version"].as_u64().unwrap_or(0), at));
                     }
@@ -151,7 +157,11 @@ async fn main() -> anyhow::Result<()> {
 
     let rss_before = rss_kib(args.server_pid)?;
     let mut channels = Vec::new();
-    for _ in 0..if args.transport == "grpc" { args.connections } else { 0 } {
+    for _ in 0..if args.transport == "grpc" {
+        args.connections
+    } else {
+        0
+    } {
         channels.push(Channel::from_shared(args.grpc.clone())?.connect().await?);
     }
     // Each watcher reports (version, receipt instant) of every change of our migration.
@@ -228,7 +238,11 @@ async fn main() -> anyhow::Result<()> {
          server RSS: {} KiB before, {} KiB with watches open: {:.1} KiB per watch",
         args.transport,
         args.watchers,
-        if args.transport == "grpc" { args.connections } else { args.watchers },
+        if args.transport == "grpc" {
+            args.connections
+        } else {
+            args.watchers
+        },
         args.ramps,
         percentile(&receipts, 0.5),
         percentile(&receipts, 0.99),
