@@ -587,22 +587,12 @@ fn front_text(m: &Migration) -> String {
     match m.stage {
         switchyard_domain::Stage::Off => "off".to_owned(),
         switchyard_domain::Stage::Contracted => "contracted".to_owned(),
-        s if front.rollout_bp_full() => format!("{s} at 100%"),
+        s if front.rollout.is_full() => format!("{s} at 100%"),
         s => format!(
             "{s} at {} (the rest at {})",
             m.rollout_bp,
             front.stage_for(Some(u32::MAX))
         ),
-    }
-}
-
-trait FrontExt {
-    fn rollout_bp_full(&self) -> bool;
-}
-
-impl FrontExt for switchyard_domain::Front {
-    fn rollout_bp_full(&self) -> bool {
-        self.rollout.is_full()
     }
 }
 
@@ -699,12 +689,11 @@ fn audit_table(page: &Value) -> String {
             _ => "-".to_owned(),
         };
         out.push_str(&format!(
-            "#{:<5} v{:<6} {} {:<20} {:<18} {} -> {}\n        by {}: {}\n",
+            "#{:<5} v{:<6} {} {:<20} {} -> {}\n        by {}: {}\n",
             e["id"],
             e["version"],
             time(e["at_ms"].as_i64()),
             e["action"].as_str().unwrap_or(""),
-            "",
             front(&e["before"]),
             front(&e["after"]),
             e["actor"].as_str().unwrap_or(""),

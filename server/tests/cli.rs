@@ -2,56 +2,10 @@
 //! against it, checking output and the documented exit codes; SIGTERM shuts down cleanly and a
 //! restart on the same file keeps everything.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Served {
-    child: Child,
-    http: String,
-    token: Option<String>,
-}
-
-/// Starts `switchyard serve` on port 0 and reads the bound address (and a generated token).
-fn serve(db: &std::path::Path, admin_token: Option<&str>) -> Served {
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", db.display()))
-        .env_remove("SWITCHYARD_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(t) = admin_token {
-        command.env("SWITCHYARD_ADMIN_TOKEN", t);
-    }
-    let mut child = command.spawn().expect("spawning switchyard serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut token = None;
-    let http = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before announcing its address")
-            .unwrap();
-        if let Some(t) = line.trim().strip_prefix("sy_") {
-            token = Some(format!("sy_{t}"));
-        }
-        if let Some(rest) = line.strip_prefix("switchyard serving HTTP on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Served { child, http, token }
-}
+use common::{BIN, Served, serve, terminate};
+use std::process::{Command, Output};
 
 fn cli(served: &Served, token: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -70,22 +24,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn terminate(mut served: Served) {
-    let status = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = served.child.wait().unwrap();
-    assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
-}
-
 #[test]
 fn a_release_manager_session_from_the_command_line() {
     let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("switchyard.db");
-    let served = serve(&db, None);
+    let served = serve(&format!("sqlite://{}", db.display()), None);
     let token = served
         .token
         .clone()
@@ -201,7 +145,7 @@ fn a_release_manager_session_from_the_command_line() {
     assert_eq!(o.status.code(), Some(3));
 
     // A restart on the same file keeps the state and the token, and prints no new token.
-    let served = serve(&db, None);
+    let served = serve(&format!("sqlite://{}", db.display()), None);
     assert_eq!(served.token, None);
     let o = cli(&served, &token, &["migration", "show", key, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

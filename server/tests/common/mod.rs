@@ -1,0 +1,75 @@
+//! Runs the real `switchyard` binary: `serve` on port 0, reading back what it prints.
+
+#![allow(dead_code)] // each test binary uses part of this module
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub struct Served {
+    pub child: Child,
+    pub http: String,
+    pub token: Option<String>,
+}
+
+/// Starts `switchyard serve` on port 0 against `database_url` and reads the bound address (and
+/// the admin token it generated, if any).
+pub fn serve(database_url: &str, admin_token: Option<&str>) -> Served {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", database_url])
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(t) = admin_token {
+        command.env("SWITCHYARD_ADMIN_TOKEN", t);
+    }
+    let mut child = command.spawn().expect("spawning switchyard serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before announcing its address")
+            .unwrap();
+        if let Some(t) = line.trim().strip_prefix("sy_") {
+            token = Some(format!("sy_{t}"));
+        }
+        if let Some(rest) = line.strip_prefix("switchyard serving HTTP on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Served { child, http, token }
+}
+
+/// SIGTERM, then expects a clean exit.
+pub fn terminate(mut served: Served) {
+    signal(&served, "-TERM");
+    let exit = served.child.wait().unwrap();
+    assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
+}
+
+/// SIGKILL: the process gets no chance to flush or clean up.
+pub fn kill_hard(mut served: Served) {
+    signal(&served, "-KILL");
+    served.child.wait().unwrap();
+}
+
+fn signal(served: &Served, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
