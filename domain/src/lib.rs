@@ -13,12 +13,14 @@
 //! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
 //! - [`migration`]: the migration record and its backfill state.
 //! - [`rules`]: safety rules 1–9 as pure functions over a migration and the fleet.
+//! - [`traffic`]: the counts clients report (per side, latency histogram) and how they add up.
 
 pub mod bucket;
 pub mod front;
 pub mod migration;
 pub mod rules;
 pub mod stage;
+pub mod traffic;
 pub mod types;
 
 pub use bucket::bucket;

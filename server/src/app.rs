@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, parse_reason};
+use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_domain::types::parse_label;
 use switchyard_domain::{
     BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Plan, Stage, Version,
@@ -33,6 +34,8 @@ pub struct App {
     pub clock: Clock,
     /// A client instance is live if it reported within this long.
     pub client_ttl: Duration,
+    /// How long per-minute traffic rollups are kept.
+    pub traffic_retention: Duration,
 }
 
 /// What a release manager sends to create a migration.
@@ -63,6 +66,9 @@ pub struct Decision {
 const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// The largest audit page.
 pub const MAX_AUDIT_PAGE: u32 = 500;
+/// Limits on what one client report may carry.
+pub const MAX_REPORTED_MIGRATIONS: usize = 1000;
+pub const MAX_TELEMETRY_ENTRIES: usize = 5000;
 
 impl App {
     fn now(&self) -> i64 {
@@ -257,10 +263,20 @@ impl App {
         service: &str,
         instance_id: &str,
         applied: Version,
+        migrations: &[String],
     ) -> Result<Version, ApiError> {
         who.require(Permission::Read)?;
         let service = parse_label("service name", service)?;
         let instance_id = parse_label("instance id", instance_id)?;
+        if migrations.len() > MAX_REPORTED_MIGRATIONS {
+            return Err(ApiError::invalid(format!(
+                "a heartbeat names at most {MAX_REPORTED_MIGRATIONS} migrations"
+            )));
+        }
+        let migrations = migrations
+            .iter()
+            .map(|k| MigrationKey::parse(k).map(String::from))
+            .collect::<Result<Vec<_>, _>>()?;
         let current = self.hub.snapshot().version;
         if applied > current {
             // A client cannot have applied a version this server has not published; a replica
@@ -272,23 +288,33 @@ impl App {
                 )));
             }
         }
+        let now = self.now();
         self.store
-            .heartbeat(&service, &instance_id, applied, self.now())
+            .heartbeat(&service, &instance_id, applied, now)
+            .await?;
+        self.store
+            .heartbeat_migrations(&service, &instance_id, &migrations, now)
             .await?;
         Ok(current)
     }
 
-    /// Instances seen within the last hour; `live` marks those within the client TTL.
+    /// Instances seen within the last hour (optionally only those evaluating `migration`);
+    /// `live` marks those within the client TTL.
     pub async fn instances(
         &self,
         who: &Principal,
+        migration: Option<&str>,
     ) -> Result<Vec<(ClientInstance, bool)>, ApiError> {
         who.require(Permission::Read)?;
         let now = self.now();
-        let all = self
-            .store
-            .instances(now, Duration::from_secs(3600).max(self.client_ttl))
-            .await?;
+        let window = Duration::from_secs(3600).max(self.client_ttl);
+        let all = match migration {
+            Some(key) => {
+                let key = MigrationKey::parse(key)?;
+                self.store.instances_of(key.as_str(), now, window).await?
+            }
+            None => self.store.instances(now, window).await?,
+        };
         let live_after = now - self.client_ttl.as_millis() as i64;
         Ok(all
             .into_iter()
@@ -297,6 +323,81 @@ impl App {
                 (i, live)
             })
             .collect())
+    }
+
+    /// Adds a client's per-minute counts to the rollups.
+    pub async fn report_telemetry(
+        &self,
+        who: &Principal,
+        service: &str,
+        instance_id: &str,
+        entries: Vec<(String, i64, TrafficCounts)>,
+    ) -> Result<(), ApiError> {
+        who.require(Permission::Read)?;
+        let service = parse_label("service name", service)?;
+        parse_label("instance id", instance_id)?;
+        if entries.len() > MAX_TELEMETRY_ENTRIES {
+            return Err(ApiError::invalid(format!(
+                "{} telemetry entries in one report: allowed up to {MAX_TELEMETRY_ENTRIES}",
+                entries.len()
+            )));
+        }
+        let now = self.now();
+        let oldest = minute_of(now - self.traffic_retention.as_millis() as i64);
+        let newest = minute_of(now) + 60_000;
+        let mut valid = Vec::with_capacity(entries.len());
+        for (key, minute, counts) in entries {
+            let key = MigrationKey::parse(&key)?;
+            if minute % 60_000 != 0 {
+                return Err(ApiError::invalid(format!(
+                    "minute_ms {minute} is not the start of a minute (a multiple of 60000)"
+                )));
+            }
+            if minute > newest {
+                return Err(ApiError::invalid(format!(
+                    "minute_ms {minute} is in the future (server time {now}); check the clock"
+                )));
+            }
+            // Older than the retention: it would be pruned at once, so it is dropped here.
+            if minute >= oldest && !counts.is_empty() {
+                valid.push((key.to_string(), minute, counts));
+            }
+        }
+        self.store.add_traffic(&service, &valid).await?;
+        Ok(())
+    }
+
+    /// A migration's traffic per minute over the last `minutes` minutes, and the total.
+    pub async fn traffic(
+        &self,
+        who: &Principal,
+        key: &str,
+        minutes: Option<u32>,
+    ) -> Result<(Vec<(i64, TrafficCounts)>, TrafficCounts), ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let retained = (self.traffic_retention.as_secs() / 60).max(1) as u32;
+        let minutes = match minutes {
+            None | Some(0) => 60,
+            Some(n) if n <= retained => n,
+            Some(n) => {
+                return Err(ApiError::invalid(format!(
+                    "{n} minutes is longer than the traffic retention: allowed 1 to {retained}"
+                )));
+            }
+        };
+        let since = minute_of(self.now()) - i64::from(minutes - 1) * 60_000;
+        let rows = self.store.traffic(migration.key.as_str(), since).await?;
+        let mut total = TrafficCounts::default();
+        for (_, counts) in &rows {
+            total.add(counts);
+        }
+        Ok((rows, total))
+    }
+
+    /// Removes telemetry older than the retention.
+    pub async fn prune(&self) -> Result<u64, ApiError> {
+        let before = self.now() - self.traffic_retention.as_millis() as i64;
+        Ok(self.store.prune(minute_of(before)).await?)
     }
 
     pub async fn create_token(

@@ -107,7 +107,19 @@ pub enum Command {
         entity: Option<String>,
     },
     /// List client instances seen in the last hour.
-    Instances,
+    Instances {
+        /// Only instances that evaluate this migration.
+        #[arg(long)]
+        migration: Option<String>,
+    },
+    /// Show what clients report for a migration, per minute: reads and writes per side,
+    /// errors, latency, shadow comparisons and mismatches.
+    Traffic {
+        key: String,
+        /// How many minutes back.
+        #[arg(long, default_value_t = 15)]
+        minutes: u32,
+    },
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -466,8 +478,22 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             );
             Ok(Output { json: d, human })
         }
-        Command::Instances => {
-            let list = client.get("/v1/clients").await?;
+        Command::Traffic { key, minutes } => {
+            let t = client
+                .get(&format!(
+                    "/v1/migrations/{}/traffic?minutes={minutes}",
+                    path_segment(&key)?
+                ))
+                .await?;
+            let human = traffic_table(&t);
+            Ok(Output { json: t, human })
+        }
+        Command::Instances { migration } => {
+            let path = match &migration {
+                Some(key) => format!("/v1/migrations/{}/instances", path_segment(key)?),
+                None => "/v1/clients".to_owned(),
+            };
+            let list = client.get(&path).await?;
             let mut human = format!(
                 "{:<24} {:<40} {:>8} {:<5} LAST SEEN\n",
                 "SERVICE", "INSTANCE", "APPLIED", "LIVE"
@@ -705,6 +731,66 @@ fn audit_table(page: &Value) -> String {
     }
     if let Some(next) = page["next_before_id"].as_u64() {
         out.push_str(&format!("(older entries: --before {next})"));
+    }
+    out.trim_end().to_owned()
+}
+
+fn traffic_table(t: &Value) -> String {
+    use switchyard_domain::traffic::TrafficCounts;
+    let row = |label: String, c: &TrafficCounts| {
+        let p99 = |h: &switchyard_domain::traffic::Histogram| match h.quantile_upper_bound_us(0.99)
+        {
+            _ if h.count() == 0 => "-".to_owned(),
+            Some(us) if us >= 1000 => format!("≤{}ms", us / 1000),
+            Some(us) => format!("≤{us}µs"),
+            None => ">2.5s".to_owned(),
+        };
+        format!(
+            "{label:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
+            c.old.reads,
+            c.old.writes,
+            c.old.errors,
+            p99(&c.old.latency),
+            c.new.reads,
+            c.new.writes,
+            c.new.errors,
+            p99(&c.new.latency),
+            c.comparisons,
+            c.mismatches,
+        )
+    };
+    let mut out = format!(
+        "{:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
+        "MINUTE",
+        "OLD R",
+        "OLD W",
+        "ERR",
+        "P99",
+        "NEW R",
+        "NEW W",
+        "ERR",
+        "P99",
+        "COMPARE",
+        "MISMATCH"
+    );
+    let minutes = t["minutes"].as_array().cloned().unwrap_or_default();
+    for m in &minutes {
+        if let Ok(c) = serde_json::from_value::<TrafficCounts>(m.clone()) {
+            out.push_str(&row(time(m["minute_ms"].as_i64()), &c));
+        }
+    }
+    if minutes.is_empty() {
+        return format!(
+            "no traffic reported for {} in this window",
+            t["key"].as_str().unwrap_or("")
+        );
+    }
+    if let Ok(total) = serde_json::from_value::<TrafficCounts>(t["total"].clone()) {
+        out.push_str(&row("total".to_owned(), &total));
+        out.push_str(&format!(
+            "evaluations without entity: {}, on a fallback: {}",
+            total.evaluations_without_entity, total.fallback_evaluations
+        ));
     }
     out.trim_end().to_owned()
 }

@@ -11,6 +11,7 @@ use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 use switchyard_domain::migration::BackfillStatus;
+use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
 use switchyard_domain::{BasisPoints, Event, Migration, Operation, Side, Stage, Version};
 use switchyard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -243,6 +244,61 @@ fn event_from_pb(r: &pb::RecordEventRequest) -> Result<Event, ApiError> {
     })
 }
 
+fn side_to_pb_counts(c: &SideCounts) -> pb::SideCounts {
+    pb::SideCounts {
+        reads: c.reads,
+        writes: c.writes,
+        errors: c.errors,
+        latency: Some(pb::LatencyHistogram {
+            counts: c.latency.0.to_vec(),
+        }),
+    }
+}
+
+fn side_from_pb(c: Option<&pb::SideCounts>) -> SideCounts {
+    let Some(c) = c else {
+        return SideCounts::default();
+    };
+    let mut latency = Histogram::default();
+    // Extra buckets (a newer client) are dropped; missing ones count as zero.
+    for (slot, n) in latency
+        .0
+        .iter_mut()
+        .zip(c.latency.iter().flat_map(|h| h.counts.iter()))
+    {
+        *slot = *n;
+    }
+    SideCounts {
+        reads: c.reads,
+        writes: c.writes,
+        errors: c.errors,
+        latency,
+    }
+}
+
+fn counts_from_pb(e: &pb::MigrationTelemetry) -> TrafficCounts {
+    TrafficCounts {
+        old: side_from_pb(e.old.as_ref()),
+        new: side_from_pb(e.new.as_ref()),
+        comparisons: e.comparisons,
+        mismatches: e.mismatches,
+        evaluations_without_entity: e.evaluations_without_entity,
+        fallback_evaluations: e.fallback_evaluations,
+    }
+}
+
+fn minute_to_pb(minute_ms: i64, c: &TrafficCounts) -> pb::TrafficMinute {
+    pb::TrafficMinute {
+        minute_ms,
+        old: Some(side_to_pb_counts(&c.old)),
+        new: Some(side_to_pb_counts(&c.new)),
+        comparisons: c.comparisons,
+        mismatches: c.mismatches,
+        evaluations_without_entity: c.evaluations_without_entity,
+        fallback_evaluations: c.fallback_evaluations,
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -439,7 +495,13 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.into_inner();
         match self
             .app
-            .heartbeat(&who, &r.service, &r.instance_id, Version(r.applied_version))
+            .heartbeat(
+                &who,
+                &r.service,
+                &r.instance_id,
+                Version(r.applied_version),
+                &r.migrations,
+            )
             .await
         {
             Ok(v) => ok(
@@ -458,7 +520,9 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         const M: &str = "ListInstances";
         let who = self.caller(&request).await?;
-        match self.app.instances(&who).await {
+        let r = request.into_inner();
+        let migration = (!r.migration.is_empty()).then_some(r.migration.as_str());
+        match self.app.instances(&who, migration).await {
             Ok(list) => ok(
                 M,
                 pb::ListInstancesResponse {
@@ -469,9 +533,59 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                             instance_id: i.instance_id,
                             applied_version: i.applied_version.0,
                             last_seen_ms: i.last_seen_ms,
+                            first_seen_ms: i.first_seen_ms,
                             live,
                         })
                         .collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn report_telemetry(
+        &self,
+        request: Request<pb::ReportTelemetryRequest>,
+    ) -> Result<Response<pb::ReportTelemetryResponse>, Status> {
+        const M: &str = "ReportTelemetry";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let entries = r
+            .entries
+            .into_iter()
+            .map(|e| {
+                let counts = counts_from_pb(&e);
+                (e.key, e.minute_ms, counts)
+            })
+            .collect();
+        match self
+            .app
+            .report_telemetry(&who, &r.service, &r.instance_id, entries)
+            .await
+        {
+            Ok(()) => ok(M, pb::ReportTelemetryResponse {}),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn traffic(
+        &self,
+        request: Request<pb::TrafficRequest>,
+    ) -> Result<Response<pb::TrafficResponse>, Status> {
+        const M: &str = "Traffic";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        let minutes = (r.minutes > 0).then_some(r.minutes);
+        match self.app.traffic(&who, &r.key, minutes).await {
+            Ok((rows, total)) => ok(
+                M,
+                pb::TrafficResponse {
+                    key: r.key,
+                    minutes: rows
+                        .iter()
+                        .map(|(minute, counts)| minute_to_pb(*minute, counts))
+                        .collect(),
+                    total: Some(minute_to_pb(0, &total)),
                 },
             ),
             Err(e) => Err(status(M, e)),

@@ -39,16 +39,28 @@ pub struct Hub {
     version: watch::Sender<Version>,
     poke: Notify,
     shutdown: watch::Sender<bool>,
+    options: HubOptions,
+}
+
+/// How the hub learns of changes committed through other replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct HubOptions {
+    /// Safety-net refresh period: bounds how stale a replica can be if a notification is lost
+    /// (or notifications are off).
+    pub poll_interval: Duration,
+    /// Listen for Postgres notifications.
+    pub notifications: bool,
 }
 
 /// Changes buffered per watcher before it counts as lagging and is sent a fresh snapshot.
 const BROADCAST_CAPACITY: usize = 1024;
-/// Safety-net refresh period: bounds how stale a replica can be if a NOTIFY is lost.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Hub {
     /// Loads the full snapshot and starts the follower (and, on Postgres, the listener).
-    pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, crate::store::StoreError> {
+    pub async fn start(
+        store: Arc<Store>,
+        options: HubOptions,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
         let (migrations, version) = store.changed_since(Version(0)).await?;
         let snapshot = Snapshot {
             version,
@@ -64,9 +76,10 @@ impl Hub {
             version: watch::channel(version).0,
             poke: Notify::new(),
             shutdown: watch::channel(false).0,
+            options,
         });
         tokio::spawn(hub.clone().follow());
-        if hub.store.backend() == Backend::Postgres {
+        if hub.store.backend() == Backend::Postgres && options.notifications {
             tokio::spawn(hub.clone().listen());
         }
         Ok(hub)
@@ -153,7 +166,7 @@ impl Hub {
             }
             tokio::select! {
                 _ = self.poke.notified() => {}
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = tokio::time::sleep(self.options.poll_interval) => {}
                 _ = stopped(&mut shutdown) => return,
             }
         }

@@ -13,6 +13,9 @@
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod auth;
 pub mod cli;

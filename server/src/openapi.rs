@@ -106,8 +106,30 @@ pub fn document() -> Value {
                         "type": "object", "properties": { "snapshot_version": { "type": "integer" } } } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
+            "/v1/clients/telemetry": {
+                "post": { "summary": "A client instance reports per-minute counts per migration (batched)",
+                    "requestBody": body("Telemetry"),
+                    "responses": { "204": { "description": "Added to the rollups" },
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "413": errors(&["413"])["413"] } }
+            },
+            "/v1/migrations/{key}/traffic": {
+                "get": { "summary": "What clients reported for the migration, per minute, summed over instances",
+                    "parameters": [key.clone(), { "name": "minutes", "in": "query",
+                        "schema": { "type": "integer", "minimum": 1, "default": 60 } }],
+                    "responses": ok("Traffic", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/instances": {
+                "get": { "summary": "Client instances (last hour) whose heartbeats name this migration",
+                    "parameters": [key.clone()], "responses": { "200": { "description": "OK",
+                    "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
+                    "401": errors(&["401"])["401"] } }
+            },
             "/v1/clients": {
-                "get": { "summary": "Client instances seen in the last hour", "responses": { "200": { "description": "OK",
+                "get": { "summary": "Client instances seen in the last hour",
+                    "parameters": [{ "name": "migration", "in": "query", "schema": { "type": "string" },
+                        "description": "Only instances that evaluate this migration" }],
+                    "responses": { "200": { "description": "OK",
                     "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
                     "401": errors(&["401"])["401"] } }
@@ -183,7 +205,29 @@ pub fn document() -> Value {
                         "reason": { "type": "string" }, "before": {}, "after": {} } } },
                     "next_before_id": { "type": ["integer", "null"] } } },
                 "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
-                    "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" } } },
+                    "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
+                    "migrations": { "type": "array", "items": { "type": "string" }, "maxItems": 1000,
+                        "description": "Migrations this instance evaluates" } } },
+                "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,
+                    "description": "Counts per latency bucket; upper bounds (µs) 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, +inf" },
+                "SideCounts": { "type": "object", "properties": {
+                    "reads": { "type": "integer" }, "writes": { "type": "integer" }, "errors": { "type": "integer" },
+                    "latency": { "$ref": "#/components/schemas/Histogram" } } },
+                "TrafficCounts": { "type": "object", "properties": {
+                    "old": { "$ref": "#/components/schemas/SideCounts" }, "new": { "$ref": "#/components/schemas/SideCounts" },
+                    "comparisons": { "type": "integer" }, "mismatches": { "type": "integer" },
+                    "evaluations_without_entity": { "type": "integer" }, "fallback_evaluations": { "type": "integer" } } },
+                "Telemetry": { "type": "object", "required": ["service", "instance_id", "entries"], "properties": {
+                    "service": { "type": "string" }, "instance_id": { "type": "string" },
+                    "entries": { "type": "array", "maxItems": 5000, "items": { "allOf": [
+                        { "$ref": "#/components/schemas/TrafficCounts" },
+                        { "type": "object", "required": ["key", "minute_ms"], "properties": {
+                            "key": { "type": "string" }, "minute_ms": { "type": "integer", "description": "start of the minute, Unix ms" } } } ] } } } },
+                "Traffic": { "type": "object", "properties": {
+                    "key": { "type": "string" },
+                    "minutes": { "type": "array", "items": { "allOf": [ { "$ref": "#/components/schemas/TrafficCounts" },
+                        { "type": "object", "properties": { "minute_ms": { "type": "integer" } } } ] } },
+                    "total": { "$ref": "#/components/schemas/TrafficCounts" } } },
                 "Instance": { "type": "object", "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },

@@ -5,7 +5,7 @@
 use crate::app::{App, Clock};
 use crate::auth::Authenticator;
 use crate::grpc::{GrpcApi, SwitchyardServer};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubOptions};
 use crate::store::Store;
 use crate::tls::{TlsFiles, TlsListener};
 use anyhow::Context;
@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How often telemetry past its retention is deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Everything `switchyard serve` is configured with.
 #[derive(clap::Args, Clone, Debug)]
@@ -36,6 +39,9 @@ pub struct ServeConfig {
     /// A client instance counts as live if it reported within this long (e.g. 30s).
     #[arg(long, env = "SWITCHYARD_CLIENT_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub client_ttl: Duration,
+    /// How long per-minute client traffic rollups are kept (e.g. 14d).
+    #[arg(long, env = "SWITCHYARD_TRAFFIC_RETENTION", default_value = "14d", value_parser = humantime::parse_duration)]
+    pub traffic_retention: Duration,
     /// First admin token, used only when the store has no token yet; if unset, one is
     /// generated and printed once.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
@@ -46,6 +52,32 @@ pub struct ServeConfig {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// How often a replica checks the database for changes made through other replicas,
+    /// besides Postgres notifications.
+    #[arg(long, env = "SWITCHYARD_CHANGE_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub change_poll_interval: Duration,
+    /// Listen for Postgres change notifications (turn off behind a pooler that breaks
+    /// LISTEN, e.g. PgBouncer in transaction mode; replicas then rely on polling).
+    #[arg(long, env = "SWITCHYARD_CHANGE_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub change_notifications: bool,
+}
+
+impl Default for ServeConfig {
+    /// The same defaults as the command line (checked by a test).
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".parse().expect("static address"),
+            grpc_addr: "127.0.0.1:50051".parse().expect("static address"),
+            database_url: "sqlite://switchyard.db".to_owned(),
+            client_ttl: Duration::from_secs(30),
+            traffic_retention: Duration::from_secs(14 * 24 * 3600),
+            admin_token: None,
+            tls_cert: None,
+            tls_key: None,
+            change_poll_interval: Duration::from_secs(2),
+            change_notifications: true,
+        }
+    }
 }
 
 pub struct Server {
@@ -75,13 +107,21 @@ impl Server {
                     format!("opening the store at {}", redact(&config.database_url))
                 })?,
         );
-        let hub = Hub::start(store.clone()).await?;
+        let hub = Hub::start(
+            store.clone(),
+            HubOptions {
+                poll_interval: config.change_poll_interval,
+                notifications: config.change_notifications,
+            },
+        )
+        .await?;
         let app = Arc::new(App {
             auth: Authenticator::new(store.clone()),
             store,
             hub,
             clock,
             client_ttl: config.client_ttl,
+            traffic_retention: config.traffic_retention,
         });
         let generated_admin_token = app
             .bootstrap_admin(config.admin_token.as_deref())
@@ -153,6 +193,20 @@ impl Server {
                 .context("gRPC server")
         });
 
+        let mut stop = shutdown.subscribe();
+        let pruner = app.clone();
+        let prune_task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = pruner.prune().await {
+                    tracing::warn!(error = %e, "pruning old telemetry failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+        });
+
         tracing::info!(%http_addr, %grpc_addr, tls = tls.is_some(), "switchyard serving");
         Ok(Server {
             tls: tls.is_some(),
@@ -161,7 +215,7 @@ impl Server {
             app,
             generated_admin_token,
             shutdown,
-            tasks: vec![http_task, grpc_task],
+            tasks: vec![http_task, grpc_task, prune_task],
         })
     }
 
@@ -216,6 +270,19 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn default_matches_the_command_line_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: super::ServeConfig,
+        }
+        let parsed = Cli::parse_from(["switchyard"]).config;
+        let default = super::ServeConfig::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

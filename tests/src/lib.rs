@@ -206,15 +206,24 @@ impl TestServer {
 
     /// Another server (replica) on an existing database.
     pub async fn start_on(db: Arc<TestDb>, clock: TestClock) -> TestServer {
-        let config = ServeConfig {
+        Self::start_configured(db, clock, |_| {}).await
+    }
+
+    /// A server on `db` whose configuration the test adjusts first (addresses, intervals).
+    pub async fn start_configured(
+        db: Arc<TestDb>,
+        clock: TestClock,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> TestServer {
+        let mut config = ServeConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             client_ttl: CLIENT_TTL,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
-            tls_cert: None,
-            tls_key: None,
+            ..ServeConfig::default()
         };
+        configure(&mut config);
         let server = Server::start(config, clock.clock())
             .await
             .expect("starting the server");

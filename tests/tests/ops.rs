@@ -111,6 +111,9 @@ async fn openapi_describes_every_route() {
         ("get", "/v1/watch"),
         ("post", "/v1/clients/heartbeat"),
         ("get", "/v1/clients"),
+        ("post", "/v1/clients/telemetry"),
+        ("get", "/v1/migrations/{key}/traffic"),
+        ("get", "/v1/migrations/{key}/instances"),
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),
@@ -170,8 +173,7 @@ async fn the_first_admin_token_is_generated_once_and_works() {
         database_url: db.url.clone(),
         client_ttl: switchyard_tests::CLIENT_TTL,
         admin_token: admin_token.map(str::to_owned),
-        tls_cert: None,
-        tls_key: None,
+        ..Default::default()
     };
     let clock = switchyard_server::app::system_clock();
     let first = switchyard_server::startup::Server::start(config(None), clock.clone())

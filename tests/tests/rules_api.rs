@@ -445,6 +445,7 @@ impl Via {
                     service: service.to_owned(),
                     instance_id: instance_id.to_owned(),
                     applied_version,
+                    migrations: Vec::new(),
                 };
                 match s.grpc.clone().heartbeat(s.req(request)).await {
                     Ok(r) => Ok(r.get_ref().snapshot_version),

@@ -31,6 +31,7 @@ async fn both_listeners_serve_tls() {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             tls_cert: Some(cert_path.clone()),
             tls_key: Some(key_path),
+            ..Default::default()
         },
         switchyard_server::app::system_clock(),
     )

@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Migration, Version};
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
@@ -140,6 +141,42 @@ impl From<TokenRecord> for TokenJson {
             role: t.role,
             created_at_ms: t.created_at_ms,
             revoked_at_ms: t.revoked_at_ms,
+        }
+    }
+}
+
+/// One telemetry entry as clients send it: a migration, a minute, and the counts.
+#[derive(serde::Deserialize, Serialize)]
+pub struct TelemetryEntryJson {
+    pub key: String,
+    pub minute_ms: i64,
+    #[serde(flatten)]
+    pub counts: TrafficCounts,
+}
+
+#[derive(Serialize)]
+pub struct TrafficMinuteJson {
+    minute_ms: i64,
+    #[serde(flatten)]
+    counts: TrafficCounts,
+}
+
+#[derive(Serialize)]
+pub struct TrafficJson {
+    key: String,
+    minutes: Vec<TrafficMinuteJson>,
+    total: TrafficCounts,
+}
+
+impl TrafficJson {
+    pub fn new(key: String, minutes: Vec<(i64, TrafficCounts)>, total: TrafficCounts) -> Self {
+        Self {
+            key,
+            minutes: minutes
+                .into_iter()
+                .map(|(minute_ms, counts)| TrafficMinuteJson { minute_ms, counts })
+                .collect(),
+            total,
         }
     }
 }

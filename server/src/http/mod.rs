@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use futures::StreamExt;
-use json::{ApiJson, AuditPage, InstanceJson, SnapshotJson, TokenJson};
+use json::{
+    ApiJson, AuditPage, InstanceJson, SnapshotJson, TelemetryEntryJson, TokenJson, TrafficJson,
+};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/watch", get(watch))
         .route("/clients/heartbeat", post(heartbeat))
         .route("/clients", get(instances))
+        .route("/clients/telemetry", post(report_telemetry))
+        .route("/migrations/{key}/instances", get(migration_instances))
+        .route("/migrations/{key}/traffic", get(traffic))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}/revoke", post(revoke_token));
     Router::new()
@@ -427,6 +432,8 @@ struct HeartbeatBody {
     service: String,
     instance_id: String,
     applied_version: u64,
+    #[serde(default)]
+    migrations: Vec<String>,
 }
 
 async fn heartbeat(
@@ -440,6 +447,7 @@ async fn heartbeat(
             &body.service,
             &body.instance_id,
             Version(body.applied_version),
+            &body.migrations,
         )
         .await?;
     Ok(axum::Json(
@@ -447,17 +455,75 @@ async fn heartbeat(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesQuery {
+    migration: Option<String>,
+}
+
 async fn instances(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
+    query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let list: Vec<InstanceJson> = app
-        .instances(&who)
+        .instances(&who, q.migration.as_deref())
         .await?
         .into_iter()
         .map(InstanceJson::from)
         .collect();
     Ok(axum::Json(serde_json::json!({ "instances": list })))
+}
+
+async fn migration_instances(
+    state: State<Arc<App>>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let query = InstancesQuery {
+        migration: Some(key),
+    };
+    instances(state, caller, Ok(Query(query))).await
+}
+
+#[derive(Deserialize)]
+struct TelemetryBody {
+    service: String,
+    instance_id: String,
+    entries: Vec<TelemetryEntryJson>,
+}
+
+async fn report_telemetry(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<TelemetryBody>,
+) -> Result<StatusCode, ApiError> {
+    let entries = body
+        .entries
+        .into_iter()
+        .map(|e| (e.key, e.minute_ms, e.counts))
+        .collect();
+    app.report_telemetry(&who, &body.service, &body.instance_id, entries)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficQuery {
+    minutes: Option<u32>,
+}
+
+async fn traffic(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    query: Result<Query<TrafficQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<TrafficJson>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    let (minutes, total) = app.traffic(&who, &key, q.minutes).await?;
+    Ok(axum::Json(TrafficJson::new(key, minutes, total)))
 }
 
 #[derive(Deserialize)]

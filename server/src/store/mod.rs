@@ -20,6 +20,7 @@ use sqlx::{AnyPool, Executor};
 use std::str::FromStr;
 use std::time::Duration;
 use switchyard_domain::rules::DomainError;
+use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Migration, NewMigration, Reason, Version};
 use tokio::sync::Mutex;
 
@@ -464,6 +465,156 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
+    /// Records which migrations an instance evaluates (as of its latest heartbeat).
+    pub async fn heartbeat_migrations(
+        &self,
+        service: &str,
+        instance_id: &str,
+        migrations: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if migrations.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.lock_writes().await;
+        let mut tx = self.pool.begin().await?;
+        let result = async {
+            for key in migrations {
+                sqlx::query(
+                    "INSERT INTO client_instance_migrations (service, instance_id, migration_key, \
+                     last_seen_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (migration_key, service, \
+                     instance_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(key)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    /// Instances seen within `window` whose heartbeats name `key` among their migrations.
+    pub async fn instances_of(
+        &self,
+        key: &str,
+        now_ms: i64,
+        window: Duration,
+    ) -> Result<Vec<ClientInstance>, StoreError> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(
+            "SELECT i.service, i.instance_id, i.applied_version, i.first_seen_ms, \
+             i.last_seen_ms FROM client_instances i JOIN client_instance_migrations m \
+             ON m.service = i.service AND m.instance_id = i.instance_id \
+             WHERE m.migration_key = $1 AND i.last_seen_ms >= $2 AND m.last_seen_ms >= $2 \
+             ORDER BY i.service, i.instance_id",
+        )
+        .bind(key)
+        .bind(now_ms - window.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(InstanceRow::into_record).collect())
+    }
+
+    /// Adds one service's counts to the per-minute rollups, all in one transaction.
+    pub async fn add_traffic(
+        &self,
+        service: &str,
+        entries: &[(String, i64, TrafficCounts)],
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock_writes().await;
+        let mut tx = self.pool.begin().await?;
+        let result = async {
+            for (key, minute, counts) in entries {
+                // Create the row if missing, then lock it (Postgres) and add to it.
+                sqlx::query(
+                    "INSERT INTO traffic_minutes (migration_key, minute_ms, service, counts) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (migration_key, minute_ms, service) \
+                     DO NOTHING",
+                )
+                .bind(key)
+                .bind(*minute)
+                .bind(service)
+                .bind("{}")
+                .execute(&mut *tx)
+                .await?;
+                let stored: String = sqlx::query_scalar(&format!(
+                    "SELECT counts FROM traffic_minutes WHERE migration_key = $1 \
+                     AND minute_ms = $2 AND service = $3{}",
+                    self.backend.for_update()
+                ))
+                .bind(key)
+                .bind(*minute)
+                .bind(service)
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut total = parse_counts(&stored)?;
+                total.add(counts);
+                sqlx::query(
+                    "UPDATE traffic_minutes SET counts = $1 WHERE migration_key = $2 \
+                     AND minute_ms = $3 AND service = $4",
+                )
+                .bind(
+                    serde_json::to_string(&total)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )
+                .bind(key)
+                .bind(*minute)
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    /// A migration's counts per minute from `since_minute_ms` on, summed over services.
+    pub async fn traffic(
+        &self,
+        key: &str,
+        since_minute_ms: i64,
+    ) -> Result<Vec<(i64, TrafficCounts)>, StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT minute_ms, counts FROM traffic_minutes WHERE migration_key = $1 \
+             AND minute_ms >= $2 ORDER BY minute_ms",
+        )
+        .bind(key)
+        .bind(since_minute_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut minutes: Vec<(i64, TrafficCounts)> = Vec::new();
+        for (minute, counts) in rows {
+            let counts = parse_counts(&counts)?;
+            match minutes.last_mut() {
+                Some((m, total)) if *m == minute => total.add(&counts),
+                _ => minutes.push((minute, counts)),
+            }
+        }
+        Ok(minutes)
+    }
+
+    /// Deletes rollups of minutes before `before_ms` and instance records not seen since then.
+    pub async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let _guard = self.lock_writes().await;
+        let mut removed = 0;
+        for sql in [
+            "DELETE FROM traffic_minutes WHERE minute_ms < $1",
+            "DELETE FROM client_instance_migrations WHERE last_seen_ms < $1",
+        ] {
+            removed += sqlx::query(sql)
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(removed)
+    }
+
     pub async fn count_tokens(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
             .fetch_one(&self.pool)
@@ -608,6 +759,13 @@ async fn finish<T>(
             Err(e)
         }
     }
+}
+
+fn parse_counts(stored: &str) -> Result<TrafficCounts, StoreError> {
+    if stored == "{}" {
+        return Ok(TrafficCounts::default());
+    }
+    serde_json::from_str(stored).map_err(|e| StoreError::Corrupt(format!("traffic counts: {e}")))
 }
 
 async fn read_snapshot_version(
