@@ -1,7 +1,9 @@
 //! The Switchyard wire contract, generated at build time from `proto/switchyard/v1/*.proto`.
 //!
 //! Only transport code (the server's gRPC layer, clients) depends on this crate; domain logic
-//! works on the types of `switchyard-domain` and converts at the edge.
+//! works on the types of `switchyard-domain`, and [`convert`] is the edge between the two.
+
+pub mod convert;
 
 pub mod v1 {
     tonic::include_proto!("switchyard.v1");

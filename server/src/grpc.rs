@@ -10,9 +10,9 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
-use switchyard_domain::migration::BackfillStatus;
-use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
-use switchyard_domain::{BasisPoints, Event, Migration, Operation, Side, Stage, Version};
+use switchyard_domain::traffic::TrafficCounts;
+use switchyard_domain::{BasisPoints, Event, Operation, Version};
+use switchyard_proto::convert::{stage_from_wire, traffic_minute_to_wire};
 use switchyard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -62,7 +62,7 @@ pub fn status(method: &str, e: ApiError) -> Status {
     let detail = pb::ErrorDetail {
         code: e.code().to_owned(),
         rule: e.rule().map_or(0, |r| r.number()),
-        current: e.current().map(migration_to_pb),
+        current: e.current().map(pb::Migration::from),
     };
     count(method, code);
     Status::with_details(code, e.public_message(), detail.encode_to_vec().into())
@@ -80,46 +80,6 @@ fn count(method: &str, code: tonic::Code) {
 fn ok<T>(method: &str, value: T) -> Result<Response<T>, Status> {
     count(method, tonic::Code::Ok);
     Ok(Response::new(value))
-}
-
-pub fn stage_to_pb(s: Stage) -> pb::Stage {
-    match s {
-        Stage::Off => pb::Stage::Off,
-        Stage::DualWrite => pb::Stage::DualWrite,
-        Stage::Shadow => pb::Stage::Shadow,
-        Stage::Live => pb::Stage::Live,
-        Stage::Rampdown => pb::Stage::Rampdown,
-        Stage::Complete => pb::Stage::Complete,
-        Stage::Contracted => pb::Stage::Contracted,
-    }
-}
-
-/// `None` for STAGE_UNSPECIFIED.
-pub fn stage_from_pb(raw: i32) -> Result<Option<Stage>, ApiError> {
-    let stage = match pb::Stage::try_from(raw) {
-        Ok(pb::Stage::Unspecified) => return Ok(None),
-        Ok(pb::Stage::Off) => Stage::Off,
-        Ok(pb::Stage::DualWrite) => Stage::DualWrite,
-        Ok(pb::Stage::Shadow) => Stage::Shadow,
-        Ok(pb::Stage::Live) => Stage::Live,
-        Ok(pb::Stage::Rampdown) => Stage::Rampdown,
-        Ok(pb::Stage::Complete) => Stage::Complete,
-        Ok(pb::Stage::Contracted) => Stage::Contracted,
-        Err(_) => {
-            return Err(ApiError::invalid(format!(
-                "unknown stage {raw}: allowed STAGE_OFF (1) to STAGE_CONTRACTED (7)"
-            )));
-        }
-    };
-    Ok(Some(stage))
-}
-
-fn side_to_pb(s: Side) -> i32 {
-    (match s {
-        Side::Old => pb::Side::Old,
-        Side::New => pb::Side::New,
-        Side::Both => pb::Side::Both,
-    }) as i32
 }
 
 fn role_to_pb(r: Role) -> i32 {
@@ -143,57 +103,27 @@ fn role_from_pb(raw: i32) -> Result<Role, ApiError> {
     }
 }
 
-pub fn migration_to_pb(m: &Migration) -> pb::Migration {
-    let backfill_status = match m.backfill.status {
-        BackfillStatus::None => pb::BackfillStatus::None,
-        BackfillStatus::NotStarted => pb::BackfillStatus::NotStarted,
-        BackfillStatus::Running => pb::BackfillStatus::Running,
-        BackfillStatus::Complete => pb::BackfillStatus::Complete,
-    };
-    pb::Migration {
-        key: m.key.to_string(),
-        description: m.description.clone(),
-        owner: m.owner.clone(),
-        entity_kind: m.entity_kind.clone(),
-        soak_seconds: m.soak_seconds,
-        expected_services: m.expected_services.clone(),
-        has_backfill: m.has_backfill,
-        salt: m.salt,
-        stage: stage_to_pb(m.stage) as i32,
-        rollout_bp: m.rollout_bp.get(),
-        version: m.version.0,
-        created_at_ms: m.created_at_ms,
-        updated_at_ms: m.updated_at_ms,
-        expand_applied: m.expand_applied,
-        backfill: Some(pb::Backfill {
-            status: backfill_status as i32,
-            rows_done: m.backfill.rows_done,
-            rows_total_estimate: m.backfill.rows_total_estimate,
-            started_version: m.backfill.started_version.map_or(0, |v| v.0),
-            completed_version: m.backfill.completed_version.map_or(0, |v| v.0),
-        }),
-        old_shape_stale: m.old_shape_stale,
-        shadow_sample_bp: m.shadow_sample_bp.get(),
-    }
-}
-
 fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
     pb::Snapshot {
         version: s.version.0,
-        migrations: s.migrations.values().map(|m| migration_to_pb(m)).collect(),
+        migrations: s
+            .migrations
+            .values()
+            .map(|m| pb::Migration::from(&**m))
+            .collect(),
     }
 }
 
 fn decision_to_pb(d: Decision) -> pb::Decision {
     pb::Decision {
         key: d.key,
-        stage: stage_to_pb(d.plan.stage) as i32,
+        stage: pb::Stage::from(d.plan.stage) as i32,
         bucket: d.bucket.unwrap_or(0),
         has_bucket: d.bucket.is_some(),
-        write: side_to_pb(d.plan.write),
-        authoritative_write: side_to_pb(d.plan.authoritative_write),
-        read: side_to_pb(d.plan.read),
-        return_value: side_to_pb(d.plan.return_value),
+        write: pb::Side::from(d.plan.write) as i32,
+        authoritative_write: pb::Side::from(d.plan.authoritative_write) as i32,
+        read: pb::Side::from(d.plan.read) as i32,
+        return_value: pb::Side::from(d.plan.return_value) as i32,
         shadow_compare: d.plan.shadow_compare,
         version: d.version.0,
     }
@@ -244,61 +174,6 @@ fn event_from_pb(r: &pb::RecordEventRequest) -> Result<Event, ApiError> {
     })
 }
 
-fn side_to_pb_counts(c: &SideCounts) -> pb::SideCounts {
-    pb::SideCounts {
-        reads: c.reads,
-        writes: c.writes,
-        errors: c.errors,
-        latency: Some(pb::LatencyHistogram {
-            counts: c.latency.0.to_vec(),
-        }),
-    }
-}
-
-fn side_from_pb(c: Option<&pb::SideCounts>) -> SideCounts {
-    let Some(c) = c else {
-        return SideCounts::default();
-    };
-    let mut latency = Histogram::default();
-    // Extra buckets (a newer client) are dropped; missing ones count as zero.
-    for (slot, n) in latency
-        .0
-        .iter_mut()
-        .zip(c.latency.iter().flat_map(|h| h.counts.iter()))
-    {
-        *slot = *n;
-    }
-    SideCounts {
-        reads: c.reads,
-        writes: c.writes,
-        errors: c.errors,
-        latency,
-    }
-}
-
-fn counts_from_pb(e: &pb::MigrationTelemetry) -> TrafficCounts {
-    TrafficCounts {
-        old: side_from_pb(e.old.as_ref()),
-        new: side_from_pb(e.new.as_ref()),
-        comparisons: e.comparisons,
-        mismatches: e.mismatches,
-        evaluations_without_entity: e.evaluations_without_entity,
-        fallback_evaluations: e.fallback_evaluations,
-    }
-}
-
-fn minute_to_pb(minute_ms: i64, c: &TrafficCounts) -> pb::TrafficMinute {
-    pb::TrafficMinute {
-        minute_ms,
-        old: Some(side_to_pb_counts(&c.old)),
-        new: Some(side_to_pb_counts(&c.new)),
-        comparisons: c.comparisons,
-        mismatches: c.mismatches,
-        evaluations_without_entity: c.evaluations_without_entity,
-        fallback_evaluations: c.fallback_evaluations,
-    }
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -322,7 +197,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             reason: r.reason,
         };
         match self.app.create_migration(&who, input).await {
-            Ok(m) => ok(M, migration_to_pb(&m)),
+            Ok(m) => ok(M, pb::Migration::from(&m)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -334,7 +209,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "GetMigration";
         let who = self.caller(&request).await?;
         match self.app.get_migration(&who, &request.get_ref().key) {
-            Ok(m) => ok(M, migration_to_pb(&m)),
+            Ok(m) => ok(M, pb::Migration::from(&*m)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -365,7 +240,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.into_inner();
         let result = async {
             let op = Operation::SetRollout {
-                stage: stage_from_pb(r.stage)?,
+                stage: stage_from_wire(r.stage)?,
                 rollout: BasisPoints::new(r.rollout_bp)?,
             };
             self.app
@@ -374,7 +249,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         }
         .await;
         match result {
-            Ok(m) => ok(M, migration_to_pb(&m)),
+            Ok(m) => ok(M, pb::Migration::from(&m)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -414,7 +289,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         }
         .await;
         match result {
-            Ok(m) => ok(M, migration_to_pb(&m)),
+            Ok(m) => ok(M, pb::Migration::from(&m)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -465,7 +340,9 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             Ok(pb::WatchEvent {
                 event: Some(match item {
                     WatchItem::Snapshot(s) => pb::watch_event::Event::Snapshot(snapshot_to_pb(&s)),
-                    WatchItem::Change(m) => pb::watch_event::Event::Change(migration_to_pb(&m)),
+                    WatchItem::Change(m) => {
+                        pb::watch_event::Event::Change(pb::Migration::from(&*m))
+                    }
                 }),
             })
         });
@@ -554,7 +431,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             .entries
             .into_iter()
             .map(|e| {
-                let counts = counts_from_pb(&e);
+                let counts = TrafficCounts::from(&e);
                 (e.key, e.minute_ms, counts)
             })
             .collect();
@@ -583,9 +460,9 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                     key: r.key,
                     minutes: rows
                         .iter()
-                        .map(|(minute, counts)| minute_to_pb(*minute, counts))
+                        .map(|(minute, counts)| traffic_minute_to_wire(*minute, counts))
                         .collect(),
-                    total: Some(minute_to_pb(0, &total)),
+                    total: Some(traffic_minute_to_wire(0, &total)),
                 },
             ),
             Err(e) => Err(status(M, e)),
@@ -660,7 +537,7 @@ impl GrpcApi {
             .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
             .await
         {
-            Ok(m) => ok(method, migration_to_pb(&m)),
+            Ok(m) => ok(method, pb::Migration::from(&m)),
             Err(e) => Err(status(method, e)),
         }
     }

@@ -1,0 +1,51 @@
+//! The Switchyard client: what an application links to follow its database migrations.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard_client::Client;
+//!
+//! let client = Client::builder("http://flags.internal:50051", "sy_…", "billing-api")
+//!     .snapshot_file("/var/lib/billing-api/switchyard.json")
+//!     .connect()
+//!     .await?;
+//!
+//! // Evaluate locally: no network, no lock, no allocation.
+//! let users = client.handle("users.username-to-handle");
+//! let plan = users.plan("user-42");
+//!
+//! // Or let the migrator run the right reads and writes.
+//! let migrator = client.migrator("users.username-to-handle");
+//! let name: String = migrator
+//!     .read(
+//!         "user-42",
+//!         || async { Ok::<_, std::io::Error>("old".to_owned()) },
+//!         || async { Ok("new".to_owned()) },
+//!     )
+//!     .await?;
+//! # let _ = (plan, name); Ok(()) }
+//! ```
+//!
+//! A background task holds a gRPC watch stream to the server, applies snapshots in version order
+//! (never an older one), acknowledges every version it applies, heartbeats, reports telemetry,
+//! and reconnects with jittered backoff across the configured servers. While the server is
+//! unreachable the client keeps serving its last state, indefinitely.
+//!
+//! # Layout
+//! - `client`: [`Client`], [`ClientBuilder`], [`MigrationHandle`], [`Status`].
+//! - `slot`: per-migration evaluation state in atomics, and the lock-free name registry.
+//! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do).
+//! - `telemetry`: sharded counters.
+//! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
+//! - `snapshot_file`: the saved and bootstrap snapshot files.
+
+mod client;
+mod migrator;
+mod slot;
+mod snapshot_file;
+mod sync;
+mod telemetry;
+
+pub use client::{Client, ClientBuilder, ClientError, MigrationHandle, Source, Status};
+pub use migrator::Migrator;
+pub use snapshot_file::SnapshotFile;
+pub use switchyard_domain::{Plan, Side, Stage};

@@ -1,0 +1,258 @@
+//! Conversions between wire types and domain types, in one place for the server and every
+//! client: domain → wire is infallible; wire → domain validates (`TryFrom`).
+
+use crate::v1 as pb;
+use std::collections::BTreeMap;
+use switchyard_domain::migration::{Backfill, BackfillStatus};
+use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
+use switchyard_domain::{BasisPoints, InvalidInput, Migration, MigrationKey, Side, Stage, Version};
+
+impl From<Stage> for pb::Stage {
+    fn from(s: Stage) -> Self {
+        match s {
+            Stage::Off => pb::Stage::Off,
+            Stage::DualWrite => pb::Stage::DualWrite,
+            Stage::Shadow => pb::Stage::Shadow,
+            Stage::Live => pb::Stage::Live,
+            Stage::Rampdown => pb::Stage::Rampdown,
+            Stage::Complete => pb::Stage::Complete,
+            Stage::Contracted => pb::Stage::Contracted,
+        }
+    }
+}
+
+/// A wire stage; `Ok(None)` for STAGE_UNSPECIFIED.
+pub fn stage_from_wire(raw: i32) -> Result<Option<Stage>, InvalidInput> {
+    let stage = match pb::Stage::try_from(raw) {
+        Ok(pb::Stage::Unspecified) => return Ok(None),
+        Ok(pb::Stage::Off) => Stage::Off,
+        Ok(pb::Stage::DualWrite) => Stage::DualWrite,
+        Ok(pb::Stage::Shadow) => Stage::Shadow,
+        Ok(pb::Stage::Live) => Stage::Live,
+        Ok(pb::Stage::Rampdown) => Stage::Rampdown,
+        Ok(pb::Stage::Complete) => Stage::Complete,
+        Ok(pb::Stage::Contracted) => Stage::Contracted,
+        Err(_) => {
+            return Err(InvalidInput(format!(
+                "unknown stage {raw}: allowed STAGE_OFF (1) to STAGE_CONTRACTED (7)"
+            )));
+        }
+    };
+    Ok(Some(stage))
+}
+
+impl From<Side> for pb::Side {
+    fn from(s: Side) -> Self {
+        match s {
+            Side::Old => pb::Side::Old,
+            Side::New => pb::Side::New,
+            Side::Both => pb::Side::Both,
+        }
+    }
+}
+
+impl From<BackfillStatus> for pb::BackfillStatus {
+    fn from(s: BackfillStatus) -> Self {
+        match s {
+            BackfillStatus::None => pb::BackfillStatus::None,
+            BackfillStatus::NotStarted => pb::BackfillStatus::NotStarted,
+            BackfillStatus::Running => pb::BackfillStatus::Running,
+            BackfillStatus::Complete => pb::BackfillStatus::Complete,
+        }
+    }
+}
+
+impl From<&Migration> for pb::Migration {
+    fn from(m: &Migration) -> Self {
+        pb::Migration {
+            key: m.key.to_string(),
+            description: m.description.clone(),
+            owner: m.owner.clone(),
+            entity_kind: m.entity_kind.clone(),
+            soak_seconds: m.soak_seconds,
+            expected_services: m.expected_services.clone(),
+            has_backfill: m.has_backfill,
+            salt: m.salt,
+            stage: pb::Stage::from(m.stage) as i32,
+            rollout_bp: m.rollout_bp.get(),
+            version: m.version.0,
+            created_at_ms: m.created_at_ms,
+            updated_at_ms: m.updated_at_ms,
+            expand_applied: m.expand_applied,
+            backfill: Some(pb::Backfill {
+                status: pb::BackfillStatus::from(m.backfill.status) as i32,
+                rows_done: m.backfill.rows_done,
+                rows_total_estimate: m.backfill.rows_total_estimate,
+                started_version: m.backfill.started_version.map_or(0, |v| v.0),
+                completed_version: m.backfill.completed_version.map_or(0, |v| v.0),
+            }),
+            old_shape_stale: m.old_shape_stale,
+            shadow_sample_bp: m.shadow_sample_bp.get(),
+        }
+    }
+}
+
+/// A migration as a client receives it. `full_since` is server-side bookkeeping the wire does
+/// not carry; it comes back empty.
+impl TryFrom<pb::Migration> for Migration {
+    type Error = InvalidInput;
+
+    fn try_from(m: pb::Migration) -> Result<Self, InvalidInput> {
+        let stage = stage_from_wire(m.stage)?
+            .ok_or_else(|| InvalidInput(format!("migration {} has no stage", m.key)))?;
+        let backfill = m.backfill.unwrap_or_default();
+        let status = match pb::BackfillStatus::try_from(backfill.status) {
+            Ok(pb::BackfillStatus::NotStarted) => BackfillStatus::NotStarted,
+            Ok(pb::BackfillStatus::Running) => BackfillStatus::Running,
+            Ok(pb::BackfillStatus::Complete) => BackfillStatus::Complete,
+            _ => BackfillStatus::None,
+        };
+        let version = |v: u64| (v > 0).then_some(Version(v));
+        Ok(Migration {
+            key: MigrationKey::parse(&m.key)?,
+            description: m.description,
+            owner: m.owner,
+            entity_kind: m.entity_kind,
+            soak_seconds: m.soak_seconds,
+            expected_services: m.expected_services,
+            has_backfill: m.has_backfill,
+            salt: m.salt,
+            shadow_sample_bp: BasisPoints::new(m.shadow_sample_bp)?,
+            stage,
+            rollout_bp: BasisPoints::new(m.rollout_bp)?,
+            version: Version(m.version),
+            created_at_ms: m.created_at_ms,
+            updated_at_ms: m.updated_at_ms,
+            expand_applied: m.expand_applied,
+            backfill: Backfill {
+                status,
+                rows_done: backfill.rows_done,
+                rows_total_estimate: backfill.rows_total_estimate,
+                started_version: version(backfill.started_version),
+                completed_version: version(backfill.completed_version),
+            },
+            old_shape_stale: m.old_shape_stale,
+            full_since: BTreeMap::new(),
+        })
+    }
+}
+
+impl From<&SideCounts> for pb::SideCounts {
+    fn from(c: &SideCounts) -> Self {
+        pb::SideCounts {
+            reads: c.reads,
+            writes: c.writes,
+            errors: c.errors,
+            latency: Some(pb::LatencyHistogram {
+                counts: c.latency.0.to_vec(),
+            }),
+        }
+    }
+}
+
+impl From<&pb::SideCounts> for SideCounts {
+    fn from(c: &pb::SideCounts) -> Self {
+        let mut latency = Histogram::default();
+        // Extra buckets (from a newer peer) are dropped; missing ones count as zero.
+        for (slot, n) in latency
+            .0
+            .iter_mut()
+            .zip(c.latency.iter().flat_map(|h| h.counts.iter()))
+        {
+            *slot = *n;
+        }
+        SideCounts {
+            reads: c.reads,
+            writes: c.writes,
+            errors: c.errors,
+            latency,
+        }
+    }
+}
+
+impl From<&pb::MigrationTelemetry> for TrafficCounts {
+    fn from(e: &pb::MigrationTelemetry) -> Self {
+        TrafficCounts {
+            old: e.old.as_ref().map(SideCounts::from).unwrap_or_default(),
+            new: e.new.as_ref().map(SideCounts::from).unwrap_or_default(),
+            comparisons: e.comparisons,
+            mismatches: e.mismatches,
+            evaluations_without_entity: e.evaluations_without_entity,
+            fallback_evaluations: e.fallback_evaluations,
+        }
+    }
+}
+
+/// One migration's counts for one minute, as a client reports them.
+pub fn telemetry_to_wire(key: &str, minute_ms: i64, c: &TrafficCounts) -> pb::MigrationTelemetry {
+    pb::MigrationTelemetry {
+        key: key.to_owned(),
+        minute_ms,
+        old: Some((&c.old).into()),
+        new: Some((&c.new).into()),
+        comparisons: c.comparisons,
+        mismatches: c.mismatches,
+        evaluations_without_entity: c.evaluations_without_entity,
+        fallback_evaluations: c.fallback_evaluations,
+    }
+}
+
+/// One minute of a migration's rolled-up traffic, as the server serves it.
+pub fn traffic_minute_to_wire(minute_ms: i64, c: &TrafficCounts) -> pb::TrafficMinute {
+    pb::TrafficMinute {
+        minute_ms,
+        old: Some((&c.old).into()),
+        new: Some((&c.new).into()),
+        comparisons: c.comparisons,
+        mismatches: c.mismatches,
+        evaluations_without_entity: c.evaluations_without_entity,
+        fallback_evaluations: c.fallback_evaluations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_domain::NewMigration;
+
+    #[test]
+    fn migrations_survive_the_wire() {
+        let mut m = Migration::create(
+            NewMigration {
+                key: MigrationKey::parse("users.handle").unwrap(),
+                description: "d".into(),
+                owner: "o".into(),
+                entity_kind: "user_id".into(),
+                soak_seconds: 60,
+                expected_services: vec!["api".into()],
+                has_backfill: true,
+                shadow_sample: BasisPoints::new(2_500).unwrap(),
+            },
+            42,
+            Version(3),
+            1_000,
+        );
+        m.stage = Stage::Shadow;
+        m.rollout_bp = BasisPoints::new(1_234).unwrap();
+        m.backfill.status = BackfillStatus::Complete;
+        m.backfill.completed_version = Some(Version(2));
+        let back = Migration::try_from(pb::Migration::from(&m)).unwrap();
+        let mut expected = m.clone();
+        expected.full_since.clear();
+        assert_eq!(back, expected);
+
+        let mut bad = pb::Migration::from(&m);
+        bad.rollout_bp = 10_001;
+        assert!(Migration::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn telemetry_survives_the_wire() {
+        let mut c = TrafficCounts::default();
+        c.old.reads = 3;
+        c.new.latency.record(700);
+        c.mismatches = 2;
+        let wire = telemetry_to_wire("a.b", 60_000, &c);
+        assert_eq!(TrafficCounts::from(&wire), c);
+    }
+}

@@ -1,0 +1,58 @@
+//! A first look at the client against the real server: it connects, follows changes, and its
+//! counts reach the server. (The full client suites are in client_*.rs.)
+
+use std::time::Duration;
+use switchyard_client::{Client, Source, Stage};
+use switchyard_tests::{Db, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_follows_the_server() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    srv.create("smoke.m", false, &[]).await;
+    let client = Client::builder(
+        format!("http://{}", srv.server.grpc_addr),
+        &srv.token,
+        "api",
+    )
+    .telemetry_interval(Duration::from_millis(100))
+    .connect()
+    .await
+    .unwrap();
+    assert_eq!(client.status().source, Source::Server);
+    assert_eq!(client.stage("smoke.m", "42"), Stage::Off);
+    let v = srv.version_of("smoke.m").await;
+    srv.post(
+        "/v1/migrations/smoke.m/events",
+        serde_json::json!({"event": "expand_applied", "expected_version": v, "reason": "t"}),
+    )
+    .await;
+    let v = srv.version_of("smoke.m").await;
+    let (status, m) = srv
+        .post(
+            "/v1/migrations/smoke.m/advance",
+            serde_json::json!({"expected_version": v, "reason": "t"}),
+        )
+        .await;
+    assert!(status.is_success(), "{m}");
+    let (_, m) = srv.post("/v1/migrations/smoke.m/rollout", serde_json::json!({"rollout_bp": 10000, "expected_version": m["version"], "reason": "t"})).await;
+    let target = m["version"].as_u64().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client.wait_for_version(target))
+        .await
+        .expect("the change reaches the client");
+    assert_eq!(client.stage("smoke.m", "42"), Stage::DualWrite);
+    let migrator = client.migrator("smoke.m");
+    let r: Result<u32, String> = migrator
+        .write("42", || async { Ok(1) }, || async { Ok(2) })
+        .await;
+    assert_eq!(r, Ok(1));
+    client.shutdown().await;
+    let (_, t) = srv.get("/v1/migrations/smoke.m/traffic").await;
+    assert_eq!(t["total"]["old"]["writes"], 1);
+    assert_eq!(t["total"]["new"]["writes"], 1);
+    let (_, i) = srv.get("/v1/migrations/smoke.m/instances").await;
+    assert_eq!(
+        i["instances"][0]["applied_version"].as_u64(),
+        Some(target),
+        "{i}"
+    );
+}
