@@ -452,7 +452,8 @@ impl Client {
         &self.shared.config.instance_id
     }
 
-    /// Stops the background tasks after a last telemetry report and heartbeat.
+    /// Stops the background tasks after a last telemetry report (no last heartbeat: an instance
+    /// that is going away should stop counting as live).
     pub async fn shutdown(&self) {
         self.tasks.stop.send_replace(true);
         let handles =

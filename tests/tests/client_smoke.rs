@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use switchyard_client::{Client, Source, Stage};
-use switchyard_tests::{Db, TestServer};
+use switchyard_tests::{Db, TestServer, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_follows_the_server() {
@@ -45,14 +45,13 @@ async fn client_follows_the_server() {
         .write("42", || async { Ok(1) }, || async { Ok(2) })
         .await;
     assert_eq!(r, Ok(1));
+    eventually(Duration::from_secs(10), "the acknowledgement", || async {
+        let (_, i) = srv.get("/v1/migrations/smoke.m/instances").await;
+        i["instances"][0]["applied_version"].as_u64() == Some(target)
+    })
+    .await;
     client.shutdown().await;
     let (_, t) = srv.get("/v1/migrations/smoke.m/traffic").await;
     assert_eq!(t["total"]["old"]["writes"], 1);
     assert_eq!(t["total"]["new"]["writes"], 1);
-    let (_, i) = srv.get("/v1/migrations/smoke.m/instances").await;
-    assert_eq!(
-        i["instances"][0]["applied_version"].as_u64(),
-        Some(target),
-        "{i}"
-    );
 }
