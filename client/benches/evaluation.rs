@@ -1,1 +1,148 @@
-fn main() {}
+//! Evaluation and migrator overhead (divan). `cargo bench -p switchyard-client`.
+//!
+//! The client starts from a bootstrap file (no server), so nothing but evaluation runs on the
+//! measured thread. Keys rotate through 4,096 precomputed entity keys so the hash really runs.
+
+use std::convert::Infallible;
+use std::sync::OnceLock;
+use std::time::Duration;
+use switchyard_client::{Client, MigrationHandle, Migrator};
+use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Stage, Version};
+
+fn main() {
+    divan::main();
+}
+
+struct Fixture {
+    client: Client,
+    split: MigrationHandle,
+    compare_none: Migrator,
+    compare_all: Migrator,
+    keys: Vec<String>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn migration(key: &str, stage: Stage, rollout: u32, sample: u32, version: u64) -> Migration {
+    let mut m = Migration::create(
+        NewMigration {
+            key: MigrationKey::parse(key).unwrap(),
+            description: String::new(),
+            owner: String::new(),
+            entity_kind: "user_id".into(),
+            soak_seconds: 0,
+            expected_services: vec![],
+            has_backfill: false,
+            shadow_sample: BasisPoints::new(sample).unwrap(),
+        },
+        0x5eed,
+        Version(version),
+        0,
+    );
+    m.stage = stage;
+    m.rollout_bp = BasisPoints::new(rollout).unwrap();
+    m
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.json");
+        let snapshot = serde_json::json!({
+            "version": 3,
+            "migrations": [
+                migration("bench.split", Stage::Live, 5_000, 0, 1),
+                migration("bench.compare-none", Stage::Live, 10_000, 0, 2),
+                migration("bench.compare-all", Stage::Live, 10_000, 10_000, 3),
+            ],
+        });
+        std::fs::write(&path, snapshot.to_string()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime.block_on(async {
+            Client::builder("http://127.0.0.1:9", "unused", "bench")
+                .startup_timeout(Duration::from_millis(50))
+                .bootstrap_file(&path)
+                .backoff(Duration::from_secs(60), Duration::from_secs(600))
+                .connect()
+                .await
+                .unwrap()
+        });
+        Fixture {
+            split: client.handle("bench.split"),
+            compare_none: client.migrator("bench.compare-none"),
+            compare_all: client.migrator("bench.compare-all"),
+            keys: (0..4096).map(|i| format!("user-{i}")).collect(),
+            client,
+            _runtime: runtime,
+        }
+    })
+}
+
+/// `stage()` on a pre-resolved handle (single thread; with `threads` for scaling).
+#[divan::bench(threads = [1, 2])]
+fn stage_by_handle(bencher: divan::Bencher) {
+    let f = fixture();
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) & 4095;
+        f.split.stage(divan::black_box(f.keys[i].as_bytes()))
+    });
+}
+
+/// `stage()` by migration name: a lock-free map lookup, then the same evaluation.
+#[divan::bench(threads = [1, 2])]
+fn stage_by_name(bencher: divan::Bencher) {
+    let f = fixture();
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) & 4095;
+        f.client.stage(
+            divan::black_box("bench.split"),
+            divan::black_box(f.keys[i].as_bytes()),
+        )
+    });
+}
+
+/// Baseline for the migrator: the two closures alone, joined, without the migrator.
+#[divan::bench]
+fn closures_alone(bencher: divan::Bencher) {
+    bencher.bench_local(|| {
+        futures::executor::block_on(async {
+            let old = || async { Ok::<u64, Infallible>(1) };
+            let new = || async { Ok::<u64, Infallible>(1) };
+            let (a, b) = futures::join!(old(), new());
+            divan::black_box((a, b))
+        })
+    });
+}
+
+/// A `live` read through the migrator: both sides, authoritative value, no comparison.
+#[divan::bench]
+fn migrator_read_live_no_comparison(bencher: divan::Bencher) {
+    let f = fixture();
+    bencher.bench_local(|| {
+        futures::executor::block_on(f.compare_none.read(
+            divan::black_box("user-42"),
+            || async { Ok::<u64, Infallible>(1) },
+            || async { Ok::<u64, Infallible>(1) },
+        ))
+    });
+}
+
+/// A `live` read through the migrator with the comparison on every read.
+#[divan::bench]
+fn migrator_read_live_with_comparison(bencher: divan::Bencher) {
+    let f = fixture();
+    bencher.bench_local(|| {
+        futures::executor::block_on(f.compare_all.read(
+            divan::black_box("user-42"),
+            || async { Ok::<u64, Infallible>(1) },
+            || async { Ok::<u64, Infallible>(1) },
+        ))
+    });
+}

@@ -96,9 +96,11 @@ impl Migrator {
             Side::New => self.timed(CountedSide::New, Kind::Read, new()).await,
             Side::Both => {
                 let (old_result, new_result) = if !self.serial_reads {
+                    // Both start now: one clock read serves both latencies.
+                    let start = Instant::now();
                     futures::join!(
-                        self.timed(CountedSide::Old, Kind::Read, old()),
-                        self.timed(CountedSide::New, Kind::Read, new())
+                        self.timed_from(start, CountedSide::Old, Kind::Read, old()),
+                        self.timed_from(start, CountedSide::New, Kind::Read, new())
                     )
                 } else if plan.return_value == Side::Old {
                     let o = self.timed(CountedSide::Old, Kind::Read, old()).await;
@@ -183,7 +185,16 @@ impl Migrator {
         kind: Kind,
         op: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let start = Instant::now();
+        self.timed_from(Instant::now(), side, kind, op).await
+    }
+
+    async fn timed_from<T, E>(
+        &self,
+        start: Instant,
+        side: CountedSide,
+        kind: Kind,
+        op: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         let result = op.await;
         let micros = start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         self.handle
