@@ -41,7 +41,8 @@ pub struct Status {
     pub source: Source,
     /// The snapshot version applied (0: none).
     pub version: u64,
-    /// Whether a watch stream is open right now.
+    /// Whether a watch stream is open and has delivered the server's state (a replica that is
+    /// behind this client holds the stream silent until it catches up: not connected yet).
     pub connected: bool,
     /// The server the stream is open to (or was last).
     pub server: Option<String>,
@@ -52,8 +53,6 @@ pub struct Status {
 pub enum ClientError {
     #[error("invalid client configuration: {0}")]
     Config(String),
-    #[error(transparent)]
-    SnapshotFile(#[from] snapshot_file::SnapshotFileError),
 }
 
 /// Configuration; see [`ClientBuilder`] for each knob.
@@ -170,8 +169,14 @@ impl ClientBuilder {
                 "a server URL and a service name are required".to_owned(),
             ));
         }
-        let saved = match &config.snapshot_path {
-            Some(path) => snapshot_file::load(path)?,
+        // An unreadable saved snapshot must not keep the application from starting: it is
+        // only a fallback. Say so loudly and go on without it.
+        let saved = match config.snapshot_path.as_deref().map(snapshot_file::load) {
+            Some(Ok(saved)) => saved,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "ignoring the saved snapshot");
+                None
+            }
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -203,7 +208,7 @@ impl ClientBuilder {
             .await
             .is_ok();
         if !reached {
-            shared.start_offline()?;
+            shared.start_offline();
         }
         let status = shared.status();
         tracing::info!(
@@ -325,18 +330,21 @@ impl Shared {
 
     /// The server did not answer in time: fall back to the bootstrap file if the client has
     /// no saved snapshot.
-    fn start_offline(&self) -> Result<(), ClientError> {
+    fn start_offline(&self) {
         if self.status().source != Source::Fallback {
-            return Ok(());
+            return;
         }
         if let Some(path) = &self.config.bootstrap_path {
-            if let Some(file) = snapshot_file::load(path)? {
-                self.apply_snapshot(file.version, file.migrations, Source::BootstrapFile);
-                return Ok(());
+            match snapshot_file::load(path) {
+                Ok(Some(file)) => {
+                    self.apply_snapshot(file.version, file.migrations, Source::BootstrapFile);
+                }
+                Ok(None) => {
+                    tracing::error!(path = %path.display(), "the bootstrap file does not exist")
+                }
+                Err(e) => tracing::error!(error = %e, "ignoring the bootstrap file"),
             }
-            tracing::warn!(path = %path.display(), "the bootstrap file does not exist");
         }
-        Ok(())
     }
 }
 

@@ -126,10 +126,7 @@ async fn stream(
         .await
         .map_err(|s| format!("{}: {}", url, s.message()))?
         .into_inner();
-    shared.update_status(|s| {
-        s.connected = true;
-        s.server = Some(url.to_owned());
-    });
+    shared.update_status(|s| s.server = Some(url.to_owned()));
     let mut received = false;
     loop {
         let event = match stream.message().await {
@@ -142,7 +139,10 @@ async fn stream(
             }
             Err(status) => return Err(format!("{url}: {}", status.message())),
         };
-        received = true;
+        if !received {
+            received = true;
+            shared.update_status(|s| s.connected = true);
+        }
         match event.event {
             Some(pb::watch_event::Event::Snapshot(s)) => {
                 let migrations: Vec<Migration> = s

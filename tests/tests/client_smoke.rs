@@ -55,3 +55,28 @@ async fn client_follows_the_server() {
     assert_eq!(t["total"]["old"]["writes"], 1);
     assert_eq!(t["total"]["new"]["writes"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_saved_snapshot_does_not_stop_the_client() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    srv.create("smoke.corrupt", false, &[]).await;
+    let dir = switchyard_tests::TempDir::new(&format!("switchyard-corrupt-{}", std::process::id()));
+    let path = dir.0.join("snapshot.json");
+    std::fs::write(&path, "{ this is not a snapshot").unwrap();
+    let client = Client::builder(
+        format!("http://{}", srv.server.grpc_addr),
+        &srv.token,
+        "api",
+    )
+    .snapshot_file(&path)
+    .connect()
+    .await
+    .expect("a broken saved snapshot is ignored, not fatal");
+    assert_eq!(client.status().source, Source::Server);
+    assert!(client.status().connected);
+    // The next applied state replaced the broken file with a good one.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved["version"].as_u64(), Some(client.version()));
+    client.shutdown().await;
+}
