@@ -13,13 +13,17 @@
 //! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
 //! - [`migration`]: the migration record and its backfill state.
 //! - [`rules`]: safety rules 1–9 as pure functions over a migration and the fleet.
+//! - [`gate`]: the contract gate's checks (rule 7), with evidence and remedies.
+//! - [`time`]: UTC minute and span formatting for messages.
 //! - [`traffic`]: the counts clients report (per side, latency histogram) and how they add up.
 
 pub mod bucket;
 pub mod front;
+pub mod gate;
 pub mod migration;
 pub mod rules;
 pub mod stage;
+pub mod time;
 pub mod traffic;
 pub mod types;
 

@@ -80,9 +80,22 @@ pub struct Migration {
     /// recording that the old shape was repaired (rule 6).
     pub old_shape_stale: bool,
     /// For each stage, the snapshot version since which every entity has been at that stage or
-    /// beyond, continuously. Rules 3 and 5 ask clients to have applied at least that version;
-    /// the contract gate reads the soak start from it.
+    /// beyond, continuously. Rules 3 and 5 and the contract gate ask clients to have applied at
+    /// least that version.
     pub full_since: BTreeMap<Stage, Version>,
+    /// When `complete` reached 100% (this time: any step back clears it): the soak's start.
+    #[serde(default)]
+    pub soak_started_at_ms: Option<i64>,
+    /// The last period the stage was `live`, whose shadow comparisons the gate checks.
+    #[serde(default)]
+    pub live_window: Option<Window>,
+}
+
+/// A period of time; `ended_at_ms` is `None` while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
 }
 
 impl Migration {
@@ -108,6 +121,8 @@ impl Migration {
             expand_applied: false,
             old_shape_stale: false,
             full_since: BTreeMap::from([(Stage::Off, version)]),
+            soak_started_at_ms: None,
+            live_window: None,
         }
     }
 

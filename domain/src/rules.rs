@@ -227,7 +227,7 @@ pub fn apply(
         Operation::Retreat => retreat(current, &mut next)?,
         Operation::Record(event) => record(current, event, fleet, next_version, &mut next)?,
     }
-    check_front(current, &mut next, fleet, next_version)?;
+    check_front(current, &mut next, fleet, next_version, now_ms)?;
     next.version = next_version;
     next.updated_at_ms = now_ms;
     Ok((next, reason))
@@ -456,8 +456,7 @@ fn record(
         }
         Event::Contracted => Err(refuse(
             Rule::ContractGate,
-            "recording `contracted` needs the contract gate to pass, and this server does not \
-             evaluate the gate yet, so it is refused",
+            "recording `contracted` needs the contract gate's verdict: use `rules::contract`",
         )),
     }
 }
@@ -469,6 +468,7 @@ fn check_front(
     next: &mut Migration,
     fleet: &Fleet,
     next_version: Version,
+    now_ms: i64,
 ) -> Result<(), DomainError> {
     let (old, new) = (current.front(), next.front());
     // The stage, not only the leading entity: `(dual_write, 0%)` routes like `off`, but showing
@@ -549,5 +549,68 @@ fn check_front(
     for stage in Stage::ALL.into_iter().filter(|s| *s <= trailing) {
         next.full_since.entry(stage).or_insert(next_version);
     }
+    // The gate's clocks: the soak runs while every entity is at complete; a step back stops it.
+    next.soak_started_at_ms = match current.soak_started_at_ms {
+        _ if trailing < Stage::Complete => None,
+        Some(started) => Some(started),
+        None => Some(now_ms),
+    };
+    match (current.stage == Stage::Live, next.stage == Stage::Live) {
+        (false, true) => {
+            next.live_window = Some(crate::migration::Window {
+                started_at_ms: now_ms,
+                ended_at_ms: None,
+            })
+        }
+        (true, false) => {
+            if let Some(window) = next.live_window.as_mut() {
+                window.ended_at_ms = Some(now_ms);
+            }
+        }
+        _ => {}
+    }
     Ok(())
+}
+
+/// Rule 7: records `contracted` if the gate (evaluated by the caller on the same state, inside
+/// the same transaction) passes. `contracted` is final.
+pub fn contract(
+    current: &Migration,
+    expected: Version,
+    reason: &str,
+    gate: &crate::gate::GateReport,
+    next_version: Version,
+    now_ms: i64,
+) -> Result<(Migration, Reason), DomainError> {
+    let reason = parse_reason(reason)?;
+    if expected != current.version {
+        return Err(DomainError::Stale {
+            expected,
+            current: current.version,
+        });
+    }
+    if current.stage == Stage::Contracted {
+        return Err(refuse(
+            Rule::ContractGate,
+            "the migration is already contracted, which is final",
+        ));
+    }
+    if !gate.passed {
+        return Err(refuse(
+            Rule::ContractGate,
+            format!(
+                "the contract gate fails, so the old shape may not be dropped yet: {}",
+                gate.failures()
+            ),
+        ));
+    }
+    let mut next = current.clone();
+    next.stage = Stage::Contracted;
+    next.rollout_bp = BasisPoints::FULL;
+    next.full_since
+        .entry(Stage::Contracted)
+        .or_insert(next_version);
+    next.version = next_version;
+    next.updated_at_ms = now_ms;
+    Ok((next, reason))
 }

@@ -960,19 +960,31 @@ struct Model {
     stale: bool,
     /// For each stage, the version since which every entity is at it or beyond.
     full_since: BTreeMap<Stage, Version>,
+    /// When every entity last reached complete (the gate's soak start), if they still are.
+    soak_started: Option<i64>,
+    /// The last period the stage was live: (start, end).
+    live_window: Option<(i64, Option<i64>)>,
 }
 
 impl Model {
-    fn after_front(&self, front: Front, version: Version) -> Model {
+    fn after_front(&self, from: Stage, front: Front, version: Version, now: i64) -> Model {
         let trailing = front.trailing();
         let mut full_since = self.full_since.clone();
         full_since.retain(|s, _| *s <= trailing);
         for s in Stage::ALL.into_iter().filter(|s| *s <= trailing) {
             full_since.entry(s).or_insert(version);
         }
+        let all_complete = front.stage == Stage::Complete && front.rollout.is_full();
+        let live_window = match (from == Stage::Live, front.stage == Stage::Live) {
+            (false, true) => Some((now, None)),
+            (true, false) => self.live_window.map(|(start, _)| (start, Some(now))),
+            _ => self.live_window,
+        };
         Model {
             stale: self.stale || share_complete(front) > 0,
             full_since,
+            soak_started: all_complete.then(|| self.soak_started.unwrap_or(now)),
+            live_window,
         }
     }
 }
@@ -983,6 +995,7 @@ fn expect(
     op: &Operation,
     fleet: &Fleet,
     next_version: Version,
+    now: i64,
 ) -> (Want, Model) {
     let refuse = |rules: Vec<Rule>| (Want::Refuse(rules), model.clone());
     let na = || (Want::NotApplicable, model.clone());
@@ -1098,7 +1111,7 @@ fn expect(
             broken.push(Rule::CompleteAfterRampdown);
         }
     }
-    let next_model = model.after_front(new_front, next_version);
+    let next_model = model.after_front(m.stage, new_front, next_version, now);
     if next_model.stale && new_front.trailing().returns_old() {
         broken.push(Rule::NoStaleReads);
     }
@@ -1110,6 +1123,13 @@ fn expect(
     next.rollout_bp = new_front.rollout;
     next.old_shape_stale = next_model.stale;
     next.full_since = next_model.full_since.clone();
+    next.soak_started_at_ms = next_model.soak_started;
+    next.live_window = next_model.live_window.map(|(started_at_ms, ended_at_ms)| {
+        switchyard_domain::migration::Window {
+            started_at_ms,
+            ended_at_ms,
+        }
+    });
     (Want::Accept(Box::new(next)), next_model)
 }
 
@@ -1198,6 +1218,8 @@ fn run_sequence(
     let mut model = Model {
         stale: false,
         full_since: BTreeMap::from([(Stage::Off, Version(1))]),
+        soak_started: None,
+        live_window: None,
     };
     check_invariants(&m, &model)?;
 
@@ -1251,7 +1273,7 @@ fn run_sequence(
             continue;
         }
 
-        let (want, next_model) = expect(&m, &model, &op, &fleet, next_version);
+        let (want, next_model) = expect(&m, &model, &op, &fleet, next_version, now);
         match (want, result) {
             (Want::Accept(mut want), Ok((next, got_reason))) => {
                 prop_assert_eq!(got_reason.as_str(), reason);

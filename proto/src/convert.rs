@@ -88,12 +88,13 @@ impl From<&Migration> for pb::Migration {
             }),
             old_shape_stale: m.old_shape_stale,
             shadow_sample_bp: m.shadow_sample_bp.get(),
+            soak_started_at_ms: m.soak_started_at_ms.unwrap_or(0),
         }
     }
 }
 
-/// A migration as a client receives it. `full_since` is server-side bookkeeping the wire does
-/// not carry; it comes back empty.
+/// A migration as a client receives it. `full_since` and `live_window` are server-side
+/// bookkeeping the wire does not carry; they come back empty.
 impl TryFrom<pb::Migration> for Migration {
     type Error = InvalidInput;
 
@@ -133,6 +134,8 @@ impl TryFrom<pb::Migration> for Migration {
             },
             old_shape_stale: m.old_shape_stale,
             full_since: BTreeMap::new(),
+            soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
+            live_window: None,
         })
     }
 }
@@ -210,6 +213,27 @@ pub fn traffic_minute_to_wire(minute_ms: i64, c: &TrafficCounts) -> pb::TrafficM
     }
 }
 
+impl From<&switchyard_domain::gate::GateReport> for pb::GateReport {
+    fn from(r: &switchyard_domain::gate::GateReport) -> Self {
+        pb::GateReport {
+            key: r.key.clone(),
+            passed: r.passed,
+            checks: r
+                .checks
+                .iter()
+                .map(|c| pb::GateCheck {
+                    id: c.id.as_str().to_owned(),
+                    passed: c.passed,
+                    evidence: c.evidence.clone(),
+                    remedy: c.remedy.clone(),
+                })
+                .collect(),
+            soak_ends_at_ms: r.soak_ends_at_ms.unwrap_or(0),
+            evaluated_at_ms: r.evaluated_at_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +260,7 @@ mod tests {
         m.rollout_bp = BasisPoints::new(1_234).unwrap();
         m.backfill.status = BackfillStatus::Complete;
         m.backfill.completed_version = Some(Version(2));
+        m.soak_started_at_ms = Some(5_000);
         let back = Migration::try_from(pb::Migration::from(&m)).unwrap();
         let mut expected = m.clone();
         expected.full_since.clear();

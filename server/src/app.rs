@@ -8,6 +8,7 @@ use crate::store::{AuditRecord, ClientInstance, Store, TokenRecord};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_domain::gate::{self, GatePolicy, GateReport};
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
@@ -36,6 +37,17 @@ pub struct App {
     pub client_ttl: Duration,
     /// How long per-minute traffic rollups are kept.
     pub traffic_retention: Duration,
+    /// The contract gate's server-wide settings (soak floor, new-shape error limit).
+    pub gate_policy: GatePolicy,
+}
+
+/// Migrations whose lifecycle needs attention.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Contracted, yet live instances still name them in heartbeats: code to clean up.
+    pub contracted_in_use: Vec<(String, Vec<ClientInstance>)>,
+    /// At complete 100% for longer than asked, not contracted: (key, complete since).
+    pub complete_not_contracted: Vec<(String, i64)>,
 }
 
 /// What a release manager sends to create a migration.
@@ -92,9 +104,11 @@ impl App {
             Ok(raw.trim().to_owned())
         };
         let soak_seconds = input.soak_seconds.unwrap_or(DEFAULT_SOAK_SECONDS);
-        if soak_seconds > 365 * 24 * 3600 {
+        let floor = self.gate_policy.min_soak_seconds;
+        if soak_seconds > 365 * 24 * 3600 || soak_seconds < floor {
             return Err(ApiError::invalid(format!(
-                "soak period of {soak_seconds} s is too long: allowed up to one year (31536000 s)"
+                "soak period of {soak_seconds} s is out of range: allowed {floor} s (this \
+                 server's floor) to one year (31536000 s)"
             )));
         }
         let mut expected_services = input
@@ -163,21 +177,41 @@ impl App {
         };
         who.require(needs)?;
         let key = MigrationKey::parse(key)?;
-        let result = self
-            .store
-            .mutate(
-                key.as_str(),
-                &who.actor(),
-                self.now(),
-                self.client_ttl,
-                |current, fleet, next_version| {
-                    let now = self.now();
-                    let (next, reason) =
-                        rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
-                    Ok((next, reason, op.action().to_owned()))
-                },
-            )
-            .await;
+        let now = self.now();
+        let result = if op == Operation::Record(Event::Contracted) {
+            // The gate is evaluated on the state, fleet and traffic read in the transaction
+            // that records the result: checking and recording are one step.
+            self.store
+                .mutate_with_traffic(
+                    key.as_str(),
+                    &who.actor(),
+                    now,
+                    self.client_ttl,
+                    Some(self.traffic_horizon(now)),
+                    |current, fleet, traffic, next_version| {
+                        let report =
+                            gate::evaluate(current, fleet, traffic, now, &self.gate_policy);
+                        let (next, reason) =
+                            rules::contract(current, expected, reason, &report, next_version, now)?;
+                        Ok((next, reason, op.action().to_owned()))
+                    },
+                )
+                .await
+        } else {
+            self.store
+                .mutate(
+                    key.as_str(),
+                    &who.actor(),
+                    now,
+                    self.client_ttl,
+                    |current, fleet, next_version| {
+                        let (next, reason) =
+                            rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
+                        Ok((next, reason, op.action().to_owned()))
+                    },
+                )
+                .await
+        };
         match result {
             Ok(done) => {
                 tracing::info!(
@@ -392,6 +426,64 @@ impl App {
             total.add(counts);
         }
         Ok((rows, total))
+    }
+
+    /// The oldest minute of traffic kept.
+    fn traffic_horizon(&self, now: i64) -> i64 {
+        minute_of(now - self.traffic_retention.as_millis() as i64)
+    }
+
+    /// The contract gate's answer for a migration, now.
+    pub async fn gate(&self, who: &Principal, key: &str) -> Result<GateReport, ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let now = self.now();
+        let fleet = self.store.fleet(now, self.client_ttl).await?;
+        let traffic = self
+            .store
+            .traffic(migration.key.as_str(), self.traffic_horizon(now))
+            .await?;
+        Ok(gate::evaluate(
+            &migration,
+            &fleet,
+            &traffic,
+            now,
+            &self.gate_policy,
+        ))
+    }
+
+    /// Contracted migrations still evaluated by live clients, and migrations at complete 100%
+    /// for longer than `complete_for` without being contracted.
+    pub async fn lifecycle(
+        &self,
+        who: &Principal,
+        complete_for: Duration,
+    ) -> Result<Lifecycle, ApiError> {
+        who.require(Permission::Read)?;
+        let now = self.now();
+        let mut view = Lifecycle::default();
+        for m in self.hub.snapshot().migrations.values() {
+            match m.stage {
+                Stage::Contracted => {
+                    let users = self
+                        .store
+                        .instances_of(m.key.as_str(), now, self.client_ttl)
+                        .await?;
+                    if !users.is_empty() {
+                        view.contracted_in_use.push((m.key.to_string(), users));
+                    }
+                }
+                Stage::Complete => {
+                    if let Some(since) = m.soak_started_at_ms {
+                        if now - since >= complete_for.as_millis() as i64 {
+                            view.complete_not_contracted
+                                .push((m.key.to_string(), since));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(view)
     }
 
     /// Removes telemetry older than the retention.

@@ -469,6 +469,71 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         }
     }
 
+    async fn gate(
+        &self,
+        request: Request<pb::GateRequest>,
+    ) -> Result<Response<pb::GateReport>, Status> {
+        const M: &str = "Gate";
+        let who = self.caller(&request).await?;
+        match self.app.gate(&who, &request.get_ref().key).await {
+            Ok(report) => ok(M, pb::GateReport::from(&report)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn lifecycle(
+        &self,
+        request: Request<pb::LifecycleRequest>,
+    ) -> Result<Response<pb::LifecycleResponse>, Status> {
+        const M: &str = "Lifecycle";
+        let who = self.caller(&request).await?;
+        let days = match request.get_ref().complete_for_days {
+            0 => crate::http::DEFAULT_COMPLETE_FOR_DAYS,
+            n => n,
+        };
+        match self
+            .app
+            .lifecycle(
+                &who,
+                std::time::Duration::from_secs(u64::from(days) * 86_400),
+            )
+            .await
+        {
+            Ok(view) => ok(
+                M,
+                pb::LifecycleResponse {
+                    contracted_in_use: view
+                        .contracted_in_use
+                        .into_iter()
+                        .map(|(key, instances)| pb::ContractedInUse {
+                            key,
+                            instances: instances
+                                .into_iter()
+                                .map(|i| pb::Instance {
+                                    service: i.service,
+                                    instance_id: i.instance_id,
+                                    applied_version: i.applied_version.0,
+                                    last_seen_ms: i.last_seen_ms,
+                                    first_seen_ms: i.first_seen_ms,
+                                    live: true,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    complete_not_contracted: view
+                        .complete_not_contracted
+                        .into_iter()
+                        .map(|(key, since)| pb::CompleteNotContracted {
+                            key,
+                            complete_since_ms: since,
+                        })
+                        .collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,

@@ -125,6 +125,21 @@ pub fn document() -> Value {
                         "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
                     "401": errors(&["401"])["401"] } }
             },
+            "/v1/migrations/{key}/gate": {
+                "get": { "summary": "The contract gate: may the old shape be dropped now? Every check with evidence and remedy",
+                    "parameters": [key.clone()], "responses": ok("GateReport", &["400", "401", "403", "404"]) }
+            },
+            "/v1/lifecycle": {
+                "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
+                    "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": 14 } }],
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                        "complete_for_days": { "type": "integer" },
+                        "contracted_in_use": { "type": "array", "items": { "type": "object", "properties": {
+                            "key": { "type": "string" }, "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } },
+                        "complete_not_contracted": { "type": "array", "items": { "type": "object", "properties": {
+                            "key": { "type": "string" }, "complete_since_ms": { "type": "integer" } } } } } } } } },
+                        "401": errors(&["401"])["401"] } }
+            },
             "/v1/clients": {
                 "get": { "summary": "Client instances seen in the last hour",
                     "parameters": [{ "name": "migration", "in": "query", "schema": { "type": "string" },
@@ -173,6 +188,9 @@ pub fn document() -> Value {
                         "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
                         "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] } } },
                     "old_shape_stale": { "type": "boolean" },
+                    "soak_started_at_ms": { "type": ["integer", "null"], "description": "when complete reached 100% (the gate's soak start)" },
+                    "live_window": { "type": ["object", "null"], "properties": {
+                        "started_at_ms": { "type": "integer" }, "ended_at_ms": { "type": ["integer", "null"] } } },
                     "full_since": { "type": "object", "additionalProperties": { "type": "integer" },
                         "description": "stage → version since which every entity has been at that stage or beyond" } } },
                 "Snapshot": { "type": "object", "properties": { "version": { "type": "integer" },
@@ -233,6 +251,13 @@ pub fn document() -> Value {
                     "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
+                "GateReport": { "type": "object", "properties": {
+                    "key": { "type": "string" }, "passed": { "type": "boolean" },
+                    "checks": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": "string", "enum": ["soak", "clients_applied", "no_old_shape_traffic", "no_shadow_mismatch", "new_shape_errors", "backfill"] },
+                        "passed": { "type": "boolean" }, "evidence": { "type": "string" },
+                        "remedy": { "type": "string", "description": "what would make it pass; empty when it passes" } } } },
+                    "soak_ends_at_ms": { "type": ["integer", "null"] }, "evaluated_at_ms": { "type": "integer" } } },
                 "Error": { "type": "object", "required": ["code", "message"], "properties": {
                     "code": { "type": "string", "enum": ["invalid_argument", "not_found", "already_exists", "stale_version", "rule_refused",
                         "not_applicable", "unauthenticated", "permission_denied", "payload_too_large", "unavailable", "internal"] },

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_domain::gate::GatePolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,6 +43,17 @@ pub struct ServeConfig {
     /// How long per-minute client traffic rollups are kept (e.g. 14d).
     #[arg(long, env = "SWITCHYARD_TRAFFIC_RETENTION", default_value = "14d", value_parser = humantime::parse_duration)]
     pub traffic_retention: Duration,
+    /// The shortest soak any migration may have (the contract gate's floor), e.g. 1h.
+    #[arg(long, env = "SWITCHYARD_MIN_SOAK", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub min_soak: Duration,
+    /// The largest share of new-shape operations that may fail during the soak for the gate
+    /// to pass (0.001 = 0.1%).
+    #[arg(
+        long,
+        env = "SWITCHYARD_GATE_MAX_NEW_ERROR_RATIO",
+        default_value_t = 0.001
+    )]
+    pub gate_max_new_error_ratio: f64,
     /// First admin token, used only when the store has no token yet; if unset, one is
     /// generated and printed once.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
@@ -71,6 +83,8 @@ impl Default for ServeConfig {
             database_url: "sqlite://switchyard.db".to_owned(),
             client_ttl: Duration::from_secs(30),
             traffic_retention: Duration::from_secs(14 * 24 * 3600),
+            min_soak: Duration::from_secs(3600),
+            gate_max_new_error_ratio: 0.001,
             admin_token: None,
             tls_cert: None,
             tls_key: None,
@@ -95,6 +109,12 @@ pub struct Server {
 impl Server {
     pub async fn start(config: ServeConfig, clock: Clock) -> anyhow::Result<Server> {
         crate::metrics::handle();
+        if !(0.0..=1.0).contains(&config.gate_max_new_error_ratio) {
+            anyhow::bail!(
+                "--gate-max-new-error-ratio {} is out of range: allowed 0 to 1",
+                config.gate_max_new_error_ratio
+            );
+        }
         // Read before anything else so a bad path fails start-up at once.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles::read(cert, key)?),
@@ -122,6 +142,10 @@ impl Server {
             clock,
             client_ttl: config.client_ttl,
             traffic_retention: config.traffic_retention,
+            gate_policy: GatePolicy {
+                min_soak_seconds: config.min_soak.as_secs(),
+                max_new_error_ratio: config.gate_max_new_error_ratio,
+            },
         });
         let generated_admin_token = app
             .bootstrap_admin(config.admin_token.as_deref())

@@ -221,6 +221,8 @@ impl TestServer {
             database_url: db.url.clone(),
             client_ttl: CLIENT_TTL,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
+            // Tests choose their soak periods (and move the clock) freely.
+            min_soak: Duration::ZERO,
             ..ServeConfig::default()
         };
         configure(&mut config);

@@ -114,6 +114,8 @@ async fn openapi_describes_every_route() {
         ("post", "/v1/clients/telemetry"),
         ("get", "/v1/migrations/{key}/traffic"),
         ("get", "/v1/migrations/{key}/instances"),
+        ("get", "/v1/migrations/{key}/gate"),
+        ("get", "/v1/lifecycle"),
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),

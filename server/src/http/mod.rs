@@ -46,6 +46,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/clients/telemetry", post(report_telemetry))
         .route("/migrations/{key}/instances", get(migration_instances))
         .route("/migrations/{key}/traffic", get(traffic))
+        .route("/migrations/{key}/gate", get(gate))
+        .route("/lifecycle", get(lifecycle))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}/revoke", post(revoke_token));
     Router::new()
@@ -571,3 +573,43 @@ async fn revoke_token(
         app.revoke_token(&who, id).await?,
     )))
 }
+
+async fn gate(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<switchyard_domain::gate::GateReport>, ApiError> {
+    Ok(axum::Json(app.gate(&who, &key).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleQuery {
+    complete_for_days: Option<u32>,
+}
+
+async fn lifecycle(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    query: Result<Query<LifecycleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    let days = q.complete_for_days.unwrap_or(DEFAULT_COMPLETE_FOR_DAYS);
+    let view = app
+        .lifecycle(&who, Duration::from_secs(u64::from(days) * 86_400))
+        .await?;
+    Ok(axum::Json(serde_json::json!({
+        "complete_for_days": days,
+        "contracted_in_use": view.contracted_in_use.into_iter().map(|(key, instances)| {
+            let instances: Vec<InstanceJson> =
+                instances.into_iter().map(|i| InstanceJson::from((i, true))).collect();
+            serde_json::json!({ "key": key, "instances": instances })
+        }).collect::<Vec<_>>(),
+        "complete_not_contracted": view.complete_not_contracted.into_iter().map(|(key, since)| {
+            serde_json::json!({ "key": key, "complete_since_ms": since })
+        }).collect::<Vec<_>>(),
+    })))
+}
+
+/// Default age, in days at complete 100%, after which an uncontracted migration is listed.
+pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;

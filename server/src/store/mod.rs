@@ -323,14 +323,49 @@ impl Store {
     where
         F: FnOnce(&Migration, &Fleet, Version) -> Result<(Migration, Reason, String), DomainError>,
     {
+        self.mutate_with_traffic(key, actor, now_ms, client_ttl, None, |m, fleet, _, v| {
+            decide(m, fleet, v)
+        })
+        .await
+    }
+
+    /// Like [`Store::mutate`], also reading the migration's traffic per minute since
+    /// `traffic_since_ms` in the same transaction, so a decision on it (the contract gate) and
+    /// its record are one atomic step.
+    pub async fn mutate_with_traffic<F>(
+        &self,
+        key: &str,
+        actor: &str,
+        now_ms: i64,
+        client_ttl: Duration,
+        traffic_since_ms: Option<i64>,
+        decide: F,
+    ) -> Result<Mutated, StoreError>
+    where
+        F: FnOnce(
+            &Migration,
+            &Fleet,
+            &[(i64, TrafficCounts)],
+            Version,
+        ) -> Result<(Migration, Reason, String), DomainError>,
+    {
         let _guard = self.lock_writes().await;
         let mut tx = self.pool.begin().await?;
         let mutated = self
-            .mutate_in(&mut tx, key, actor, now_ms, client_ttl, decide)
+            .mutate_in(
+                &mut tx,
+                key,
+                actor,
+                now_ms,
+                client_ttl,
+                traffic_since_ms,
+                decide,
+            )
             .await;
         finish(tx, mutated).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn mutate_in<F>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -338,10 +373,16 @@ impl Store {
         actor: &str,
         now_ms: i64,
         client_ttl: Duration,
+        traffic_since_ms: Option<i64>,
         decide: F,
     ) -> Result<Mutated, StoreError>
     where
-        F: FnOnce(&Migration, &Fleet, Version) -> Result<(Migration, Reason, String), DomainError>,
+        F: FnOnce(
+            &Migration,
+            &Fleet,
+            &[(i64, TrafficCounts)],
+            Version,
+        ) -> Result<(Migration, Reason, String), DomainError>,
     {
         let row: Option<MigrationRow> = sqlx::query_as(&format!(
             "SELECT {} FROM migrations WHERE key = $1{}",
@@ -355,8 +396,12 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(key.to_owned()))?
             .into_domain()?;
         let fleet = load_fleet(tx, now_ms, client_ttl).await?;
+        let traffic = match traffic_since_ms {
+            Some(since) => traffic_minutes(&mut **tx, key, since).await?,
+            None => Vec::new(),
+        };
         let version = next_version(tx).await?;
-        let (next, reason, action) = match decide(&current, &fleet, version) {
+        let (next, reason, action) = match decide(&current, &fleet, &traffic, version) {
             Ok(decided) => decided,
             Err(error) => {
                 return Err(StoreError::Refused {
@@ -579,23 +624,15 @@ impl Store {
         key: &str,
         since_minute_ms: i64,
     ) -> Result<Vec<(i64, TrafficCounts)>, StoreError> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT minute_ms, counts FROM traffic_minutes WHERE migration_key = $1 \
-             AND minute_ms >= $2 ORDER BY minute_ms",
-        )
-        .bind(key)
-        .bind(since_minute_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut minutes: Vec<(i64, TrafficCounts)> = Vec::new();
-        for (minute, counts) in rows {
-            let counts = parse_counts(&counts)?;
-            match minutes.last_mut() {
-                Some((m, total)) if *m == minute => total.add(&counts),
-                _ => minutes.push((minute, counts)),
-            }
-        }
-        Ok(minutes)
+        traffic_minutes(&self.pool, key, since_minute_ms).await
+    }
+
+    /// The live fleet (instances that reported within `ttl`).
+    pub async fn fleet(&self, now_ms: i64, ttl: Duration) -> Result<Fleet, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let fleet = load_fleet(&mut tx, now_ms, ttl).await;
+        tx.commit().await?;
+        fleet
     }
 
     /// Deletes rollups of minutes before `before_ms` and instance records not seen since then.
@@ -759,6 +796,33 @@ async fn finish<T>(
             Err(e)
         }
     }
+}
+
+async fn traffic_minutes<'e, E>(
+    executor: E,
+    key: &str,
+    since_minute_ms: i64,
+) -> Result<Vec<(i64, TrafficCounts)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT minute_ms, counts FROM traffic_minutes WHERE migration_key = $1 \
+         AND minute_ms >= $2 ORDER BY minute_ms",
+    )
+    .bind(key)
+    .bind(since_minute_ms)
+    .fetch_all(executor)
+    .await?;
+    let mut minutes: Vec<(i64, TrafficCounts)> = Vec::new();
+    for (minute, counts) in rows {
+        let counts = parse_counts(&counts)?;
+        match minutes.last_mut() {
+            Some((m, total)) if *m == minute => total.add(&counts),
+            _ => minutes.push((minute, counts)),
+        }
+    }
+    Ok(minutes)
 }
 
 fn parse_counts(stored: &str) -> Result<TrafficCounts, StoreError> {

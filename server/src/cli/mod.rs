@@ -5,9 +5,13 @@
 //! (bad arguments, unknown migration, invalid input); 3 cannot reach or authenticate (network,
 //! 401/403, server errors).
 
+mod sqlfiles;
+
 use crate::startup::ServeConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use sqlfiles::{Phase, Tool};
+use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_domain::{BasisPoints, Migration};
 
@@ -78,9 +82,18 @@ pub enum Command {
         change: Change,
     },
     /// Record a schema or data event.
+    ///
+    /// `record KEY EVENT`, or `record --sql-file FILE` after applying a migration file headed
+    /// `-- switchyard: expand KEY` (records expand-applied; already recorded is fine) or
+    /// `-- switchyard: contract KEY` (records contracted, through the gate).
     Record {
-        key: String,
-        event: RecordedEvent,
+        #[arg(required_unless_present = "sql_file")]
+        key: Option<String>,
+        #[arg(required_unless_present = "sql_file")]
+        event: Option<RecordedEvent>,
+        /// A migration file just applied; its header says what to record.
+        #[arg(long, conflicts_with_all = ["key", "event"])]
+        sql_file: Option<PathBuf>,
         /// Rows done (backfill-progress).
         #[arg(long)]
         rows_done: Option<u64>,
@@ -89,6 +102,40 @@ pub enum Command {
         rows_total: Option<u64>,
         #[command(flatten)]
         change: Change,
+    },
+    /// The contract gate: may the old shape be dropped now? Exit 0 if it passes, 1 if not.
+    ///
+    /// `gate KEY` checks one migration; `gate --migrations-dir DIR` checks every pending SQL
+    /// file headed `-- switchyard: contract KEY` (pending according to the target database's
+    /// migration table, or to --applied-list) and fails if any names an unknown migration or
+    /// one whose gate fails.
+    Gate {
+        #[arg(required_unless_present = "migrations_dir")]
+        key: Option<String>,
+        #[arg(long, conflicts_with = "key")]
+        migrations_dir: Option<PathBuf>,
+        /// The database the migrations are applied to (sqlite://… or postgres://…).
+        #[arg(
+            long,
+            env = "SWITCHYARD_TARGET_DATABASE_URL",
+            requires = "migrations_dir"
+        )]
+        target_database_url: Option<String>,
+        /// Whose migration table to read.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "sqlx",
+            requires = "target_database_url"
+        )]
+        tool: Tool,
+        /// Instead of a database: a file naming the applied migration files, one per line.
+        #[arg(
+            long,
+            conflicts_with = "target_database_url",
+            requires = "migrations_dir"
+        )]
+        applied_list: Option<PathBuf>,
     },
     /// Show a migration's audit log, newest first.
     Audit {
@@ -154,7 +201,15 @@ pub enum MigrationCommand {
     Show {
         key: String,
     },
-    List,
+    /// List migrations; `--stale` lists those needing attention instead: contracted but still
+    /// evaluated by live clients (code to clean up), and at complete 100% for longer than
+    /// `--days` without being contracted.
+    List {
+        #[arg(long)]
+        stale: bool,
+        #[arg(long, default_value_t = 14, requires = "stale")]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,7 +388,7 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
             } else {
                 println!("{}", output.human);
             }
-            0
+            output.code
         }
         Err(failure) => {
             if json_output {
@@ -355,6 +410,18 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
 struct Output {
     json: Value,
     human: String,
+    /// 0, or 1 for an answer that is a "no" (a failing gate).
+    code: i32,
+}
+
+impl Output {
+    fn ok(json: Value, human: String) -> Self {
+        Self {
+            json,
+            human,
+            code: 0,
+        }
+    }
 }
 
 async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
@@ -394,10 +461,47 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 .await?;
             Ok(migration_output(m, ""))
         }
-        Command::Migration(MigrationCommand::List) => {
+        Command::Migration(MigrationCommand::List { stale: false, .. }) => {
             let s = client.get("/v1/migrations").await?;
             let human = list_table(&s);
-            Ok(Output { json: s, human })
+            Ok(Output::ok(s, human))
+        }
+        Command::Migration(MigrationCommand::List { stale: true, days }) => {
+            let v = client
+                .get(&format!("/v1/lifecycle?complete_for_days={days}"))
+                .await?;
+            let human = lifecycle_text(&v, days);
+            Ok(Output::ok(v, human))
+        }
+        Command::Gate { key: Some(key), .. } => {
+            let report = client
+                .get(&format!("/v1/migrations/{}/gate", path_segment(&key)?))
+                .await?;
+            let passed = report["passed"].as_bool() == Some(true);
+            let human = gate_text(&report);
+            Ok(Output {
+                json: report,
+                human,
+                code: if passed { 0 } else { 1 },
+            })
+        }
+        Command::Gate {
+            key: None,
+            migrations_dir,
+            target_database_url,
+            tool,
+            applied_list,
+        } => {
+            let dir =
+                migrations_dir.ok_or_else(|| Failure::usage("give KEY or --migrations-dir"))?;
+            gate_dir(
+                client,
+                &dir,
+                target_database_url.as_deref(),
+                tool,
+                applied_list.as_deref(),
+            )
+            .await
         }
         Command::Ramp {
             key,
@@ -421,12 +525,21 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
         Command::Advance { key, change } => step(client, &key, "advance", change).await,
         Command::Retreat { key, change } => step(client, &key, "retreat", change).await,
         Command::Record {
+            sql_file: Some(file),
+            change,
+            ..
+        } => record_sql_file(client, &file, change).await,
+        Command::Record {
             key,
             event,
             rows_done,
             rows_total,
             change,
+            ..
         } => {
+            let (Some(key), Some(event)) = (key, event) else {
+                return Err(Failure::usage("give KEY and EVENT, or --sql-file FILE"));
+            };
             let name = event
                 .to_possible_value()
                 .map(|v| v.get_name().replace('-', "_"))
@@ -450,7 +563,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             }
             let page = client.get(&path).await?;
             let human = audit_table(&page);
-            Ok(Output { json: page, human })
+            Ok(Output::ok(page, human))
         }
         Command::Decide { key, entity } => {
             let mut path = format!("/v1/migrations/{}/decide", path_segment(&key)?);
@@ -476,7 +589,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                     ""
                 },
             );
-            Ok(Output { json: d, human })
+            Ok(Output::ok(d, human))
         }
         Command::Traffic { key, minutes } => {
             let t = client
@@ -486,7 +599,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 ))
                 .await?;
             let human = traffic_table(&t);
-            Ok(Output { json: t, human })
+            Ok(Output::ok(t, human))
         }
         Command::Instances { migration } => {
             let path = match &migration {
@@ -512,10 +625,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                     time(i["last_seen_ms"].as_i64()),
                 ));
             }
-            Ok(Output {
-                json: list,
-                human: human.trim_end().to_owned(),
-            })
+            Ok(Output::ok(list, human.trim_end().to_owned()))
         }
         Command::Token(TokenCommand::Create { name, role }) => {
             let t = client
@@ -528,7 +638,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 t["info"]["role"].as_str().unwrap_or(""),
                 t["token"].as_str().unwrap_or("")
             );
-            Ok(Output { json: t, human })
+            Ok(Output::ok(t, human))
         }
         Command::Token(TokenCommand::List) => {
             let list = client.get("/v1/tokens").await?;
@@ -548,10 +658,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                         .map_or("-".to_owned(), |ms| time(Some(ms))),
                 ));
             }
-            Ok(Output {
-                json: list,
-                human: human.trim_end().to_owned(),
-            })
+            Ok(Output::ok(list, human.trim_end().to_owned()))
         }
         Command::Token(TokenCommand::Revoke { id }) => {
             let t = client
@@ -562,7 +669,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 t["id"],
                 t["name"].as_str().unwrap_or("")
             );
-            Ok(Output { json: t, human })
+            Ok(Output::ok(t, human))
         }
     }
 }
@@ -672,7 +779,7 @@ fn migration_output(value: Value, verb: &str) -> Output {
         }
         Err(_) => value.to_string(),
     };
-    Output { json: value, human }
+    Output::ok(value, human)
 }
 
 fn list_table(snapshot: &Value) -> String {
@@ -790,6 +897,235 @@ fn traffic_table(t: &Value) -> String {
         out.push_str(&format!(
             "evaluations without entity: {}, on a fallback: {}",
             total.evaluations_without_entity, total.fallback_evaluations
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+/// Checks every pending contract file of `dir`.
+async fn gate_dir(
+    client: &Client,
+    dir: &std::path::Path,
+    target: Option<&str>,
+    tool: Tool,
+    applied_list: Option<&std::path::Path>,
+) -> Result<Output, Failure> {
+    let files = sqlfiles::scan(dir).map_err(Failure::usage)?;
+    let applied = match (target, applied_list) {
+        (Some(url), _) => Some(
+            sqlfiles::read_database(url, tool)
+                .await
+                .map_err(|e| Failure {
+                    code: 3,
+                    message: e,
+                    body: None,
+                })?,
+        ),
+        (None, Some(list)) => Some(sqlfiles::read_list(list).map_err(Failure::usage)?),
+        (None, None) => None,
+    };
+    let mut results = Vec::new();
+    let mut human = String::new();
+    let mut all_pass = true;
+    for file in &files {
+        let pending = applied.as_ref().is_none_or(|a| !a.contains(file));
+        for (phase, key) in &file.tags {
+            if *phase != Phase::Contract {
+                continue;
+            }
+            if !pending {
+                human.push_str(&format!("  applied  {}: contracts {key}\n", file.name));
+                results.push(json!({ "file": file.name, "key": key, "pending": false }));
+                continue;
+            }
+            match client
+                .get(&format!("/v1/migrations/{}/gate", path_segment(key)?))
+                .await
+            {
+                Ok(report) => {
+                    let passed = report["passed"].as_bool() == Some(true);
+                    all_pass &= passed;
+                    human.push_str(&format!(
+                        "{} {}: contracts {key}\n{}\n",
+                        if passed { "  PASS   " } else { "  FAIL   " },
+                        file.name,
+                        indent(&gate_text(&report))
+                    ));
+                    results.push(json!({ "file": file.name, "key": key, "pending": true,
+                                         "passed": passed, "gate": report }));
+                }
+                Err(f) if f.code == 2 => {
+                    all_pass = false;
+                    human.push_str(&format!(
+                        "  FAIL    {}: contracts {key}, which the server does not know ({})\n",
+                        file.name, f.message
+                    ));
+                    results.push(json!({ "file": file.name, "key": key, "pending": true,
+                                         "passed": false, "error": f.message }));
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+    if results.is_empty() {
+        human.push_str(&format!(
+            "no file in {} is headed `-- switchyard: contract KEY`\n",
+            dir.display()
+        ));
+    }
+    if applied.is_none() {
+        human.push_str(
+            "(no --target-database-url or --applied-list: every contract file counted as pending)\n",
+        );
+    }
+    human.push_str(if all_pass {
+        "gate passes"
+    } else {
+        "gate FAILS: do not apply the contract migrations"
+    });
+    Ok(Output {
+        json: json!({ "passed": all_pass, "files": results }),
+        human,
+        code: if all_pass { 0 } else { 1 },
+    })
+}
+
+/// Records what a just-applied migration file's header names.
+async fn record_sql_file(
+    client: &Client,
+    path: &std::path::Path,
+    change: Change,
+) -> Result<Output, Failure> {
+    let file = sqlfiles::read(path).map_err(Failure::usage)?;
+    if file.tags.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} has no `-- switchyard: expand KEY` or `-- switchyard: contract KEY` header",
+            file.name
+        )));
+    }
+    let mut recorded = Vec::new();
+    let mut human = String::new();
+    for (phase, key) in &file.tags {
+        let event = match phase {
+            Phase::Expand => "expand_applied",
+            Phase::Contract => "contracted",
+        };
+        let version = client
+            .expected_version(key, change.expected_version)
+            .await?;
+        let result = client
+            .post(
+                &format!("/v1/migrations/{}/events", path_segment(key)?),
+                json!({ "event": event, "expected_version": version, "reason": change.reason }),
+            )
+            .await;
+        match result {
+            Ok(m) => {
+                human.push_str(&format!("recorded {event} for {key} ({})\n", file.name));
+                recorded.push(m);
+            }
+            // Re-running a pipeline step is fine: the fact is already recorded.
+            Err(f) if already_recorded(*phase, f.body.as_ref()) => {
+                human.push_str(&format!(
+                    "{key}: {} already recorded ({})\n",
+                    phase.as_str(),
+                    file.name
+                ));
+                recorded.push(f.body.map(|b| b["current"].clone()).unwrap_or_default());
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(Output::ok(
+        Value::Array(recorded),
+        human.trim_end().to_owned(),
+    ))
+}
+
+/// Whether a refusal only says the file's fact is already on record.
+fn already_recorded(phase: Phase, body: Option<&Value>) -> bool {
+    let current = body.map(|b| &b["current"]);
+    match phase {
+        Phase::Expand => current.is_some_and(|c| c["expand_applied"] == true),
+        Phase::Contract => current.is_some_and(|c| c["stage"] == "contracted"),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("           {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn gate_text(report: &Value) -> String {
+    let mut out = format!(
+        "{}: the contract gate {}\n",
+        report["key"].as_str().unwrap_or(""),
+        if report["passed"].as_bool() == Some(true) {
+            "passes"
+        } else {
+            "fails"
+        }
+    );
+    for c in report["checks"].as_array().into_iter().flatten() {
+        let passed = c["passed"].as_bool() == Some(true);
+        out.push_str(&format!(
+            "  [{}] {}: {}\n",
+            if passed { "ok" } else { "no" },
+            c["id"].as_str().unwrap_or(""),
+            c["evidence"].as_str().unwrap_or("")
+        ));
+        if !passed {
+            out.push_str(&format!(
+                "       → {}\n",
+                c["remedy"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+fn lifecycle_text(v: &Value, days: u32) -> String {
+    let mut out = String::new();
+    let in_use = v["contracted_in_use"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let waiting = v["complete_not_contracted"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if in_use.is_empty() && waiting.is_empty() {
+        return format!(
+            "nothing stale: no contracted migration is still evaluated, and none has been at \
+             complete 100% for over {days} days"
+        );
+    }
+    for m in &in_use {
+        let instances: Vec<String> = m["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    i["service"].as_str().unwrap_or(""),
+                    i["instance_id"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "{}: contracted, still evaluated by {} (remove the flag from that code)\n",
+            m["key"].as_str().unwrap_or(""),
+            instances.join(", ")
+        ));
+    }
+    for m in &waiting {
+        out.push_str(&format!(
+            "{}: complete at 100% since {}, not contracted (run the gate and the contract migration)\n",
+            m["key"].as_str().unwrap_or(""),
+            time(m["complete_since_ms"].as_i64())
         ));
     }
     out.trim_end().to_owned()
