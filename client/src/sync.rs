@@ -143,35 +143,34 @@ async fn stream(
             received = true;
             shared.update_status(|s| s.connected = true);
         }
+        // A state the client cannot read is not applied, and so not acknowledged: the stream
+        // is dropped (and retried) rather than skipping past it, so the server never counts
+        // this instance as running a state it does not run.
         match event.event {
             Some(pb::watch_event::Event::Snapshot(s)) => {
-                let migrations: Vec<Migration> = s
+                let migrations = s
                     .migrations
                     .into_iter()
-                    .filter_map(|m| convert(m, url))
-                    .collect();
+                    .map(|m| convert(m, url))
+                    .collect::<Result<Vec<_>, _>>()?;
                 shared.apply_snapshot(s.version, migrations, Source::Server);
                 shared.update_status(|s| s.last_error = None);
             }
             Some(pb::watch_event::Event::Change(m)) => {
-                if let Some(m) = convert(m, url) {
-                    shared.apply_change(m);
-                }
+                shared.apply_change(convert(m, url)?);
             }
             None => {}
         }
     }
 }
 
-fn convert(m: pb::Migration, url: &str) -> Option<Migration> {
+fn convert(m: pb::Migration, url: &str) -> Result<Migration, String> {
     let key = m.key.clone();
-    match Migration::try_from(m) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::error!(server = %url, migration = %key, error = %e, "ignoring an invalid migration");
-            None
-        }
-    }
+    Migration::try_from(m).map_err(|e| {
+        format!(
+            "{url} sent migration {key}, which this client cannot read ({e}); upgrade the client"
+        )
+    })
 }
 
 /// Acknowledges every applied version at once, and reports liveness periodically.
@@ -203,7 +202,7 @@ async fn heartbeat(
                     }
                     break;
                 }
-                Err(e) => tracing::debug!(error = %e.message(), "heartbeat failed"),
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
             }
         }
         tokio::select! {
@@ -291,15 +290,24 @@ async fn send(
     for channel in preferred(shared, channels) {
         let mut client = SwitchyardClient::new(channel);
         while !pending.is_empty() {
-            // The server takes at most 5,000 entries per report.
-            let chunk: Vec<(i64, String)> = pending.keys().take(5_000).cloned().collect();
+            // Reports stay well under the server's 64 KiB message limit (and its 5,000
+            // entries), however long the backlog.
+            let mut chunk: Vec<(i64, String)> = Vec::new();
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            for (k, counts) in pending.iter() {
+                let entry = telemetry_to_wire(&k.1, k.0, counts);
+                bytes += prost::Message::encoded_len(&entry) + 4;
+                if !entries.is_empty() && (bytes > MAX_REPORT_BYTES || entries.len() >= 5_000) {
+                    break;
+                }
+                chunk.push(k.clone());
+                entries.push(entry);
+            }
             let message = pb::ReportTelemetryRequest {
                 service: shared.config.service.clone(),
                 instance_id: shared.config.instance_id.clone(),
-                entries: chunk
-                    .iter()
-                    .map(|k| telemetry_to_wire(&k.1, k.0, &pending[k]))
-                    .collect(),
+                entries,
             };
             match client.report_telemetry(request(shared, message)).await {
                 Ok(_) => {
@@ -318,6 +326,9 @@ async fn send(
         }
     }
 }
+
+/// Encoded size a telemetry report aims below (the server refuses messages over 64 KiB).
+const MAX_REPORT_BYTES: usize = 48 * 1024;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

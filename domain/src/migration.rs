@@ -83,6 +83,11 @@ pub struct Migration {
     /// beyond, continuously. Rules 3 and 5 and the contract gate ask clients to have applied at
     /// least that version.
     pub full_since: BTreeMap<Stage, Version>,
+    /// The version at which old writes resumed for every entity after some had stopped
+    /// (complete went back to 0%): a repair of the old shape counts only once every live
+    /// client has applied it (rule 6).
+    #[serde(default)]
+    pub old_writes_resumed_since: Option<Version>,
     /// When `complete` reached 100% (this time: any step back clears it): the soak's start.
     #[serde(default)]
     pub soak_started_at_ms: Option<i64>,
@@ -121,6 +126,7 @@ impl Migration {
             expand_applied: false,
             old_shape_stale: false,
             full_since: BTreeMap::from([(Stage::Off, version)]),
+            old_writes_resumed_since: None,
             soak_started_at_ms: None,
             live_window: None,
         }

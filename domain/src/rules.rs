@@ -450,6 +450,21 @@ fn record(
                     describe(current.front())
                 )))
             } else {
+                // A repair (reverse backfill) made while some client still writes only the
+                // new shape would be stale again at once.
+                if let Some(since) = current.old_writes_resumed_since {
+                    let waiting = fleet.not_applied(since, &current.expected_services);
+                    if !waiting.is_empty() {
+                        return Err(refuse(
+                            Rule::NoStaleReads,
+                            format!(
+                                "the repair counts only once every live client writes the old \
+                                 shape again (version {since}); waiting on: {}",
+                                waiting.join("; ")
+                            ),
+                        ));
+                    }
+                }
                 next.old_shape_stale = false;
                 Ok(())
             }
@@ -533,6 +548,12 @@ fn check_front(
         }
     }
     next.old_shape_stale = next.old_shape_stale || new.share_past_old_writes() > 0;
+    next.old_writes_resumed_since = match (old.share_past_old_writes(), new.share_past_old_writes())
+    {
+        (_, n) if n > 0 => None,
+        (o, 0) if o > 0 => Some(next_version),
+        _ => current.old_writes_resumed_since,
+    };
     if next.old_shape_stale && new.trailing().returns_old() {
         return Err(refuse(
             Rule::NoStaleReads,

@@ -636,6 +636,31 @@ fn rule6_repair_needs_complete_at_0_percent() {
 }
 
 #[test]
+fn rule6_repair_waits_for_clients_writing_the_old_shape_again() {
+    let mut d = Driver::new(false, &["api"]);
+    d.drive_to_full(Stage::Rampdown);
+    d.ok(set(Some(Stage::Complete), 1_000));
+    let resumed = d.ok(ramp(0)).version;
+    assert_eq!(d.m.old_writes_resumed_since, Some(resumed));
+    let lagging = Fleet {
+        live: vec![LiveInstance {
+            service: "api".into(),
+            instance_id: "api-1".into(),
+            applied_version: Version(resumed.0 - 1),
+        }],
+    };
+    let msg = d.refused_with(
+        Operation::Record(Event::OldShapeRepaired),
+        &lagging,
+        Rule::NoStaleReads,
+    );
+    contains(&msg, "writes the old shape again");
+    contains(&msg, "api-1");
+    d.ok(Operation::Record(Event::OldShapeRepaired));
+    assert!(!d.m.old_shape_stale);
+}
+
+#[test]
 fn rule6_repair_needs_a_stale_old_shape() {
     let mut d = Driver::new(false, &[]);
     contains(
@@ -962,8 +987,12 @@ struct Model {
     full_since: BTreeMap<Stage, Version>,
     /// When every entity last reached complete (the gate's soak start), if they still are.
     soak_started: Option<i64>,
+    /// The version at which complete went back to 0% (old writes resumed for everyone).
+    old_writes_resumed: Option<Version>,
     /// The last period the stage was live: (start, end).
     live_window: Option<(i64, Option<i64>)>,
+    /// The share of entities at complete in the current state.
+    share_complete_before: u32,
 }
 
 impl Model {
@@ -980,10 +1009,19 @@ impl Model {
             (true, false) => self.live_window.map(|(start, _)| (start, Some(now))),
             _ => self.live_window,
         };
+        let resumed = if share_complete(front) > 0 {
+            None
+        } else if self.share_complete_before > 0 {
+            Some(version)
+        } else {
+            self.old_writes_resumed
+        };
         Model {
             stale: self.stale || share_complete(front) > 0,
             full_since,
             soak_started: all_complete.then(|| self.soak_started.unwrap_or(now)),
+            old_writes_resumed: resumed,
+            share_complete_before: share_complete(front),
             live_window,
         }
     }
@@ -1079,6 +1117,11 @@ fn expect(
                     if !model.stale || share_complete(m.front()) > 0 {
                         return na();
                     }
+                    if let Some(v) = model.old_writes_resumed {
+                        if !fleet_applied(fleet, v, &m.expected_services) {
+                            return refuse(vec![Rule::NoStaleReads]);
+                        }
+                    }
                     next_model.stale = false;
                 }
                 Event::Contracted => return refuse(vec![Rule::ContractGate]),
@@ -1124,6 +1167,7 @@ fn expect(
     next.old_shape_stale = next_model.stale;
     next.full_since = next_model.full_since.clone();
     next.soak_started_at_ms = next_model.soak_started;
+    next.old_writes_resumed_since = next_model.old_writes_resumed;
     next.live_window = next_model.live_window.map(|(started_at_ms, ended_at_ms)| {
         switchyard_domain::migration::Window {
             started_at_ms,
@@ -1219,6 +1263,8 @@ fn run_sequence(
         stale: false,
         full_since: BTreeMap::from([(Stage::Off, Version(1))]),
         soak_started: None,
+        old_writes_resumed: None,
+        share_complete_before: 0,
         live_window: None,
     };
     check_invariants(&m, &model)?;

@@ -93,8 +93,8 @@ impl From<&Migration> for pb::Migration {
     }
 }
 
-/// A migration as a client receives it. `full_since` and `live_window` are server-side
-/// bookkeeping the wire does not carry; they come back empty.
+/// A migration as a client receives it. `full_since`, `old_writes_resumed_since` and
+/// `live_window` are server-side bookkeeping the wire does not carry; they come back empty.
 impl TryFrom<pb::Migration> for Migration {
     type Error = InvalidInput;
 
@@ -135,6 +135,7 @@ impl TryFrom<pb::Migration> for Migration {
             old_shape_stale: m.old_shape_stale,
             full_since: BTreeMap::new(),
             soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
+            old_writes_resumed_since: None,
             live_window: None,
         })
     }

@@ -157,6 +157,24 @@ impl App {
             .ok_or_else(|| ApiError::NotFound(format!("migration {key} does not exist")))
     }
 
+    /// Checks a watcher's `since` version: newer than anything this database ever held means
+    /// the database went back in time (restored from a backup): say so instead of waiting
+    /// forever for a version that will not come.
+    pub async fn check_since(&self, since: Version) -> Result<(), ApiError> {
+        if since <= self.hub.snapshot().version {
+            return Ok(());
+        }
+        let stored = self.store.snapshot_version().await?;
+        if since > stored {
+            return Err(ApiError::invalid(format!(
+                "since_version {since} is newer than this server's newest state ({stored}); was \
+                 its database restored from an older backup? A client that should accept the \
+                 older state must start without its saved snapshot"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn snapshot(&self, who: &Principal) -> Result<Arc<Snapshot>, ApiError> {
         who.require(Permission::Read)?;
         Ok(self.hub.snapshot())

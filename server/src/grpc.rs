@@ -190,10 +190,10 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             description: r.description,
             owner: r.owner,
             entity_kind: r.entity_kind,
-            soak_seconds: (r.soak_seconds > 0).then_some(r.soak_seconds),
+            soak_seconds: r.soak_seconds,
             expected_services: r.expected_services,
             has_backfill: r.has_backfill,
-            shadow_sample_bp: (r.shadow_sample_bp > 0).then_some(r.shadow_sample_bp),
+            shadow_sample_bp: r.shadow_sample_bp,
             reason: r.reason,
         };
         match self.app.create_migration(&who, input).await {
@@ -336,6 +336,10 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let who = self.caller(&request).await?;
         self.app.snapshot(&who).map_err(|e| status(M, e))?;
         let since = Version(request.get_ref().since_version);
+        self.app
+            .check_since(since)
+            .await
+            .map_err(|e| status(M, e))?;
         let stream = self.app.hub.watch(since).map(|item| {
             Ok(pb::WatchEvent {
                 event: Some(match item {

@@ -40,6 +40,9 @@ pub struct Hub {
     poke: Notify,
     shutdown: watch::Sender<bool>,
     options: HubOptions,
+    /// When the follower last read the database successfully (ms since the hub started).
+    last_refresh_ok: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 /// How the hub learns of changes committed through other replicas.
@@ -77,6 +80,8 @@ impl Hub {
             poke: Notify::new(),
             shutdown: watch::channel(false).0,
             options,
+            last_refresh_ok: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(hub.clone().follow());
         if hub.store.backend() == Backend::Postgres && options.notifications {
@@ -111,6 +116,22 @@ impl Hub {
         tokio::time::timeout(timeout, reach(&mut rx, version))
             .await
             .unwrap_or(false)
+    }
+
+    /// How long ago the follower last read the database successfully: a replica that cannot
+    /// follow serves an ever older snapshot, so readiness fails past a bound.
+    pub fn since_last_refresh(&self) -> Duration {
+        let last = self
+            .last_refresh_ok
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// The longest `since_last_refresh` of a ready replica.
+    pub fn staleness_bound(&self) -> Duration {
+        (self.options.poll_interval * 5).max(Duration::from_secs(15))
     }
 
     /// Ends every watch stream and stops the background tasks.
@@ -161,8 +182,12 @@ impl Hub {
     async fn follow(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
         loop {
-            if let Err(e) = self.refresh().await {
-                tracing::warn!(error = %e, "reading new changes failed; retrying");
+            match self.refresh().await {
+                Ok(()) => self.last_refresh_ok.store(
+                    self.started.elapsed().as_millis() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                ),
+                Err(e) => tracing::warn!(error = %e, "reading new changes failed; retrying"),
             }
             tokio::select! {
                 _ = self.poke.notified() => {}

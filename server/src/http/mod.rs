@@ -146,6 +146,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
         .ping()
         .await
         .map_err(|_| ApiError::Unavailable("database unreachable".to_owned()))?;
+    let stale = app.hub.since_last_refresh();
+    if stale > app.hub.staleness_bound() {
+        return Err(ApiError::Unavailable(format!(
+            "this replica has not read the database's changes for {} s",
+            stale.as_secs()
+        )));
+    }
     Ok("ready")
 }
 
@@ -374,7 +381,30 @@ async fn snapshot(
     Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let snapshot = app.snapshot(&who)?;
+    let mut snapshot = app.snapshot(&who)?;
+    // A poller that holds a newer version than this replica (it polled another one) gets
+    // that version or later, never an older state: wait briefly for this replica to catch up.
+    let held = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .filter_map(|t| t.trim().trim_start_matches("W/").strip_prefix("\"v"))
+                .filter_map(|t| t.strip_suffix('"')?.parse::<u64>().ok())
+                .max()
+        });
+    if let Some(held) = held.filter(|h| *h > snapshot.version.0) {
+        app.hub
+            .caught_up(Version(held), Duration::from_secs(2))
+            .await;
+        snapshot = app.snapshot(&who)?;
+        if snapshot.version.0 < held {
+            return Err(ApiError::Unavailable(format!(
+                "this replica is at version {}, behind the version {held} you hold; retry shortly",
+                snapshot.version
+            )));
+        }
+    }
     let etag = format!("\"v{}\"", snapshot.version);
     let unchanged = headers
         .get(IF_NONE_MATCH)
@@ -412,6 +442,7 @@ async fn watch(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let since = Version(q.since.or(last_event_id).unwrap_or(0));
+    app.check_since(since).await?;
     let stream = app.hub.watch(since).map(|item| {
         let event = match item {
             WatchItem::Snapshot(s) => SseEvent::default()

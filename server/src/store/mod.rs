@@ -642,6 +642,7 @@ impl Store {
         for sql in [
             "DELETE FROM traffic_minutes WHERE minute_ms < $1",
             "DELETE FROM client_instance_migrations WHERE last_seen_ms < $1",
+            "DELETE FROM client_instances WHERE last_seen_ms < $1",
         ] {
             removed += sqlx::query(sql)
                 .bind(before_ms)
