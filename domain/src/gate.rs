@@ -39,6 +39,8 @@ pub enum CheckId {
     NoShadowMismatch,
     NewShapeErrors,
     Backfill,
+    /// The migration is already contracted (the only check then).
+    Contracted,
 }
 
 impl CheckId {
@@ -50,6 +52,7 @@ impl CheckId {
             CheckId::NoShadowMismatch => "no_shadow_mismatch",
             CheckId::NewShapeErrors => "new_shape_errors",
             CheckId::Backfill => "backfill",
+            CheckId::Contracted => "contracted",
         }
     }
 }
@@ -95,6 +98,20 @@ pub fn evaluate(
     now_ms: i64,
     policy: &GatePolicy,
 ) -> GateReport {
+    if m.stage == Stage::Contracted {
+        return GateReport {
+            key: m.key.to_string(),
+            passed: true,
+            checks: vec![Check {
+                id: CheckId::Contracted,
+                passed: true,
+                evidence: "the migration is contracted: the old shape was dropped".to_owned(),
+                remedy: String::new(),
+            }],
+            soak_ends_at_ms: None,
+            evaluated_at_ms: now_ms,
+        };
+    }
     let soak_ms = (m.soak_seconds.max(policy.min_soak_seconds) as i64).saturating_mul(1000);
     let at_full = m.stage == Stage::Complete && m.rollout_bp.is_full();
     let soak_start = m.soak_started_at_ms.filter(|_| at_full);
@@ -210,17 +227,26 @@ pub fn evaluate(
             let old = sum(from, now_ms).old;
             let last_old = traffic
                 .iter()
-                .filter(|(minute, c)| *minute >= minute_of(from) && c.old.operations() > 0)
+                .filter(|(minute, c)| {
+                    *minute >= minute_of(from) && *minute <= now_ms && c.old.operations() > 0
+                })
                 .map(|(minute, _)| *minute)
                 .max();
             match last_old {
                 None => Check {
                     id: CheckId::NoOldShapeTraffic,
                     passed: true,
-                    evidence: format!(
-                        "no old-shape read or write reported since {}",
-                        format_minute(from)
-                    ),
+                    evidence: if from > now_ms {
+                        format!(
+                            "the soak is under two minutes old; old-shape traffic counts from {}",
+                            format_minute(from)
+                        )
+                    } else {
+                        format!(
+                            "no old-shape read or write reported since {}",
+                            format_minute(from)
+                        )
+                    },
                     remedy: String::new(),
                 },
                 Some(last) => Check {
@@ -257,7 +283,14 @@ pub fn evaluate(
         },
         Some(w) => {
             let end = w.ended_at_ms.unwrap_or(now_ms);
-            let c = sum(w.started_at_ms, end);
+            // What was recorded at the window's close, or what is still retained (reports
+            // arriving after the close), whichever saw more.
+            let retained = sum(w.started_at_ms, end);
+            let recorded = w.recorded.unwrap_or_default();
+            let c = crate::migration::Compared {
+                comparisons: retained.comparisons.max(recorded.comparisons),
+                mismatches: retained.mismatches.max(recorded.mismatches),
+            };
             let window = format!(
                 "{} to {}",
                 format_minute(w.started_at_ms),
@@ -366,4 +399,29 @@ pub fn evaluate(
         soak_ends_at_ms: soak_ends,
         evaluated_at_ms: now_ms,
     }
+}
+
+/// Records the shadow comparisons of a live window that the change from `before` to `after`
+/// closed, from the migration's reported traffic, so the gate keeps its evidence after the
+/// telemetry is pruned.
+pub fn record_closed_live_window(
+    before: &Migration,
+    after: &mut Migration,
+    traffic: &[(i64, TrafficCounts)],
+) {
+    let closed_now = before.live_window.is_some_and(|w| w.ended_at_ms.is_none());
+    let Some(w) = after.live_window.as_mut() else {
+        return;
+    };
+    let Some(end) = w.ended_at_ms.filter(|_| closed_now) else {
+        return;
+    };
+    let mut total = crate::migration::Compared::default();
+    for (minute, counts) in traffic {
+        if *minute >= minute_of(w.started_at_ms) && *minute <= end {
+            total.comparisons += counts.comparisons;
+            total.mismatches += counts.mismatches;
+        }
+    }
+    w.recorded = Some(total);
 }

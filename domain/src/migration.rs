@@ -96,11 +96,21 @@ pub struct Migration {
     pub live_window: Option<Window>,
 }
 
-/// A period of time; `ended_at_ms` is `None` while it lasts.
+/// The period some entities were at `live`; `ended_at_ms` is `None` while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub started_at_ms: i64,
     pub ended_at_ms: Option<i64>,
+    /// Shadow comparisons and mismatches reported during the window, recorded when it closed,
+    /// so the gate's evidence outlives the telemetry retention.
+    #[serde(default)]
+    pub recorded: Option<Compared>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compared {
+    pub comparisons: u64,
+    pub mismatches: u64,
 }
 
 impl Migration {

@@ -576,11 +576,14 @@ fn check_front(
         Some(started) => Some(started),
         None => Some(now_ms),
     };
-    match (current.stage == Stage::Live, next.stage == Stage::Live) {
+    // The live window lasts while any entity is at live: from (live, >0%) to (rampdown, 100%).
+    let any_live = |f: Front| f.leading() >= Stage::Live && f.trailing() <= Stage::Live;
+    match (any_live(old), any_live(new)) {
         (false, true) => {
             next.live_window = Some(crate::migration::Window {
                 started_at_ms: now_ms,
                 ended_at_ms: None,
+                recorded: None,
             })
         }
         (true, false) => {

@@ -996,7 +996,7 @@ struct Model {
 }
 
 impl Model {
-    fn after_front(&self, from: Stage, front: Front, version: Version, now: i64) -> Model {
+    fn after_front(&self, from: Front, front: Front, version: Version, now: i64) -> Model {
         let trailing = front.trailing();
         let mut full_since = self.full_since.clone();
         full_since.retain(|s, _| *s <= trailing);
@@ -1004,7 +1004,13 @@ impl Model {
             full_since.entry(s).or_insert(version);
         }
         let all_complete = front.stage == Stage::Complete && front.rollout.is_full();
-        let live_window = match (from == Stage::Live, front.stage == Stage::Live) {
+        // Some entity is at live from (live, >0%) until (rampdown, 100%).
+        let any_live = |f: Front| match f.stage {
+            Stage::Live => !f.rollout.is_zero(),
+            Stage::Rampdown => !f.rollout.is_full(),
+            _ => false,
+        };
+        let live_window = match (any_live(from), any_live(front)) {
             (false, true) => Some((now, None)),
             (true, false) => self.live_window.map(|(start, _)| (start, Some(now))),
             _ => self.live_window,
@@ -1154,7 +1160,7 @@ fn expect(
             broken.push(Rule::CompleteAfterRampdown);
         }
     }
-    let next_model = model.after_front(m.stage, new_front, next_version, now);
+    let next_model = model.after_front(m.front(), new_front, next_version, now);
     if next_model.stale && new_front.trailing().returns_old() {
         broken.push(Rule::NoStaleReads);
     }
@@ -1172,6 +1178,7 @@ fn expect(
         switchyard_domain::migration::Window {
             started_at_ms,
             ended_at_ms,
+            recorded: None,
         }
     });
     (Want::Accept(Box::new(next)), next_model)

@@ -25,14 +25,20 @@ touch "$applied"
 # 1. Before touching the schema: every pending contract file's gate must pass.
 "$switchyard" gate --migrations-dir "$dir" --applied-list "$applied"
 
-# 2. Apply what is pending, one transaction per file, and record each as it lands.
+# 2. Apply what is pending, one transaction per file.
 for file in "$dir"/*.sql; do
   name="$(basename "$file")"
   grep -qxF "$name" "$applied" && continue
   echo "applying $name"
   psql "$DATABASE_URL" --quiet --no-psqlrc --set ON_ERROR_STOP=1 --single-transaction --file "$file"
   echo "$name" >> "$applied"
-  # 3. Tell Switchyard what the file did (expand applied / contracted), if its header says.
+done
+
+# 3. Tell Switchyard what every applied file with a header did (expand applied / contracted).
+#    Recording is idempotent, so a record that failed on an earlier run is made now.
+for file in "$dir"/*.sql; do
+  name="$(basename "$file")"
+  grep -qxF "$name" "$applied" || continue
   if grep -qE '^-- switchyard: (expand|contract) ' "$file"; then
     "$switchyard" record --sql-file "$file" --reason "deploy applied $name"
   fi

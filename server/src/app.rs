@@ -105,10 +105,13 @@ impl App {
         };
         let soak_seconds = input.soak_seconds.unwrap_or(DEFAULT_SOAK_SECONDS);
         let floor = self.gate_policy.min_soak_seconds;
-        if soak_seconds > 365 * 24 * 3600 || soak_seconds < floor {
+        // The gate reads the soak's client telemetry, so a soak cannot outlast its retention.
+        let ceiling = self.traffic_retention.as_secs();
+        if soak_seconds > ceiling || soak_seconds < floor {
             return Err(ApiError::invalid(format!(
                 "soak period of {soak_seconds} s is out of range: allowed {floor} s (this \
-                 server's floor) to one year (31536000 s)"
+                 server's --min-soak) to {ceiling} s (its --traffic-retention, since the gate \
+                 reads the soak's telemetry)"
             )));
         }
         let mut expected_services = input
@@ -216,15 +219,26 @@ impl App {
                 )
                 .await
         } else {
+            // While a live window is open, the change that closes it records the window's
+            // shadow comparisons (read in the same transaction), so the gate's evidence
+            // outlives the telemetry retention.
+            let open_window = self
+                .hub
+                .get(key.as_str())
+                .and_then(|m| m.live_window)
+                .filter(|w| w.ended_at_ms.is_none())
+                .map(|w| minute_of(w.started_at_ms));
             self.store
-                .mutate(
+                .mutate_with_traffic(
                     key.as_str(),
                     &who.actor(),
                     now,
                     self.client_ttl,
-                    |current, fleet, next_version| {
-                        let (next, reason) =
+                    open_window,
+                    |current, fleet, traffic, next_version| {
+                        let (mut next, reason) =
                             rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
+                        gate::record_closed_live_window(current, &mut next, traffic);
                         Ok((next, reason, op.action().to_owned()))
                     },
                 )

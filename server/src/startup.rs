@@ -115,6 +115,14 @@ impl Server {
                 config.gate_max_new_error_ratio
             );
         }
+        if config.min_soak > config.traffic_retention {
+            anyhow::bail!(
+                "--min-soak ({}) is longer than --traffic-retention ({}): the gate reads a \
+                 soak's telemetry, so it must be retained at least that long",
+                humantime::format_duration(config.min_soak),
+                humantime::format_duration(config.traffic_retention)
+            );
+        }
         // Read before anything else so a bad path fails start-up at once.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles::read(cert, key)?),

@@ -60,7 +60,11 @@ fn a_release_manager_session_from_the_command_line() {
     );
 
     // Refused by rule 2 (exit 1), with the rule's message.
-    let o = cli(&served, &token, &["advance", key, "--reason", "too early"]);
+    let o = cli(
+        &served,
+        &token,
+        &["advance", key, "--latest", "--reason", "too early"],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("rule 2") && stderr(&o).contains("expand-applied"),
@@ -70,8 +74,16 @@ fn a_release_manager_session_from_the_command_line() {
 
     for args in [
         &["record", key, "expand-applied", "--reason", "DDL applied"][..],
-        &["advance", key, "--reason", "start dual writes"],
-        &["ramp", key, "--percent", "12.5", "--reason", "first slice"],
+        &["advance", key, "--latest", "--reason", "start dual writes"],
+        &[
+            "ramp",
+            key,
+            "--percent",
+            "12.5",
+            "--latest",
+            "--reason",
+            "first slice",
+        ],
     ] {
         let o = cli(&served, &token, args);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
@@ -87,7 +99,9 @@ fn a_release_manager_session_from_the_command_line() {
 
     // Usage errors exit 2: a bad percentage, a missing reason, an unknown migration.
     for args in [
-        &["ramp", key, "--percent", "101", "--reason", "x"][..],
+        &["ramp", key, "--percent", "101", "--latest", "--reason", "x"][..],
+        // A traffic change names the version it expects (or --latest).
+        &["ramp", key, "--percent", "20", "--reason", "x"],
         &["ramp", key, "--percent", "5"],
         &["migration", "show", "no.such-migration"],
     ] {
@@ -124,7 +138,7 @@ fn a_release_manager_session_from_the_command_line() {
     let o = cli(
         &served,
         reader["token"].as_str().unwrap(),
-        &["ramp", key, "--percent", "50", "--reason", "x"],
+        &["ramp", key, "--percent", "50", "--latest", "--reason", "x"],
     );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
+use switchyard_domain::gate;
 use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::rules::{self, DomainError};
 use switchyard_domain::{
@@ -628,7 +629,13 @@ async fn run_case(db: Db, case: Case) {
             &fleet,
             Version(model.snapshot + 1),
             now,
-        );
+        )
+        .map(|(mut next, reason)| {
+            // The server also records a closing live window's comparisons; none are reported
+            // here, so they are zero.
+            gate::record_closed_live_window(&before, &mut next, &[]);
+            (next, reason)
+        });
 
         let (status, response) = ts.post(&format!("/v1/migrations/{KEY}/{path}"), body).await;
         let (after, snapshot, audit) = read_state(&ts).await;

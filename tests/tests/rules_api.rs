@@ -941,11 +941,9 @@ async fn rule_7_contracted_needs_the_gate(db: Db) {
         let s = TestServer::start(db).await;
         let mut f = Flow::create(&s, via, KEY, false, &[]).await;
         f.walk_to("complete", 10_000).await;
-        f.refused(Step::Record("contracted")).await.assert_rule(
-            via,
-            7,
-            "needs the contract gate to pass",
-        );
+        f.refused(Step::Record("contracted"))
+            .await
+            .assert_rule(via, 7, "the contract gate fails");
         f.refused(Step::Advance)
             .await
             .assert_rule(via, 7, "once the contract gate passes");

@@ -241,9 +241,27 @@ pub struct Change {
     /// Why (required; kept in the audit log).
     #[arg(long)]
     pub reason: String,
-    /// The version you expect the migration at (default: read it first).
+    /// The version you expect the migration at (shown by `migration show`); the change is
+    /// refused if someone changed the migration since (rule 8).
     #[arg(long)]
     pub expected_version: Option<u64>,
+    /// Act on whatever the current version is, instead of naming it.
+    #[arg(long, conflicts_with = "expected_version")]
+    pub latest: bool,
+}
+
+impl Change {
+    /// Traffic changes name the state they start from (rule 8): reading it just before the
+    /// change would overwrite whatever another release manager did since you last looked.
+    fn require_view(&self, action: &str) -> Result<(), Failure> {
+        if self.expected_version.is_none() && !self.latest {
+            return Err(Failure::usage(format!(
+                "{action} changes traffic: name the version you expect with --expected-version V \
+                 (see `switchyard migration show`), or pass --latest to act on the current one"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A failed command with its exit code.
@@ -473,7 +491,18 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             let human = lifecycle_text(&v, days);
             Ok(Output::ok(v, human))
         }
-        Command::Gate { key: Some(key), .. } => {
+        Command::Gate {
+            key: Some(key),
+            target_database_url,
+            applied_list,
+            ..
+        } => {
+            // clap waives `requires` for options whose requirement conflicts with KEY.
+            if target_database_url.is_some() || applied_list.is_some() {
+                return Err(Failure::usage(
+                    "--target-database-url and --applied-list go with --migrations-dir, not KEY",
+                ));
+            }
             let report = client
                 .get(&format!("/v1/migrations/{}/gate", path_segment(&key)?))
                 .await?;
@@ -509,6 +538,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             stage,
             change,
         } => {
+            change.require_view("ramp")?;
             let bp = BasisPoints::from_percent(&percent).map_err(|e| Failure::usage(e.0))?;
             let version = client
                 .expected_version(&key, change.expected_version)
@@ -675,6 +705,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
 }
 
 async fn step(client: &Client, key: &str, action: &str, change: Change) -> Result<Output, Failure> {
+    change.require_view(action)?;
     let version = client
         .expected_version(key, change.expected_version)
         .await?;
