@@ -26,6 +26,9 @@ pub struct Backfill {
     pub rows_total_estimate: u64,
     pub started_version: Option<Version>,
     pub completed_version: Option<Version>,
+    /// Paused by a release manager: runners wait between batches until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Backfill {
@@ -40,6 +43,7 @@ impl Backfill {
             rows_total_estimate: 0,
             started_version: None,
             completed_version: None,
+            paused: false,
         }
     }
 }

@@ -150,6 +150,11 @@ pub enum Event {
         rows_total_estimate: u64,
     },
     BackfillComplete,
+    /// Runners stop between batches (a running statement is never killed).
+    BackfillPaused,
+    BackfillResumed,
+    /// Stops the backfill and forgets its progress: it can be started again from the start.
+    BackfillCancelled,
     OldShapeRepaired,
     Contracted,
 }
@@ -161,6 +166,9 @@ impl Event {
             Event::BackfillStarted => "backfill_started",
             Event::BackfillProgress { .. } => "backfill_progress",
             Event::BackfillComplete => "backfill_complete",
+            Event::BackfillPaused => "backfill_paused",
+            Event::BackfillResumed => "backfill_resumed",
+            Event::BackfillCancelled => "backfill_cancelled",
             Event::OldShapeRepaired => "old_shape_repaired",
             Event::Contracted => "contracted",
         }
@@ -436,6 +444,39 @@ fn record(
                 "the backfill is already complete".to_owned(),
             )),
         },
+        Event::BackfillPaused | Event::BackfillResumed | Event::BackfillCancelled => {
+            let not_running = || {
+                DomainError::NotApplicable(format!(
+                    "the backfill is not running (it is {})",
+                    match backfill.status {
+                        BackfillStatus::Complete => "complete",
+                        _ => "not started",
+                    }
+                ))
+            };
+            match (backfill.status, event, backfill.paused) {
+                (BackfillStatus::None, ..) => Err(no_backfill()),
+                (BackfillStatus::Running, Event::BackfillPaused, false) => {
+                    next.backfill.paused = true;
+                    Ok(())
+                }
+                (BackfillStatus::Running, Event::BackfillPaused, true) => Err(
+                    DomainError::NotApplicable("the backfill is already paused".to_owned()),
+                ),
+                (BackfillStatus::Running, Event::BackfillResumed, true) => {
+                    next.backfill.paused = false;
+                    Ok(())
+                }
+                (BackfillStatus::Running, Event::BackfillResumed, false) => Err(
+                    DomainError::NotApplicable("the backfill is not paused".to_owned()),
+                ),
+                (BackfillStatus::Running, _, _) => {
+                    next.backfill = crate::migration::Backfill::initial(true);
+                    Ok(())
+                }
+                _ => Err(not_running()),
+            }
+        }
         Event::OldShapeRepaired => {
             if !current.old_shape_stale {
                 Err(DomainError::NotApplicable(

@@ -490,6 +490,49 @@ fn rule3_a_running_backfill_keeps_every_entity_dual_writing() {
 }
 
 #[test]
+fn backfills_pause_resume_and_cancel_while_running() {
+    let mut d = Driver::new(true, &[]);
+    d.drive_to_full(Stage::DualWrite);
+    contains(
+        &d.not_applicable(Operation::Record(Event::BackfillPaused)),
+        "not running",
+    );
+    d.ok(Operation::Record(Event::BackfillStarted));
+    d.ok(Operation::Record(Event::BackfillProgress {
+        rows_done: 10,
+        rows_total_estimate: 100,
+    }));
+    assert!(
+        d.ok(Operation::Record(Event::BackfillPaused))
+            .backfill
+            .paused
+    );
+    contains(
+        &d.not_applicable(Operation::Record(Event::BackfillPaused)),
+        "already paused",
+    );
+    assert!(
+        !d.ok(Operation::Record(Event::BackfillResumed))
+            .backfill
+            .paused
+    );
+    contains(
+        &d.not_applicable(Operation::Record(Event::BackfillResumed)),
+        "not paused",
+    );
+    let cancelled = d
+        .ok(Operation::Record(Event::BackfillCancelled))
+        .backfill
+        .clone();
+    assert_eq!(cancelled.status, BackfillStatus::NotStarted);
+    assert_eq!((cancelled.rows_done, cancelled.started_version), (0, None));
+    // Cancelled, it no longer holds dual_write at 100% (rule 3's run-time part), and can start again.
+    d.ok(ramp(9_999));
+    d.ok(ramp(10_000));
+    d.ok(Operation::Record(Event::BackfillStarted));
+}
+
+#[test]
 fn rule4_does_not_apply_without_a_backfill() {
     let mut d = Driver::new(false, &[]);
     d.drive_to_full(Stage::DualWrite);
@@ -894,6 +937,9 @@ fn op_strategy() -> impl Strategy<Value = Operation> {
             }
         }),
         Just(Event::BackfillComplete),
+        Just(Event::BackfillPaused),
+        Just(Event::BackfillResumed),
+        Just(Event::BackfillCancelled),
         Just(Event::OldShapeRepaired),
         Just(Event::Contracted),
     ];
@@ -1118,6 +1164,24 @@ fn expect(
                     }
                     next.backfill.status = BackfillStatus::Complete;
                     next.backfill.completed_version = Some(next_version);
+                }
+                Event::BackfillPaused => {
+                    if status != BackfillStatus::Running || m.backfill.paused {
+                        return na();
+                    }
+                    next.backfill.paused = true;
+                }
+                Event::BackfillResumed => {
+                    if status != BackfillStatus::Running || !m.backfill.paused {
+                        return na();
+                    }
+                    next.backfill.paused = false;
+                }
+                Event::BackfillCancelled => {
+                    if status != BackfillStatus::Running {
+                        return na();
+                    }
+                    next.backfill = switchyard_domain::Backfill::initial(true);
                 }
                 Event::OldShapeRepaired => {
                     if !model.stale || share_complete(m.front()) > 0 {

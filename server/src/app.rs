@@ -4,11 +4,12 @@
 use crate::auth::{Authenticator, Permission, Principal, Role, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
-use crate::store::{AuditRecord, ClientInstance, Store, TokenRecord};
+use crate::store::{AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_domain::gate::{self, GatePolicy, GateReport};
+use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
@@ -48,6 +49,52 @@ pub struct Lifecycle {
     pub contracted_in_use: Vec<(String, Vec<ClientInstance>)>,
     /// At complete 100% for longer than asked, not contracted: (key, complete since).
     pub complete_not_contracted: Vec<(String, i64)>,
+}
+
+/// Where a backfill is: its recorded state and its runner's last checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackfillProgress {
+    pub key: String,
+    pub status: BackfillStatus,
+    pub paused: bool,
+    pub cursor: String,
+    pub rows_done: u64,
+    pub rows_total_estimate: u64,
+    pub rate_rows_per_second: f64,
+    /// Seconds left at the current rate, when both are known.
+    pub eta_seconds: Option<u64>,
+    pub runner: String,
+    pub updated_at_ms: Option<i64>,
+}
+
+impl BackfillProgress {
+    fn new(m: &Migration, checkpoint: Option<Checkpoint>) -> Self {
+        let c = checkpoint.unwrap_or(Checkpoint {
+            cursor: String::new(),
+            rows_done: m.backfill.rows_done,
+            rows_total_estimate: m.backfill.rows_total_estimate,
+            rate_rows_per_second: 0.0,
+            runner: String::new(),
+            updated_at_ms: 0,
+        });
+        let left = c.rows_total_estimate.saturating_sub(c.rows_done);
+        let eta = (m.backfill.status == BackfillStatus::Running
+            && c.rate_rows_per_second > 0.0
+            && c.rows_total_estimate > 0)
+            .then(|| (left as f64 / c.rate_rows_per_second).ceil() as u64);
+        Self {
+            key: m.key.to_string(),
+            status: m.backfill.status,
+            paused: m.backfill.paused,
+            cursor: c.cursor,
+            rows_done: c.rows_done,
+            rows_total_estimate: c.rows_total_estimate,
+            rate_rows_per_second: c.rate_rows_per_second,
+            eta_seconds: eta,
+            runner: c.runner,
+            updated_at_ms: (c.updated_at_ms > 0).then_some(c.updated_at_ms),
+        }
+    }
 }
 
 /// What a release manager sends to create a migration.
@@ -246,6 +293,11 @@ impl App {
         };
         match result {
             Ok(done) => {
+                if op == Operation::Record(Event::BackfillCancelled) {
+                    if let Err(e) = self.store.delete_checkpoint(key.as_str()).await {
+                        tracing::warn!(key = %key, error = %e, "forgetting the cancelled backfill's checkpoint failed");
+                    }
+                }
                 tracing::info!(
                     key = %key, action = op.action(), version = %done.migration.version,
                     stage = %done.migration.stage, rollout = %done.migration.rollout_bp,
@@ -516,6 +568,71 @@ impl App {
             }
         }
         Ok(view)
+    }
+
+    /// Saves a backfill runner's position after a batch.
+    pub async fn checkpoint_backfill(
+        &self,
+        who: &Principal,
+        key: &str,
+        cursor: &str,
+        rows_done: u64,
+        rows_total_estimate: u64,
+        runner: &str,
+    ) -> Result<BackfillProgress, ApiError> {
+        // Moving the cursor decides which rows get backfilled: an operator's act.
+        who.require(Permission::Operate)?;
+        let migration = self.get_migration(who, key)?;
+        if cursor.len() > 4096 {
+            return Err(ApiError::invalid(
+                "cursor is too long: allowed up to 4096 bytes",
+            ));
+        }
+        let runner = if runner.trim().is_empty() {
+            who.actor()
+        } else {
+            parse_label("runner", runner)?
+        };
+        if migration.backfill.status != BackfillStatus::Running {
+            return Err(ApiError::NotApplicable {
+                message: format!(
+                    "the backfill of {key} is not running ({}); record backfill-started first",
+                    match migration.backfill.status {
+                        BackfillStatus::None => "the migration has no backfill",
+                        BackfillStatus::Complete => "it is complete",
+                        _ => "it is not started, or was cancelled",
+                    }
+                ),
+                current: Box::new((*migration).clone()),
+            });
+        }
+        let saved = self
+            .store
+            .save_checkpoint(
+                migration.key.as_str(),
+                &Checkpoint {
+                    cursor: cursor.to_owned(),
+                    rows_done,
+                    rows_total_estimate,
+                    rate_rows_per_second: 0.0,
+                    runner,
+                    updated_at_ms: self.now(),
+                },
+            )
+            .await?;
+        Ok(BackfillProgress::new(&migration, Some(saved)))
+    }
+
+    /// Where a migration's backfill is.
+    pub async fn backfill(&self, who: &Principal, key: &str) -> Result<BackfillProgress, ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let checkpoint = match migration.backfill.status {
+            BackfillStatus::Running | BackfillStatus::Complete => {
+                self.store.checkpoint(migration.key.as_str()).await?
+            }
+            _ => None,
+        };
+        Ok(BackfillProgress::new(&migration, checkpoint))
     }
 
     /// Removes telemetry older than the retention.

@@ -163,15 +163,33 @@ fn event_from_pb(r: &pb::RecordEventRequest) -> Result<Event, ApiError> {
         },
         Ok(pb::EventKind::BackfillComplete) => Event::BackfillComplete,
         Ok(pb::EventKind::OldShapeRepaired) => Event::OldShapeRepaired,
+        Ok(pb::EventKind::BackfillPaused) => Event::BackfillPaused,
+        Ok(pb::EventKind::BackfillResumed) => Event::BackfillResumed,
+        Ok(pb::EventKind::BackfillCancelled) => Event::BackfillCancelled,
         Ok(pb::EventKind::Contracted) => Event::Contracted,
         _ => {
             return Err(ApiError::invalid(format!(
                 "invalid event {}: allowed EVENT_KIND_EXPAND_APPLIED (1) to \
-                 EVENT_KIND_CONTRACTED (6)",
+                 EVENT_KIND_BACKFILL_CANCELLED (9)",
                 r.event
             )));
         }
     })
+}
+
+fn progress_to_pb(p: &crate::app::BackfillProgress) -> pb::BackfillProgress {
+    pb::BackfillProgress {
+        key: p.key.clone(),
+        status: pb::BackfillStatus::from(p.status) as i32,
+        paused: p.paused,
+        cursor: p.cursor.clone(),
+        rows_done: p.rows_done,
+        rows_total_estimate: p.rows_total_estimate,
+        rate_rows_per_second: p.rate_rows_per_second,
+        eta_seconds: p.eta_seconds.unwrap_or(0),
+        runner: p.runner.clone(),
+        updated_at_ms: p.updated_at_ms.unwrap_or(0),
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
@@ -534,6 +552,42 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                         .collect(),
                 },
             ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn get_backfill(
+        &self,
+        request: Request<pb::GetBackfillRequest>,
+    ) -> Result<Response<pb::BackfillProgress>, Status> {
+        const M: &str = "GetBackfill";
+        let who = self.caller(&request).await?;
+        match self.app.backfill(&who, &request.get_ref().key).await {
+            Ok(p) => ok(M, progress_to_pb(&p)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn checkpoint_backfill(
+        &self,
+        request: Request<pb::BackfillCheckpointRequest>,
+    ) -> Result<Response<pb::BackfillProgress>, Status> {
+        const M: &str = "CheckpointBackfill";
+        let who = self.caller(&request).await?;
+        let r = request.into_inner();
+        match self
+            .app
+            .checkpoint_backfill(
+                &who,
+                &r.key,
+                &r.cursor,
+                r.rows_done,
+                r.rows_total_estimate,
+                &r.runner,
+            )
+            .await
+        {
+            Ok(p) => ok(M, progress_to_pb(&p)),
             Err(e) => Err(status(M, e)),
         }
     }

@@ -129,6 +129,15 @@ pub fn document() -> Value {
                 "get": { "summary": "The contract gate: may the old shape be dropped now? Every check with evidence and remedy",
                     "parameters": [key.clone()], "responses": ok("GateReport", &["400", "401", "403", "404"]) }
             },
+            "/v1/migrations/{key}/backfill": {
+                "get": { "summary": "The backfill's progress: status, paused, rows done, estimated total, rate, ETA, runner",
+                    "parameters": [key.clone()], "responses": ok("BackfillProgress", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/backfill/checkpoint": {
+                "put": { "summary": "A backfill runner saves its position after a batch (operator role)",
+                    "parameters": [key.clone()], "requestBody": body("BackfillCheckpoint"),
+                    "responses": ok("BackfillProgress", &["400", "401", "403", "404", "422"]) }
+            },
             "/v1/lifecycle": {
                 "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
                     "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": 14 } }],
@@ -186,7 +195,8 @@ pub fn document() -> Value {
                     "backfill": { "type": "object", "properties": {
                         "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
                         "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
-                        "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] } } },
+                        "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] },
+                        "paused": { "type": "boolean" } } },
                     "old_shape_stale": { "type": "boolean" },
                     "soak_started_at_ms": { "type": ["integer", "null"], "description": "when complete reached 100% (the gate's soak start)" },
                     "live_window": { "type": ["object", "null"], "properties": {
@@ -207,7 +217,7 @@ pub fn document() -> Value {
                 "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
-                    "event": { "type": "string", "enum": ["expand_applied", "backfill_started", "backfill_progress", "backfill_complete", "old_shape_repaired", "contracted"] },
+                    "event": { "type": "string", "enum": ["expand_applied", "backfill_started", "backfill_progress", "backfill_complete", "backfill_paused", "backfill_resumed", "backfill_cancelled", "old_shape_repaired", "contracted"] },
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" } } },
                 "Decision": { "type": "object", "properties": {
@@ -251,6 +261,16 @@ pub fn document() -> Value {
                     "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
+                "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
+                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position; empty for none" },
+                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
+                    "runner": { "type": "string" } } },
+                "BackfillProgress": { "type": "object", "properties": {
+                    "key": { "type": "string" }, "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
+                    "paused": { "type": "boolean" }, "cursor": { "type": "string" },
+                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
+                    "rate_rows_per_second": { "type": "number" }, "eta_seconds": { "type": ["integer", "null"] },
+                    "runner": { "type": "string" }, "updated_at_ms": { "type": ["integer", "null"] } } },
                 "GateReport": { "type": "object", "properties": {
                     "key": { "type": "string" }, "passed": { "type": "boolean" },
                     "checks": { "type": "array", "items": { "type": "object", "properties": {

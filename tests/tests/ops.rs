@@ -116,6 +116,8 @@ async fn openapi_describes_every_route() {
         ("get", "/v1/migrations/{key}/instances"),
         ("get", "/v1/migrations/{key}/gate"),
         ("get", "/v1/lifecycle"),
+        ("get", "/v1/migrations/{key}/backfill"),
+        ("put", "/v1/migrations/{key}/backfill/checkpoint"),
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),

@@ -137,6 +137,10 @@ pub enum Command {
         )]
         applied_list: Option<PathBuf>,
     },
+    /// A backfill's progress, and pausing, resuming or cancelling it (runners act between
+    /// batches, never by killing a statement).
+    #[command(subcommand)]
+    Backfill(BackfillCommand),
     /// Show a migration's audit log, newest first.
     Audit {
         key: String,
@@ -213,6 +217,32 @@ pub enum MigrationCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BackfillCommand {
+    /// Rows done, estimated total, rate and ETA; `--watch` follows it with a progress bar.
+    Status {
+        key: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    Pause {
+        key: String,
+        #[command(flatten)]
+        change: Change,
+    },
+    Resume {
+        key: String,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Stop the backfill and forget its checkpoint (it can be started again).
+    Cancel {
+        key: String,
+        #[command(flatten)]
+        change: Change,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     Create {
         name: String,
@@ -231,6 +261,9 @@ pub enum RecordedEvent {
     BackfillStarted,
     BackfillProgress,
     BackfillComplete,
+    BackfillPaused,
+    BackfillResumed,
+    BackfillCancelled,
     OldShapeRepaired,
     Contracted,
 }
@@ -585,6 +618,27 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 )
                 .await?;
             Ok(migration_output(m, &format!("recorded {name}")))
+        }
+        Command::Backfill(BackfillCommand::Status { key, watch }) => {
+            backfill_status(client, &key, watch).await
+        }
+        Command::Backfill(command) => {
+            let (key, change, event) = match command {
+                BackfillCommand::Pause { key, change } => (key, change, "backfill_paused"),
+                BackfillCommand::Resume { key, change } => (key, change, "backfill_resumed"),
+                BackfillCommand::Cancel { key, change } => (key, change, "backfill_cancelled"),
+                BackfillCommand::Status { .. } => unreachable!("handled above"),
+            };
+            let version = client
+                .expected_version(&key, change.expected_version)
+                .await?;
+            let m = client
+                .post(
+                    &format!("/v1/migrations/{}/events", path_segment(&key)?),
+                    json!({ "event": event, "expected_version": version, "reason": change.reason }),
+                )
+                .await?;
+            Ok(migration_output(m, &format!("recorded {event}")))
         }
         Command::Audit { key, limit, before } => {
             let mut path = format!("/v1/migrations/{}/audit?limit={limit}", path_segment(&key)?);
@@ -1160,4 +1214,67 @@ fn lifecycle_text(v: &Value, days: u32) -> String {
         ));
     }
     out.trim_end().to_owned()
+}
+
+/// `backfill status`: once, or followed until the backfill ends (a progress bar in a terminal).
+async fn backfill_status(client: &Client, key: &str, watch: bool) -> Result<Output, Failure> {
+    use std::io::{IsTerminal, Write};
+    let path = format!("/v1/migrations/{}/backfill", path_segment(key)?);
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let p = client.get(&path).await?;
+        let running = p["status"] == "running";
+        if !watch || !running {
+            if watch && tty {
+                println!();
+            }
+            let human = progress_line(&p);
+            return Ok(Output::ok(p, human));
+        }
+        if tty {
+            print!("\r{:<100}", progress_line(&p));
+        } else {
+            println!("{}", progress_line(&p));
+        }
+        let _ = std::io::stdout().flush();
+        // A display refresh, not a wait for a condition: the server is polled once a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn progress_line(p: &Value) -> String {
+    let done = p["rows_done"].as_u64().unwrap_or(0);
+    let total = p["rows_total_estimate"].as_u64().unwrap_or(0);
+    let status = p["status"].as_str().unwrap_or("?");
+    // An estimate of 0 means unknown: no bar.
+    let bar = match (done.min(total) * 30).checked_div(total) {
+        Some(filled) => format!(
+            "[{}{}] {:>3}% ",
+            "#".repeat(filled as usize),
+            ".".repeat(30 - filled as usize),
+            done.min(total) * 100 / total
+        ),
+        None => String::new(),
+    };
+    let rate = p["rate_rows_per_second"].as_f64().unwrap_or(0.0);
+    let eta = p["eta_seconds"]
+        .as_u64()
+        .map(|s| {
+            format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(s))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{}: backfill {}{} {bar}{done} of ~{total} rows, {rate:.0} rows/s{eta}{}",
+        p["key"].as_str().unwrap_or(""),
+        status,
+        if p["paused"] == true { " (paused)" } else { "" },
+        p["runner"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(", runner {r}"))
+            .unwrap_or_default(),
+    )
 }

@@ -47,6 +47,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/migrations/{key}/instances", get(migration_instances))
         .route("/migrations/{key}/traffic", get(traffic))
         .route("/migrations/{key}/gate", get(gate))
+        .route("/migrations/{key}/backfill", get(backfill))
+        .route(
+            "/migrations/{key}/backfill/checkpoint",
+            axum::routing::put(checkpoint_backfill),
+        )
         .route("/lifecycle", get(lifecycle))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}/revoke", post(revoke_token));
@@ -309,11 +314,15 @@ pub fn parse_event(
         },
         "backfill_complete" => Event::BackfillComplete,
         "old_shape_repaired" => Event::OldShapeRepaired,
+        "backfill_paused" => Event::BackfillPaused,
+        "backfill_resumed" => Event::BackfillResumed,
+        "backfill_cancelled" => Event::BackfillCancelled,
         "contracted" => Event::Contracted,
         _ => {
             return Err(ApiError::invalid(format!(
                 "unknown event {:?}: allowed expand_applied, backfill_started, \
-                 backfill_progress, backfill_complete, old_shape_repaired, contracted",
+                 backfill_progress, backfill_complete, backfill_paused, backfill_resumed, \
+                 backfill_cancelled, old_shape_repaired, contracted",
                 name.chars().take(64).collect::<String>()
             )));
         }
@@ -644,3 +653,42 @@ async fn lifecycle(
 
 /// Default age, in days at complete 100%, after which an uncontracted migration is listed.
 pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;
+
+async fn backfill(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<crate::app::BackfillProgress>, ApiError> {
+    Ok(axum::Json(app.backfill(&who, &key).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointBody {
+    #[serde(default)]
+    cursor: String,
+    rows_done: u64,
+    #[serde(default)]
+    rows_total_estimate: u64,
+    #[serde(default)]
+    runner: String,
+}
+
+async fn checkpoint_backfill(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<CheckpointBody>,
+) -> Result<axum::Json<crate::app::BackfillProgress>, ApiError> {
+    Ok(axum::Json(
+        app.checkpoint_backfill(
+            &who,
+            &key,
+            &body.cursor,
+            body.rows_done,
+            body.rows_total_estimate,
+            &body.runner,
+        )
+        .await?,
+    ))
+}

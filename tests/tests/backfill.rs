@@ -1,0 +1,200 @@
+//! Backfill control on the server: checkpoints (cursor, rows, rate, ETA) written by a runner,
+//! pause / resume / cancel recorded by release managers, over HTTP, gRPC and the CLI.
+
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use switchyard_proto::v1 as pb;
+use switchyard_tests::{Db, TestServer, both_databases};
+
+const KEY: &str = "users.backfilled";
+
+async fn event(srv: &TestServer, event: &str) -> (StatusCode, Value) {
+    let version = srv.version_of(KEY).await;
+    srv.post(
+        &format!("/v1/migrations/{KEY}/events"),
+        json!({ "event": event, "expected_version": version, "reason": "test" }),
+    )
+    .await
+}
+
+async fn checkpoint(srv: &TestServer, cursor: &str, done: u64, total: u64) -> (StatusCode, Value) {
+    srv.call(
+        reqwest::Method::PUT,
+        &format!("/v1/migrations/{KEY}/backfill/checkpoint"),
+        Some(
+            json!({ "cursor": cursor, "rows_done": done, "rows_total_estimate": total,
+                     "runner": "api/worker-1" }),
+        ),
+    )
+    .await
+}
+
+async fn progress(srv: &TestServer) -> Value {
+    let (status, body) = srv.get(&format!("/v1/migrations/{KEY}/backfill")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Creates the migration and brings it to dual_write at 100% (no clients: rule 3 holds).
+async fn ready(srv: &TestServer) {
+    srv.create(KEY, true, &[]).await;
+    assert_eq!(event(srv, "expand_applied").await.0, StatusCode::OK);
+    for (path, body) in [
+        ("advance", json!({})),
+        ("rollout", json!({ "rollout_bp": 10_000 })),
+    ] {
+        let mut body = body;
+        body["expected_version"] = srv.version_of(KEY).await.into();
+        body["reason"] = "test".into();
+        let (status, answer) = srv
+            .post(&format!("/v1/migrations/{KEY}/{path}"), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+}
+
+async fn checkpoints_pause_resume_and_cancel(db: Db) {
+    let srv = TestServer::start(db).await;
+    ready(&srv).await;
+
+    // Not started: nothing to checkpoint.
+    let (status, body) = checkpoint(&srv, "0", 0, 1000).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("record backfill-started first"),
+        "{body}"
+    );
+
+    assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
+    let (status, p) = checkpoint(&srv, "100", 100, 1000).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["cursor"], "100");
+    assert_eq!(
+        p["rate_rows_per_second"], 0.0,
+        "one checkpoint has no rate yet"
+    );
+    assert_eq!(p["eta_seconds"], Value::Null);
+
+    // A second checkpoint 2 s later (server clock): 400 rows in 2 s = 200 rows/s, 500 left: 3 s.
+    srv.clock.advance(Duration::from_secs(2));
+    let (_, p) = checkpoint(&srv, "500", 500, 1000).await;
+    assert_eq!(p["rate_rows_per_second"], 200.0);
+    assert_eq!(p["eta_seconds"], 3, "{p}");
+    assert_eq!(p["runner"], "api/worker-1");
+    assert_eq!(progress(&srv).await, p);
+
+    // gRPC sees the same.
+    let g = srv
+        .grpc
+        .clone()
+        .get_backfill(srv.req(pb::GetBackfillRequest { key: KEY.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (g.rows_done, g.rows_total_estimate, g.eta_seconds),
+        (500, 1000, 3)
+    );
+    assert_eq!(g.cursor, "500");
+
+    // A reader (an application's token) may not move the cursor.
+    let reader = srv.token_with_role("app", "reader").await;
+    let (status, _) = srv
+        .call_as(
+            &reader,
+            reqwest::Method::PUT,
+            &format!("/v1/migrations/{KEY}/backfill/checkpoint"),
+            Some(json!({ "cursor": "999", "rows_done": 999 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Pause: runners see `paused` in the snapshot; a batch in flight may still checkpoint.
+    assert_eq!(event(&srv, "backfill_paused").await.0, StatusCode::OK);
+    assert_eq!(srv.migration(KEY).await["backfill"]["paused"], true);
+    assert_eq!(progress(&srv).await["paused"], true);
+    assert_eq!(checkpoint(&srv, "600", 600, 1000).await.0, StatusCode::OK);
+    let (status, body) = event(&srv, "backfill_paused").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(event(&srv, "backfill_resumed").await.0, StatusCode::OK);
+    assert_eq!(progress(&srv).await["paused"], false);
+
+    // While it runs, dual_write may not drop below 100% (rule 3).
+    let version = srv.version_of(KEY).await;
+    let (status, body) = srv
+        .post(
+            &format!("/v1/migrations/{KEY}/rollout"),
+            json!({ "rollout_bp": 5000, "expected_version": version, "reason": "oops" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["rule"].as_u64()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some(3)),
+        "{body}"
+    );
+
+    // Cancel forgets the position: a new start begins at the start.
+    assert_eq!(event(&srv, "backfill_cancelled").await.0, StatusCode::OK);
+    let p = progress(&srv).await;
+    assert_eq!(
+        (
+            p["status"].as_str(),
+            p["cursor"].as_str(),
+            p["rows_done"].as_u64()
+        ),
+        (Some("not_started"), Some(""), Some(0))
+    );
+    assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
+    assert_eq!(progress(&srv).await["cursor"], "");
+    assert_eq!(checkpoint(&srv, "1000", 1000, 1000).await.0, StatusCode::OK);
+    assert_eq!(event(&srv, "backfill_complete").await.0, StatusCode::OK);
+    let p = progress(&srv).await;
+    assert_eq!(
+        (p["status"].as_str(), p["rows_done"].as_u64()),
+        (Some("complete"), Some(1000))
+    );
+    srv.stop().await;
+}
+
+both_databases!(checkpoints_pause_resume_and_cancel);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_and_steers_a_backfill() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    ready(&srv).await;
+    assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
+    assert_eq!(checkpoint(&srv, "10", 10, 40).await.0, StatusCode::OK);
+    let run = |args: &[&str]| {
+        let mut all = vec!["switchyard", "--server", &srv.base, "--token", &srv.token];
+        all.extend_from_slice(args);
+        let cli = switchyard_server::cli::Cli::try_parse_from(all).unwrap();
+        switchyard_server::cli::run(cli.remote, cli.command)
+    };
+    assert_eq!(run(&["backfill", "status", KEY, "--json"]).await, 0);
+    assert_eq!(
+        run(&["backfill", "pause", KEY, "--reason", "peak hours"]).await,
+        0
+    );
+    assert_eq!(progress(&srv).await["paused"], true);
+    // Pausing twice is refused (exit 1), resuming works.
+    assert_eq!(
+        run(&["backfill", "pause", KEY, "--reason", "again"]).await,
+        1
+    );
+    assert_eq!(
+        run(&["backfill", "resume", KEY, "--reason", "quiet now"]).await,
+        0
+    );
+    assert_eq!(
+        run(&["backfill", "cancel", KEY, "--reason", "wrong SET"]).await,
+        0
+    );
+    assert_eq!(progress(&srv).await["status"], "not_started");
+    assert_eq!(run(&["backfill", "status", "no.such"]).await, 2);
+    srv.stop().await;
+}
