@@ -180,6 +180,7 @@ impl ClientBuilder {
             None => None,
         };
         let shared = Arc::new(Shared {
+            channels: crate::sync::channels(&config),
             registry: Registry::new(self.fallbacks, self.default_fallback),
             sync: Mutex::new(SyncState::default()),
             status: Mutex::new(Status {
@@ -226,6 +227,8 @@ impl ClientBuilder {
 pub(crate) struct Shared {
     pub registry: Registry,
     pub config: Config,
+    /// One lazily connected gRPC channel per server, shared by every background call.
+    pub channels: Arc<Vec<tonic::transport::Channel>>,
     sync: Mutex<SyncState>,
     status: Mutex<Status>,
     /// The applied version; the heartbeat task acknowledges each new value.
@@ -265,6 +268,11 @@ impl Shared {
 
     pub fn version(&self) -> u64 {
         self.lock_sync().version
+    }
+
+    /// The full record of one migration as last applied (not for hot paths: it clones).
+    pub fn migration(&self, key: &str) -> Option<Migration> {
+        self.lock_sync().migrations.get(key).cloned()
     }
 
     /// Applies a full snapshot unless it is older than what the client has. Returns whether
@@ -454,6 +462,10 @@ impl Client {
     pub async fn wait_for_version(&self, version: u64) {
         let mut applied = self.shared.applied.subscribe();
         let _ = applied.wait_for(|v| *v >= version).await.map(|_| ());
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn instance_id(&self) -> &str {

@@ -34,10 +34,12 @@
 //! - `client`: [`Client`], [`ClientBuilder`], [`MigrationHandle`], [`Status`].
 //! - `slot`: per-migration evaluation state in atomics, and the lock-free name registry.
 //! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do).
+//! - `backfill`: [`BackfillRunner`], batched, checkpointed, pausable backfills.
 //! - `telemetry`: sharded counters.
 //! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
 //! - `snapshot_file`: the saved and bootstrap snapshot files.
 
+mod backfill;
 mod client;
 mod migrator;
 mod slot;
@@ -45,6 +47,7 @@ mod snapshot_file;
 mod sync;
 mod telemetry;
 
+pub use backfill::{BackfillError, BackfillOutcome, BackfillRunner, Batch};
 pub use client::{Client, ClientBuilder, ClientError, MigrationHandle, Source, Status};
 pub use migrator::Migrator;
 pub use snapshot_file::SnapshotFile;

@@ -2,7 +2,7 @@
 //! backoff), acknowledge and heartbeat, and report telemetry. Nothing here runs on the
 //! application's evaluation path.
 
-use crate::client::{Shared, Source};
+use crate::client::{Config, Shared, Source};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +15,19 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-pub(crate) fn spawn(shared: Arc<Shared>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
-    let channels: Arc<Vec<Channel>> = Arc::new(
-        shared
-            .config
+/// One lazily connected channel per configured server.
+pub(crate) fn channels(config: &Config) -> Arc<Vec<Channel>> {
+    Arc::new(
+        config
             .servers
             .iter()
-            .map(|url| endpoint(&shared, url).connect_lazy())
+            .map(|url| endpoint(config, url).connect_lazy())
             .collect(),
-    );
+    )
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
+    let channels = shared.channels.clone();
     vec![
         tokio::spawn(follow(shared.clone(), channels.clone(), stop.subscribe())),
         tokio::spawn(heartbeat(
@@ -35,7 +39,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, stop: &watch::Sender<bool>) -> Vec<Join
     ]
 }
 
-fn endpoint(shared: &Shared, url: &str) -> Endpoint {
+fn endpoint(config: &Config, url: &str) -> Endpoint {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .expect("server URLs are checked by the builder")
         .connect_timeout(Duration::from_secs(5))
@@ -46,7 +50,7 @@ fn endpoint(shared: &Shared, url: &str) -> Endpoint {
         .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_enabled_roots();
-        if let Some(pem) = &shared.config.tls_ca_pem {
+        if let Some(pem) = &config.tls_ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         endpoint = endpoint
@@ -56,7 +60,7 @@ fn endpoint(shared: &Shared, url: &str) -> Endpoint {
     endpoint
 }
 
-fn request<T>(shared: &Shared, message: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(shared: &Shared, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = format!("Bearer {}", shared.config.token).parse() {
         request.metadata_mut().insert("authorization", value);
@@ -214,7 +218,7 @@ async fn heartbeat(
 }
 
 /// The channel of the server the watch stream uses first, then the others.
-fn preferred(shared: &Shared, channels: &[Channel]) -> Vec<Channel> {
+pub(crate) fn preferred(shared: &Shared, channels: &[Channel]) -> Vec<Channel> {
     let current = shared.status().server;
     let first = shared
         .config

@@ -1,0 +1,297 @@
+//! The backfill runner: copies data into the new shape in batches, resumably.
+//!
+//! The application gives a batch function: "process up to `limit` rows after `cursor`, return
+//! how many and the last key". The runner
+//! - records `backfill-started` (the server refuses it until rule 3 holds: every live client
+//!   dual-writes), or resumes a running backfill from its server-side checkpoint;
+//! - runs batches in key order, saving the checkpoint after each, so a crashed runner resumes
+//!   where it stopped (a batch that ran but was not checkpointed runs again: batch functions
+//!   must be idempotent, which keyset `UPDATE … SET new = f(old)` naturally is);
+//! - waits between batches: a fixed pause, a rows-per-second limit, and while a release manager
+//!   has paused it (`switchyard backfill pause`, seen through the client's watch stream) — a
+//!   pause never interrupts a running batch;
+//! - stops when the backfill is cancelled, and records `backfill-complete` after the last
+//!   (short) batch.
+
+use crate::client::{Client, Shared};
+use crate::sync::{preferred, request};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_domain::migration::BackfillStatus;
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::switchyard_client::SwitchyardClient;
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Rows processed (fewer than the limit means the end was reached).
+    pub rows: u64,
+    /// The last key processed, as text; the next batch starts after it.
+    pub last_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillOutcome {
+    /// Every batch ran and `backfill-complete` is recorded.
+    Completed { rows: u64 },
+    /// A release manager cancelled it.
+    Cancelled { rows: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError<E> {
+    /// The server refused to start or complete it (the message names the rule).
+    #[error("refused by the server: {0}")]
+    Refused(String),
+    /// The server could not be reached to record progress; the checkpoint has the last batch
+    /// that was saved, so a new run resumes there.
+    #[error("cannot record progress on the server: {0}")]
+    Server(String),
+    /// The application's batch failed; a new run resumes at the last checkpoint.
+    #[error("a batch failed: {0}")]
+    Batch(E),
+}
+
+/// Runs a migration's backfill; build it with [`Client::backfill`].
+pub struct BackfillRunner {
+    shared: Arc<Shared>,
+    key: String,
+    batch_size: u64,
+    pause: Duration,
+    max_rows_per_second: Option<f64>,
+    total_estimate: u64,
+}
+
+impl Client {
+    /// A backfill runner for `migration` (its token needs the operator role).
+    pub fn backfill(&self, migration: &str) -> BackfillRunner {
+        BackfillRunner {
+            shared: self.shared().clone(),
+            key: migration.to_owned(),
+            batch_size: 1_000,
+            pause: Duration::ZERO,
+            max_rows_per_second: None,
+            total_estimate: 0,
+        }
+    }
+}
+
+impl BackfillRunner {
+    /// Rows per batch (default 1,000). Small batches keep each transaction, and its locks, short.
+    pub fn batch_size(mut self, rows: u64) -> Self {
+        self.batch_size = rows.max(1);
+        self
+    }
+
+    /// A pause after every batch, to leave the database room (default none).
+    pub fn pause_between_batches(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    /// At most this many rows per second, averaged over the run.
+    pub fn max_rows_per_second(mut self, rate: f64) -> Self {
+        self.max_rows_per_second = (rate > 0.0).then_some(rate);
+        self
+    }
+
+    /// The estimated number of rows, for progress and ETA (e.g. from `pg_class.reltuples`).
+    pub fn total_estimate(mut self, rows: u64) -> Self {
+        self.total_estimate = rows;
+        self
+    }
+
+    /// Runs (or resumes) the backfill until it completes, is cancelled, or fails.
+    pub async fn run<F, Fut, E>(&self, mut batch: F) -> Result<BackfillOutcome, BackfillError<E>>
+    where
+        F: FnMut(Option<String>, u64) -> Fut,
+        Fut: Future<Output = Result<Batch, E>>,
+    {
+        let progress = self.progress().await?;
+        let (mut cursor, mut rows) = match pb::BackfillStatus::try_from(progress.status) {
+            Ok(pb::BackfillStatus::Complete) => {
+                return Ok(BackfillOutcome::Completed {
+                    rows: progress.rows_done,
+                });
+            }
+            Ok(pb::BackfillStatus::Running) => {
+                tracing::info!(migration = %self.key, cursor = %progress.cursor, rows = progress.rows_done, "resuming the backfill");
+                let cursor = (!progress.cursor.is_empty()).then_some(progress.cursor);
+                (cursor, progress.rows_done)
+            }
+            Ok(pb::BackfillStatus::NotStarted) => {
+                let version = self.record(pb::EventKind::BackfillStarted).await?;
+                // Follow our own start, so pause and cancel are seen from here on.
+                self.wait_for(version).await;
+                (None, 0)
+            }
+            _ => {
+                return Err(BackfillError::Refused(format!(
+                    "migration {} has no backfill",
+                    self.key
+                )));
+            }
+        };
+        let started = Instant::now();
+        let mut rows_this_run = 0u64;
+        loop {
+            // Between batches: cancelled? paused?
+            loop {
+                let Some(m) = self.shared.migration(&self.key) else {
+                    break;
+                };
+                if m.backfill.status != BackfillStatus::Running {
+                    tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
+                    return Ok(BackfillOutcome::Cancelled { rows });
+                }
+                if !m.backfill.paused {
+                    break;
+                }
+                tracing::info!(migration = %self.key, rows, "backfill paused; waiting for resume");
+                let mut applied = self.shared.applied.subscribe();
+                let seen = *applied.borrow_and_update();
+                let _ = applied.wait_for(|v| *v > seen).await.map(|_| ());
+            }
+            let done = batch(cursor.clone(), self.batch_size)
+                .await
+                .map_err(BackfillError::Batch)?;
+            rows += done.rows;
+            rows_this_run += done.rows;
+            if done.last_key.is_some() {
+                cursor = done.last_key.clone();
+            }
+            self.checkpoint(cursor.as_deref().unwrap_or(""), rows)
+                .await?;
+            if done.rows < self.batch_size || done.last_key.is_none() {
+                self.record(pb::EventKind::BackfillComplete).await?;
+                tracing::info!(migration = %self.key, rows, "backfill complete");
+                return Ok(BackfillOutcome::Completed { rows });
+            }
+            let mut wait = self.pause;
+            if let Some(rate) = self.max_rows_per_second {
+                let due = Duration::from_secs_f64(rows_this_run as f64 / rate);
+                wait = wait.max(due.saturating_sub(started.elapsed()));
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    async fn progress<E>(&self) -> Result<pb::BackfillProgress, BackfillError<E>> {
+        let message = pb::GetBackfillRequest {
+            key: self.key.clone(),
+        };
+        self.call(|mut c, r| async move { c.get_backfill(r).await }, message)
+            .await
+    }
+
+    async fn checkpoint<E>(&self, cursor: &str, rows: u64) -> Result<(), BackfillError<E>> {
+        let message = pb::BackfillCheckpointRequest {
+            key: self.key.clone(),
+            cursor: cursor.to_owned(),
+            rows_done: rows,
+            rows_total_estimate: self.total_estimate.max(rows),
+            runner: format!(
+                "{}/{}",
+                self.shared.config.service, self.shared.config.instance_id
+            ),
+        };
+        self.call(
+            |mut c, r| async move { c.checkpoint_backfill(r).await },
+            message,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Records an event at the migration's current version (re-reading it on a conflict).
+    async fn record<E>(&self, event: pb::EventKind) -> Result<u64, BackfillError<E>> {
+        for _ in 0..5 {
+            let current = self
+                .call(
+                    |mut c, r| async move { c.get_migration(r).await },
+                    pb::GetMigrationRequest {
+                        key: self.key.clone(),
+                    },
+                )
+                .await?;
+            let message = pb::RecordEventRequest {
+                key: self.key.clone(),
+                event: event as i32,
+                expected_version: current.version,
+                reason: format!(
+                    "backfill runner {}/{}",
+                    self.shared.config.service, self.shared.config.instance_id
+                ),
+                rows_done: 0,
+                rows_total_estimate: 0,
+            };
+            match self
+                .call(|mut c, r| async move { c.record_event(r).await }, message)
+                .await
+            {
+                Ok(m) => return Ok(m.version),
+                // Someone else changed the migration meanwhile: read it again.
+                Err(BackfillError::Refused(m)) if m.starts_with("rule 8") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BackfillError::Server(
+            "the migration kept changing while recording the backfill's progress".to_owned(),
+        ))
+    }
+
+    async fn wait_for(&self, version: u64) {
+        let mut applied = self.shared.applied.subscribe();
+        // Bounded: a client cut off from the server still runs on its checkpointed progress.
+        let _ = tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|v| *v >= version))
+            .await;
+    }
+
+    /// One RPC, on the servers in turn; refusals are final, transport failures are retried
+    /// with backoff for about half a minute.
+    async fn call<M, T, Call, CallFut, E>(
+        &self,
+        call: Call,
+        message: M,
+    ) -> Result<T, BackfillError<E>>
+    where
+        M: Clone,
+        Call: Fn(SwitchyardClient<tonic::transport::Channel>, tonic::Request<M>) -> CallFut,
+        CallFut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut last = String::new();
+        for _ in 0..8 {
+            for channel in preferred(&self.shared, &self.shared.channels) {
+                match call(
+                    SwitchyardClient::new(channel),
+                    request(&self.shared, message.clone()),
+                )
+                .await
+                {
+                    Ok(answer) => return Ok(answer.into_inner()),
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::FailedPrecondition
+                                | tonic::Code::InvalidArgument
+                                | tonic::Code::NotFound
+                                | tonic::Code::PermissionDenied
+                                | tonic::Code::Unauthenticated
+                                | tonic::Code::Aborted
+                        ) =>
+                    {
+                        return Err(BackfillError::Refused(s.message().to_owned()));
+                    }
+                    Err(s) => last = s.message().to_owned(),
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        Err(BackfillError::Server(last))
+    }
+}
