@@ -137,10 +137,7 @@ impl BackfillRunner {
         let mut rows_this_run = 0u64;
         loop {
             // Between batches: cancelled? paused?
-            loop {
-                let Some(m) = self.shared.migration(&self.key) else {
-                    break;
-                };
+            while let Some(m) = self.shared.migration(&self.key) {
                 if m.backfill.status != BackfillStatus::Running {
                     tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
                     return Ok(BackfillOutcome::Cancelled { rows });
