@@ -202,17 +202,9 @@ impl Operation {
     }
 }
 
-/// Applies `op` to `current` if every safety rule allows it, returning the new record at
-/// `next_version`. Refusals leave `current` untouched (it is borrowed).
-pub fn apply(
-    current: &Migration,
-    expected: Version,
-    reason: &str,
-    op: &Operation,
-    fleet: &Fleet,
-    next_version: Version,
-    now_ms: i64,
-) -> Result<(Migration, Reason), DomainError> {
+/// What every change must pass first: a reason (rule 9), the expected version (rule 8), and a
+/// migration that is not contracted (rule 7: final).
+fn admit(current: &Migration, expected: Version, reason: &str) -> Result<Reason, DomainError> {
     let reason = parse_reason(reason)?;
     if expected != current.version {
         return Err(DomainError::Stale {
@@ -226,6 +218,21 @@ pub fn apply(
             "the migration is contracted, which is final: nothing can change it",
         ));
     }
+    Ok(reason)
+}
+
+/// Applies `op` to `current` if every safety rule allows it, returning the new record at
+/// `next_version`. Refusals leave `current` untouched (it is borrowed).
+pub fn apply(
+    current: &Migration,
+    expected: Version,
+    reason: &str,
+    op: &Operation,
+    fleet: &Fleet,
+    next_version: Version,
+    now_ms: i64,
+) -> Result<(Migration, Reason), DomainError> {
+    let reason = admit(current, expected, reason)?;
     let mut next = current.clone();
     match *op {
         Operation::SetRollout { stage, rollout } => {
@@ -647,19 +654,7 @@ pub fn contract(
     next_version: Version,
     now_ms: i64,
 ) -> Result<(Migration, Reason), DomainError> {
-    let reason = parse_reason(reason)?;
-    if expected != current.version {
-        return Err(DomainError::Stale {
-            expected,
-            current: current.version,
-        });
-    }
-    if current.stage == Stage::Contracted {
-        return Err(refuse(
-            Rule::ContractGate,
-            "the migration is already contracted, which is final",
-        ));
-    }
+    let reason = admit(current, expected, reason)?;
     if !gate.passed {
         return Err(refuse(
             Rule::ContractGate,

@@ -1153,7 +1153,7 @@ fn contract_records_contracted_when_the_gate_passes_and_is_final() {
     let message = refused_by_rule_7(contract_now(&done, &report, AFTER + MIN));
     assert_eq!(
         message,
-        "rule 7: the migration is already contracted, which is final"
+        "rule 7: the migration is contracted, which is final: nothing can change it"
     );
     let ops = [
         ramp(10_000),

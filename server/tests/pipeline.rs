@@ -12,9 +12,8 @@ mod common;
 use common::{BIN, Served, terminate};
 use serde_json::Value;
 use sqlx::Connection;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "users.username-to-handle";
@@ -54,44 +53,18 @@ struct Server {
 
 impl Server {
     fn start(db: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--min-soak", "0s", "--database-url"])
-            .arg(format!("sqlite://{}", db.display()))
-            .env_remove("SWITCHYARD_ADMIN_TOKEN")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning switchyard serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut token = None;
-        let http = loop {
-            let line = lines
-                .next()
-                .expect("serve exited before announcing its address")
-                .unwrap();
-            if let Some(t) = line.trim().strip_prefix("sy_") {
-                token = Some(format!("sy_{t}"));
-            }
-            if let Some(rest) = line.strip_prefix("switchyard serving HTTP on ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let admin = token.expect("the first start prints an admin token");
+        let served = common::serve_with(
+            &format!("sqlite://{}", db.display()),
+            None,
+            &["--min-soak", "0s"],
+        );
+        let http = served.http.clone();
+        let admin = served
+            .token
+            .clone()
+            .expect("the first start prints an admin token");
         Self {
-            served: Some(Served {
-                child,
-                http: http.clone(),
-                token: Some(admin.clone()),
-            }),
+            served: Some(served),
             http,
             admin,
         }

@@ -16,6 +16,11 @@ pub struct Served {
 /// Starts `switchyard serve` on port 0 against `database_url` and reads the bound address (and
 /// the admin token it generated, if any).
 pub fn serve(database_url: &str, admin_token: Option<&str>) -> Served {
+    serve_with(database_url, admin_token, &[])
+}
+
+/// `serve` with extra command-line arguments (e.g. `--min-soak 0s`).
+pub fn serve_with(database_url: &str, admin_token: Option<&str>, extra: &[&str]) -> Served {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -26,6 +31,7 @@ pub fn serve(database_url: &str, admin_token: Option<&str>) -> Served {
             "127.0.0.1:0",
         ])
         .args(["--database-url", database_url])
+        .args(extra)
         .env_remove("SWITCHYARD_ADMIN_TOKEN")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
