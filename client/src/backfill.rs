@@ -121,6 +121,9 @@ impl BackfillRunner {
                 (cursor, progress.rows_done)
             }
             Ok(pb::BackfillStatus::NotStarted) => {
+                // Rule 3 waits for every live instance, this one included: make sure the server
+                // has this client's acknowledgement of the state it runs before asking.
+                self.acknowledge().await?;
                 let version = self.record(pb::EventKind::BackfillStarted).await?;
                 // Follow our own start, so pause and cancel are seen from here on.
                 self.wait_for(version).await;
@@ -136,7 +139,9 @@ impl BackfillRunner {
         let started = Instant::now();
         let mut rows_this_run = 0u64;
         loop {
-            // Between batches: cancelled? paused?
+            // Between batches: cancelled? paused? (Subscribe before reading, so a resume
+            // applied in between is not missed.)
+            let mut applied = self.shared.applied.subscribe();
             while let Some(m) = self.shared.migration(&self.key) {
                 if m.backfill.status != BackfillStatus::Running {
                     tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
@@ -146,7 +151,6 @@ impl BackfillRunner {
                     break;
                 }
                 tracing::info!(migration = %self.key, rows, "backfill paused; waiting for resume");
-                let mut applied = self.shared.applied.subscribe();
                 let seen = *applied.borrow_and_update();
                 let _ = applied.wait_for(|v| *v > seen).await.map(|_| ());
             }
@@ -158,10 +162,19 @@ impl BackfillRunner {
             if done.last_key.is_some() {
                 cursor = done.last_key.clone();
             }
-            self.checkpoint(cursor.as_deref().unwrap_or(""), rows)
-                .await?;
+            // A cancel that arrived during the batch makes the server refuse what follows:
+            // that is the cancel, not a failure.
+            let saved = self.checkpoint(cursor.as_deref().unwrap_or(""), rows).await;
+            if let Some(outcome) = self.cancelled_if_refused(&saved, rows).await {
+                return outcome;
+            }
+            saved?;
             if done.rows < self.batch_size || done.last_key.is_none() {
-                self.record(pb::EventKind::BackfillComplete).await?;
+                let recorded = self.record(pb::EventKind::BackfillComplete).await;
+                if let Some(outcome) = self.cancelled_if_refused(&recorded, rows).await {
+                    return outcome;
+                }
+                recorded?;
                 tracing::info!(migration = %self.key, rows, "backfill complete");
                 return Ok(BackfillOutcome::Completed { rows });
             }
@@ -174,6 +187,37 @@ impl BackfillRunner {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    /// After a refusal: if the server says the backfill is no longer running, it was cancelled.
+    async fn cancelled_if_refused<T, E>(
+        &self,
+        result: &Result<T, BackfillError<E>>,
+        rows: u64,
+    ) -> Option<Result<BackfillOutcome, BackfillError<E>>> {
+        if !matches!(result, Err(BackfillError::Refused(_))) {
+            return None;
+        }
+        match self.progress::<E>().await {
+            Ok(p) if p.status == pb::BackfillStatus::NotStarted as i32 => {
+                tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
+                Some(Ok(BackfillOutcome::Cancelled { rows }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reports this client's applied version to the server now (as its heartbeat does).
+    async fn acknowledge<E>(&self) -> Result<(), BackfillError<E>> {
+        let message = pb::HeartbeatRequest {
+            service: self.shared.config.service.clone(),
+            instance_id: self.shared.config.instance_id.clone(),
+            applied_version: self.shared.version(),
+            migrations: self.shared.registry.used_keys(),
+        };
+        self.call(|mut c, r| async move { c.heartbeat(r).await }, message)
+            .await
+            .map(|_| ())
     }
 
     async fn progress<E>(&self) -> Result<pb::BackfillProgress, BackfillError<E>> {
