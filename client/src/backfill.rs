@@ -10,8 +10,11 @@
 //! - waits between batches: a fixed pause, a rows-per-second limit, and while a release manager
 //!   has paused it (`switchyard backfill pause`, seen through the client's watch stream) — a
 //!   pause never interrupts a running batch;
-//! - stops when the backfill is cancelled, and records `backfill-complete` after the last
-//!   (short) batch.
+//! - stops when the backfill is cancelled, and records `backfill-complete` after the batch that
+//!   says it is done.
+//!
+//! [`crate::postgres::PgBackfill`] (feature `postgres`) is a ready batch function for
+//! PostgreSQL tables.
 
 use crate::client::{Client, Shared};
 use crate::sync::{preferred, request};
@@ -25,10 +28,26 @@ use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 /// What one batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// Rows processed (fewer than the limit means the end was reached).
+    /// Rows processed.
     pub rows: u64,
-    /// The last key processed, as text; the next batch starts after it.
+    /// Where the next batch starts (the last key processed, as text); `None` keeps the cursor.
     pub last_key: Option<String>,
+    /// Nothing is left: the runner records `backfill-complete` after this batch. A plain keyset
+    /// batch is done when it found fewer rows than its limit; the batch function says so
+    /// explicitly because it may process fewer (a smaller batch after a statement timeout) or
+    /// have a further pass to make (the Postgres flavour's sweep of rows it skipped).
+    pub done: bool,
+}
+
+impl Batch {
+    /// A keyset batch that asked for up to `limit` rows: done when it found fewer.
+    pub fn keyset(rows: u64, last_key: Option<String>, limit: u64) -> Batch {
+        Batch {
+            rows,
+            last_key,
+            done: rows < limit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,13 +173,13 @@ impl BackfillRunner {
                 let seen = *applied.borrow_and_update();
                 let _ = applied.wait_for(|v| *v > seen).await.map(|_| ());
             }
-            let done = batch(cursor.clone(), self.batch_size)
+            let ran = batch(cursor.clone(), self.batch_size)
                 .await
                 .map_err(BackfillError::Batch)?;
-            rows += done.rows;
-            rows_this_run += done.rows;
-            if done.last_key.is_some() {
-                cursor = done.last_key.clone();
+            rows += ran.rows;
+            rows_this_run += ran.rows;
+            if ran.last_key.is_some() {
+                cursor = ran.last_key.clone();
             }
             // A cancel that arrived during the batch makes the server refuse what follows:
             // that is the cancel, not a failure.
@@ -169,7 +188,7 @@ impl BackfillRunner {
                 return outcome;
             }
             saved?;
-            if done.rows < self.batch_size || done.last_key.is_none() {
+            if ran.done {
                 let recorded = self.record(pb::EventKind::BackfillComplete).await;
                 if let Some(outcome) = self.cancelled_if_refused(&recorded, rows).await {
                     return outcome;

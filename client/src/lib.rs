@@ -38,10 +38,14 @@
 //! - `telemetry`: sharded counters.
 //! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
 //! - `snapshot_file`: the saved and bootstrap snapshot files.
+//! - [`postgres`] (feature `postgres`): [`postgres::PgBackfill`], the backfill's batch function
+//!   for a PostgreSQL table (short transactions, `SKIP LOCKED`, lock-timeout retries).
 
 mod backfill;
 mod client;
 mod migrator;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod slot;
 mod snapshot_file;
 mod sync;

@@ -13,12 +13,12 @@ pub fn format_minute(ms: i64) -> String {
     )
 }
 
-/// `3d 4h`, `4h 5m`, `5m`, or `under a minute`, for a non-negative span.
+/// `3d 4h`, `4h 5m`, `5m`, or `42s` under a minute, for a non-negative span.
 pub fn format_span(ms: i64) -> String {
     let minutes = ms.max(0) / 60_000;
     let (d, h, m) = (minutes / 1440, (minutes % 1440) / 60, minutes % 60);
     match (d, h, m) {
-        (0, 0, 0) => "under a minute".to_owned(),
+        (0, 0, 0) => format!("{}s", ms.max(0) / 1000),
         (0, 0, m) => format!("{m}m"),
         (0, h, m) => format!("{h}h {m}m"),
         (d, h, _) => format!("{d}d {h}h"),
@@ -55,10 +55,10 @@ mod tests {
 
     #[test]
     fn spans_read_naturally() {
-        assert_eq!(format_span(30_000), "under a minute");
+        assert_eq!(format_span(30_000), "30s");
         assert_eq!(format_span(5 * 60_000), "5m");
         assert_eq!(format_span((4 * 60 + 5) * 60_000), "4h 5m");
         assert_eq!(format_span(((3 * 24 + 4) * 60 + 59) * 60_000), "3d 4h");
-        assert_eq!(format_span(-5), "under a minute");
+        assert_eq!(format_span(-5), "0s");
     }
 }

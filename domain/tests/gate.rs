@@ -375,7 +375,7 @@ fn the_soak_passes_at_the_exact_end_and_not_a_millisecond_before() {
         &just_before,
         CheckId::Soak,
         "complete at 100% since 2023-11-15T00:13Z (23h 59m of a 1d 0h soak)",
-        "soak ends 2023-11-16T00:13Z, in under a minute",
+        "soak ends 2023-11-16T00:13Z, in 0s",
     );
 }
 

@@ -154,26 +154,51 @@ impl Drop for TempDir {
     }
 }
 
-/// A clock tests move by hand.
+/// A clock tests move by hand: frozen at the time it was made ([`TestClock::new`]) or following
+/// the real clock ([`TestClock::running`]), plus what the test advanced it by.
 #[derive(Clone)]
-pub struct TestClock(Arc<AtomicI64>);
+pub struct TestClock {
+    /// The frozen time, or the offset added to the real time.
+    value: Arc<AtomicI64>,
+    running: bool,
+}
+
+fn real_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
 
 impl TestClock {
     pub fn new() -> TestClock {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        TestClock(Arc::new(AtomicI64::new(now)))
+        TestClock {
+            value: Arc::new(AtomicI64::new(real_now_ms())),
+            running: false,
+        }
+    }
+
+    /// A clock that runs with the real one (for tests with real clients, whose reports carry
+    /// real timestamps).
+    pub fn running() -> TestClock {
+        TestClock {
+            value: Arc::new(AtomicI64::new(0)),
+            running: true,
+        }
     }
 
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        self.value
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
     pub fn clock(&self) -> Clock {
-        let inner = self.0.clone();
-        Arc::new(move || inner.load(Ordering::SeqCst))
+        let value = self.value.clone();
+        if self.running {
+            Arc::new(move || real_now_ms() + value.load(Ordering::SeqCst))
+        } else {
+            Arc::new(move || value.load(Ordering::SeqCst))
+        }
     }
 }
 
@@ -244,6 +269,21 @@ impl TestServer {
             server,
             db,
         }
+    }
+
+    /// Runs the `switchyard` CLI in-process against this server (its argument parser and code,
+    /// as a release manager runs them) with the admin token; returns the exit code.
+    pub async fn cli(&self, args: &[&str]) -> i32 {
+        self.cli_as(&self.token, args).await
+    }
+
+    /// [`TestServer::cli`] with another token.
+    pub async fn cli_as(&self, token: &str, args: &[&str]) -> i32 {
+        use clap::Parser;
+        let mut argv = vec!["switchyard", "--server", &self.base, "--token", token];
+        argv.extend_from_slice(args);
+        let parsed = switchyard_server::cli::Cli::try_parse_from(argv).expect("CLI arguments");
+        switchyard_server::cli::run(parsed.remote, parsed.command).await
     }
 
     pub async fn stop(self) {

@@ -82,10 +82,7 @@ impl Table {
             row.1 = Some(f(&row.0));
             *touched.entry(*k).or_default() += 1;
         }
-        Batch {
-            rows: keys.len() as u64,
-            last_key: keys.last().map(u64::to_string),
-        }
+        Batch::keyset(keys.len() as u64, keys.last().map(u64::to_string), limit)
     }
 
     /// Batches called so far.

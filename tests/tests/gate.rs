@@ -6,7 +6,6 @@
 //! A simulated client instance (`api`/`api-1`) heartbeats after every change, acknowledging the
 //! snapshot version the server holds, and reports telemetry per minute of the server's clock.
 
-use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -297,14 +296,6 @@ fn assert_same_report(http: &Value, grpc: &pb::GateReport) {
     assert_eq!(http_checks, grpc_checks);
 }
 
-/// Runs the CLI in-process against the test server; returns its exit code.
-async fn cli(srv: &TestServer, args: &[&str]) -> i32 {
-    let mut argv = vec!["switchyard", "--server", &srv.base, "--token", &srv.token];
-    argv.extend_from_slice(args);
-    let parsed = switchyard_server::cli::Cli::try_parse_from(argv).expect("CLI arguments");
-    switchyard_server::cli::run(parsed.remote, parsed.command).await
-}
-
 /// What a refusal must leave untouched.
 async fn observable(srv: &TestServer, key: &str) -> (Value, u64, usize) {
     let (status, audit) = srv
@@ -396,8 +387,8 @@ async fn lifecycle_fast_forwarded(db: Db) {
         "the backfill is recorded complete"
     );
     assert_same_report(&report, &grpc_gate(&srv, KEY).await);
-    assert_eq!(cli(&srv, &["gate", KEY]).await, 1);
-    assert_eq!(cli(&srv, &["gate", KEY, "--json"]).await, 1);
+    assert_eq!(srv.cli(&["gate", KEY]).await, 1);
+    assert_eq!(srv.cli(&["gate", KEY, "--json"]).await, 1);
 
     // Recording contracted is refused, with the gate's failures, and changes nothing.
     let message = contracted_refused(&srv, KEY).await;
@@ -441,8 +432,8 @@ async fn lifecycle_fast_forwarded(db: Db) {
         Some("0 of 500 new-shape operation(s) failed")
     );
     assert_same_report(&report, &grpc_gate(&srv, KEY).await);
-    assert_eq!(cli(&srv, &["gate", KEY]).await, 0);
-    assert_eq!(cli(&srv, &["gate", KEY, "--json"]).await, 0);
+    assert_eq!(srv.cli(&["gate", KEY]).await, 0);
+    assert_eq!(srv.cli(&["gate", KEY, "--json"]).await, 0);
 
     // Now contracted is recorded.
     let version = srv.version_of(KEY).await;
@@ -483,7 +474,8 @@ async fn lifecycle_fast_forwarded(db: Db) {
     assert_eq!(observable(&srv, KEY).await, before);
     // The CLI's record command says "refused" with exit code 1.
     assert_eq!(
-        cli(&srv, &["record", KEY, "contracted", "--reason", REASON]).await,
+        srv.cli(&["record", KEY, "contracted", "--reason", REASON])
+            .await,
         1
     );
     srv.stop().await;
@@ -545,7 +537,7 @@ async fn old_traffic_and_step_back(db: Db) {
         !message.contains("soak: ") && message.contains("no_old_shape_traffic: "),
         "{message}"
     );
-    assert_eq!(cli(&srv, &["gate", KEY]).await, 1);
+    assert_eq!(srv.cli(&["gate", KEY]).await, 1);
 
     // A soak period after that minute, they have aged out.
     advance_clock(&srv, clears_at - 1 - now(&srv));
@@ -750,23 +742,21 @@ async fn lifecycle_view(db: Db) {
         assert_eq!(grpc_waiting(&grpc), []);
     }
     assert_eq!(
-        cli(
-            &srv,
-            &["migration", "list", "--stale", "--days", "1", "--json"]
-        )
-        .await,
+        srv.cli(&["migration", "list", "--stale", "--days", "1", "--json"])
+            .await,
         0
     );
     assert_eq!(
-        cli(&srv, &["migration", "list", "--stale", "--days", "3"]).await,
+        srv.cli(&["migration", "list", "--stale", "--days", "3"])
+            .await,
         0
     );
 
     // The older one passes its gate and is contracted, while the instance still names it.
     let report = gate(&srv, OLDER).await;
     assert_failing(&report, &[]);
-    assert_eq!(cli(&srv, &["gate", OLDER]).await, 0);
-    assert_eq!(cli(&srv, &["gate", YOUNGER]).await, 1);
+    assert_eq!(srv.cli(&["gate", OLDER]).await, 0);
+    assert_eq!(srv.cli(&["gate", YOUNGER]).await, 1);
     let (status, m) = record(&srv, OLDER, "contracted").await;
     assert_eq!(status, StatusCode::OK, "{m}");
     beat(&srv, &instance).await;
@@ -793,7 +783,8 @@ async fn lifecycle_view(db: Db) {
     assert_eq!(grpc_in_use(&grpc), expected_in_use);
     assert_eq!(grpc_waiting(&grpc), []);
     assert_eq!(
-        cli(&srv, &["migration", "list", "--stale", "--days", "1"]).await,
+        srv.cli(&["migration", "list", "--stale", "--days", "1"])
+            .await,
         0
     );
 
@@ -832,7 +823,7 @@ async fn unknown_migrations_have_no_gate(db: Db) {
         .await
         .expect_err("no such migration");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(cli(&srv, &["gate", "nobody.made-this"]).await, 2);
+    assert_eq!(srv.cli(&["gate", "nobody.made-this"]).await, 2);
     srv.stop().await;
 }
 

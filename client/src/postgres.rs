@@ -1,0 +1,444 @@
+//! The PostgreSQL flavour of the backfill (feature `postgres`): a ready batch function for
+//! [`crate::BackfillRunner::run`], given a table, its key column, a `SET` expression and the
+//! predicate of rows still to do.
+//!
+//! ```no_run
+//! # async fn example(client: switchyard_client::Client, pool: sqlx::PgPool)
+//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard_client::postgres::PgBackfill;
+//!
+//! let users = PgBackfill::new(pool, "users", "id", "handle = username")
+//!     .pending("handle IS DISTINCT FROM username");
+//! let runner = client
+//!     .backfill("users.username-to-handle")
+//!     .batch_size(1_000)
+//!     .total_estimate(users.estimate_rows().await?);
+//! runner.run(|cursor, limit| users.batch(cursor, limit)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # One batch
+//! Each batch is its own short transaction:
+//! 1. `set_config('lock_timeout', …, true)` and `statement_timeout` (the `SET LOCAL` of the
+//!    transaction), so a batch never queues behind, or holds up, the application for long;
+//! 2. the next `limit` keys after the cursor (a window of the key index), then the window's rows
+//!    that match the pending predicate, `FOR UPDATE SKIP LOCKED`, then `UPDATE … SET` on those;
+//! 3. commit. The cursor moves to the window's last key whatever the predicate matched, so a
+//!    batch's cost is bounded by `limit` even where few rows are still pending.
+//!
+//! # Two passes
+//! `SKIP LOCKED` keeps the backfill from waiting on the application, but it also passes over
+//! rows that someone holds at that moment. A writer holding a row dual-writes it (rule 3 holds
+//! every writer at dual_write 100% while a backfill runs), but anything else holding it does
+//! not: a `SELECT … FOR UPDATE`, a job touching another column. So after the keyset pass
+//! (cursor `keyset:KEY`) a sweep pass (cursor `sweep:KEY`) walks the table again from the start
+//! and takes the rows still matching the predicate *without* skipping: it waits for each lock up
+//! to `lock_timeout`, and a lock timeout is retried with backoff. The sweep is cheap (it updates
+//! only what the first pass could not) and is what makes "every row is backfilled" true.
+//!
+//! Rows reported to the runner: rows examined in the keyset pass (so progress against the
+//! table's size is accurate), rows updated in the sweep.
+//!
+//! # Failures
+//! A lock timeout, a deadlock or a serialization failure rolls the batch back and retries it
+//! after a jittered, doubling delay. A statement timeout does the same with half the window, and
+//! the window grows back after batches that succeed. After `max_attempts` the error goes to the
+//! runner, whose checkpoint lets a new run resume at the last committed batch. Every batch is
+//! idempotent as long as the `SET` expression is (`new = f(old)`), which is what makes
+//! re-running a rolled-back or uncheckpointed batch safe.
+//!
+//! The table and key column are identifiers (quoted here, so give them as the catalog spells
+//! them: lower case unless created quoted). The `SET` expression and the predicate are SQL
+//! written by the application's developers, placed into the statement as they are: never build
+//! them from user input.
+
+use crate::backfill::Batch;
+use rand::Rng;
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Row, Transaction};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Why a Postgres backfill batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgBackfillError {
+    /// The table, the key column or the SQL given is not usable.
+    #[error("the backfill of {table} is misconfigured: {message}")]
+    Setup { table: String, message: String },
+    /// A batch failed after its retries (or with an error not worth retrying).
+    #[error("a backfill batch on {table} failed after {attempts} attempt(s): {source}")]
+    Database {
+        table: String,
+        attempts: u32,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// A backfill of one PostgreSQL table; see the module documentation.
+pub struct PgBackfill {
+    pool: PgPool,
+    /// As given, for messages.
+    table_name: String,
+    table: String,
+    key: String,
+    set: String,
+    pending: Option<String>,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+    max_attempts: u32,
+    first_retry: Duration,
+    /// The key column's SQL type, read from the catalog on the first batch.
+    key_type: OnceCell<String>,
+    /// The window after statement timeouts (0: the runner's limit).
+    window: AtomicU64,
+}
+
+/// Which pass a cursor is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Keyset,
+    Sweep,
+}
+
+impl PgBackfill {
+    /// A backfill of `table` (optionally `schema.table`) in the order of `key_column` (unique
+    /// and indexed: the primary key, usually), applying `UPDATE table SET <set>` to each row.
+    pub fn new(pool: PgPool, table: &str, key_column: &str, set: &str) -> PgBackfill {
+        PgBackfill {
+            pool,
+            table_name: table.to_owned(),
+            table: table
+                .split('.')
+                .map(quote_ident)
+                .collect::<Vec<_>>()
+                .join("."),
+            key: quote_ident(key_column),
+            set: set.to_owned(),
+            pending: None,
+            lock_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            first_retry: Duration::from_millis(50),
+            key_type: OnceCell::new(),
+            window: AtomicU64::new(0),
+        }
+    }
+
+    /// The rows still to do, e.g. `handle IS DISTINCT FROM username`. Needed for the sweep pass
+    /// (without it, rows skipped because they were locked are never visited again) and makes a
+    /// re-run touch only what is left.
+    pub fn pending(mut self, predicate: &str) -> Self {
+        self.pending = Some(predicate.to_owned());
+        self
+    }
+
+    /// How long a batch waits for a row or table lock before it is rolled back and retried
+    /// (default 1 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// How long one batch statement may run (default 10 s); a timeout retries with half the
+    /// window.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Attempts per batch before the error goes to the runner (default 8), and the first delay
+    /// between them (default 50 ms, doubling, jittered, at most 5 s).
+    pub fn retries(mut self, max_attempts: u32, first_delay: Duration) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self.first_retry = first_delay;
+        self
+    }
+
+    /// The planner's estimate of the table's rows (`pg_class.reltuples`), or an exact count when
+    /// the table was never analyzed: for [`crate::BackfillRunner::total_estimate`].
+    pub async fn estimate_rows(&self) -> Result<u64, PgBackfillError> {
+        let estimate: Option<f32> =
+            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(&self.table)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.database(1, e))?;
+        match estimate {
+            None => Err(self.setup("the table does not exist".to_owned())),
+            Some(rows) if rows >= 0.0 => Ok(rows as u64),
+            // -1: never vacuumed or analyzed; count instead.
+            Some(_) => {
+                let sql = format!("SELECT count(*) FROM {}", self.table);
+                let rows: i64 = sqlx::query_scalar(&sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.database(1, e))?;
+                Ok(rows.max(0) as u64)
+            }
+        }
+    }
+
+    /// Runs one batch: the batch function to give [`crate::BackfillRunner::run`].
+    pub async fn batch(
+        &self,
+        cursor: Option<String>,
+        limit: u64,
+    ) -> Result<Batch, PgBackfillError> {
+        let key_type = self
+            .key_type
+            .get_or_try_init(|| self.read_key_type())
+            .await?;
+        let (pass, after) = parse_cursor(cursor.as_deref());
+        if pass == Pass::Sweep && self.pending.is_none() {
+            // A checkpoint from a configuration that had a predicate: nothing more to sweep.
+            return Ok(Batch {
+                rows: 0,
+                last_key: cursor,
+                done: true,
+            });
+        }
+        let sql = self.statement(pass, after.is_some(), key_type);
+        let mut attempt = 0;
+        let mut delay = self.first_retry;
+        loop {
+            attempt += 1;
+            let window = match self.window.load(Ordering::Relaxed) {
+                0 => limit,
+                shrunk => shrunk.min(limit),
+            }
+            .max(1);
+            match self.run_once(&sql, after, window).await {
+                Ok((scanned, last, updated)) => {
+                    // Grow back towards the runner's limit after a success.
+                    if window < limit {
+                        let grown = window.saturating_mul(2);
+                        self.window
+                            .store(if grown >= limit { 0 } else { grown }, Ordering::Relaxed);
+                    }
+                    let end = scanned < window;
+                    tracing::debug!(table = %self.table_name, ?pass, scanned, updated, "backfill batch");
+                    return Ok(match (pass, end) {
+                        (Pass::Keyset, false) => Batch {
+                            rows: scanned,
+                            last_key: Some(format!("keyset:{}", last.unwrap_or_default())),
+                            done: false,
+                        },
+                        (Pass::Keyset, true) if self.pending.is_some() => Batch {
+                            rows: scanned,
+                            last_key: Some("sweep:".to_owned()),
+                            done: false,
+                        },
+                        (Pass::Keyset, true) => Batch {
+                            rows: scanned,
+                            last_key: last.map(|k| format!("keyset:{k}")),
+                            done: true,
+                        },
+                        (Pass::Sweep, _) => Batch {
+                            rows: updated,
+                            last_key: last.map(|k| format!("sweep:{k}")),
+                            done: end,
+                        },
+                    });
+                }
+                Err(e) => {
+                    let code = e
+                        .as_database_error()
+                        .and_then(|d| d.code())
+                        .map(|c| c.into_owned());
+                    let retry = matches!(
+                        code.as_deref(),
+                        // lock_not_available, deadlock_detected, serialization_failure,
+                        // query_canceled (the statement timeout)
+                        Some("55P03" | "40P01" | "40001" | "57014")
+                    );
+                    if !retry || attempt >= self.max_attempts {
+                        return Err(self.database(attempt, e));
+                    }
+                    if code.as_deref() == Some("57014") {
+                        self.window.store((window / 2).max(1), Ordering::Relaxed);
+                    }
+                    tracing::warn!(
+                        table = %self.table_name, attempt, error = %e,
+                        "backfill batch rolled back; retrying after {delay:?}"
+                    );
+                    let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tokio::time::sleep(jittered).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One batch transaction: (keys in the window, the window's last key, rows updated).
+    async fn run_once(
+        &self,
+        sql: &str,
+        after: Option<&str>,
+        window: u64,
+    ) -> Result<(u64, Option<String>, u64), sqlx::Error> {
+        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+        )
+        .bind(format!("{}ms", self.lock_timeout.as_millis().max(1)))
+        .bind(format!("{}ms", self.statement_timeout.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+        let mut query = sqlx::query(sql);
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        let row = query
+            .bind(i64::try_from(window).unwrap_or(i64::MAX))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let scanned: i64 = row.try_get(0)?;
+        let last: Option<String> = row.try_get(1)?;
+        let updated: i64 = row.try_get(2)?;
+        Ok((scanned as u64, last, updated as u64))
+    }
+
+    /// The batch statement: the window of keys, the pending rows in it locked, those updated.
+    fn statement(&self, pass: Pass, has_cursor: bool, key_type: &str) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let (after, limit) = if has_cursor {
+            (format!("WHERE {key} > $1::text::{key_type}"), "$2")
+        } else {
+            (String::new(), "$1")
+        };
+        let pending = self
+            .pending
+            .as_deref()
+            .map_or(String::new(), |p| format!("AND ({p})"));
+        // The first pass never waits for the application; the sweep waits, up to lock_timeout.
+        let skip = match pass {
+            Pass::Keyset => "SKIP LOCKED",
+            Pass::Sweep => "",
+        };
+        format!(
+            "WITH switchyard_window AS ( \
+                 SELECT {key} AS switchyard_key FROM {table} {after} ORDER BY {key} LIMIT {limit} \
+             ), switchyard_batch AS ( \
+                 SELECT {key} AS switchyard_key FROM {table} \
+                 WHERE {key} IN (SELECT switchyard_key FROM switchyard_window) {pending} \
+                 FOR UPDATE {skip} \
+             ), switchyard_updated AS ( \
+                 UPDATE {table} SET {set} \
+                 WHERE {key} IN (SELECT switchyard_key FROM switchyard_batch) \
+                 RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM switchyard_window), \
+                    (SELECT max(switchyard_key)::text FROM switchyard_window), \
+                    (SELECT count(*) FROM switchyard_updated)",
+            set = self.set,
+        )
+    }
+
+    /// The key column's type (for comparing the text cursor), and a check that the batch
+    /// statement plans: a typo in the SET expression or the predicate fails here, clearly,
+    /// before anything runs.
+    async fn read_key_type(&self) -> Result<String, PgBackfillError> {
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&self.table)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.database(1, e))?;
+        if exists.is_none() {
+            return Err(self.setup("the table does not exist".to_owned()));
+        }
+        let key_type: Option<String> = sqlx::query_scalar(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(&self.table)
+        .bind(unquote(&self.key))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.database(1, e))?;
+        let key_type = key_type
+            .ok_or_else(|| self.setup(format!("it has no column {}", unquote(&self.key))))?;
+        for (pass, has_cursor) in [(Pass::Keyset, true), (Pass::Sweep, false)] {
+            let explain = format!("EXPLAIN {}", self.statement(pass, has_cursor, &key_type));
+            let mut query = sqlx::query(&explain);
+            if has_cursor {
+                query = query.bind(None::<String>);
+            }
+            if let Err(e) = query.bind(1i64).fetch_all(&self.pool).await {
+                return Err(self.setup(format!(
+                    "the batch statement does not plan (check the SET expression {:?} and the \
+                     predicate {:?}): {e}",
+                    self.set,
+                    self.pending.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        Ok(key_type)
+    }
+
+    fn setup(&self, message: String) -> PgBackfillError {
+        PgBackfillError::Setup {
+            table: self.table_name.clone(),
+            message,
+        }
+    }
+
+    fn database(&self, attempts: u32, source: sqlx::Error) -> PgBackfillError {
+        PgBackfillError::Database {
+            table: self.table_name.clone(),
+            attempts,
+            source,
+        }
+    }
+}
+
+/// `keyset:KEY`, `sweep:KEY` (an empty KEY: from the start); anything else is a key of the
+/// keyset pass.
+fn parse_cursor(cursor: Option<&str>) -> (Pass, Option<&str>) {
+    match cursor {
+        None | Some("") => (Pass::Keyset, None),
+        Some(c) => {
+            if let Some(k) = c.strip_prefix("keyset:") {
+                (Pass::Keyset, (!k.is_empty()).then_some(k))
+            } else if let Some(k) = c.strip_prefix("sweep:") {
+                (Pass::Sweep, (!k.is_empty()).then_some(k))
+            } else {
+                (Pass::Keyset, Some(c))
+            }
+        }
+    }
+}
+
+/// An identifier quoted for SQL: `"name"`, with embedded quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn unquote(quoted: &str) -> String {
+    quoted[1..quoted.len() - 1].replace("\"\"", "\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_name_their_pass() {
+        assert_eq!(parse_cursor(None), (Pass::Keyset, None));
+        assert_eq!(parse_cursor(Some("")), (Pass::Keyset, None));
+        assert_eq!(parse_cursor(Some("keyset:42")), (Pass::Keyset, Some("42")));
+        assert_eq!(parse_cursor(Some("sweep:")), (Pass::Sweep, None));
+        assert_eq!(parse_cursor(Some("sweep:7")), (Pass::Sweep, Some("7")));
+        // A bare key (a checkpoint written by a custom batch function) is a keyset position.
+        assert_eq!(parse_cursor(Some("42")), (Pass::Keyset, Some("42")));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("users"), "\"users\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(unquote(&quote_ident("we\"ird")), "we\"ird");
+    }
+}
