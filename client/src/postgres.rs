@@ -56,9 +56,9 @@ use crate::backfill::Batch;
 use rand::Rng;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// Why a Postgres backfill batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ pub struct PgBackfill {
     max_attempts: u32,
     first_retry: Duration,
     /// The key column's SQL type, read from the catalog on the first batch.
-    key_type: OnceCell<String>,
+    key_type: OnceLock<String>,
     /// The window after statement timeouts (0: the runner's limit).
     window: AtomicU64,
 }
@@ -121,7 +121,7 @@ impl PgBackfill {
             statement_timeout: Duration::from_secs(10),
             max_attempts: 8,
             first_retry: Duration::from_millis(50),
-            key_type: OnceCell::new(),
+            key_type: OnceLock::new(),
             window: AtomicU64::new(0),
         }
     }
@@ -186,10 +186,6 @@ impl PgBackfill {
         cursor: Option<String>,
         limit: u64,
     ) -> Result<Batch, PgBackfillError> {
-        let key_type = self
-            .key_type
-            .get_or_try_init(|| self.read_key_type())
-            .await?;
         let (pass, after) = parse_cursor(cursor.as_deref());
         if pass == Pass::Sweep && self.pending.is_none() {
             // A checkpoint from a configuration that had a predicate: nothing more to sweep.
@@ -199,7 +195,6 @@ impl PgBackfill {
                 done: true,
             });
         }
-        let sql = self.statement(pass, after.is_some(), key_type);
         let mut attempt = 0;
         let mut delay = self.first_retry;
         loop {
@@ -209,7 +204,15 @@ impl PgBackfill {
                 shrunk => shrunk.min(limit),
             }
             .max(1);
-            match self.run_once(&sql, after, window).await {
+            let result = match self.key_type().await {
+                Ok(Ok(key_type)) => {
+                    let sql = self.statement(pass, after.is_some(), &key_type);
+                    self.run_once(&sql, after, window).await
+                }
+                Ok(Err(message)) => return Err(self.setup(message)),
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok((scanned, last, updated)) => {
                     // Grow back towards the runner's limit after a success.
                     if window < limit {
@@ -243,20 +246,13 @@ impl PgBackfill {
                     });
                 }
                 Err(e) => {
-                    let code = e
-                        .as_database_error()
-                        .and_then(|d| d.code())
-                        .map(|c| c.into_owned());
-                    let retry = matches!(
-                        code.as_deref(),
-                        // lock_not_available, deadlock_detected, serialization_failure,
-                        // query_canceled (the statement timeout)
-                        Some("55P03" | "40P01" | "40001" | "57014")
-                    );
-                    if !retry || attempt >= self.max_attempts {
+                    let Some(code) = retryable(&e) else {
+                        return Err(self.database(attempt, e));
+                    };
+                    if attempt >= self.max_attempts {
                         return Err(self.database(attempt, e));
                     }
-                    if code.as_deref() == Some("57014") {
+                    if code == "57014" {
                         self.window.store((window / 2).max(1), Ordering::Relaxed);
                     }
                     tracing::warn!(
@@ -279,13 +275,7 @@ impl PgBackfill {
         window: u64,
     ) -> Result<(u64, Option<String>, u64), sqlx::Error> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
-        )
-        .bind(format!("{}ms", self.lock_timeout.as_millis().max(1)))
-        .bind(format!("{}ms", self.statement_timeout.as_millis().max(1)))
-        .execute(&mut *tx)
-        .await?;
+        self.set_timeouts(&mut tx).await?;
         let mut query = sqlx::query(sql);
         if let Some(after) = after {
             query = query.bind(after);
@@ -337,17 +327,32 @@ impl PgBackfill {
         )
     }
 
-    /// The key column's type (for comparing the text cursor), and a check that the batch
-    /// statement plans: a typo in the SET expression or the predicate fails here, clearly,
-    /// before anything runs.
-    async fn read_key_type(&self) -> Result<String, PgBackfillError> {
+    /// The key column's type (for comparing the text cursor), read once. `Ok(Err(message))`
+    /// is a misconfiguration; `Err` a database error (a lock timeout is retried like a batch).
+    async fn key_type(&self) -> Result<Result<String, String>, sqlx::Error> {
+        if let Some(known) = self.key_type.get() {
+            return Ok(Ok(known.clone()));
+        }
+        let checked = self.check_configuration().await?;
+        if let Ok(key_type) = &checked {
+            let _ = self.key_type.set(key_type.clone());
+        }
+        Ok(checked)
+    }
+
+    /// Reads the key type and checks that the batch statements plan: a typo in the SET
+    /// expression or the predicate fails here, clearly, before anything runs. Planning takes
+    /// the table's lock, so it runs under the same lock timeout as a batch (a migration's DDL
+    /// holding the table must not leave the backfill hanging).
+    async fn check_configuration(&self) -> Result<Result<String, String>, sqlx::Error> {
+        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
+        self.set_timeouts(&mut tx).await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
             .bind(&self.table)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.database(1, e))?;
+            .fetch_one(&mut *tx)
+            .await?;
         if exists.is_none() {
-            return Err(self.setup("the table does not exist".to_owned()));
+            return Ok(Err("the table does not exist".to_owned()));
         }
         let key_type: Option<String> = sqlx::query_scalar(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
@@ -355,19 +360,22 @@ impl PgBackfill {
         )
         .bind(&self.table)
         .bind(unquote(&self.key))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.database(1, e))?;
-        let key_type = key_type
-            .ok_or_else(|| self.setup(format!("it has no column {}", unquote(&self.key))))?;
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(key_type) = key_type else {
+            return Ok(Err(format!("it has no column {}", unquote(&self.key))));
+        };
         for (pass, has_cursor) in [(Pass::Keyset, true), (Pass::Sweep, false)] {
             let explain = format!("EXPLAIN {}", self.statement(pass, has_cursor, &key_type));
             let mut query = sqlx::query(&explain);
             if has_cursor {
                 query = query.bind(None::<String>);
             }
-            if let Err(e) = query.bind(1i64).fetch_all(&self.pool).await {
-                return Err(self.setup(format!(
+            if let Err(e) = query.bind(1i64).fetch_all(&mut *tx).await {
+                if retryable(&e).is_some() {
+                    return Err(e);
+                }
+                return Ok(Err(format!(
                     "the batch statement does not plan (check the SET expression {:?} and the \
                      predicate {:?}): {e}",
                     self.set,
@@ -375,7 +383,20 @@ impl PgBackfill {
                 )));
             }
         }
-        Ok(key_type)
+        tx.rollback().await?;
+        Ok(Ok(key_type))
+    }
+
+    /// The transaction's `SET LOCAL lock_timeout` and `statement_timeout`.
+    async fn set_timeouts(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+        )
+        .bind(format!("{}ms", self.lock_timeout.as_millis().max(1)))
+        .bind(format!("{}ms", self.statement_timeout.as_millis().max(1)))
+        .execute(&mut **tx)
+        .await
+        .map(drop)
     }
 
     fn setup(&self, message: String) -> PgBackfillError {
@@ -392,6 +413,13 @@ impl PgBackfill {
             source,
         }
     }
+}
+
+/// The SQLSTATE of an error worth retrying: lock_not_available (the lock timeout),
+/// deadlock_detected, serialization_failure, query_canceled (the statement timeout).
+fn retryable(e: &sqlx::Error) -> Option<String> {
+    let code = e.as_database_error()?.code()?;
+    matches!(code.as_ref(), "55P03" | "40P01" | "40001" | "57014").then(|| code.into_owned())
 }
 
 /// `keyset:KEY`, `sweep:KEY` (an empty KEY: from the start); anything else is a key of the
