@@ -13,7 +13,8 @@ const PAD = { top: 12, right: 12, bottom: 24, left: 48 };
  * @param {number} o.from  first minute (ms)
  * @param {number} o.to    last minute (ms)
  * @param {{name: string, cls: string, values: (number|null)[]}[]} o.series one value per minute
- * @param {(v: number) => string} o.format  y-axis and summary labels
+ * @param {(v: number) => string} o.format  y-axis labels
+ * @param {boolean} [o.integer]  counts: the y-axis gridlines fall on whole numbers
  * @param {string} o.summary  text alternative for screen readers
  */
 export function lineChart(o) {
@@ -40,7 +41,8 @@ function svg(o, width) {
   const innerW = width - PAD.left - PAD.right;
   const innerH = HEIGHT - PAD.top - PAD.bottom;
   const n = Math.max(1, o.series[0]?.values.length ?? 1);
-  const max = niceMax(Math.max(0, ...o.series.flatMap((ser) => ser.values.filter((v) => v !== null))));
+  const top = Math.max(0, ...o.series.flatMap((ser) => ser.values.filter((v) => v !== null)));
+  const max = o.integer ? integerMax(top) : niceMax(top);
   const x = (i) => PAD.left + (n === 1 ? innerW / 2 : (i / (n - 1)) * innerW);
   const y = (v) => PAD.top + innerH - (v / max) * innerH;
 
@@ -53,7 +55,8 @@ function svg(o, width) {
     );
   }
   const ticks = [];
-  const timeTicks = Math.min(6, n);
+  // About one time label per 90 px, so they never overlap on a phone.
+  const timeTicks = Math.max(2, Math.min(6, n, Math.floor(innerW / 90)));
   for (let t = 0; t < timeTicks; t++) {
     const i = timeTicks === 1 ? 0 : Math.round((t * (n - 1)) / (timeTicks - 1));
     const at = new Date(o.from + i * 60_000);
@@ -95,4 +98,13 @@ function niceMax(v) {
     if (v <= m * exp) return m * exp;
   }
   return 10 * exp;
+}
+
+/** For counts: a top of 4 × (1, 2, 5 × 10^k), so each of the four gridlines is a whole number. */
+function integerMax(v) {
+  for (let k = 1; ; k *= 10) {
+    for (const m of [1, 2, 5]) {
+      if (v <= 4 * m * k) return 4 * m * k;
+    }
+  }
 }

@@ -62,7 +62,15 @@ export function migrationView(key, store) {
     h("a", { href: "#/", class: "back", text: "← All migrations" }),
     head,
     alertBox,
-    h("div", { class: "columns" }, h("div", { class: "col-main" }, track, controls, traffic, audit), h("div", { class: "col-side" }, gate, backfill, instances)),
+    // Three groups: on a wide screen the side group is a column beside the other two; on a
+    // phone they stack in this order, so the gate comes before the long traffic and audit.
+    h(
+      "div",
+      { class: "columns" },
+      h("div", { class: "col-top" }, track, controls),
+      h("div", { class: "col-side" }, gate, backfill, instances),
+      h("div", { class: "col-bottom" }, traffic, audit),
+    ),
   );
 
   // --- header and track ---------------------------------------------------------------------
@@ -252,14 +260,20 @@ export function migrationView(key, store) {
     retreatButton.disabled = !prev || final;
     fill(retreatHelp, !prev ? "" : m.rollout_bp === 0 ? "Ready: the front is at 0%." : `Needs ${stageLabel(m.stage)} at 0% (rule 1).`);
     if (final) {
+      controls.dataset.layout = "final";
       fill(controls, h("h2", { id: "controls-title", text: "Controls" }), h("p", { class: "muted", text: "Contracted is final: nothing can change this migration." }), result);
       return;
     }
-    if (!controls.firstChild) {
+    // The form set depends on whether there is anything to ramp; rebuilt only when that flips,
+    // so ordinary updates keep focus where it is.
+    const layout = m.stage === "off" ? "off" : "ramp";
+    if (controls.dataset.layout !== layout) {
+      controls.dataset.layout = layout;
       fill(
         controls,
         h("h2", { id: "controls-title", text: "Controls" }),
-        store.can.operate && rampForm,
+        store.can.operate && m.stage !== "off" && rampForm,
+        store.can.operate && m.stage === "off" && h("p", { class: "hint", text: "Off has nothing behind it to ramp: record the expand DDL, then advance to dual write and ramp from there." }),
         store.can.operate && h("div", { class: "steps" }, h("div", {}, advanceButton, advanceHelp), h("div", {}, retreatButton, retreatHelp)),
         recordForm,
         result,
@@ -365,6 +379,7 @@ export function migrationView(key, store) {
           { name: "new shape", cls: "s-new", values: series((r) => ops(r.new)) },
         ],
         format: compact,
+        integer: true,
         summary: `${count(ops(total.old))} old and ${count(ops(total.new))} new operations in the period.`,
       }),
       lineChart({
@@ -377,6 +392,7 @@ export function migrationView(key, store) {
           { name: "mismatches", cls: "s-bad", values: series((r) => r.mismatches) },
         ],
         format: compact,
+        integer: true,
         summary: `${count(total.old.errors)} old errors, ${count(total.new.errors)} new errors, ${count(total.mismatches)} mismatches.`,
       }),
       lineChart({
@@ -387,7 +403,7 @@ export function migrationView(key, store) {
           { name: "old shape", cls: "s-old", values: series((r) => p95(r.old)) },
           { name: "new shape", cls: "s-new", values: series((r) => p95(r.new)) },
         ],
-        format: (v) => micros(Math.round(v)),
+        format: (v) => (v === 0 ? "0" : micros(Math.round(v))),
         summary: `p95 over the period: old ${fmtLatency(p95(total.old))}, new ${fmtLatency(p95(total.new))}.`,
       }),
     );
@@ -396,16 +412,15 @@ export function migrationView(key, store) {
   // --- gate -------------------------------------------------------------------------------------
 
   const soakText = h("span", { "aria-live": "off" });
+  let gateOpen = false; // the folded checklist stays open across refreshes once opened
   const renderGate = () => {
     const g = facts.gate;
     const title = h("h2", { id: "gate-title", text: "Contract gate" });
     if (!g) return fill(gate, title, h("p", { class: "muted", text: g === null ? "Loading…" : "The gate is unavailable right now." }));
-    fill(
-      gate,
-      title,
-      h("p", { class: ["verdict", g.passed ? "verdict-pass" : "verdict-fail"] }, g.passed ? "✓ Passes: the old shape may be dropped" : "✗ Fails: the old shape must not be dropped yet"),
-      g.soak_ends_at_ms && h("p", { class: "soak" }, soakText),
-      h(
+    // Before complete the gate cannot pass and its failures are expected, not alarming: say so
+    // and keep the checklist one click away.
+    const early = !g.passed && STAGES.indexOf(current().stage) < STAGES.indexOf("complete");
+    const checklist = h(
         "ul",
         { class: "checklist" },
         g.checks.map((c) =>
@@ -422,7 +437,17 @@ export function migrationView(key, store) {
             ),
           ),
         ),
-      ),
+      );
+    fill(
+      gate,
+      title,
+      early
+        ? h("p", { class: "verdict verdict-early", text: "Not yet: the gate applies once the migration is at complete 100%" })
+        : h("p", { class: ["verdict", g.passed ? "verdict-pass" : "verdict-fail"] }, g.passed ? "✓ Passes: the old shape may be dropped" : "✗ Fails: the old shape must not be dropped yet"),
+      g.soak_ends_at_ms && h("p", { class: "soak" }, soakText),
+      early
+        ? h("details", { open: gateOpen, ontoggle: (e) => (gateOpen = e.target.open) }, h("summary", { text: `Show the ${g.checks.length} checks` }), checklist)
+        : checklist,
       h("p", { class: "hint" }, "Evaluated ", timeAgo(g.evaluated_at_ms)),
     );
     tickSoak();
