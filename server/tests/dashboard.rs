@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{BIN, Served, serve_with, terminate};
+use common::{BIN, Served, serve_with};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -85,11 +85,8 @@ fn the_dashboard_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let db = tmp.join("switchyard.db");
-    let guard = Guard(Some(serve_with(
-        &format!("sqlite://{}", db.display()),
-        None,
-        &["--min-soak", "0s"],
-    )));
+    let database_url = format!("sqlite://{}", db.display());
+    let guard = Guard(Some(serve_with(&database_url, None, &["--min-soak", "0s"])));
     let served = guard.0.as_ref().unwrap();
     let admin = served
         .token
@@ -117,6 +114,8 @@ fn the_dashboard_in_a_real_browser() {
         .parent()
         .unwrap()
         .join("target/dashboard-screenshots");
+    // Only this run's screenshots (and no stale failure.png) are left to look at.
+    let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots).unwrap();
     let started = std::time::Instant::now();
     let out = Command::new("node")
@@ -129,6 +128,10 @@ fn the_dashboard_in_a_real_browser() {
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOT_DIR", &screenshots)
         .env("USER_DATA_DIR", tmp.join("chromium-profile"))
+        // The test stops this server to check the "cannot reach the server" banner, then starts
+        // another on the same address and database.
+        .env("SERVER_PID", served.child.id().to_string())
+        .env("DATABASE_URL", &database_url)
         .output()
         .expect("running node");
     println!("{}", String::from_utf8_lossy(&out.stdout));
@@ -140,7 +143,9 @@ fn the_dashboard_in_a_real_browser() {
     );
     assert!(out.status.success(), "the browser test failed: {out:?}");
 
-    terminate(guard.take());
+    // Stopped by the browser test with SIGTERM, which must have been a clean shutdown.
+    let exit = guard.take().child.wait().unwrap();
+    assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -232,16 +237,38 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
     assert_eq!(refused.status(), 401);
 }
 
-/// Three migrations at different points, with clients and traffic, so every part of the page
+/// Four migrations at different points, with clients and traffic, so every part of the page
 /// has something to show (and the screenshots are worth looking at).
 async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
     let http = reqwest::Client::new();
-    let version = |key: &str| -> u64 {
-        cli_json(served, operator, &["migration", "show", key])["version"]
-            .as_u64()
-            .unwrap()
+    let run = |args: &[&str]| {
+        cli(served, operator, args);
     };
-    let heartbeat = |service: &'static str, instance: &'static str, keys: Vec<&'static str>| {
+    // Moves a migration along with `--latest`: "advance", or a percentage to ramp to.
+    let drive = |key: &str, steps: &[&str]| {
+        for step in steps {
+            let args = match *step {
+                "advance" => vec!["advance", key, "--latest", "--reason", "seed"],
+                percent => vec![
+                    "ramp",
+                    key,
+                    "--percent",
+                    percent,
+                    "--latest",
+                    "--reason",
+                    "seed",
+                ],
+            };
+            run(&args);
+        }
+    };
+    let users = "users.username-to-handle";
+    let orders = "orders.split-address";
+    let sessions = "sessions.token-hash";
+    let billing = "billing.invoice-currency";
+    // Every live instance reports that it applied the current snapshot version, except those
+    // left out (to leave one behind).
+    let heartbeats = |skip: &'static [&'static str]| {
         let http = http.clone();
         let base = base.to_owned();
         let reader = reader.to_owned();
@@ -255,83 +282,115 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
                 .json()
                 .await
                 .unwrap();
-            let r = http
-                .post(format!("{base}/v1/clients/heartbeat"))
-                .bearer_auth(&reader)
-                .json(&json!({ "service": service, "instance_id": instance,
-                    "applied_version": snapshot["version"], "migrations": keys }))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "heartbeat: {}", r.status());
+            for (service, instance, keys) in [
+                ("api", "api-7f9c", &[users, sessions][..]),
+                ("api", "api-2b1d", &[users, sessions]),
+                ("worker", "worker-1", &[users, sessions]),
+                ("checkout", "checkout-1", &[orders]),
+                ("checkout", "checkout-2", &[orders]),
+            ] {
+                if skip.contains(&instance) {
+                    continue;
+                }
+                let r = http
+                    .post(format!("{base}/v1/clients/heartbeat"))
+                    .bearer_auth(&reader)
+                    .json(&json!({ "service": service, "instance_id": instance,
+                        "applied_version": snapshot["version"], "migrations": keys }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "heartbeat: {}", r.status());
+            }
         }
     };
 
-    // users: dual_write 100%, backfill running at a third, two services.
-    let users = "users.username-to-handle";
-    for args in [
-        &[
-            "migration",
-            "create",
+    for (key, extra) in [
+        (
             users,
-            "--entity-kind",
-            "user_id",
-            "--backfill",
-            "--owner",
-            "identity-team",
-            "--description",
-            "Rename users.username to users.handle",
-            "--expected-service",
-            "api",
-            "--expected-service",
-            "worker",
-            "--reason",
-            "JIRA-42",
-        ][..],
-        &[
+            &[
+                "--entity-kind",
+                "user_id",
+                "--backfill",
+                "--owner",
+                "identity-team",
+                "--description",
+                "Rename users.username to users.handle",
+                "--expected-service",
+                "api",
+                "--expected-service",
+                "worker",
+            ][..],
+        ),
+        (
+            orders,
+            &[
+                "--entity-kind",
+                "order_id",
+                "--owner",
+                "checkout",
+                "--description",
+                "Split orders.address into structured columns",
+            ],
+        ),
+        (
+            sessions,
+            &[
+                "--entity-kind",
+                "session_id",
+                "--owner",
+                "identity-team",
+                "--soak",
+                "1h",
+                "--description",
+                "Store only a hash of session tokens",
+            ],
+        ),
+        (
+            billing,
+            &[
+                "--entity-kind",
+                "account_id",
+                "--owner",
+                "billing",
+                "--description",
+                "Move invoices.currency to a <currency> lookup table & back-fill",
+            ],
+        ),
+    ] {
+        let mut args = vec!["migration", "create", key, "--reason", "JIRA-90"];
+        args.extend(extra);
+        run(&args);
+    }
+    for key in [users, orders, sessions] {
+        run(&[
             "record",
-            users,
+            key,
             "expand-applied",
             "--reason",
-            "0042 applied",
-        ],
-        &[
-            "advance",
-            users,
-            "--latest",
-            "--reason",
-            "start dual writes",
-        ],
-        &[
-            "ramp",
-            users,
-            "--percent",
-            "100",
-            "--latest",
-            "--reason",
-            "all writers",
-        ],
-    ] {
-        cli(served, operator, args);
+            "expand DDL applied",
+        ]);
     }
-    for (service, instance) in [
-        ("api", "api-7f9c"),
-        ("api", "api-2b1d"),
-        ("worker", "worker-1"),
-    ] {
-        heartbeat(service, instance, vec![users]).await;
-    }
-    cli(
-        served,
-        operator,
+    drive(users, &["advance", "100"]);
+    drive(
+        orders,
+        &["advance", "100", "advance", "100", "advance", "25"],
+    );
+    drive(
+        sessions,
         &[
-            "record",
-            users,
-            "backfill-started",
-            "--reason",
-            "runner deployed",
+            "advance", "100", "advance", "100", "advance", "100", "advance", "100",
         ],
     );
+    // Rules 3 and 5 wait for every live client to apply dual_write / rampdown at 100%.
+    heartbeats(&[]).await;
+    run(&[
+        "record",
+        users,
+        "backfill-started",
+        "--reason",
+        "runner deployed",
+    ]);
     let r = http
         .put(format!("{base}/v1/migrations/{users}/backfill/checkpoint"))
         .bearer_auth(operator)
@@ -341,76 +400,11 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "checkpoint: {}", r.status());
-    // The clients apply the backfill's start, as the client crate does within a second.
-    for (service, instance) in [
-        ("api", "api-7f9c"),
-        ("api", "api-2b1d"),
-        ("worker", "worker-1"),
-    ] {
-        heartbeat(service, instance, vec![users]).await;
-    }
-
-    // orders: live at 25%, without a backfill; its clients report a few mismatches.
-    let orders = "orders.split-address";
-    cli(
-        served,
-        operator,
-        &[
-            "migration",
-            "create",
-            orders,
-            "--entity-kind",
-            "order_id",
-            "--owner",
-            "checkout",
-            "--description",
-            "Split orders.address into structured columns",
-            "--reason",
-            "JIRA-77",
-        ],
-    );
-    cli(
-        served,
-        operator,
-        &[
-            "record",
-            orders,
-            "expand-applied",
-            "--reason",
-            "0051 applied",
-        ],
-    );
-    for (op, percent) in [
-        ("advance", None),
-        ("ramp", Some("100")),
-        ("advance", None),
-        ("ramp", Some("100")),
-        ("advance", None),
-        ("ramp", Some("25")),
-    ] {
-        let mut args = vec![op, orders, "--latest", "--reason", "seed"];
-        if let Some(p) = percent {
-            args.extend(["--percent", p]);
-        }
-        cli(served, operator, &args);
-    }
-    heartbeat("checkout", "checkout-1", vec![orders]).await;
-    heartbeat("checkout", "checkout-2", vec![orders]).await;
-    // A change after the heartbeats: one instance applies it, the other lags behind.
-    cli(
-        served,
-        operator,
-        &[
-            "ramp",
-            orders,
-            "--percent",
-            "25.5",
-            "--latest",
-            "--reason",
-            "a bit more",
-        ],
-    );
-    heartbeat("checkout", "checkout-1", vec![orders]).await;
+    drive(sessions, &["advance", "100"]);
+    heartbeats(&[]).await;
+    // A change one checkout instance has not applied yet.
+    drive(orders, &["25.5"]);
+    heartbeats(&["checkout-2"]).await;
 
     let now_minute = {
         let now = std::time::SystemTime::now()
@@ -448,24 +442,4 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "telemetry: {}", r.status());
-
-    // billing: at off, expand not recorded; the browser test drives this one.
-    cli(
-        served,
-        operator,
-        &[
-            "migration",
-            "create",
-            "billing.invoice-currency",
-            "--entity-kind",
-            "account_id",
-            "--owner",
-            "billing",
-            "--description",
-            "Move invoices.currency to a <currency> lookup table & back-fill",
-            "--reason",
-            "JIRA-90",
-        ],
-    );
-    assert!(version("billing.invoice-currency") > 0);
 }

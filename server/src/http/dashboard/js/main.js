@@ -76,7 +76,7 @@ function startSession(me) {
         setConn("connecting", "Connecting…");
       } else {
         setConn("down", "Reconnecting…");
-        setBanner(`Cannot reach the Switchyard server: the page shows the last state it received. Retrying in ${span(retryInMs / 1000)}…`);
+        setBanner(`Cannot reach the Switchyard server: the page shows the last state it received. Retrying in ${span(Math.ceil(retryInMs / 1000))}…`);
       }
     },
     onUnauthenticated() {

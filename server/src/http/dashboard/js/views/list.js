@@ -11,6 +11,7 @@ const PARALLEL = 3;
 
 export function listView(store) {
   const facts = new Map();
+  const rows = new Map();
   const body = h("tbody");
   const summary = h("p", { class: "muted", "aria-live": "polite" });
   const table = h(
@@ -33,16 +34,25 @@ export function listView(store) {
 
   const render = () => {
     if (!store.loaded) {
+      rows.clear();
       fill(body, h("tr", {}, h("td", { colspan: 5, class: "muted", text: "Loading…" })));
       return;
     }
     const all = [...store.migrations.values()].sort(byAttention);
     fill(summary, `${all.length} migration${all.length === 1 ? "" : "s"} · snapshot version ${store.version}`);
     if (all.length === 0) {
+      rows.clear();
       fill(body, h("tr", {}, h("td", { colspan: 5 }, "No migrations yet. Create one with ", h("code", { text: "switchyard migration create KEY --reason …" }), ".")));
       return;
     }
-    fill(body, all.map((m) => row(m, facts.get(m.key))));
+    const wanted = all.map((m) => updateRow(rows, m, facts.get(m.key)));
+    for (const k of rows.keys()) {
+      if (!store.migrations.has(k)) rows.delete(k);
+    }
+    // Rows are kept and updated in place, and moved only when the order changes, so a refresh
+    // never takes keyboard focus off a link.
+    const shown = [...body.children];
+    if (shown.length !== wanted.length || shown.some((tr, i) => tr !== wanted[i])) body.replaceChildren(...wanted);
   };
 
   // Fetch queue: keys to refresh, worked off PARALLEL at a time so a long list does not flood
@@ -98,21 +108,31 @@ function byAttention(a, b) {
   return rank(a) - rank(b) || a.key.localeCompare(b.key);
 }
 
-function row(m, f) {
-  const link = h("a", { href: `#/m/${encodeURIComponent(m.key)}`, class: "key", text: m.key });
+/** The row of a migration, created once and refilled (all but its link) on every update. */
+function updateRow(rows, m, f) {
+  let r = rows.get(m.key);
+  if (!r) {
+    const link = h("a", { href: `#/m/${encodeURIComponent(m.key)}`, class: "key", text: m.key });
+    r = {
+      info: h("div"),
+      front: h("td", { "data-label": "Stage" }),
+      gate: h("td", { "data-label": "Gate" }),
+      clients: h("td", { "data-label": "Clients" }),
+      alerts: h("td", { "data-label": "Alerts" }),
+    };
+    r.tr = h("tr", {}, h("th", { scope: "row", "data-label": "Migration" }, link, r.info), r.front, r.gate, r.clients, r.alerts);
+    rows.set(m.key, r);
+  }
   const details = [m.description, m.owner && `owner ${m.owner}`].filter(Boolean).join(" · ");
-  return h(
-    "tr",
-    {},
-    h("th", { scope: "row", "data-label": "Migration" }, link, details && h("div", { class: "sub", text: details }), h("div", { class: "sub" }, "changed ", timeAgo(m.updated_at_ms))),
-    h("td", { "data-label": "Stage" }, frontCell(m)),
-    h("td", { "data-label": "Gate" }, gateCell(m, f)),
-    h("td", { "data-label": "Clients" }, clientsCell(m, f)),
-    h("td", { "data-label": "Alerts" }, alertsCell(m, f)),
-  );
+  fill(r.info, details && h("div", { class: "sub", text: details }), h("div", { class: "sub" }, "changed ", timeAgo(m.updated_at_ms)));
+  fill(r.front, frontCell(m));
+  fill(r.gate, gateCell(m, f));
+  fill(r.clients, clientsCell(m, f));
+  fill(r.alerts, alertsCell(m, f));
+  return r.tr;
 }
 
-export function frontCell(m) {
+function frontCell(m) {
   const prev = prevStage(m.stage);
   const label =
     m.stage === "contracted" || m.stage === "off" || m.rollout_bp === 10000 || !prev
@@ -129,6 +149,10 @@ function gateCell(m, f) {
   if (!f?.gate) return h("span", { class: "muted", text: "…" });
   if (f.gate.passed) return h("span", { class: "ok", text: "✓ Passes: old shape may be dropped" });
   const failing = f.gate.checks.filter((c) => !c.passed);
+  // Only the soak left: not a problem, just time; say when it ends.
+  if (failing.length === 1 && failing[0].id === "soak" && f.gate.soak_ends_at_ms) {
+    return h("span", { class: "warn", title: failing[0].evidence }, "Soaking: passes ", timeAgo(f.gate.soak_ends_at_ms));
+  }
   return h("span", { class: "bad", title: failing.map((c) => `${c.id}: ${c.remedy}`).join("\n"), text: `✗ ${failing.length} of ${f.gate.checks.length} checks failing` });
 }
 

@@ -20,12 +20,14 @@ const RANGES = [
   [360, "Last 6 hours"],
   [1440, "Last 24 hours"],
 ];
+// Events a release manager records: [event, label, permission, when it applies]. Only the
+// events that apply to the current state are offered; the server still has the last word.
 const EVENTS = [
-  ["expand_applied", "Expand DDL applied", "schema"],
-  ["backfill_started", "Backfill started", "operate"],
-  ["backfill_complete", "Backfill complete", "operate"],
-  ["old_shape_repaired", "Old shape repaired (reverse backfill)", "operate"],
-  ["contracted", "Contracted (old shape dropped)", "schema"],
+  ["expand_applied", "Expand DDL applied", "schema", (m) => !m.expand_applied],
+  ["backfill_started", "Backfill started", "operate", (m) => m.backfill.status === "not_started"],
+  ["backfill_complete", "Backfill complete", "operate", (m) => m.backfill.status === "running"],
+  ["old_shape_repaired", "Old shape repaired (reverse backfill)", "operate", (m) => m.old_shape_stale],
+  ["contracted", "Contracted (old shape dropped)", "schema", (m) => m.stage === "complete"],
 ];
 const CHECK_LABELS = {
   soak: "Soak period at complete 100%",
@@ -217,11 +219,7 @@ export function migrationView(key, store) {
     });
   });
 
-  const eventSelect = h(
-    "select",
-    { id: "event", name: "event" },
-    EVENTS.filter(([, , need]) => (need === "schema" ? store.can.recordSchema : store.can.operate)).map(([value, label]) => h("option", { value, text: label })),
-  );
+  const eventSelect = h("select", { id: "event", name: "event" });
   const recordForm = h(
     "form",
     { class: "record", "aria-label": "Record an event" },
@@ -259,6 +257,12 @@ export function migrationView(key, store) {
     fill(retreatButton, prev ? `Step back to ${stageLabel(prev)}…` : "Step back");
     retreatButton.disabled = !prev || final;
     fill(retreatHelp, !prev ? "" : m.rollout_bp === 0 ? "Ready: the front is at 0%." : `Needs ${stageLabel(m.stage)} at 0% (rule 1).`);
+    const events = EVENTS.filter(([, , need, applies]) => (need === "schema" ? store.can.recordSchema : store.can.operate) && applies(m));
+    const selected = eventSelect.value;
+    fill(eventSelect, events.map(([value, label]) => h("option", { value, text: label, selected: value === selected })));
+    recordForm.hidden = events.length === 0;
+    // A gate token can only record; with nothing to record there is nothing to control.
+    controls.hidden = !store.can.operate && events.length === 0;
     if (final) {
       controls.dataset.layout = "final";
       fill(controls, h("h2", { id: "controls-title", text: "Controls" }), h("p", { class: "muted", text: "Contracted is final: nothing can change this migration." }), result);
@@ -623,25 +627,44 @@ export function migrationView(key, store) {
       renderHead(m);
       renderTrack(m);
       renderControls(m);
+      for (const section of Object.values(sections)) section();
     }
-    renderBackfill(m);
-    renderInstances(m);
-    renderGate();
-    renderAudit();
+  };
+
+  const renderAlerts = () => {
+    const m = current();
+    if (!m) return;
     const list = alerts(m, { instances: facts.instances, traffic: facts.trafficHour, backfill: facts.backfill });
     fill(alertBox, list.length > 0 && h("ul", { class: "alerts alerts-page", "aria-label": "Alerts" }, list.map((a) => h("li", { class: `alert-${a.level}`, text: a.text }))));
   };
+  // What each fact redraws when it arrives.
+  const sections = {
+    gate: () => renderGate(),
+    backfill: () => current() && renderBackfill(current()),
+    instances: () => current() && renderInstances(current()),
+    audit: () => renderAudit(),
+    alerts: renderAlerts,
+  };
 
   const load = async (name, fetcher) => {
+    const before = facts[name];
     try {
       facts[name] = await fetcher();
     } catch (e) {
       if (e.status === 401 || destroyed) return;
       // Keep the last good data on a transient failure; show "unavailable" only if there is none.
-      if (!facts[name]) facts[name] = undefined;
-      if (!(e instanceof NetworkError) && e.status === 404) facts[name] = undefined;
+      if (!facts[name] || e.status === 404) facts[name] = undefined;
     }
-    if (!destroyed) render();
+    // An unchanged answer redraws nothing, so a poll does not take keyboard focus or reset what
+    // the user opened (the gate's evaluation time changes on every call and does not count).
+    if (destroyed) return;
+    if (sameFacts(before, facts[name])) {
+      const evaluated = name === "gate" && gate.querySelector("time[data-ms]");
+      if (evaluated) evaluated.replaceWith(timeAgo(facts.gate.evaluated_at_ms));
+      return;
+    }
+    sections[name]?.();
+    renderAlerts();
   };
   const loadTraffic = async () => {
     await load("traffic", () => api.traffic(key, minutes));
@@ -692,6 +715,11 @@ export function migrationView(key, store) {
       clearInterval(ticker);
     },
   };
+}
+
+function sameFacts(a, b) {
+  const strip = (v) => (v && typeof v === "object" && "evaluated_at_ms" in v ? { ...v, evaluated_at_ms: 0 } : v);
+  return a !== null && a !== undefined && JSON.stringify(strip(a)) === JSON.stringify(strip(b));
 }
 
 function fact(name, value, good) {
