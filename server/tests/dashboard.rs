@@ -228,6 +228,16 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
         assert_eq!(me["name"], name);
         assert_eq!(me["role"], role);
     }
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/whoami"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["WhoAmI"].is_object());
     let refused = http
         .get(format!("{base}/v1/whoami"))
         .bearer_auth("sy_wrong")

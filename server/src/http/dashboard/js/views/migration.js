@@ -130,7 +130,8 @@ export function migrationView(key, store) {
 
   // --- controls -----------------------------------------------------------------------------
 
-  const result = h("div", { class: "result", "aria-live": "polite" });
+  // Not a live region itself: successes go through the page's announcer, refusals are role=alert.
+  const result = h("div", { class: "result" });
   const rampInput = h("input", { id: "ramp-pct", name: "percent", type: "number", min: 0, max: 100, step: 0.01, inputmode: "decimal", required: true, "aria-describedby": "ramp-help" });
   let rampDirty = false;
   rampInput.addEventListener("input", () => {
