@@ -35,6 +35,7 @@ const store = {
 
 let watch = null;
 let view = null;
+let live = false; // the watch stream is connected
 
 function setBanner(message) {
   banner.hidden = !message;
@@ -69,6 +70,7 @@ function startSession(me) {
       store.emit(m.key);
     },
     onStatus({ state, retryInMs }) {
+      live = state === "live";
       if (state === "live") {
         setConn("live", "Live");
         setBanner(null);
@@ -90,6 +92,7 @@ function startSession(me) {
 function endSession(message) {
   watch?.stop();
   watch = null;
+  live = false;
   clearToken();
   store.me = null;
   store.can = abilities(null);
@@ -124,7 +127,12 @@ window.addEventListener("switchyard:unauthenticated", () => {
   if (store.me) endSession("Your token was refused (revoked or unknown). Sign in again.");
 });
 window.addEventListener("switchyard:offline", () => {
-  setBanner("Cannot reach the Switchyard server. Retrying…");
+  if (store.me) setBanner("Cannot reach the Switchyard server. Retrying…");
+});
+// A request that failed while the stream stayed up raised the banner; the next success clears
+// it. While the stream is down, the stream's own status owns the banner.
+window.addEventListener("switchyard:online", () => {
+  if (live) setBanner(null);
 });
 document.getElementById("signout").addEventListener("click", () => endSession("Signed out."));
 document.getElementById("skip").addEventListener("click", () => main.focus());

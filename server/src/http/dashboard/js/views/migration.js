@@ -77,6 +77,9 @@ export function migrationView(key, store) {
 
   // --- header and track ---------------------------------------------------------------------
 
+  // The heading is kept across updates: the router focuses it, and a live change must not
+  // drop that focus.
+  const heading = h("h1", { tabindex: "-1", class: "key", text: key });
   const renderHead = (m) => {
     const meta = [
       ["Owner", m.owner || "—"],
@@ -91,7 +94,7 @@ export function migrationView(key, store) {
       h(
         "div",
         { class: "title-row" },
-        h("h1", { tabindex: "-1", class: "key", text: m.key }),
+        heading,
         h("span", { class: ["stage-pill", `stage-${m.stage}`], text: stageLabel(m.stage) }),
         !store.can.operate && h("span", { class: "badge", text: store.can.recordSchema ? "schema events only" : "read-only" }),
       ),
@@ -612,11 +615,11 @@ export function migrationView(key, store) {
   const render = () => {
     const m = current();
     if (!store.loaded) {
-      fill(head, h("h1", { tabindex: "-1", class: "key", text: key }), h("p", { class: "muted", text: "Loading…" }));
+      fill(head, heading, h("p", { class: "muted", text: "Loading…" }));
       return;
     }
     if (!m) {
-      fill(head, h("h1", { tabindex: "-1", class: "key", text: key }), h("p", { class: "callout callout-error", text: `There is no migration ${key}.` }));
+      fill(head, heading, h("p", { class: "callout callout-error", text: `There is no migration ${key}.` }));
       element.querySelector(".columns").hidden = true;
       return;
     }
