@@ -178,6 +178,7 @@ try {
   await dialog.getByText("dual write 0%").waitFor();
   const reason = "canary: 25% of accounts dual-write (dashboard test)";
   await dialog.getByLabel(/Reason/).fill(reason);
+  await shot(page, "ramp-dialog-1280");
   await dialog.getByRole("button", { name: "Ramp to 25%" }).click();
   await result.getByText("Rollout of dual write is now 25%").waitFor();
   await page.getByTestId("front").getByText("25% of account_id entities are at dual write").waitFor();
@@ -250,7 +251,11 @@ try {
   await page.getByText(/shadow mismatch(es)? in the last hour/).waitFor();
   await shot(page, "list-phone");
   await page.goto(`${BASE}/#/m/${BILLING}`);
-  await page.getByRole("button", { name: "Ramp…" }).waitFor();
+  await page.getByRole("button", { name: "Ramp…" }).click();
+  await dialog.getByLabel(/Reason/).fill("checking the dialog on a phone");
+  await page.screenshot({ path: path.join(SHOTS, "ramp-dialog-phone.png") });
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "detached" });
   await shot(page, "migration-controls-phone");
   await page.setViewportSize(DESKTOP);
 

@@ -696,6 +696,8 @@ export function migrationView(key, store) {
     if (m && shownVersion && m.version > shownVersion) {
       warnOpenDialog(`This migration changed while this dialog was open (now version ${m.version}, ${stageLabel(m.stage)} ${percent(m.rollout_bp)}). Confirming will be refused as stale (rule 8): cancel, review the new state, and try again.`);
       if (changed === key) announce(`${key} changed: now ${stageLabel(m.stage)} at ${percent(m.rollout_bp)}, version ${m.version}.`);
+      // The outcome of this page's last action described the state before this change.
+      fill(result);
     }
     if (m) shownVersion = m.version;
     render();
@@ -739,13 +741,14 @@ function rampConsequence(m, bp) {
   const delta = bp - m.rollout_bp;
   if (delta === 0) return h("p", { text: "The rollout does not change." });
   const moved = percent(Math.abs(delta));
+  const who = m.entity_kind ? `${m.entity_kind} entities` : "entities";
   return h(
     "p",
     {
       text:
         delta > 0
-          ? `${moved} of ${m.entity_kind || "entities"} move forward from ${stageLabel(prev ?? m.stage)} to ${stageLabel(m.stage)}.`
-          : `${moved} of ${m.entity_kind || "entities"} move back from ${stageLabel(m.stage)} to ${stageLabel(prev ?? m.stage)}.`,
+          ? `${moved} of ${who} move forward from ${stageLabel(prev ?? m.stage)} to ${stageLabel(m.stage)}.`
+          : `${moved} of ${who} move back from ${stageLabel(m.stage)} to ${stageLabel(prev ?? m.stage)}.`,
     },
   );
 }
