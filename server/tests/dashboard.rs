@@ -1,16 +1,18 @@
-//! The web dashboard in a real browser: starts `switchyard serve`, seeds migrations, tokens,
-//! client heartbeats and telemetry through the CLI and the HTTP API, then runs
-//! `tests/dashboard/dashboard.test.mjs` (headless Chromium driven by playwright-core), which
-//! signs in, ramps, gets refused, watches a CLI change arrive live, checks the reader's
-//! read-only view, and saves screenshots under `target/dashboard-screenshots/`.
+//! The web dashboard. Without a browser: the page and assets are served with their content
+//! types and security headers, and `GET /v1/whoami` names each token's role. In a real browser:
+//! starts `switchyard serve`, seeds migrations, tokens, client heartbeats and telemetry through
+//! the CLI and the HTTP API, then runs `tests/dashboard/dashboard.test.mjs` (headless Chromium
+//! driven by playwright-core), which signs in, ramps, gets refused, watches CLI changes arrive
+//! live, checks the reader's read-only view, stops and restarts the server, and saves
+//! screenshots under `target/dashboard-screenshots/`.
 //!
-//! Needs `node`, Chromium at `/usr/bin/chromium` (Debian: `apt-get install chromium`) and
-//! `npm ci` in `server/tests/dashboard/`. Without them the test is skipped with a loud
+//! The browser test needs `node`, Chromium at `/usr/bin/chromium` (Debian: `apt-get install
+//! chromium`) and `npm ci` in `server/tests/dashboard/`. Without them it is skipped with a loud
 //! message, unless `CI` is set, where it fails: CI must run it.
 
 mod common;
 
-use common::{BIN, Served, serve_with};
+use common::{BIN, Served, serve_with, terminate};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -103,12 +105,7 @@ fn the_dashboard_in_a_real_browser() {
     let operator = token("alice", "operator");
     let reader = token("viewer", "reader");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(check_server_side(&base, &operator, &reader));
-    rt.block_on(seed(served, &base, &operator, &reader));
+    runtime().block_on(seed(served, &base, &operator, &reader));
 
     let screenshots = manifest
         .parent()
@@ -167,8 +164,45 @@ impl Drop for Guard {
     }
 }
 
-/// What the page relies on from the server, checked without a browser: the page and its
-/// assets with their content types and security headers, and `whoami` per token.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What the page relies on from the server, checked without a browser (so it runs even where
+/// the browser test is skipped): the page and its assets with their content types and security
+/// headers, and `whoami` per token.
+#[test]
+fn the_dashboard_is_served_with_its_headers_and_whoami() {
+    let tmp =
+        std::env::temp_dir().join(format!("switchyard-dashboard-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let guard = Guard(Some(serve_with(
+        &format!("sqlite://{}", tmp.join("switchyard.db").display()),
+        None,
+        &[],
+    )));
+    let served = guard.0.as_ref().unwrap();
+    let admin = served
+        .token
+        .clone()
+        .expect("the first start prints a token");
+    let token = |name: &str, role: &str| -> String {
+        cli_json(served, &admin, &["token", "create", name, "--role", role])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (operator, reader) = (token("alice", "operator"), token("viewer", "reader"));
+    let base = format!("http://{}", served.http.trim_start_matches("http://"));
+    runtime().block_on(check_server_side(&base, &operator, &reader));
+    terminate(guard.take());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 async fn check_server_side(base: &str, operator: &str, reader: &str) {
     let http = reqwest::Client::new();
     let page = http.get(format!("{base}/")).send().await.unwrap();
