@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::sync::LazyLock;
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+    img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
     frame-ancestors 'none'";
 
 /// One embedded file: its URL path under `/assets/` (empty for the page itself), its content

@@ -82,6 +82,11 @@ const errors = [];
 
 let restarted = null;
 
+async function noOverflow(page) {
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no horizontal scrolling at phone width on ${page.url()} (overflow ${overflow}px)`);
+}
+
 /** Starts `switchyard serve` on the stopped server's address and database, once it is free. */
 async function restartServer() {
   const addr = new URL(BASE).host;
@@ -243,12 +248,12 @@ try {
   await page.getByRole("heading", { name: "users.username-to-handle" }).waitFor();
   await page.locator(".chart svg").first().waitFor();
   await page.waitForTimeout(300); // charts redraw at the new width
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  check(overflow <= 0, `no horizontal scrolling at phone width (overflow ${overflow}px)`);
+  await noOverflow(page);
   await shot(page, "migration-backfill-phone");
   await page.goto(`${BASE}/#/`);
   await page.getByRole("heading", { name: "Migrations" }).waitFor();
   await page.getByText(/shadow mismatch(es)? in the last hour/).waitFor();
+  await noOverflow(page);
   await shot(page, "list-phone");
   await page.goto(`${BASE}/#/m/${BILLING}`);
   await page.getByRole("button", { name: "Ramp…" }).click();
@@ -256,6 +261,7 @@ try {
   await page.screenshot({ path: path.join(SHOTS, "ramp-dialog-phone.png") });
   await page.keyboard.press("Escape");
   await dialog.waitFor({ state: "detached" });
+  await noOverflow(page);
   await shot(page, "migration-controls-phone");
   await page.setViewportSize(DESKTOP);
 

@@ -6,7 +6,7 @@ import { api } from "./api.js";
 import { plural, ratio, relative } from "./format.js";
 
 /** A running backfill with no checkpoint for this long is flagged as stalled. */
-export const STALL_MS = 3 * 60_000;
+const STALL_MS = 3 * 60_000;
 
 /** Fetches what the alerts need for one migration; parts that fail are left out, not fatal. */
 export async function gather(m) {
