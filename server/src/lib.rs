@@ -8,7 +8,8 @@
 //! - [`app`]: the operations, transport-independent; calls the domain's rules.
 //! - [`auth`]: bearer tokens and roles.
 //! - [`error`]: the API error both transports map.
-//! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one.
+//! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one. `http`
+//!   also serves the web dashboard, whose HTML/CSS/JS are compiled in from `http/dashboard/`.
 //! - [`startup`]: configuration, listeners, graceful shutdown; [`tls`] for both listeners.
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.

@@ -138,6 +138,12 @@ pub fn document() -> Value {
                     "parameters": [key.clone()], "requestBody": body("BackfillCheckpoint"),
                     "responses": ok("BackfillProgress", &["400", "401", "403", "404", "422"]) }
             },
+            "/v1/whoami": {
+                "get": { "summary": "The presented token's name and role (any role; the dashboard signs in with it)",
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "$ref": "#/components/schemas/WhoAmI" } } } },
+                        "401": errors(&["401"])["401"] } }
+            },
             "/v1/lifecycle": {
                 "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
                     "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": 14 } }],
@@ -259,6 +265,9 @@ pub fn document() -> Value {
                 "Instance": { "type": "object", "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
+                "WhoAmI": { "type": "object", "properties": {
+                    "token_id": { "type": "integer" }, "name": { "type": "string" },
+                    "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {

@@ -1,6 +1,7 @@
-//! The HTTP/JSON API (axum), under `/v1/`, plus health, readiness, metrics and the OpenAPI
-//! document. The only module that knows HTTP.
+//! The HTTP/JSON API (axum), under `/v1/`, plus health, readiness, metrics, the OpenAPI
+//! document and the web dashboard (`/`, `/assets/`). The only module that knows HTTP.
 
+mod dashboard;
 mod json;
 
 use crate::app::{App, CreateMigrationInput};
@@ -54,9 +55,12 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/lifecycle", get(lifecycle))
         .route("/tokens", post(create_token).get(list_tokens))
-        .route("/tokens/{id}/revoke", post(revoke_token));
+        .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/whoami", get(whoami));
     Router::new()
         .nest("/v1", v1)
+        .route("/", get(dashboard::index))
+        .route("/assets/{*path}", get(dashboard::asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route(
@@ -144,6 +148,15 @@ impl FromRequestParts<Arc<App>> for Caller {
             .map(|v| v.to_str().unwrap_or(""));
         Ok(Caller(app.auth.authenticate(header).await?))
     }
+}
+
+/// Who the presented token is: the dashboard signs in with it and hides what the role may not do.
+async fn whoami(Caller(who): Caller) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "token_id": who.token_id,
+        "name": who.name,
+        "role": who.role,
+    }))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {

@@ -1,0 +1,100 @@
+// The /v1/ HTTP API as the dashboard uses it. The token lives in this tab's sessionStorage
+// (gone when the tab closes, never in a URL) and is sent as a bearer header.
+//
+// Failures are typed: ApiError carries the server's error body ({code, message, rule?,
+// current?}) so views can show a refused rule's own message; NetworkError means the server
+// could not be reached. Both also fire window events that main.js turns into the sign-in page
+// (401) and the "cannot reach the server" banner.
+
+const TOKEN_KEY = "switchyard.token";
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+export function clearToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.code ?? "unknown";
+    this.rule = body?.rule ?? null;
+    this.current = body?.current ?? null;
+  }
+}
+
+export class NetworkError extends Error {}
+
+export function authHeaders(token = getToken()) {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function request(method, path, { body, token } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders(token) };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(`/v1${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch (e) {
+    window.dispatchEvent(new CustomEvent("switchyard:offline", { detail: e }));
+    throw new NetworkError("cannot reach the Switchyard server");
+  }
+  window.dispatchEvent(new CustomEvent("switchyard:online"));
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    json = null;
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, json);
+    // A token given explicitly is being tried at sign-in: its 401 is an answer, not an expiry.
+    if (response.status === 401 && token === undefined) {
+      window.dispatchEvent(new CustomEvent("switchyard:unauthenticated", { detail: error }));
+    }
+    throw error;
+  }
+  return json;
+}
+
+const k = (key) => encodeURIComponent(key);
+
+export const api = {
+  whoami: (token) => request("GET", "/whoami", { token }),
+  migration: (key) => request("GET", `/migrations/${k(key)}`),
+  audit: (key, beforeId) =>
+    request("GET", `/migrations/${k(key)}/audit?limit=25${beforeId ? `&before_id=${beforeId}` : ""}`),
+  instances: (key) => request("GET", `/migrations/${k(key)}/instances`),
+  traffic: (key, minutes) => request("GET", `/migrations/${k(key)}/traffic?minutes=${minutes}`),
+  gate: (key) => request("GET", `/migrations/${k(key)}/gate`),
+  backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
+  rollout: (key, rolloutBp, expectedVersion, reason) =>
+    request("POST", `/migrations/${k(key)}/rollout`, {
+      body: { rollout_bp: rolloutBp, expected_version: expectedVersion, reason },
+    }),
+  advance: (key, expectedVersion, reason) =>
+    request("POST", `/migrations/${k(key)}/advance`, { body: { expected_version: expectedVersion, reason } }),
+  retreat: (key, expectedVersion, reason) =>
+    request("POST", `/migrations/${k(key)}/retreat`, { body: { expected_version: expectedVersion, reason } }),
+  record: (key, event, expectedVersion, reason) =>
+    request("POST", `/migrations/${k(key)}/events`, { body: { event, expected_version: expectedVersion, reason } }),
+};
+
+/** What a role may do, mirroring the server's checks so the page hides what would be refused. */
+export function abilities(role) {
+  const operate = role === "operator" || role === "admin";
+  return { operate, recordSchema: operate || role === "gate" };
+}
