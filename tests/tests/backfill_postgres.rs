@@ -202,8 +202,8 @@ async fn a_statement_timeout_retries_with_a_smaller_window() {
     }
     let (_db, pool) = table(40).await;
     // Each row takes 100 ms to compute (the subquery names the row, so it runs per row): a
-    // window of 10 rows (1 s) cannot finish within the
-    // 400 ms statement timeout, 5 rows (500 ms) neither, 2 rows (200 ms) can.
+    // window of 10 rows (1 s) cannot finish within the 400 ms statement timeout, 5 rows
+    // (500 ms) neither, 2 rows (200 ms) can.
     let backfill = PgBackfill::new(
         pool.clone(),
         "items",

@@ -121,6 +121,7 @@ async fn openapi_describes_every_route() {
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),
+        ("get", "/v1/whoami"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -818,11 +818,21 @@ fn migration_output(value: Value, verb: &str) -> Output {
     let human = match serde_json::from_value::<Migration>(value.clone()) {
         Ok(m) => {
             let backfill = if m.has_backfill {
+                let status = format!("{:?}", m.backfill.status).to_lowercase();
+                let paused = if m.backfill.paused { ", paused" } else { "" };
+                // Runners report progress in checkpoints, not in the migration's record.
+                let progress = if m.backfill.rows_done > 0 {
+                    format!(
+                        " ({} of ~{} rows recorded)",
+                        m.backfill.rows_done, m.backfill.rows_total_estimate
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{:?} ({} of ~{} rows)",
-                    m.backfill.status, m.backfill.rows_done, m.backfill.rows_total_estimate
+                    "{status}{paused}{progress}; progress: switchyard backfill status {}",
+                    m.key
                 )
-                .to_lowercase()
             } else {
                 "none".to_owned()
             };
