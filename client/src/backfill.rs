@@ -155,7 +155,9 @@ impl BackfillRunner {
                 )));
             }
         };
-        let started = Instant::now();
+        // The rate limit averages over time spent running: a pause restarts it, so a long
+        // pause does not bank a burst for afterwards.
+        let mut started = Instant::now();
         let mut rows_this_run = 0u64;
         loop {
             // Between batches: cancelled? paused? (Subscribe before reading, so a resume
@@ -172,6 +174,8 @@ impl BackfillRunner {
                 tracing::info!(migration = %self.key, rows, "backfill paused; waiting for resume");
                 let seen = *applied.borrow_and_update();
                 let _ = applied.wait_for(|v| *v > seen).await.map(|_| ());
+                started = Instant::now();
+                rows_this_run = 0;
             }
             let ran = batch(cursor.clone(), self.batch_size)
                 .await
@@ -233,6 +237,7 @@ impl BackfillRunner {
             instance_id: self.shared.config.instance_id.clone(),
             applied_version: self.shared.version(),
             migrations: self.shared.registry.used_keys(),
+            leaving: false,
         };
         self.call(|mut c, r| async move { c.heartbeat(r).await }, message)
             .await

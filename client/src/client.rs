@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_domain::{Migration, Plan, Stage};
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -472,14 +474,33 @@ impl Client {
         &self.shared.config.instance_id
     }
 
-    /// Stops the background tasks after a last telemetry report (no last heartbeat: an instance
-    /// that is going away should stop counting as live).
+    /// Stops the background tasks after a last telemetry report, then tells the server this
+    /// instance is leaving, so the rules and the gate stop waiting for it now rather than after
+    /// the client TTL. Call it once the application has stopped serving operations: evaluation
+    /// still answers afterwards, from a state nothing keeps current any more. Bounded: an
+    /// unreachable server costs a few seconds, and the instance then ages out by its TTL.
     pub async fn shutdown(&self) {
         self.tasks.stop.send_replace(true);
         let handles =
             std::mem::take(&mut *self.tasks.handles.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
             let _ = h.await;
+        }
+        let message = pb::HeartbeatRequest {
+            service: self.shared.config.service.clone(),
+            instance_id: self.shared.config.instance_id.clone(),
+            applied_version: self.shared.version(),
+            migrations: Vec::new(),
+            leaving: true,
+        };
+        for channel in crate::sync::preferred(&self.shared, &self.shared.channels) {
+            let mut client = SwitchyardClient::new(channel);
+            let call = client.heartbeat(crate::sync::request(&self.shared, message.clone()));
+            match tokio::time::timeout(Duration::from_secs(2), call).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => tracing::warn!(error = %e.message(), "could not say goodbye"),
+                Err(_) => tracing::warn!("could not say goodbye: the server did not answer"),
+            }
         }
     }
 }

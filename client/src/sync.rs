@@ -191,6 +191,7 @@ async fn heartbeat(
             instance_id: shared.config.instance_id.clone(),
             applied_version: version,
             migrations: shared.registry.used_keys(),
+            leaving: false,
         };
         for channel in preferred(&shared, &channels) {
             let mut client = SwitchyardClient::new(channel);

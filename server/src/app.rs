@@ -382,10 +382,16 @@ impl App {
         instance_id: &str,
         applied: Version,
         migrations: &[String],
+        leaving: bool,
     ) -> Result<Version, ApiError> {
         who.require(Permission::Read)?;
         let service = parse_label("service name", service)?;
         let instance_id = parse_label("instance id", instance_id)?;
+        if leaving {
+            // A clean shutdown: no longer live, so nothing waits for its acknowledgements.
+            self.store.forget_instance(&service, &instance_id).await?;
+            return Ok(self.hub.snapshot().version);
+        }
         if migrations.len() > MAX_REPORTED_MIGRATIONS {
             return Err(ApiError::invalid(format!(
                 "a heartbeat names at most {MAX_REPORTED_MIGRATIONS} migrations"

@@ -400,6 +400,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                 &r.instance_id,
                 Version(r.applied_version),
                 &r.migrations,
+                r.leaving,
             )
             .await
         {

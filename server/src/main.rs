@@ -7,6 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let code = runtime.block_on(async move {
         match cli.command {
@@ -15,6 +18,18 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// A command piped into `head` or `grep -q` ends quietly when the reader goes away, as other
+/// Unix tools do, instead of panicking on the failed write (Rust ignores SIGPIPE by default,
+/// which the server wants and the CLI does not).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 async fn serve(config: switchyard_server::startup::ServeConfig) -> i32 {

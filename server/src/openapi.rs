@@ -241,7 +241,9 @@ pub fn document() -> Value {
                 "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "migrations": { "type": "array", "items": { "type": "string" }, "maxItems": 1000,
-                        "description": "Migrations this instance evaluates" } } },
+                        "description": "Migrations this instance evaluates" },
+                    "leaving": { "type": "boolean", "default": false,
+                        "description": "A clean shutdown: the instance is forgotten now instead of after the client TTL" } } },
                 "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,
                     "description": "Counts per latency bucket; upper bounds (µs) 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, +inf" },
                 "SideCounts": { "type": "object", "properties": {

@@ -54,6 +54,41 @@ async fn client_follows_the_server() {
     let (_, t) = srv.get("/v1/migrations/smoke.m/traffic").await;
     assert_eq!(t["total"]["old"]["writes"], 1);
     assert_eq!(t["total"]["new"]["writes"], 1);
+    // A clean shutdown says goodbye: the instance stops counting as live at once, instead of
+    // holding up rules 3 and 5 and the gate until its TTL runs out.
+    let (_, i) = srv.get("/v1/clients").await;
+    assert_eq!(i["instances"], serde_json::json!([]), "{i}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_heartbeat_forgets_the_instance() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    srv.create("smoke.m", false, &[]).await;
+    let beat = |leaving: bool| {
+        serde_json::json!({"service": "api", "instance_id": "api-1", "applied_version": 1,
+            "migrations": ["smoke.m"], "leaving": leaving})
+    };
+    let (status, body) = srv.post("/v1/clients/heartbeat", beat(false)).await;
+    assert!(status.is_success(), "{body}");
+    let (_, i) = srv.get("/v1/migrations/smoke.m/instances").await;
+    assert_eq!(i["instances"][0]["live"], true, "{i}");
+    let (status, body) = srv.post("/v1/clients/heartbeat", beat(true)).await;
+    assert!(status.is_success(), "{body}");
+    for path in ["/v1/clients", "/v1/migrations/smoke.m/instances"] {
+        let (_, i) = srv.get(path).await;
+        assert_eq!(i["instances"], serde_json::json!([]), "{path}: {i}");
+    }
+    // A malformed goodbye changes nothing.
+    srv.post("/v1/clients/heartbeat", beat(false)).await;
+    let (status, _) = srv
+        .post(
+            "/v1/clients/heartbeat",
+            serde_json::json!({"service": "api", "instance_id": "", "applied_version": 1, "leaving": true}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (_, i) = srv.get("/v1/clients").await;
+    assert_eq!(i["instances"].as_array().map(Vec::len), Some(1), "{i}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

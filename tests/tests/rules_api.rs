@@ -446,6 +446,7 @@ impl Via {
                     instance_id: instance_id.to_owned(),
                     applied_version,
                     migrations: Vec::new(),
+                    leaving: false,
                 };
                 match s.grpc.clone().heartbeat(s.req(request)).await {
                     Ok(r) => Ok(r.get_ref().snapshot_version),

@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("connecting to the Switchyard server at {}", cli.server))?;
-    match cli.command {
+    let result = match cli.command {
         Command::Seed { .. } => unreachable!("handled above"),
         Command::Run {
             workers,
@@ -160,7 +160,11 @@ async fn main() -> anyhow::Result<()> {
             };
             backfill(&client, key, &table, batch_size, max_rows_per_second).await
         }
-    }
+    };
+    // Say goodbye, so the server stops counting this instance as live right away (a killed
+    // process is forgotten after the client TTL instead).
+    client.shutdown().await;
+    result
 }
 
 /// The service: load until Ctrl-C, a statistics line every 5 s, the report at the end.

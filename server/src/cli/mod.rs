@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sqlfiles::{Phase, Tool};
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::{BasisPoints, Migration};
 
 #[derive(Parser, Debug)]
@@ -818,7 +819,12 @@ fn migration_output(value: Value, verb: &str) -> Output {
     let human = match serde_json::from_value::<Migration>(value.clone()) {
         Ok(m) => {
             let backfill = if m.has_backfill {
-                let status = format!("{:?}", m.backfill.status).to_lowercase();
+                let status = match m.backfill.status {
+                    BackfillStatus::None => "none",
+                    BackfillStatus::NotStarted => "not started",
+                    BackfillStatus::Running => "running",
+                    BackfillStatus::Complete => "complete",
+                };
                 let paused = if m.backfill.paused { ", paused" } else { "" };
                 // Runners report progress in checkpoints, not in the migration's record.
                 let progress = if m.backfill.rows_done > 0 {
@@ -1267,17 +1273,23 @@ fn progress_line(p: &Value) -> String {
         None => String::new(),
     };
     let rate = p["rate_rows_per_second"].as_f64().unwrap_or(0.0);
-    let eta = p["eta_seconds"]
-        .as_u64()
-        .map(|s| {
-            format!(
-                ", ETA {}",
-                humantime::format_duration(Duration::from_secs(s))
-            )
-        })
-        .unwrap_or_default();
+    // While paused, the last rate and ETA describe the time before the pause.
+    let pace = if p["paused"] == true {
+        String::new()
+    } else {
+        let eta = p["eta_seconds"]
+            .as_u64()
+            .map(|s| {
+                format!(
+                    ", ETA {}",
+                    humantime::format_duration(Duration::from_secs(s))
+                )
+            })
+            .unwrap_or_default();
+        format!(", {rate:.0} rows/s{eta}")
+    };
     format!(
-        "{}: backfill {}{} {bar}{done} of ~{total} rows, {rate:.0} rows/s{eta}{}",
+        "{}: backfill {}{} {bar}{done} of ~{total} rows{pace}{}",
         p["key"].as_str().unwrap_or(""),
         status,
         if p["paused"] == true { " (paused)" } else { "" },

@@ -489,6 +489,9 @@ struct HeartbeatBody {
     applied_version: u64,
     #[serde(default)]
     migrations: Vec<String>,
+    /// A clean shutdown: forget the instance now.
+    #[serde(default)]
+    leaving: bool,
 }
 
 async fn heartbeat(
@@ -503,6 +506,7 @@ async fn heartbeat(
             &body.instance_id,
             Version(body.applied_version),
             &body.migrations,
+            body.leaving,
         )
         .await?;
     Ok(axum::Json(

@@ -505,6 +505,27 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets an instance that shut down cleanly (and which migrations it evaluated).
+    pub async fn forget_instance(
+        &self,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock_writes().await;
+        let mut tx = self.pool.begin().await?;
+        for table in ["client_instance_migrations", "client_instances"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE service = $1 AND instance_id = $2"
+            ))
+            .bind(service)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Every instance seen within `window` (live ones are those within the client TTL).
     pub async fn instances(
         &self,
