@@ -7,6 +7,8 @@
 //! `Cancelled`, and a runner started right after `connect` can be refused by rule 3 on account
 //! of its own client's first heartbeat (applied version 0).
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -121,6 +123,31 @@ fn plain(
 ) -> impl FnMut(Option<String>, u64) -> std::future::Ready<Result<Batch, String>> + use<> {
     let table = table.clone();
     move |cursor, limit| std::future::ready(Ok(table.run_batch(cursor, limit, None)))
+}
+
+/// A batch function whose `nth` batch records `backfill_paused` and returns once the client
+/// has seen it, then tells `paused` the version.
+fn pausing_at<'a>(
+    table: &Table,
+    nth: usize,
+    srv: &'a TestServer,
+    client: &'a Client,
+    paused: watch::Sender<u64>,
+) -> impl FnMut(Option<String>, u64) -> BoxFuture<'a, Result<Batch, String>> + 'a {
+    let (table, paused) = (table.clone(), Arc::new(paused));
+    move |cursor: Option<String>, limit: u64| {
+        let (table, paused) = (table.clone(), paused.clone());
+        async move {
+            let batch = table.run_batch(cursor, limit, None);
+            if table.batches() == nth {
+                let version = event(srv, "backfill_paused").await;
+                wait_for(client, version).await;
+                paused.send_replace(version);
+            }
+            Ok(batch)
+        }
+        .boxed()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,23 +478,8 @@ async fn a_paused_run_starts_no_batch_until_resumed() {
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
-
     // The 3rd batch records the pause and returns once the client has seen it.
-    let batches = {
-        let (table, srv, client, paused_tx) = (table.clone(), &srv, &client, Arc::new(paused_tx));
-        move |cursor: Option<String>, limit: u64| {
-            let (table, paused_tx) = (table.clone(), paused_tx.clone());
-            async move {
-                let batch = table.run_batch(cursor, limit, None);
-                if table.batches() == 3 {
-                    let version = event(srv, "backfill_paused").await;
-                    wait_for(client, version).await;
-                    paused_tx.send_replace(version);
-                }
-                Ok::<_, String>(batch)
-            }
-        }
-    };
+    let batches = pausing_at(&table, 3, &srv, &client, paused_tx);
     let runner = client.backfill(KEY).batch_size(100).total_estimate(ROWS);
     let control = async {
         paused_rx.wait_for(|v| *v > 0).await.unwrap();
@@ -714,6 +726,50 @@ async fn the_rate_limit_spreads_the_batches_out() {
     let floor = Duration::from_secs_f64(N as f64 / RATE * 0.9);
     assert!(elapsed >= floor, "{elapsed:?} < {floor:?}");
     assert_eq!(table.batches(), 11);
+    table.assert_all_backfilled();
+    client.shutdown().await;
+    srv.stop().await;
+}
+
+/// The limit averages over time spent running: after a long pause the runner goes on at the
+/// limited rate instead of spending the paused time in a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_does_not_bank_a_burst_for_afterwards() {
+    const N: u64 = 200;
+    const BATCH: u64 = 20;
+    const RATE: f64 = 500.0;
+    let srv = TestServer::start(Db::Sqlite).await;
+    ready(&srv).await;
+    let client = connect(&srv, &srv.token, "billing-worker").await;
+    let table = Table::new(N);
+    let (paused_tx, mut paused_rx) = watch::channel(0u64);
+    // The first batch records the pause and returns once the client has seen it.
+    let batches = pausing_at(&table, 1, &srv, &client, paused_tx);
+    let runner = client
+        .backfill(KEY)
+        .batch_size(BATCH)
+        .max_rows_per_second(RATE);
+    let control = async {
+        paused_rx.wait_for(|v| *v > 0).await.unwrap();
+        eventually(WAIT, "the first batch's checkpoint", || async {
+            let p = progress(&srv).await;
+            p["rows_done"].as_u64() == Some(BATCH) && p["paused"] == true
+        })
+        .await;
+        // A pause far longer than the whole run would take at the limit: the point of the test.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        event(&srv, "backfill_resumed").await;
+        Instant::now()
+    };
+    let (outcome, resumed_at) =
+        tokio::time::timeout(WAIT, async { tokio::join!(runner.run(batches), control) })
+            .await
+            .expect("the run finishes");
+    let after_resume = resumed_at.elapsed();
+    assert_eq!(outcome.unwrap(), BackfillOutcome::Completed { rows: N });
+    // The 180 rows after the resume take at least 180 / 500 s.
+    let floor = Duration::from_secs_f64((N - BATCH) as f64 / RATE * 0.9);
+    assert!(after_resume >= floor, "{after_resume:?} < {floor:?}");
     table.assert_all_backfilled();
     client.shutdown().await;
     srv.stop().await;
