@@ -75,7 +75,8 @@ export function alerts(m, facts, now = Date.now()) {
   }
   if (facts.instances) {
     const f = fleet(m, facts.instances.instances);
-    for (const service of f.missing) {
+    // Once contracted, services are expected to stop naming the migration: not an alert.
+    for (const service of m.stage === "contracted" ? [] : f.missing) {
       list.push({ level: "warn", text: `Expected service ${service} has no live instance` });
     }
     const behind = f.live.length - f.applied.length;

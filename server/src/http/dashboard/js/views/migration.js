@@ -552,7 +552,7 @@ export function migrationView(key, store) {
                     h("td", { text: i.service }),
                     h("td", { class: "mono", text: i.instance_id }),
                     h("td", {}, h("span", { class: i.applied_version >= m.version ? "ok" : "warn", text: `v${i.applied_version}${i.applied_version >= m.version ? " ✓" : " behind"}` })),
-                    h("td", {}, timeAgo(i.last_seen_ms), !i.live && h("span", { class: "muted", text: " (not live)" })),
+                    h("td", {}, timeAgo(i.last_seen_ms), !i.live && h("div", { class: "muted small", text: "not live" })),
                   ),
                 ),
             ),
