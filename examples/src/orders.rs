@@ -60,14 +60,14 @@ impl Orders {
                     self.set(
                         id,
                         cents,
-                        "UPDATE orders SET amount = $2::float8 / 100 WHERE id = $1",
+                        "UPDATE orders SET amount = $2::int8::float8 / 100 WHERE id = $1",
                     )
                 },
                 || {
                     self.set(
                         id,
                         cents,
-                        "UPDATE orders SET amount_exact = $2::numeric / 100 WHERE id = $1",
+                        "UPDATE orders SET amount_exact = $2::int8::numeric / 100 WHERE id = $1",
                     )
                 },
             )
@@ -88,7 +88,7 @@ impl Orders {
                         id,
                         cents,
                         "INSERT INTO orders (id, customer, amount) \
-                         VALUES ($1, 'example', $2::float8 / 100) \
+                         VALUES ($1, 'example', $2::int8::float8 / 100) \
                          ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount",
                     )
                 },
@@ -97,7 +97,7 @@ impl Orders {
                         id,
                         cents,
                         "INSERT INTO orders (id, customer, amount_exact) \
-                         VALUES ($1, 'example', $2::numeric / 100) \
+                         VALUES ($1, 'example', $2::int8::numeric / 100) \
                          ON CONFLICT (id) DO UPDATE SET amount_exact = EXCLUDED.amount_exact",
                     )
                 },
