@@ -165,6 +165,14 @@ impl BackfillRunner {
             let mut applied = self.shared.applied.subscribe();
             while let Some(m) = self.shared.migration(&self.key) {
                 if m.backfill.status != BackfillStatus::Running {
+                    // The local snapshot may lag the server (a slow stream, a start from a saved
+                    // file): ask the server before taking it for a cancel.
+                    if self.progress().await?.status == pb::BackfillStatus::Running as i32 {
+                        let seen = *applied.borrow_and_update();
+                        let newer = applied.wait_for(|v| *v > seen);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), newer).await;
+                        continue;
+                    }
                     tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
                     return Ok(BackfillOutcome::Cancelled { rows });
                 }

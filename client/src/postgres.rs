@@ -22,7 +22,8 @@
 //! 1. `set_config('lock_timeout', …, true)` and `statement_timeout` (the `SET LOCAL` of the
 //!    transaction), so a batch never queues behind, or holds up, the application for long;
 //! 2. the next `limit` keys after the cursor (a window of the key index), then the window's rows
-//!    that match the pending predicate, `FOR UPDATE SKIP LOCKED`, then `UPDATE … SET` on those;
+//!    that match the pending predicate, `FOR NO KEY UPDATE SKIP LOCKED`, then `UPDATE … SET`
+//!    on those;
 //! 3. commit. The cursor moves to the window's last key whatever the predicate matched, so a
 //!    batch's cost is bounded by `limit` even where few rows are still pending.
 //!
@@ -33,11 +34,17 @@
 //! not: a `SELECT … FOR UPDATE`, a job touching another column. So after the keyset pass
 //! (cursor `keyset:KEY`) a sweep pass (cursor `sweep:KEY`) walks the table again from the start
 //! and takes the rows still matching the predicate *without* skipping: it waits for each lock up
-//! to `lock_timeout`, and a lock timeout is retried with backoff. The sweep is cheap (it updates
-//! only what the first pass could not) and is what makes "every row is backfilled" true.
+//! to `lock_timeout`, and a lock timeout is retried with backoff. The sweep writes only what the
+//! first pass could not, but it reads the table's keys once more; it is what makes "every row
+//! is backfilled" true. Without a pending predicate there is nothing to sweep by, so the single
+//! pass waits for locks (up to `lock_timeout`, retried) instead of skipping.
+//!
+//! Rows are locked `FOR NO KEY UPDATE`, which foreign-key checks of the application's inserts
+//! into child tables do not conflict with (`SET` must not change the key).
 //!
 //! Rows reported to the runner: rows examined in the keyset pass (so progress against the
-//! table's size is accurate), rows updated in the sweep.
+//! table's size is accurate), rows updated in the sweep. The rows-per-second limit therefore
+//! paces the keyset pass; the sweep is paced by `pause_between_batches`.
 //!
 //! # Failures
 //! A lock timeout, a deadlock or a serialization failure rolls the batch back and retries it
@@ -230,7 +237,7 @@ impl PgBackfill {
                         },
                         (Pass::Keyset, true) if self.pending.is_some() => Batch {
                             rows: scanned,
-                            last_key: Some("sweep:".to_owned()),
+                            last_key: Some("sweep".to_owned()),
                             done: false,
                         },
                         (Pass::Keyset, true) => Batch {
@@ -304,24 +311,29 @@ impl PgBackfill {
             .as_deref()
             .map_or(String::new(), |p| format!("AND ({p})"));
         // The first pass never waits for the application; the sweep waits, up to lock_timeout.
+        // Without a predicate there is no sweep to come back for skipped rows: wait instead.
         let skip = match pass {
-            Pass::Keyset => "SKIP LOCKED",
+            Pass::Keyset if self.pending.is_some() => "SKIP LOCKED",
+            Pass::Keyset => "",
             Pass::Sweep => "",
         };
+        // The window's last key is ordered by the key itself: an unqualified name in that
+        // ORDER BY would pick the `::text` output column and order text-wise ('99' > '100').
         format!(
             "WITH switchyard_window AS ( \
                  SELECT {key} AS switchyard_key FROM {table} {after} ORDER BY {key} LIMIT {limit} \
              ), switchyard_batch AS ( \
                  SELECT {key} AS switchyard_key FROM {table} \
                  WHERE {key} IN (SELECT switchyard_key FROM switchyard_window) {pending} \
-                 FOR UPDATE {skip} \
+                 FOR NO KEY UPDATE {skip} \
              ), switchyard_updated AS ( \
                  UPDATE {table} SET {set} \
                  WHERE {key} IN (SELECT switchyard_key FROM switchyard_batch) \
                  RETURNING 1 \
              ) \
              SELECT (SELECT count(*) FROM switchyard_window), \
-                    (SELECT max(switchyard_key)::text FROM switchyard_window), \
+                    (SELECT w.switchyard_key::text AS last_key FROM switchyard_window w \
+                     ORDER BY w.switchyard_key DESC LIMIT 1), \
                     (SELECT count(*) FROM switchyard_updated)",
             set = self.set,
         )
@@ -354,17 +366,25 @@ impl PgBackfill {
         if exists.is_none() {
             return Ok(Err("the table does not exist".to_owned()));
         }
-        let key_type: Option<String> = sqlx::query_scalar(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+        let key: Option<(String, bool)> = sqlx::query_as(
+            "SELECT format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
              WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
         )
         .bind(&self.table)
         .bind(unquote(&self.key))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(key_type) = key_type else {
+        let Some((key_type, not_null)) = key else {
             return Ok(Err(format!("it has no column {}", unquote(&self.key))));
         };
+        if !not_null {
+            // Rows with a NULL key would never be visited (nothing is greater than NULL).
+            return Ok(Err(format!(
+                "the key column {} may be NULL; give a unique, NOT NULL key (the primary key, \
+                 usually)",
+                unquote(&self.key)
+            )));
+        }
         for (pass, has_cursor) in [(Pass::Keyset, true), (Pass::Sweep, false)] {
             let explain = format!("EXPLAIN {}", self.statement(pass, has_cursor, &key_type));
             let mut query = sqlx::query(&explain);
@@ -415,23 +435,36 @@ impl PgBackfill {
     }
 }
 
-/// The SQLSTATE of an error worth retrying: lock_not_available (the lock timeout),
-/// deadlock_detected, serialization_failure, query_canceled (the statement timeout).
+/// Why an error is worth retrying: the SQLSTATE of lock_not_available (the lock timeout),
+/// deadlock_detected, serialization_failure, query_canceled (the statement timeout), a
+/// connection exception (08…) or an administrator's shutdown (57P01, a failover); or a lost
+/// connection or an exhausted pool. A batch that failed was rolled back, so it runs again whole.
 fn retryable(e: &sqlx::Error) -> Option<String> {
-    let code = e.as_database_error()?.code()?;
-    matches!(code.as_ref(), "55P03" | "40P01" | "40001" | "57014").then(|| code.into_owned())
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => Some("connection".to_owned()),
+        _ => {
+            let code = e.as_database_error()?.code()?;
+            (matches!(
+                code.as_ref(),
+                "55P03" | "40P01" | "40001" | "57014" | "57P01"
+            ) || code.starts_with("08"))
+            .then(|| code.into_owned())
+        }
+    }
 }
 
-/// `keyset:KEY`, `sweep:KEY` (an empty KEY: from the start); anything else is a key of the
-/// keyset pass.
+/// `keyset:KEY` or `sweep:KEY`: after KEY (which may be empty: a text key `''`); a bare
+/// `sweep` (or `keyset`, or nothing): from the start of that pass; anything else is a key of
+/// the keyset pass (a checkpoint written by a custom batch function).
 fn parse_cursor(cursor: Option<&str>) -> (Pass, Option<&str>) {
     match cursor {
-        None | Some("") => (Pass::Keyset, None),
+        None | Some("") | Some("keyset") => (Pass::Keyset, None),
+        Some("sweep") => (Pass::Sweep, None),
         Some(c) => {
             if let Some(k) = c.strip_prefix("keyset:") {
-                (Pass::Keyset, (!k.is_empty()).then_some(k))
+                (Pass::Keyset, Some(k))
             } else if let Some(k) = c.strip_prefix("sweep:") {
-                (Pass::Sweep, (!k.is_empty()).then_some(k))
+                (Pass::Sweep, Some(k))
             } else {
                 (Pass::Keyset, Some(c))
             }
@@ -457,7 +490,10 @@ mod tests {
         assert_eq!(parse_cursor(None), (Pass::Keyset, None));
         assert_eq!(parse_cursor(Some("")), (Pass::Keyset, None));
         assert_eq!(parse_cursor(Some("keyset:42")), (Pass::Keyset, Some("42")));
-        assert_eq!(parse_cursor(Some("sweep:")), (Pass::Sweep, None));
+        assert_eq!(parse_cursor(Some("sweep")), (Pass::Sweep, None));
+        // An empty text key is a position, not "from the start".
+        assert_eq!(parse_cursor(Some("keyset:")), (Pass::Keyset, Some("")));
+        assert_eq!(parse_cursor(Some("sweep:")), (Pass::Sweep, Some("")));
         assert_eq!(parse_cursor(Some("sweep:7")), (Pass::Sweep, Some("7")));
         // A bare key (a checkpoint written by a custom batch function) is a keyset position.
         assert_eq!(parse_cursor(Some("42")), (Pass::Keyset, Some("42")));

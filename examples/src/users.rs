@@ -4,6 +4,12 @@
 //! id: whichever side runs first (old until `live`, new from `live` on) creates the row, the
 //! other fills in its column. Ids come from the table's sequence before the write, so both sides
 //! agree on them.
+//!
+//! A dual write is two statements. Two writers changing the same user at once can interleave
+//! (A old, B old, B new, A new) and leave the shapes holding different names; shadow reads
+//! would report it. Services where that can happen run both sides in one transaction (the
+//! shapes share a database here) or serialize writes per entity; the load generator does the
+//! latter, each worker owning its users.
 
 use crate::Entities;
 use sqlx::PgPool;

@@ -24,7 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_client::postgres::PgBackfill;
 use switchyard_client::{BackfillOutcome, Client};
@@ -108,7 +108,7 @@ impl Drill {
                 "--expected-service",
                 "users-api",
                 "--soak",
-                "3s",
+                "5s",
                 "--reason",
                 "drill: rename username to handle",
             ])
@@ -285,12 +285,13 @@ impl Drill {
 }
 
 /// A backfill runner in its own client, as a separate job would run it; the batch function
-/// records the cursor each batch starts from.
+/// records the cursor the first batch starts from and counts the batches started.
 struct Runner {
     client: Client,
     table: PgBackfill,
     first_cursor: std::sync::Mutex<Option<Option<String>>>,
     started: AtomicBool,
+    batches: AtomicUsize,
 }
 
 impl Runner {
@@ -301,6 +302,7 @@ impl Runner {
             table: users::backfill(drill.pool.clone()),
             first_cursor: std::sync::Mutex::new(None),
             started: AtomicBool::new(false),
+            batches: AtomicUsize::new(0),
         })
     }
 
@@ -315,6 +317,7 @@ impl Runner {
             .run(|cursor, limit| {
                 let this = self.clone();
                 async move {
+                    this.batches.fetch_add(1, Ordering::SeqCst);
                     if !this.started.swap(true, Ordering::SeqCst) {
                         *this.first_cursor.lock().unwrap() = Some(cursor.clone());
                     }
@@ -361,15 +364,37 @@ async fn drill_from_expand_to_contract_under_load() {
     tokio::time::timeout(WITHIN, first.client.wait_for_version(paused_at))
         .await
         .unwrap();
-    // The batch running when the pause arrived finishes; then nothing moves. Proving that
-    // nothing happens takes an interval: wait out a few batch-lengths and compare.
-    eventually(WITHIN, "the paused runner to settle", || async {
-        let before = drill.rows_done().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drill.rows_done().await == before
-    })
+    // The batch running when the pause arrived finishes and is checkpointed; then no batch
+    // starts. Proving that nothing happens takes an interval: a second, several batch-lengths.
+    eventually(
+        WITHIN,
+        "the paused runner to checkpoint its last batch",
+        || async {
+            let before = (
+                first.batches.load(Ordering::SeqCst),
+                drill.rows_done().await,
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (
+                first.batches.load(Ordering::SeqCst),
+                drill.rows_done().await,
+            ) == before
+        },
+    )
     .await;
-    let paused_rows = drill.rows_done().await;
+    let (paused_batches, paused_rows) = (
+        first.batches.load(Ordering::SeqCst),
+        drill.rows_done().await,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (
+            first.batches.load(Ordering::SeqCst),
+            drill.rows_done().await
+        ),
+        (paused_batches, paused_rows),
+        "no batch starts while paused"
+    );
     assert!(drill.backfill_progress().await["paused"] == true);
     assert!(!task.is_finished());
     drill
@@ -388,6 +413,13 @@ async fn drill_from_expand_to_contract_under_load() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     drop(first);
+    // A checkpoint sent just before the kill may still land: read it once it has stopped moving.
+    eventually(WITHIN, "the last checkpoint to land", || async {
+        let before = drill.backfill_progress().await["cursor"].clone();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drill.backfill_progress().await["cursor"] == before
+    })
+    .await;
     let checkpoint = drill.backfill_progress().await;
     assert_eq!(checkpoint["status"], "running");
     let second = Runner::new(&drill).await;
@@ -426,13 +458,27 @@ async fn drill_from_expand_to_contract_under_load() {
     drill.hold("backfill").await;
 
     // Reads move over: shadow, live, rampdown, complete, each ramped.
-    for stage in ["shadow", "live", "rampdown", "complete"] {
+    for stage in ["shadow", "live", "rampdown"] {
         drill.advance(stage).await;
         drill.ramp(stage, &["10", "50", "100"]).await;
     }
+    drill.advance("complete").await;
+    drill.ramp("complete", &["10", "50"]).await;
 
-    // The gate: refused while the soak runs, passing after it.
+    // The gate: refused while the soak runs (asked right as complete reaches 100%, when the
+    // soak starts), passing after it.
+    drill
+        .change(&["ramp", KEY, "--percent", "100"], "drill: complete 100%")
+        .await;
     assert_eq!(drill.gate().await, 1, "the gate refuses before the soak");
+    let (_, gate) = drill.srv.get(&format!("/v1/migrations/{KEY}/gate")).await;
+    let soak = gate["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "soak");
+    assert_eq!(soak.unwrap()["passed"], false, "{gate}");
+    drill.hold("complete").await;
     eventually(WITHIN, "the gate to pass after the soak", || async {
         drill.gate().await == 0
     })
