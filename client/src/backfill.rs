@@ -11,7 +11,10 @@
 //!   has paused it (`switchyard backfill pause`, seen through the client's watch stream) — a
 //!   pause never interrupts a running batch;
 //! - stops when the backfill is cancelled, and records `backfill-complete` after the batch that
-//!   says it is done.
+//!   says it is done;
+//! - names its run (the version at which `backfill-started` was recorded) in every checkpoint
+//!   and before recording completion, so a runner that missed a cancel, while the backfill was
+//!   started again, is refused and stops instead of moving the new run's position.
 //!
 //! [`crate::postgres::PgBackfill`] (feature `postgres`) is a ready batch function for
 //! PostgreSQL tables.
@@ -127,6 +130,9 @@ impl BackfillRunner {
         F: FnMut(Option<String>, u64) -> Fut,
         Fut: Future<Output = Result<Batch, E>>,
     {
+        // The run a resumed position belongs to, read before the position: a run started again
+        // in between makes the first checkpoint refused, which ends this run as cancelled.
+        let mut run = self.started_version().await?;
         let progress = self.progress().await?;
         let (mut cursor, mut rows) = match pb::BackfillStatus::try_from(progress.status) {
             Ok(pb::BackfillStatus::Complete) => {
@@ -143,7 +149,8 @@ impl BackfillRunner {
                 // Rule 3 waits for every live instance, this one included: make sure the server
                 // has this client's acknowledgement of the state it runs before asking.
                 self.acknowledge().await?;
-                let version = self.record(pb::EventKind::BackfillStarted).await?;
+                let version = self.record(pb::EventKind::BackfillStarted, 0).await?;
+                run = version;
                 // Follow our own start, so pause and cancel are seen from here on.
                 self.wait_for(version).await;
                 (None, 0)
@@ -195,14 +202,16 @@ impl BackfillRunner {
             }
             // A cancel that arrived during the batch makes the server refuse what follows:
             // that is the cancel, not a failure.
-            let saved = self.checkpoint(cursor.as_deref().unwrap_or(""), rows).await;
-            if let Some(outcome) = self.cancelled_if_refused(&saved, rows).await {
+            let saved = self
+                .checkpoint(cursor.as_deref().unwrap_or(""), rows, run)
+                .await;
+            if let Some(outcome) = self.cancelled_if_refused(&saved, rows, run).await {
                 return outcome;
             }
             saved?;
             if ran.done {
-                let recorded = self.record(pb::EventKind::BackfillComplete).await;
-                if let Some(outcome) = self.cancelled_if_refused(&recorded, rows).await {
+                let recorded = self.record(pb::EventKind::BackfillComplete, run).await;
+                if let Some(outcome) = self.cancelled_if_refused(&recorded, rows, run).await {
                     return outcome;
                 }
                 recorded?;
@@ -220,22 +229,41 @@ impl BackfillRunner {
         }
     }
 
-    /// After a refusal: if the server says the backfill is no longer running, it was cancelled.
+    /// After a refusal: if the server says this run is no longer running (cancelled, or
+    /// cancelled and started again), it was cancelled.
     async fn cancelled_if_refused<T, E>(
         &self,
         result: &Result<T, BackfillError<E>>,
         rows: u64,
+        run: u64,
     ) -> Option<Result<BackfillOutcome, BackfillError<E>>> {
         if !matches!(result, Err(BackfillError::Refused(_))) {
             return None;
         }
-        match self.progress::<E>().await {
-            Ok(p) if p.status == pb::BackfillStatus::NotStarted as i32 => {
-                tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
-                Some(Ok(BackfillOutcome::Cancelled { rows }))
-            }
-            _ => None,
+        let backfill = self.migration::<E>().await.ok()?.backfill?;
+        let running = backfill.status == pb::BackfillStatus::Running as i32;
+        if running && backfill.started_version == run {
+            return None;
         }
+        tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
+        Some(Ok(BackfillOutcome::Cancelled { rows }))
+    }
+
+    async fn migration<E>(&self) -> Result<pb::Migration, BackfillError<E>> {
+        let message = pb::GetMigrationRequest {
+            key: self.key.clone(),
+        };
+        self.call(|mut c, r| async move { c.get_migration(r).await }, message)
+            .await
+    }
+
+    /// The version at which the current run was started (0: none).
+    async fn started_version<E>(&self) -> Result<u64, BackfillError<E>> {
+        Ok(self
+            .migration()
+            .await?
+            .backfill
+            .map_or(0, |b| b.started_version))
     }
 
     /// Reports this client's applied version to the server now (as its heartbeat does).
@@ -260,7 +288,12 @@ impl BackfillRunner {
             .await
     }
 
-    async fn checkpoint<E>(&self, cursor: &str, rows: u64) -> Result<(), BackfillError<E>> {
+    async fn checkpoint<E>(
+        &self,
+        cursor: &str,
+        rows: u64,
+        run: u64,
+    ) -> Result<(), BackfillError<E>> {
         let message = pb::BackfillCheckpointRequest {
             key: self.key.clone(),
             cursor: cursor.to_owned(),
@@ -270,6 +303,7 @@ impl BackfillRunner {
                 "{}/{}",
                 self.shared.config.service, self.shared.config.instance_id
             ),
+            started_version: run,
         };
         self.call(
             |mut c, r| async move { c.checkpoint_backfill(r).await },
@@ -279,17 +313,19 @@ impl BackfillRunner {
         .map(|_| ())
     }
 
-    /// Records an event at the migration's current version (re-reading it on a conflict).
-    async fn record<E>(&self, event: pb::EventKind) -> Result<u64, BackfillError<E>> {
+    /// Records an event at the migration's current version (re-reading it on a conflict); with
+    /// `run` set, only while that run is the current one.
+    async fn record<E>(&self, event: pb::EventKind, run: u64) -> Result<u64, BackfillError<E>> {
         for _ in 0..5 {
-            let current = self
-                .call(
-                    |mut c, r| async move { c.get_migration(r).await },
-                    pb::GetMigrationRequest {
-                        key: self.key.clone(),
-                    },
-                )
-                .await?;
+            let current = self.migration().await?;
+            let current_run = current.backfill.as_ref().map_or(0, |b| b.started_version);
+            if run != 0 && current_run != run {
+                return Err(BackfillError::Refused(format!(
+                    "the backfill of {} was started again (at version {current_run}) since this \
+                     run began (at version {run})",
+                    self.key
+                )));
+            }
             let message = pb::RecordEventRequest {
                 key: self.key.clone(),
                 event: event as i32,

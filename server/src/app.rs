@@ -29,6 +29,18 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// What a backfill runner reports after a batch.
+pub struct RunnerPosition<'a> {
+    /// Opaque to the server: the runner's keyset position.
+    pub cursor: &'a str,
+    pub rows_done: u64,
+    pub rows_total_estimate: u64,
+    /// Who runs it (service/instance); empty: the token's name.
+    pub runner: &'a str,
+    /// The run it belongs to (`backfill.started_version`); `None`: not checked.
+    pub started_version: Option<Version>,
+}
+
 pub struct App {
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
@@ -581,11 +593,15 @@ impl App {
         &self,
         who: &Principal,
         key: &str,
-        cursor: &str,
-        rows_done: u64,
-        rows_total_estimate: u64,
-        runner: &str,
+        position: RunnerPosition<'_>,
     ) -> Result<BackfillProgress, ApiError> {
+        let RunnerPosition {
+            cursor,
+            rows_done,
+            rows_total_estimate,
+            runner,
+            started_version,
+        } = position;
         // Moving the cursor decides which rows get backfilled: an operator's act.
         who.require(Permission::Operate)?;
         let migration = self.get_migration(who, key)?;
@@ -608,6 +624,20 @@ impl App {
                         BackfillStatus::Complete => "it is complete",
                         _ => "it is not started, or was cancelled",
                     }
+                ),
+                current: Box::new((*migration).clone()),
+            });
+        }
+        if let Some(run) = started_version
+            && migration.backfill.started_version != Some(run)
+        {
+            // A runner that missed a cancel must not move the position of the run that
+            // replaced its own.
+            return Err(ApiError::NotApplicable {
+                message: format!(
+                    "the backfill of {key} was started again (at version {}) since this runner's \
+                     run began (at version {run}): its position belongs to a cancelled run",
+                    migration.backfill.started_version.map_or(0, |v| v.0)
                 ),
                 current: Box::new((*migration).clone()),
             });

@@ -581,10 +581,13 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             .checkpoint_backfill(
                 &who,
                 &r.key,
-                &r.cursor,
-                r.rows_done,
-                r.rows_total_estimate,
-                &r.runner,
+                crate::app::RunnerPosition {
+                    cursor: &r.cursor,
+                    rows_done: r.rows_done,
+                    rows_total_estimate: r.rows_total_estimate,
+                    runner: &r.runner,
+                    started_version: (r.started_version > 0).then_some(Version(r.started_version)),
+                },
             )
             .await
         {

@@ -275,7 +275,8 @@ pub fn document() -> Value {
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
                     "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position; empty for none" },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
-                    "runner": { "type": "string" } } },
+                    "runner": { "type": "string" },
+                    "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
                 "BackfillProgress": { "type": "object", "properties": {
                     "key": { "type": "string" }, "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
                     "paused": { "type": "boolean" }, "cursor": { "type": "string" },

@@ -139,6 +139,8 @@ async fn checkpoints_pause_resume_and_cancel(db: Db) {
     );
 
     // Cancel forgets the position: a new start begins at the start.
+    let first_run = srv.migration(KEY).await["backfill"]["started_version"].clone();
+    assert!(first_run.as_u64().is_some(), "{first_run}");
     assert_eq!(event(&srv, "backfill_cancelled").await.0, StatusCode::OK);
     let p = progress(&srv).await;
     assert_eq!(
@@ -151,6 +153,35 @@ async fn checkpoints_pause_resume_and_cancel(db: Db) {
     );
     assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
     assert_eq!(progress(&srv).await["cursor"], "");
+    // A runner of the cancelled run that missed the cancel may not move the new run's position.
+    let second_run = srv.migration(KEY).await["backfill"]["started_version"].clone();
+    assert_ne!(first_run, second_run);
+    let path = format!("/v1/migrations/{KEY}/backfill/checkpoint");
+    let run_checkpoint = |run: Value| {
+        srv.call(
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({ "cursor": "900", "rows_done": 900, "started_version": run })),
+        )
+    };
+    let (status, body) = run_checkpoint(first_run).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("was started again")),
+        "{body}"
+    );
+    assert_eq!(
+        (
+            progress(&srv).await["cursor"].as_str(),
+            progress(&srv).await["rows_done"].as_u64()
+        ),
+        (Some(""), Some(0)),
+        "a refused checkpoint changes nothing"
+    );
+    let (status, body) = run_checkpoint(second_run).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(checkpoint(&srv, "1000", 1000, 1000).await.0, StatusCode::OK);
     assert_eq!(event(&srv, "backfill_complete").await.0, StatusCode::OK);
     let p = progress(&srv).await;

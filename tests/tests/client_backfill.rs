@@ -525,6 +525,57 @@ async fn a_paused_run_starts_no_batch_until_resumed() {
 // 4. Cancel
 // ---------------------------------------------------------------------------------------------
 
+/// A runner that has not yet heard of a cancel (its stream lags) while the backfill is started
+/// again: its next checkpoint names its own, cancelled run and is refused, and it stops without
+/// moving the new run's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_of_a_cancelled_and_restarted_run_leaves_the_new_run_alone() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    ready(&srv).await;
+    let client = connect(&srv, &srv.token, "billing-worker").await;
+    let table = Table::new(ROWS);
+    let batches = {
+        let (table, srv) = (table.clone(), &srv);
+        move |cursor: Option<String>, limit: u64| {
+            let table = table.clone();
+            async move {
+                let batch = table.run_batch(cursor, limit, None);
+                if table.batches() == 3 {
+                    // Not waited for by the client: the runner learns of it from the server.
+                    event(srv, "backfill_cancelled").await;
+                    event(srv, "backfill_started").await;
+                }
+                Ok::<_, String>(batch)
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(WAIT, client.backfill(KEY).batch_size(100).run(batches))
+        .await
+        .expect("the run ends");
+    assert_eq!(
+        outcome.unwrap(),
+        BackfillOutcome::Cancelled { rows: 300 },
+        "the old run ends as cancelled"
+    );
+    assert_eq!(
+        table.batches(),
+        3,
+        "no batch starts after its run was replaced"
+    );
+    let p = progress(&srv).await;
+    assert_eq!(
+        (
+            p["status"].as_str(),
+            p["cursor"].as_str(),
+            p["rows_done"].as_u64()
+        ),
+        (Some("running"), Some(""), Some(0)),
+        "the new run's position is untouched: {p}"
+    );
+    client.shutdown().await;
+    srv.stop().await;
+}
+
 /// A cancel recorded while a batch runs (the usual case: a runner is almost always inside a
 /// batch) stops the run at the end of that batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -689,6 +689,8 @@ struct CheckpointBody {
     rows_total_estimate: u64,
     #[serde(default)]
     runner: String,
+    /// The run this runner belongs to (`backfill.started_version`); a stale run is refused.
+    started_version: Option<u64>,
 }
 
 async fn checkpoint_backfill(
@@ -701,10 +703,13 @@ async fn checkpoint_backfill(
         app.checkpoint_backfill(
             &who,
             &key,
-            &body.cursor,
-            body.rows_done,
-            body.rows_total_estimate,
-            &body.runner,
+            crate::app::RunnerPosition {
+                cursor: &body.cursor,
+                rows_done: body.rows_done,
+                rows_total_estimate: body.rows_total_estimate,
+                runner: &body.runner,
+                started_version: body.started_version.map(Version),
+            },
         )
         .await?,
     ))
