@@ -24,9 +24,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use switchyard_client::postgres::PgBackfill;
+use switchyard_client::postgres::{PgBackfill, PgBackfillError};
 use switchyard_client::{BackfillOutcome, Client};
 use switchyard_examples::load::{Finished, Load, LoadConfig};
 use switchyard_examples::users::{self, Users};
@@ -38,6 +38,8 @@ const WORKERS: usize = 4;
 /// Operations the workers complete at every step before the release manager takes the next.
 const HOLD: u64 = 300;
 const WITHIN: Duration = Duration::from_secs(60);
+/// The backfill's batch size.
+const BATCH: u64 = 500;
 
 fn migrations_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/username-to-handle/migrations")
@@ -292,6 +294,9 @@ struct Runner {
     first_cursor: std::sync::Mutex<Option<Option<String>>>,
     started: AtomicBool,
     batches: AtomicUsize,
+    finished: AtomicUsize,
+    /// Rows the finished batches reported (what this runner's checkpoints add up to).
+    rows: AtomicU64,
 }
 
 impl Runner {
@@ -303,14 +308,24 @@ impl Runner {
             first_cursor: std::sync::Mutex::new(None),
             started: AtomicBool::new(false),
             batches: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            rows: AtomicU64::new(0),
         })
+    }
+
+    /// Batches started and finished.
+    fn batch_counts(&self) -> (usize, usize) {
+        (
+            self.batches.load(Ordering::SeqCst),
+            self.finished.load(Ordering::SeqCst),
+        )
     }
 
     async fn run(self: Arc<Self>) -> BackfillOutcome {
         let runner = self
             .client
             .backfill(KEY)
-            .batch_size(500)
+            .batch_size(BATCH)
             .pause_between_batches(Duration::from_millis(15))
             .total_estimate(self.table.estimate_rows().await.unwrap());
         runner
@@ -321,7 +336,10 @@ impl Runner {
                     if !this.started.swap(true, Ordering::SeqCst) {
                         *this.first_cursor.lock().unwrap() = Some(cursor.clone());
                     }
-                    this.table.batch(cursor, limit).await
+                    let batch = this.table.batch(cursor, limit).await?;
+                    this.rows.fetch_add(batch.rows, Ordering::SeqCst);
+                    this.finished.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, PgBackfillError>(batch)
                 }
             })
             .await
@@ -364,37 +382,45 @@ async fn drill_from_expand_to_contract_under_load() {
     tokio::time::timeout(WITHIN, first.client.wait_for_version(paused_at))
         .await
         .unwrap();
-    // The batch running when the pause arrived finishes and is checkpointed; then no batch
-    // starts. Proving that nothing happens takes an interval: a second, several batch-lengths.
+    // The batch running when the pause arrived finishes and is checkpointed: the runner is
+    // then between batches with the pause applied, where it waits.
     eventually(
         WITHIN,
         "the paused runner to checkpoint its last batch",
         || async {
-            let before = (
-                first.batches.load(Ordering::SeqCst),
-                drill.rows_done().await,
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            (
-                first.batches.load(Ordering::SeqCst),
-                drill.rows_done().await,
-            ) == before
+            let (started, finished) = first.batch_counts();
+            started == finished && drill.rows_done().await == first.rows.load(Ordering::SeqCst)
         },
     )
     .await;
-    let (paused_batches, paused_rows) = (
-        first.batches.load(Ordering::SeqCst),
-        drill.rows_done().await,
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        (
-            first.batches.load(Ordering::SeqCst),
-            drill.rows_done().await
-        ),
-        (paused_batches, paused_rows),
-        "no batch starts while paused"
-    );
+    let paused_batches = first.batch_counts().0;
+    let paused_rows = drill.rows_done().await;
+    // Changes the runner wakes up for (it re-checks the pause on each) start no batch.
+    for i in 0..2 {
+        let other = format!("orders.unrelated-{i}");
+        assert_eq!(
+            drill
+                .srv
+                .cli(&[
+                    "migration",
+                    "create",
+                    &other,
+                    "--reason",
+                    "drill: unrelated"
+                ])
+                .await,
+            0
+        );
+        let version = drill.srv.version_of(&other).await;
+        tokio::time::timeout(WITHIN, first.client.wait_for_version(version))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.batch_counts().0, drill.rows_done().await),
+            (paused_batches, paused_rows),
+            "no batch starts while paused"
+        );
+    }
     assert!(drill.backfill_progress().await["paused"] == true);
     assert!(!task.is_finished());
     drill
@@ -413,13 +439,6 @@ async fn drill_from_expand_to_contract_under_load() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     drop(first);
-    // A checkpoint sent just before the kill may still land: read it once it has stopped moving.
-    eventually(WITHIN, "the last checkpoint to land", || async {
-        let before = drill.backfill_progress().await["cursor"].clone();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drill.backfill_progress().await["cursor"] == before
-    })
-    .await;
     let checkpoint = drill.backfill_progress().await;
     assert_eq!(checkpoint["status"], "running");
     let second = Runner::new(&drill).await;
@@ -428,13 +447,19 @@ async fn drill_from_expand_to_contract_under_load() {
         matches!(outcome, BackfillOutcome::Completed { .. }),
         "{outcome:?}"
     );
+    // The restarted runner resumes at the checkpoint read at the kill, or at the next one if
+    // the killed runner's last checkpoint was already on its way: never from the start.
+    let key_of = |cursor: &str| -> u64 {
+        let key = cursor.strip_prefix("keyset:").expect("a keyset position");
+        key.parse().expect("an id")
+    };
+    let at_kill = key_of(checkpoint["cursor"].as_str().unwrap());
     let resumed_from = second.first_cursor.lock().unwrap().clone().unwrap();
-    assert_eq!(
-        resumed_from.as_deref(),
-        checkpoint["cursor"].as_str(),
-        "the restarted runner resumes at the checkpoint"
+    let resumed = key_of(resumed_from.as_deref().expect("a resumed cursor"));
+    assert!(
+        at_kill >= 50_000 && (at_kill..=at_kill + BATCH).contains(&resumed),
+        "the restarted runner resumes at the checkpoint: killed at {at_kill}, resumed at {resumed}"
     );
-    assert!(resumed_from.is_some_and(|c| c.starts_with("keyset:") && c.len() > "keyset:".len()));
     // Every row is backfilled: a row can look pending only for the instant between a
     // worker's two writes (old shape, then new), so whatever looks pending now must be written
     // through shortly.

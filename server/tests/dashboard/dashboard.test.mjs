@@ -247,7 +247,13 @@ try {
   await page.goto(`${BASE}/#/m/users.username-to-handle`);
   await page.getByRole("heading", { name: "users.username-to-handle" }).waitFor();
   await page.locator(".chart svg").first().waitFor();
-  await page.waitForTimeout(300); // charts redraw at the new width
+  // Charts redraw at their holder's new width (a ResizeObserver): wait until every one has.
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll(".chart-plot")].every((holder) => {
+      const drawn = holder.querySelector("svg");
+      return drawn && Number(drawn.getAttribute("width")) === Math.max(240, Math.round(holder.clientWidth));
+    }),
+  );
   await noOverflow(page);
   await shot(page, "migration-backfill-phone");
   await page.goto(`${BASE}/#/`);
