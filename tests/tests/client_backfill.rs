@@ -125,24 +125,30 @@ fn plain(
     move |cursor, limit| std::future::ready(Ok(table.run_batch(cursor, limit, None)))
 }
 
-/// A batch function whose `nth` batch records `backfill_paused` and returns once the client
-/// has seen it, then tells `paused` the version.
-fn pausing_at<'a>(
+/// A batch function whose `nth` batch records `events` on the server, then (with a client)
+/// returns once that client has seen the last of them, and tells `recorded` its version.
+fn recording_at<'a>(
     table: &Table,
     nth: usize,
+    events: &'static [&'static str],
     srv: &'a TestServer,
-    client: &'a Client,
-    paused: watch::Sender<u64>,
+    seen_by: Option<&'a Client>,
+    recorded: watch::Sender<u64>,
 ) -> impl FnMut(Option<String>, u64) -> BoxFuture<'a, Result<Batch, String>> + 'a {
-    let (table, paused) = (table.clone(), Arc::new(paused));
+    let (table, recorded) = (table.clone(), Arc::new(recorded));
     move |cursor: Option<String>, limit: u64| {
-        let (table, paused) = (table.clone(), paused.clone());
+        let (table, recorded) = (table.clone(), recorded.clone());
         async move {
             let batch = table.run_batch(cursor, limit, None);
             if table.batches() == nth {
-                let version = event(srv, "backfill_paused").await;
-                wait_for(client, version).await;
-                paused.send_replace(version);
+                let mut version = 0;
+                for e in events {
+                    version = event(srv, e).await;
+                }
+                if let Some(client) = seen_by {
+                    wait_for(client, version).await;
+                }
+                recorded.send_replace(version);
             }
             Ok(batch)
         }
@@ -479,7 +485,14 @@ async fn a_paused_run_starts_no_batch_until_resumed() {
     let table = Table::new(ROWS);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
     // The 3rd batch records the pause and returns once the client has seen it.
-    let batches = pausing_at(&table, 3, &srv, &client, paused_tx);
+    let batches = recording_at(
+        &table,
+        3,
+        &["backfill_paused"],
+        &srv,
+        Some(&client),
+        paused_tx,
+    );
     let runner = client.backfill(KEY).batch_size(100).total_estimate(ROWS);
     let control = async {
         paused_rx.wait_for(|v| *v > 0).await.unwrap();
@@ -534,21 +547,15 @@ async fn a_runner_of_a_cancelled_and_restarted_run_leaves_the_new_run_alone() {
     ready(&srv).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
-    let batches = {
-        let (table, srv) = (table.clone(), &srv);
-        move |cursor: Option<String>, limit: u64| {
-            let table = table.clone();
-            async move {
-                let batch = table.run_batch(cursor, limit, None);
-                if table.batches() == 3 {
-                    // Not waited for by the client: the runner learns of it from the server.
-                    event(srv, "backfill_cancelled").await;
-                    event(srv, "backfill_started").await;
-                }
-                Ok::<_, String>(batch)
-            }
-        }
-    };
+    // Not waited for by the client: the runner learns of it from the server.
+    let batches = recording_at(
+        &table,
+        3,
+        &["backfill_cancelled", "backfill_started"],
+        &srv,
+        None,
+        watch::channel(0).0,
+    );
     let outcome = tokio::time::timeout(WAIT, client.backfill(KEY).batch_size(100).run(batches))
         .await
         .expect("the run ends");
@@ -584,20 +591,14 @@ async fn a_cancel_during_a_batch_stops_the_run_at_the_boundary() {
     ready(&srv).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
-    let batches = {
-        let (table, srv, client) = (table.clone(), &srv, &client);
-        move |cursor: Option<String>, limit: u64| {
-            let table = table.clone();
-            async move {
-                let batch = table.run_batch(cursor, limit, None);
-                if table.batches() == 3 {
-                    let version = event(srv, "backfill_cancelled").await;
-                    wait_for(client, version).await;
-                }
-                Ok::<_, String>(batch)
-            }
-        }
-    };
+    let batches = recording_at(
+        &table,
+        3,
+        &["backfill_cancelled"],
+        &srv,
+        Some(&client),
+        watch::channel(0).0,
+    );
     let outcome = tokio::time::timeout(WAIT, client.backfill(KEY).batch_size(100).run(batches))
         .await
         .expect("the run ends");
@@ -626,21 +627,14 @@ async fn a_cancel_between_batches_stops_the_run_and_forgets_the_position() {
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
-    let batches = {
-        let (table, srv, client, paused_tx) = (table.clone(), &srv, &client, Arc::new(paused_tx));
-        move |cursor: Option<String>, limit: u64| {
-            let (table, paused_tx) = (table.clone(), paused_tx.clone());
-            async move {
-                let batch = table.run_batch(cursor, limit, None);
-                if table.batches() == 3 {
-                    let version = event(srv, "backfill_paused").await;
-                    wait_for(client, version).await;
-                    paused_tx.send_replace(version);
-                }
-                Ok::<_, String>(batch)
-            }
-        }
-    };
+    let batches = recording_at(
+        &table,
+        3,
+        &["backfill_paused"],
+        &srv,
+        Some(&client),
+        paused_tx,
+    );
     let runner = client.backfill(KEY).batch_size(100);
     let control = async {
         paused_rx.wait_for(|v| *v > 0).await.unwrap();
@@ -795,7 +789,14 @@ async fn a_pause_does_not_bank_a_burst_for_afterwards() {
     let table = Table::new(N);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
     // The first batch records the pause and returns once the client has seen it.
-    let batches = pausing_at(&table, 1, &srv, &client, paused_tx);
+    let batches = recording_at(
+        &table,
+        1,
+        &["backfill_paused"],
+        &srv,
+        Some(&client),
+        paused_tx,
+    );
     let runner = client
         .backfill(KEY)
         .batch_size(BATCH)
