@@ -20,7 +20,7 @@
 //! PostgreSQL tables.
 
 use crate::client::{Client, Shared};
-use crate::sync::{preferred, request};
+use crate::sync::{heartbeat_message, preferred, request};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,13 +268,7 @@ impl BackfillRunner {
 
     /// Reports this client's applied version to the server now (as its heartbeat does).
     async fn acknowledge<E>(&self) -> Result<(), BackfillError<E>> {
-        let message = pb::HeartbeatRequest {
-            service: self.shared.config.service.clone(),
-            instance_id: self.shared.config.instance_id.clone(),
-            applied_version: self.shared.version(),
-            migrations: self.shared.registry.used_keys(),
-            leaving: false,
-        };
+        let message = heartbeat_message(&self.shared, self.shared.version(), false);
         self.call(|mut c, r| async move { c.heartbeat(r).await }, message)
             .await
             .map(|_| ())

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_domain::{Migration, Plan, Stage};
-use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -486,13 +485,7 @@ impl Client {
         for h in handles {
             let _ = h.await;
         }
-        let message = pb::HeartbeatRequest {
-            service: self.shared.config.service.clone(),
-            instance_id: self.shared.config.instance_id.clone(),
-            applied_version: self.shared.version(),
-            migrations: Vec::new(),
-            leaving: true,
-        };
+        let message = crate::sync::heartbeat_message(&self.shared, self.shared.version(), true);
         for channel in crate::sync::preferred(&self.shared, &self.shared.channels) {
             let mut client = SwitchyardClient::new(channel);
             let call = client.heartbeat(crate::sync::request(&self.shared, message.clone()));

@@ -186,13 +186,7 @@ async fn heartbeat(
     let mut applied = shared.applied.subscribe();
     loop {
         let version = *applied.borrow_and_update();
-        let message = pb::HeartbeatRequest {
-            service: shared.config.service.clone(),
-            instance_id: shared.config.instance_id.clone(),
-            applied_version: version,
-            migrations: shared.registry.used_keys(),
-            leaving: false,
-        };
+        let message = heartbeat_message(&shared, version, false);
         for channel in preferred(&shared, &channels) {
             let mut client = SwitchyardClient::new(channel);
             match client.heartbeat(request(&shared, message.clone())).await {
@@ -215,6 +209,26 @@ async fn heartbeat(
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
             _ = stopped(&mut stop) => return,
         }
+    }
+}
+
+/// This instance's heartbeat: the version it applied and the migrations it evaluates, or its
+/// goodbye (`leaving`).
+pub(crate) fn heartbeat_message(
+    shared: &Shared,
+    applied: u64,
+    leaving: bool,
+) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        service: shared.config.service.clone(),
+        instance_id: shared.config.instance_id.clone(),
+        applied_version: applied,
+        migrations: if leaving {
+            Vec::new()
+        } else {
+            shared.registry.used_keys()
+        },
+        leaving,
     }
 }
 
