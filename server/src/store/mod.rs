@@ -513,17 +513,21 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _guard = self.lock_writes().await;
         let mut tx = self.pool.begin().await?;
-        for table in ["client_instance_migrations", "client_instances"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE service = $1 AND instance_id = $2"
-            ))
-            .bind(service)
-            .bind(instance_id)
-            .execute(&mut *tx)
-            .await?;
+        let result = async {
+            for table in ["client_instance_migrations", "client_instances"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE service = $1 AND instance_id = $2"
+                ))
+                .bind(service)
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
         }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        // Rolled back before the write lock is released, like every write here.
+        finish(tx, result).await
     }
 
     /// Every instance seen within `window` (live ones are those within the client TTL).
