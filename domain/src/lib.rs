@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`types`]: validated newtypes (migration key, basis points, version, reason).
+//! - [`access`]: token roles and the permission each operation needs.
+//! - [`event`]: the facts recorded about a migration, and their names.
 //! - [`stage`]: the six stages plus `contracted`, and what each means for reads and writes.
 //! - [`front`]: the rollout front `(stage, rollout)` and which stage an entity is at.
 //! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
@@ -17,7 +19,9 @@
 //! - [`time`]: UTC minute and span formatting for messages.
 //! - [`traffic`]: the counts clients report (per side, latency histogram) and how they add up.
 
+pub mod access;
 pub mod bucket;
+pub mod event;
 pub mod front;
 pub mod gate;
 pub mod migration;
@@ -27,9 +31,11 @@ pub mod time;
 pub mod traffic;
 pub mod types;
 
+pub use access::{Permission, Role};
 pub use bucket::bucket;
+pub use event::{Event, EventKind};
 pub use front::Front;
 pub use migration::{Backfill, BackfillStatus, Migration, NewMigration};
-pub use rules::{DomainError, Event, Fleet, LiveInstance, Operation, Rule};
+pub use rules::{DomainError, Fleet, LiveInstance, Operation, Rule};
 pub use stage::{Plan, Side, Stage};
 pub use types::{BasisPoints, InvalidInput, MigrationKey, Reason, Version};

@@ -6,6 +6,7 @@
 //! The store calls it inside the transaction that writes the result, so a refusal changes
 //! nothing.
 
+use crate::event::Event;
 use crate::migration::BackfillStatus;
 use crate::types::new_reason;
 use crate::{BasisPoints, Front, InvalidInput, Migration, Reason, Stage, Version};
@@ -137,41 +138,6 @@ impl Fleet {
                 .map(|s| format!("expected service {s} has no live instance")),
         );
         waiting
-    }
-}
-
-/// A fact recorded about the migration's schema or data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    ExpandApplied,
-    BackfillStarted,
-    BackfillProgress {
-        rows_done: u64,
-        rows_total_estimate: u64,
-    },
-    BackfillComplete,
-    /// Runners stop between batches (a running statement is never killed).
-    BackfillPaused,
-    BackfillResumed,
-    /// Stops the backfill and forgets its progress: it can be started again from the start.
-    BackfillCancelled,
-    OldShapeRepaired,
-    Contracted,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::ExpandApplied => "expand_applied",
-            Event::BackfillStarted => "backfill_started",
-            Event::BackfillProgress { .. } => "backfill_progress",
-            Event::BackfillComplete => "backfill_complete",
-            Event::BackfillPaused => "backfill_paused",
-            Event::BackfillResumed => "backfill_resumed",
-            Event::BackfillCancelled => "backfill_cancelled",
-            Event::OldShapeRepaired => "old_shape_repaired",
-            Event::Contracted => "contracted",
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The operations of the flag server, independent of transport. HTTP and gRPC handlers parse
 //! their wire forms into domain values, call these methods, and map the `ApiError` back.
 
-use crate::auth::{Authenticator, Permission, Principal, Role, generate_token, hash_token};
+use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
 use crate::store::{AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
@@ -15,7 +15,8 @@ use switchyard_domain::rules::{self, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_domain::types::parse_label;
 use switchyard_domain::{
-    BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Plan, Stage, Version,
+    BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Permission, Plan, Role,
+    Stage, Version,
 };
 
 /// Milliseconds since the Unix epoch. Injectable so tests can move time without sleeping.
@@ -251,11 +252,7 @@ impl App {
         reason: &str,
         op: Operation,
     ) -> Result<Migration, ApiError> {
-        let needs = match op {
-            Operation::Record(Event::ExpandApplied | Event::Contracted) => Permission::RecordSchema,
-            _ => Permission::Operate,
-        };
-        who.require(needs)?;
+        who.require(op.permission())?;
         let key = MigrationKey::parse(key)?;
         let now = self.now();
         let result = if op == Operation::Record(Event::Contracted) {

@@ -8,59 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Application clients: read state, watch, decide, report heartbeats.
-    Reader,
-    /// Release managers: everything a reader can, plus every migration change.
-    Operator,
-    /// Deploy pipelines: read, and record schema events (expand applied, contracted).
-    Gate,
-    /// Token management, plus everything an operator can.
-    Admin,
-}
-
-/// What an operation needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    Read,
-    /// Record a schema event a pipeline observes (expand applied, contracted).
-    RecordSchema,
-    Operate,
-    ManageTokens,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Reader, Role::Operator, Role::Gate, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Operator => "operator",
-            Role::Gate => "gate",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Role, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == raw)
-            .ok_or_else(|| format!("unknown role {raw:?}: allowed reader, operator, gate, admin"))
-    }
-
-    pub fn allows(self, permission: Permission) -> bool {
-        use Permission::*;
-        match self {
-            Role::Admin => true,
-            Role::Operator => matches!(permission, Read | RecordSchema | Operate),
-            Role::Gate => matches!(permission, Read | RecordSchema),
-            Role::Reader => matches!(permission, Read),
-        }
-    }
-}
+use switchyard_domain::{Permission, Role};
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,12 +27,7 @@ impl Principal {
                 "token {:?} has role {} which may not {}",
                 self.name,
                 self.role.as_str(),
-                match permission {
-                    Permission::Read => "read",
-                    Permission::RecordSchema => "record schema events (needs gate or operator)",
-                    Permission::Operate => "change migrations (needs operator or admin)",
-                    Permission::ManageTokens => "manage tokens (needs admin)",
-                }
+                permission.describe()
             )))
         }
     }
@@ -172,24 +115,6 @@ fn principal(t: TokenRecord) -> Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_grant_what_the_design_says() {
-        use Permission::*;
-        let grants = |r: Role| {
-            [Read, RecordSchema, Operate, ManageTokens]
-                .into_iter()
-                .filter(|p| r.allows(*p))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(grants(Role::Reader), [Read]);
-        assert_eq!(grants(Role::Gate), [Read, RecordSchema]);
-        assert_eq!(grants(Role::Operator), [Read, RecordSchema, Operate]);
-        assert_eq!(
-            grants(Role::Admin),
-            [Read, RecordSchema, Operate, ManageTokens]
-        );
-    }
 
     #[test]
     fn tokens_are_random_and_hashed() {

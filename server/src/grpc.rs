@@ -2,7 +2,7 @@
 //! tonic; wire types convert to domain values here.
 
 use crate::app::{App, CreateMigrationInput, Decision};
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::{Snapshot, WatchItem};
 use crate::store::{AuditRecord, TokenRecord};
@@ -11,7 +11,7 @@ use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 use switchyard_domain::traffic::TrafficCounts;
-use switchyard_domain::{BasisPoints, Event, Operation, Version};
+use switchyard_domain::{BasisPoints, Event, Operation, Role, Version};
 use switchyard_proto::convert::{stage_from_wire, traffic_minute_to_wire};
 use switchyard_proto::v1 as pb;
 use tonic::{Request, Response, Status};

@@ -13,7 +13,8 @@ use switchyard_domain::{
     BasisPoints, Event, Fleet, LiveInstance, Migration, MigrationKey, NewMigration, Operation,
     Rule, Stage, Version,
 };
-use switchyard_server::auth::{Role, hash_token};
+use switchyard_domain::Role;
+use switchyard_server::auth::hash_token;
 use switchyard_server::store::{AuditRecord, ClientInstance, Store, StoreError, TokenRecord};
 use switchyard_tests::{Db, TestDb, both_databases};
 

@@ -128,7 +128,7 @@ impl From<(ClientInstance, bool)> for InstanceJson {
 pub struct TokenJson {
     id: u64,
     name: String,
-    role: crate::auth::Role,
+    role: switchyard_domain::Role,
     created_at_ms: i64,
     revoked_at_ms: Option<i64>,
 }

@@ -5,7 +5,7 @@ mod dashboard;
 mod json;
 
 use crate::app::{App, CreateMigrationInput};
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::WatchItem;
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
@@ -25,7 +25,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{BasisPoints, Event, Operation, Stage, Version};
+use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, Version};
 
 /// Request bodies above this are refused with 413; no legitimate request comes close.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -316,31 +316,10 @@ pub fn parse_event(
     rows_done: Option<u64>,
     rows_total_estimate: Option<u64>,
 ) -> Result<Event, ApiError> {
-    let event = match name.replace('-', "_").as_str() {
-        "expand_applied" => Event::ExpandApplied,
-        "backfill_started" => Event::BackfillStarted,
-        "backfill_progress" => Event::BackfillProgress {
-            rows_done: rows_done.ok_or_else(|| {
-                ApiError::invalid("backfill_progress needs rows_done (and rows_total_estimate)")
-            })?,
-            rows_total_estimate: rows_total_estimate.unwrap_or(0),
-        },
-        "backfill_complete" => Event::BackfillComplete,
-        "old_shape_repaired" => Event::OldShapeRepaired,
-        "backfill_paused" => Event::BackfillPaused,
-        "backfill_resumed" => Event::BackfillResumed,
-        "backfill_cancelled" => Event::BackfillCancelled,
-        "contracted" => Event::Contracted,
-        _ => {
-            return Err(ApiError::invalid(format!(
-                "unknown event {:?}: allowed expand_applied, backfill_started, \
-                 backfill_progress, backfill_complete, backfill_paused, backfill_resumed, \
-                 backfill_cancelled, old_shape_repaired, contracted",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
-    };
-    Ok(event)
+    let rows = rows_done.map(|done| (done, rows_total_estimate.unwrap_or(0)));
+    name.parse::<EventKind>()
+        .and_then(|kind| kind.with_rows(rows))
+        .map_err(|e| ApiError::invalid(e.0))
 }
 
 async fn record_event(

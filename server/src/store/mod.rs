@@ -13,7 +13,7 @@
 
 mod rows;
 
-use crate::auth::Role;
+use switchyard_domain::Role;
 use rows::{AuditRow, InstanceRow, MigrationRow, TokenRow};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};

@@ -1,7 +1,7 @@
 //! Row types and their conversion to and from domain values.
 
 use super::StoreError;
-use crate::auth::Role;
+use switchyard_domain::Role;
 use switchyard_domain::{Migration, Version};
 
 #[derive(sqlx::FromRow)]
