@@ -3,7 +3,7 @@
 //! The server's auth layer checks tokens against these; the store keeps a token's role by its
 //! name; the CLI offers the same names. None of them defines its own copy.
 
-use crate::event::Event;
+use crate::event::EventKind;
 use crate::rules::Operation;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -45,10 +45,13 @@ impl Role {
     }
 
     pub fn parse(raw: &str) -> Result<Role, String> {
-        Self::ALL.into_iter().find(|r| r.as_str() == raw).ok_or_else(|| {
-            let allowed: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
-            format!("unknown role {raw:?}: allowed {}", allowed.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role {raw:?}: allowed {}", allowed.join(", "))
+            })
     }
 
     pub fn allows(self, permission: Permission) -> bool {
@@ -77,6 +80,22 @@ impl FromStr for Role {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 4] = [
+        Permission::Read,
+        Permission::RecordSchema,
+        Permission::Operate,
+        Permission::ManageTokens,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::RecordSchema => "record_schema",
+            Permission::Operate => "operate",
+            Permission::ManageTokens => "manage_tokens",
+        }
+    }
+
     /// What a refusal says the caller may not do, and which roles may.
     pub fn describe(self) -> &'static str {
         match self {
@@ -88,14 +107,28 @@ impl Permission {
     }
 }
 
-impl Operation {
-    /// Pipelines record what they applied (expand, contract); every other change is a release
+impl Role {
+    /// Every permission the role grants.
+    pub fn permissions(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL.into_iter().filter(move |p| self.allows(*p))
+    }
+}
+
+impl EventKind {
+    /// Pipelines record what they applied (expand, contract); every other event is a release
     /// manager's.
+    pub fn permission(self) -> Permission {
+        match self {
+            EventKind::ExpandApplied | EventKind::Contracted => Permission::RecordSchema,
+            _ => Permission::Operate,
+        }
+    }
+}
+
+impl Operation {
     pub fn permission(&self) -> Permission {
         match self {
-            Operation::Record(Event::ExpandApplied | Event::Contracted) => {
-                Permission::RecordSchema
-            }
+            Operation::Record(event) => event.kind().permission(),
             _ => Permission::Operate,
         }
     }
@@ -128,6 +161,10 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(role.as_str().parse::<Role>(), Ok(role));
         }
-        assert!(Role::parse("root").unwrap_err().contains("reader, operator, gate, admin"));
+        assert!(
+            Role::parse("root")
+                .unwrap_err()
+                .contains("reader, operator, gate, admin")
+        );
     }
 }

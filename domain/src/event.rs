@@ -85,6 +85,20 @@ impl EventKind {
         }
     }
 
+    /// A milestone is a fact someone records once it has happened in the world (DDL applied, a
+    /// backfill started or finished, the old shape repaired or dropped); the others steer or
+    /// report a running backfill (pause, resume, cancel, progress).
+    pub fn is_milestone(self) -> bool {
+        matches!(
+            self,
+            EventKind::ExpandApplied
+                | EventKind::BackfillStarted
+                | EventKind::BackfillComplete
+                | EventKind::OldShapeRepaired
+                | EventKind::Contracted
+        )
+    }
+
     /// Whether recording the event could change `m` now: the state it needs holds, and it has
     /// not happened already. Surfaces offer only these; the rules still have the last word
     /// (a backfill may not start before every client dual-writes, the gate decides
@@ -112,7 +126,9 @@ impl EventKind {
             EventKind::BackfillStarted => Event::BackfillStarted,
             EventKind::BackfillProgress => {
                 let (rows_done, rows_total_estimate) = rows.ok_or_else(|| {
-                    UnknownEvent("backfill_progress needs rows_done (and rows_total_estimate)".into())
+                    UnknownEvent(
+                        "backfill_progress needs rows_done (and rows_total_estimate)".into(),
+                    )
                 })?;
                 Event::BackfillProgress {
                     rows_done,
@@ -189,7 +205,10 @@ mod tests {
     fn names_round_trip_in_both_spellings() {
         for kind in EventKind::ALL {
             assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
-            assert_eq!(kind.as_str().replace('_', "-").parse::<EventKind>(), Ok(kind));
+            assert_eq!(
+                kind.as_str().replace('_', "-").parse::<EventKind>(),
+                Ok(kind)
+            );
             assert_eq!(kind.to_string(), kind.as_str());
             let event = kind.with_rows(Some((1, 2))).unwrap();
             assert_eq!(event.kind(), kind);

@@ -19,6 +19,29 @@ pub fn latency_bucket(micros: u64) -> usize {
         .unwrap_or(LATENCY_BOUNDS_US.len())
 }
 
+/// How bucket `i` reads for people: "≤ 50 µs", "≤ 2.5 ms", … and, for the last, open-ended
+/// bucket, "> 2.5 s" (it holds everything slower than the largest bound).
+pub fn latency_bucket_label(i: usize) -> String {
+    match LATENCY_BOUNDS_US.get(i) {
+        Some(&bound) => format!("≤ {}", format_micros(bound)),
+        None => format!(
+            "> {}",
+            format_micros(LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1])
+        ),
+    }
+}
+
+/// Microseconds in the largest unit that keeps one decimal: 50 µs, 2.5 ms, 1 s.
+fn format_micros(us: u64) -> String {
+    let (value, unit) = match us {
+        1_000_000.. => (us as f64 / 1_000_000.0, "s"),
+        1_000.. => (us as f64 / 1_000.0, "ms"),
+        _ => return format!("{us} µs"),
+    };
+    let text = format!("{value:.1}");
+    format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
 /// A fixed-bucket latency histogram.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram(pub [u64; LATENCY_BUCKETS]);
@@ -124,6 +147,7 @@ mod tests {
         assert_eq!(latency_bucket(50), 0);
         assert_eq!(latency_bucket(51), 1);
         assert_eq!(latency_bucket(2_500_000), 14);
+        assert_eq!(latency_bucket(2_500_001), 15);
         assert_eq!(latency_bucket(u64::MAX), 15);
     }
 
@@ -154,5 +178,16 @@ mod tests {
         assert_eq!(total.mismatches, 2);
         assert_eq!(minute_of(119_999), 60_000);
         assert_eq!(minute_of(-1), -60_000);
+    }
+
+    #[test]
+    fn bucket_labels_name_their_bounds_and_the_overflow() {
+        let labels: Vec<String> = (0..LATENCY_BUCKETS).map(latency_bucket_label).collect();
+        assert_eq!(labels[0], "≤ 50 µs");
+        assert_eq!(labels[4], "≤ 1 ms");
+        assert_eq!(labels[5], "≤ 2.5 ms");
+        assert_eq!(labels[13], "≤ 1 s");
+        assert_eq!(labels[14], "≤ 2.5 s");
+        assert_eq!(labels[15], "> 2.5 s");
     }
 }

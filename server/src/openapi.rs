@@ -2,8 +2,17 @@
 //! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears.
 
 use serde_json::{Value, json};
+use switchyard_domain::{EventKind, Permission, Role, Stage};
 
 pub fn document() -> Value {
+    // Names come from their one definition in the domain.
+    let stages: Vec<&str> = Stage::ALL.into_iter().map(Stage::as_str).collect();
+    let events: Vec<&str> = EventKind::ALL.into_iter().map(EventKind::as_str).collect();
+    let roles: Vec<&str> = Role::ALL.into_iter().map(Role::as_str).collect();
+    let permissions: Vec<&str> = Permission::ALL
+        .into_iter()
+        .map(Permission::as_str)
+        .collect();
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
     let errors = |codes: &[&str]| -> Value {
@@ -144,6 +153,12 @@ pub fn document() -> Value {
                         "$ref": "#/components/schemas/WhoAmI" } } } },
                         "401": errors(&["401"])["401"] } }
             },
+            "/v1/vocabulary": {
+                "get": { "summary": "The names the API speaks: stages in order, events with labels and the permission each needs, latency histogram buckets with labels (any role)",
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "$ref": "#/components/schemas/Vocabulary" } } } },
+                        "401": errors(&["401"])["401"] } }
+            },
             "/v1/lifecycle": {
                 "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
                     "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": 14 } }],
@@ -184,7 +199,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
-                "Stage": { "type": "string", "enum": ["off", "dual_write", "shadow", "live", "rampdown", "complete", "contracted"] },
+                "Stage": { "type": "string", "enum": stages },
                 "Side": { "type": "string", "enum": ["old", "new", "both"] },
                 "BasisPoints": { "type": "integer", "minimum": 0, "maximum": 10000 },
                 "Migration": { "type": "object", "properties": {
@@ -208,7 +223,9 @@ pub fn document() -> Value {
                     "live_window": { "type": ["object", "null"], "properties": {
                         "started_at_ms": { "type": "integer" }, "ended_at_ms": { "type": ["integer", "null"] } } },
                     "full_since": { "type": "object", "additionalProperties": { "type": "integer" },
-                        "description": "stage → version since which every entity has been at that stage or beyond" } } },
+                        "description": "stage → version since which every entity has been at that stage or beyond" },
+                    "applicable_events": { "type": "array", "items": { "$ref": "#/components/schemas/EventName" },
+                        "description": "events whose recording could change the migration now (the rules still decide)" } } },
                 "Snapshot": { "type": "object", "properties": { "version": { "type": "integer" },
                     "migrations": { "type": "array", "items": { "$ref": "#/components/schemas/Migration" } } } },
                 "CreateMigration": { "type": "object", "required": ["key", "reason"], "additionalProperties": false, "properties": {
@@ -223,7 +240,7 @@ pub fn document() -> Value {
                 "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
-                    "event": { "type": "string", "enum": ["expand_applied", "backfill_started", "backfill_progress", "backfill_complete", "backfill_paused", "backfill_resumed", "backfill_cancelled", "old_shape_repaired", "contracted"] },
+                    "event": { "$ref": "#/components/schemas/EventName" },
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" } } },
                 "Decision": { "type": "object", "properties": {
@@ -267,11 +284,24 @@ pub fn document() -> Value {
                 "Instance": { "type": "object", "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
+                "EventName": { "type": "string", "enum": events },
+                "Role": { "type": "string", "enum": roles },
+                "Permission": { "type": "string", "enum": permissions },
                 "WhoAmI": { "type": "object", "properties": {
                     "token_id": { "type": "integer" }, "name": { "type": "string" },
-                    "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
+                    "role": { "$ref": "#/components/schemas/Role" },
+                    "permissions": { "type": "array", "items": { "$ref": "#/components/schemas/Permission" } } } },
+                "Vocabulary": { "type": "object", "properties": {
+                    "stages": { "type": "array", "items": { "$ref": "#/components/schemas/Stage" }, "description": "in order, off first" },
+                    "events": { "type": "array", "items": { "type": "object", "properties": {
+                        "name": { "$ref": "#/components/schemas/EventName" }, "label": { "type": "string" },
+                        "permission": { "$ref": "#/components/schemas/Permission" },
+                        "milestone": { "type": "boolean", "description": "a fact recorded once it has happened (the others steer or report a running backfill)" } } } },
+                    "latency_buckets": { "type": "array", "description": "one per latency histogram bucket, in order", "items": { "type": "object", "properties": {
+                        "upper_bound_us": { "type": ["integer", "null"], "description": "null for the last bucket: everything slower than the largest bound" },
+                        "label": { "type": "string" } } } } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
-                    "name": { "type": "string" }, "role": { "type": "string", "enum": ["reader", "operator", "gate", "admin"] } } },
+                    "name": { "type": "string" }, "role": { "$ref": "#/components/schemas/Role" } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
                     "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position; empty for none" },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },

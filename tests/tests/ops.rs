@@ -86,6 +86,74 @@ async fn metrics_count_requests_watches_versions_and_refusals() {
     srv.stop().await;
 }
 
+/// Clients such as the dashboard take names from the server instead of keeping copies: the
+/// vocabulary is the domain's, the role's permissions come with `whoami`, and each migration
+/// says which events apply to it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_its_vocabulary() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let (status, vocabulary) = srv.get("/v1/vocabulary").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        vocabulary["stages"],
+        json!([
+            "off",
+            "dual_write",
+            "shadow",
+            "live",
+            "rampdown",
+            "complete",
+            "contracted"
+        ])
+    );
+    let events = vocabulary["events"].as_array().unwrap();
+    assert_eq!(events.len(), 9);
+    assert_eq!(
+        events[0],
+        json!({"name": "expand_applied", "label": "Expand DDL applied",
+               "permission": "record_schema", "milestone": true})
+    );
+    let paused = events
+        .iter()
+        .find(|e| e["name"] == "backfill_paused")
+        .unwrap();
+    assert_eq!(paused["permission"], "operate");
+    assert_eq!(paused["milestone"], false);
+    let buckets = vocabulary["latency_buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 16);
+    assert_eq!(
+        buckets[0],
+        json!({"upper_bound_us": 50, "label": "≤ 50 µs"})
+    );
+    assert_eq!(
+        buckets[14],
+        json!({"upper_bound_us": 2_500_000, "label": "≤ 2.5 s"})
+    );
+    // The overflow bucket holds everything slower than the largest bound.
+    assert_eq!(
+        buckets[15],
+        json!({"upper_bound_us": null, "label": "> 2.5 s"})
+    );
+
+    let gate = srv.token_with_role("pipeline", "gate").await;
+    let (_, me) = srv
+        .call_as(&gate, reqwest::Method::GET, "/v1/whoami", None)
+        .await;
+    assert_eq!(me["permissions"], json!(["read", "record_schema"]));
+
+    let created = srv.create("users.rename", true, &[]).await;
+    assert_eq!(
+        created["applicable_events"],
+        json!(["expand_applied", "backfill_started"])
+    );
+    let (_, snapshot) = srv.get("/v1/snapshot").await;
+    assert_eq!(
+        snapshot["migrations"][0]["applicable_events"],
+        json!(["expand_applied", "backfill_started"])
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_every_route() {
     let srv = TestServer::start(Db::Sqlite).await;
@@ -122,6 +190,7 @@ async fn openapi_describes_every_route() {
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),
         ("get", "/v1/whoami"),
+        ("get", "/v1/vocabulary"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -7,13 +7,13 @@
 //! durability across a close and reconnect.
 
 use std::time::Duration;
+use switchyard_domain::Role;
 use switchyard_domain::migration::{BackfillStatus, DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::{
     BasisPoints, Event, Fleet, LiveInstance, Migration, MigrationKey, NewMigration, Operation,
     Rule, Stage, Version,
 };
-use switchyard_domain::Role;
 use switchyard_server::auth::hash_token;
 use switchyard_server::store::{AuditRecord, ClientInstance, Store, StoreError, TokenRecord};
 use switchyard_tests::{Db, TestDb, both_databases};

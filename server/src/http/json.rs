@@ -8,8 +8,10 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchyard_domain::traffic::TrafficCounts;
-use switchyard_domain::{Migration, Version};
+use switchyard_domain::traffic::{
+    LATENCY_BOUNDS_US, LATENCY_BUCKETS, TrafficCounts, latency_bucket_label,
+};
+use switchyard_domain::{EventKind, Migration, Stage, Version};
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
 pub struct ApiJson<T>(pub T);
@@ -41,20 +43,90 @@ fn rejection_to_error(rejection: JsonRejection) -> ApiError {
 }
 
 pub fn to_json(m: &Migration) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::to_value(m).unwrap_or_default())
+    axum::Json(serde_json::to_value(MigrationJson::from(m)).unwrap_or_default())
+}
+
+/// A migration as the API returns it: the record, and the events that could change it now.
+#[derive(Serialize)]
+pub struct MigrationJson<'a> {
+    #[serde(flatten)]
+    migration: &'a Migration,
+    applicable_events: Vec<&'static str>,
+}
+
+impl<'a> From<&'a Migration> for MigrationJson<'a> {
+    fn from(migration: &'a Migration) -> Self {
+        Self {
+            migration,
+            applicable_events: EventKind::ALL
+                .into_iter()
+                .filter(|e| e.applies_to(migration))
+                .map(EventKind::as_str)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]
 pub struct SnapshotJson<'a> {
     pub version: Version,
-    pub migrations: Vec<&'a Migration>,
+    pub migrations: Vec<MigrationJson<'a>>,
 }
 
 impl<'a> From<&'a Snapshot> for SnapshotJson<'a> {
     fn from(s: &'a Snapshot) -> Self {
         Self {
             version: s.version,
-            migrations: s.migrations.values().map(|m| &**m).collect(),
+            migrations: s
+                .migrations
+                .values()
+                .map(|m| MigrationJson::from(&**m))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Vocabulary {
+    stages: Vec<&'static str>,
+    events: Vec<EventJson>,
+    latency_buckets: Vec<LatencyBucketJson>,
+}
+
+#[derive(Serialize)]
+struct EventJson {
+    name: &'static str,
+    label: &'static str,
+    permission: &'static str,
+    milestone: bool,
+}
+
+#[derive(Serialize)]
+struct LatencyBucketJson {
+    /// `None` for the last bucket, which holds everything slower than the largest bound.
+    upper_bound_us: Option<u64>,
+    label: String,
+}
+
+impl Vocabulary {
+    pub fn get() -> Self {
+        Self {
+            stages: Stage::ALL.into_iter().map(Stage::as_str).collect(),
+            events: EventKind::ALL
+                .into_iter()
+                .map(|e| EventJson {
+                    name: e.as_str(),
+                    label: e.label(),
+                    permission: e.permission().as_str(),
+                    milestone: e.is_milestone(),
+                })
+                .collect(),
+            latency_buckets: (0..LATENCY_BUCKETS)
+                .map(|i| LatencyBucketJson {
+                    upper_bound_us: LATENCY_BOUNDS_US.get(i).copied(),
+                    label: latency_bucket_label(i),
+                })
+                .collect(),
         }
     }
 }

@@ -25,7 +25,9 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, Version};
+use switchyard_domain::{
+    BasisPoints, Event, EventKind, Operation, Permission, Role, Stage, Version,
+};
 
 /// Request bodies above this are refused with 413; no legitimate request comes close.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -56,7 +58,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/lifecycle", get(lifecycle))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}/revoke", post(revoke_token))
-        .route("/whoami", get(whoami));
+        .route("/whoami", get(whoami))
+        .route("/vocabulary", get(vocabulary));
     Router::new()
         .nest("/v1", v1)
         .route("/", get(dashboard::index))
@@ -152,11 +155,20 @@ impl FromRequestParts<Arc<App>> for Caller {
 
 /// Who the presented token is: the dashboard signs in with it and hides what the role may not do.
 async fn whoami(Caller(who): Caller) -> axum::Json<serde_json::Value> {
+    let permissions: Vec<&str> = who.role.permissions().map(Permission::as_str).collect();
     axum::Json(serde_json::json!({
         "token_id": who.token_id,
         "name": who.name,
         "role": who.role,
+        "permissions": permissions,
     }))
+}
+
+/// The names the API speaks, from their one definition in the domain, so that clients such as
+/// the dashboard keep no copy: stages in order, events (label, permission, whether a milestone)
+/// and the latency histogram's buckets with their labels.
+async fn vocabulary(Caller(_): Caller) -> axum::Json<json::Vocabulary> {
+    axum::Json(json::Vocabulary::get())
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
@@ -453,7 +465,7 @@ async fn watch(
             WatchItem::Change(m) => SseEvent::default()
                 .event("change")
                 .id(m.version.to_string())
-                .json_data(&*m),
+                .json_data(json::MigrationJson::from(&*m)),
         };
         Ok(event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())))
     });

@@ -13,12 +13,12 @@
 
 mod rows;
 
-use switchyard_domain::Role;
 use rows::{AuditRow, InstanceRow, MigrationRow, TokenRow};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use std::str::FromStr;
 use std::time::Duration;
+use switchyard_domain::Role;
 use switchyard_domain::rules::DomainError;
 use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Migration, NewMigration, Reason, Version};
