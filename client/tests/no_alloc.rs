@@ -1,5 +1,5 @@
-//! "Evaluation is local: no network call, no allocation, no lock on the hot path" (DESIGN.md,
-//! "Clients"). A counting global allocator watches the evaluating thread only (the client's
+//! "Evaluation is local: no network call, no allocation, no lock on the hot path" (the README,
+//! "In an application"). A counting global allocator watches the evaluating thread only (the client's
 //! background tasks run, and allocate, on the runtime's own threads) while every evaluation path
 //! runs 100,000 times against a migration whose front splits the entities, so the hash runs.
 //!

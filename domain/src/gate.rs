@@ -89,6 +89,59 @@ impl GateReport {
     }
 }
 
+impl Check {
+    fn pass(id: CheckId, evidence: String) -> Self {
+        Self {
+            id,
+            passed: true,
+            evidence,
+            remedy: String::new(),
+        }
+    }
+
+    fn fail(id: CheckId, evidence: String, remedy: String) -> Self {
+        Self {
+            id,
+            passed: false,
+            evidence,
+            remedy,
+        }
+    }
+}
+
+/// What every check reads: the migration, the fleet, its traffic, the time, and the soak
+/// derived from them.
+struct Inputs<'a> {
+    m: &'a Migration,
+    fleet: &'a Fleet,
+    traffic: &'a [(i64, TrafficCounts)],
+    now_ms: i64,
+    soak_ms: i64,
+    /// `complete` at 100%: the state the gate is about.
+    at_full: bool,
+    /// When the current soak started, while at `complete` 100%.
+    soak_start: Option<i64>,
+}
+
+impl Inputs<'_> {
+    /// Reported traffic from the minute holding `from_ms` to `to_ms`.
+    fn sum(&self, from_ms: i64, to_ms: i64) -> TrafficCounts {
+        let mut total = TrafficCounts::default();
+        for (minute, counts) in self.traffic {
+            if *minute >= minute_of(from_ms) && *minute <= to_ms {
+                total.add(counts);
+            }
+        }
+        total
+    }
+
+    /// Where the soak's traffic checks start counting: the soak's start plus the reporting
+    /// grace, and no earlier than one soak period ago.
+    fn soak_traffic_from(&self, start: i64) -> i64 {
+        (start + REPORT_GRACE_MS).max(self.now_ms - self.soak_ms)
+    }
+}
+
 /// Evaluates every check. `traffic` is the migration's reported counts per minute (start of
 /// minute, counts), any order.
 pub fn evaluate(
@@ -102,302 +155,277 @@ pub fn evaluate(
         return GateReport {
             key: m.key.to_string(),
             passed: true,
-            checks: vec![Check {
-                id: CheckId::Contracted,
-                passed: true,
-                evidence: "the migration is contracted: the old shape was dropped".to_owned(),
-                remedy: String::new(),
-            }],
+            checks: vec![Check::pass(
+                CheckId::Contracted,
+                "the migration is contracted: the old shape was dropped".to_owned(),
+            )],
             soak_ends_at_ms: None,
             evaluated_at_ms: now_ms,
         };
     }
-    let soak_ms = (m.soak_seconds.max(policy.min_soak_seconds) as i64).saturating_mul(1000);
     let at_full = m.stage == Stage::Complete && m.rollout_bp.is_full();
-    let soak_start = m.soak_started_at_ms.filter(|_| at_full);
-    let soak_ends = soak_start.map(|s| s.saturating_add(soak_ms));
-    let sum = |from_ms: i64, to_ms: i64| {
-        let mut total = TrafficCounts::default();
-        for (minute, counts) in traffic {
-            if *minute >= minute_of(from_ms) && *minute <= to_ms {
-                total.add(counts);
-            }
-        }
-        total
+    let inputs = Inputs {
+        m,
+        fleet,
+        traffic,
+        now_ms,
+        soak_ms: (m.soak_seconds.max(policy.min_soak_seconds) as i64).saturating_mul(1000),
+        at_full,
+        soak_start: m.soak_started_at_ms.filter(|_| at_full),
     };
-    let mut checks = Vec::with_capacity(6);
+    let checks = vec![
+        soak(&inputs),
+        clients_applied(&inputs),
+        no_old_shape_traffic(&inputs),
+        no_shadow_mismatch(&inputs),
+        new_shape_errors(&inputs, policy.max_new_error_ratio),
+        backfill(m),
+    ];
+    GateReport {
+        key: m.key.to_string(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        soak_ends_at_ms: inputs.soak_start.map(|s| s.saturating_add(inputs.soak_ms)),
+        evaluated_at_ms: now_ms,
+    }
+}
 
-    // 1. complete at 100% for the whole soak period.
-    checks.push(match (soak_start, soak_ends) {
-        (Some(start), Some(ends)) if now_ms >= ends => Check {
-            id: CheckId::Soak,
-            passed: true,
-            evidence: format!(
+/// 1. `complete` at 100% for the whole soak period.
+fn soak(i: &Inputs) -> Check {
+    let Some(start) = i.soak_start else {
+        return Check::fail(
+            CheckId::Soak,
+            format!(
+                "the front is at {} {}, not complete at 100%",
+                i.m.stage, i.m.rollout_bp
+            ),
+            format!(
+                "ramp complete to 100%; the soak ({}) starts then, and any step back restarts it",
+                format_span(i.soak_ms)
+            ),
+        );
+    };
+    let ends = start.saturating_add(i.soak_ms);
+    if i.now_ms >= ends {
+        Check::pass(
+            CheckId::Soak,
+            format!(
                 "complete at 100% since {} ({}), soak {}",
                 format_minute(start),
-                format_span(now_ms - start),
-                format_span(soak_ms)
+                format_span(i.now_ms - start),
+                format_span(i.soak_ms)
             ),
-            remedy: String::new(),
-        },
-        (Some(start), Some(ends)) => Check {
-            id: CheckId::Soak,
-            passed: false,
-            evidence: format!(
+        )
+    } else {
+        Check::fail(
+            CheckId::Soak,
+            format!(
                 "complete at 100% since {} ({} of a {} soak)",
                 format_minute(start),
-                format_span(now_ms - start),
-                format_span(soak_ms)
+                format_span(i.now_ms - start),
+                format_span(i.soak_ms)
             ),
-            remedy: format!(
+            format!(
                 "soak ends {}, in {}",
                 format_minute(ends),
-                format_span(ends - now_ms)
+                format_span(ends - i.now_ms)
             ),
-        },
-        _ => Check {
-            id: CheckId::Soak,
-            passed: false,
-            evidence: format!(
-                "the front is at {} {}, not complete at 100%",
-                m.stage, m.rollout_bp
-            ),
-            remedy: format!(
-                "ramp complete to 100%; the soak ({}) starts then, and any step back restarts it",
-                format_span(soak_ms)
-            ),
-        },
-    });
+        )
+    }
+}
 
-    // 2. every live instance applied that state; every expected service is live.
-    checks.push(
-        match m.full_since.get(&Stage::Complete).filter(|_| at_full) {
-            None => Check {
-                id: CheckId::ClientsApplied,
-                passed: false,
-                evidence: "complete is not at 100%, so there is no state to apply yet".to_owned(),
-                remedy: "ramp complete to 100% and let clients acknowledge it".to_owned(),
-            },
-            Some(&since) => {
-                let waiting = fleet.not_applied(since, &m.expected_services);
-                if waiting.is_empty() {
-                    Check {
-                        id: CheckId::ClientsApplied,
-                        passed: true,
-                        evidence: format!(
-                            "{} live instance(s) applied version {since} or later{}",
-                            fleet.live.len(),
-                            if m.expected_services.is_empty() {
-                                String::new()
-                            } else {
-                                format!(
-                                    "; expected services live: {}",
-                                    m.expected_services.join(", ")
-                                )
-                            }
-                        ),
-                        remedy: String::new(),
-                    }
-                } else {
-                    Check {
-                        id: CheckId::ClientsApplied,
-                        passed: false,
-                        evidence: waiting.join("; "),
-                        remedy: format!(
-                            "every live instance must apply version {since} (complete at 100%) and \
-                         every expected service must have a live instance"
-                        ),
-                    }
-                }
-            }
-        },
-    );
-
-    // 3. no old-shape reads or writes during the soak period (its last `soak` stretch).
-    checks.push(match soak_start {
-        None => Check {
-            id: CheckId::NoOldShapeTraffic,
-            passed: false,
-            evidence: "the soak has not started".to_owned(),
-            remedy: "ramp complete to 100%; old-shape traffic is checked over the soak period"
-                .to_owned(),
-        },
-        Some(start) => {
-            let from = (start + REPORT_GRACE_MS).max(now_ms - soak_ms);
-            let old = sum(from, now_ms).old;
-            let last_old = traffic
-                .iter()
-                .filter(|(minute, c)| {
-                    *minute >= minute_of(from) && *minute <= now_ms && c.old.operations() > 0
-                })
-                .map(|(minute, _)| *minute)
-                .max();
-            match last_old {
-                None => Check {
-                    id: CheckId::NoOldShapeTraffic,
-                    passed: true,
-                    evidence: if from > now_ms {
-                        format!(
-                            "the soak is under two minutes old; old-shape traffic counts from {}",
-                            format_minute(from)
-                        )
-                    } else {
-                        format!(
-                            "no old-shape read or write reported since {}",
-                            format_minute(from)
-                        )
-                    },
-                    remedy: String::new(),
-                },
-                Some(last) => Check {
-                    id: CheckId::NoOldShapeTraffic,
-                    passed: false,
-                    evidence: format!(
-                        "{} old-shape read(s) and {} write(s) reported since {}, the last in the \
-                         minute of {}",
-                        old.reads,
-                        old.writes,
-                        format_minute(from),
-                        format_minute(last)
-                    ),
-                    remedy: format!(
-                        "find what still uses the old shape (`switchyard traffic {}` and \
-                         `switchyard instances --migration {}`); the check passes once none is \
-                         reported for the soak period, at the earliest {}",
-                        m.key,
-                        m.key,
-                        format_minute(last + 60_000 + soak_ms)
-                    ),
-                },
-            }
-        }
-    });
-
-    // 4. no shadow mismatch in the last live window.
-    checks.push(match m.live_window {
-        None => Check {
-            id: CheckId::NoShadowMismatch,
-            passed: false,
-            evidence: "the migration has never been at live".to_owned(),
-            remedy: "run live (shadow reads compared) before contracting".to_owned(),
-        },
-        Some(w) => {
-            let end = w.ended_at_ms.unwrap_or(now_ms);
-            // What was recorded at the window's close, or what is still retained (reports
-            // arriving after the close), whichever saw more.
-            let retained = sum(w.started_at_ms, end);
-            let recorded = w.recorded.unwrap_or_default();
-            let c = crate::migration::Compared {
-                comparisons: retained.comparisons.max(recorded.comparisons),
-                mismatches: retained.mismatches.max(recorded.mismatches),
-            };
-            let window = format!(
-                "{} to {}",
-                format_minute(w.started_at_ms),
-                format_minute(end)
-            );
-            if c.mismatches == 0 {
-                Check {
-                    id: CheckId::NoShadowMismatch,
-                    passed: true,
-                    evidence: format!(
-                        "{} shadow comparison(s), no mismatch, in the last live window ({window})",
-                        c.comparisons
-                    ),
-                    remedy: String::new(),
-                }
-            } else {
-                Check {
-                    id: CheckId::NoShadowMismatch,
-                    passed: false,
-                    evidence: format!(
-                        "{} of {} shadow comparison(s) mismatched in the last live window \
-                         ({window})",
-                        c.mismatches, c.comparisons
-                    ),
-                    remedy: "fix the new shape's data or code, step back to live and run it \
-                             again without mismatches"
-                        .to_owned(),
-                }
-            }
-        }
-    });
-
-    // 5. new-shape errors under the threshold during the soak period.
-    checks.push({
-        let from = soak_start.map_or(now_ms - soak_ms, |s| {
-            (s + REPORT_GRACE_MS).max(now_ms - soak_ms)
-        });
-        let new = sum(from, now_ms).new;
-        let ops = new.operations();
-        let ratio = if ops == 0 {
-            0.0
-        } else {
-            new.errors as f64 / ops as f64
-        };
-        let limit = policy.max_new_error_ratio;
-        let evidence = format!(
-            "{} of {} new-shape operation(s) failed since {} ({:.3}%, limit {:.3}%)",
-            new.errors,
-            ops,
-            format_minute(from),
-            ratio * 100.0,
-            limit * 100.0
+/// 2. Every live instance applied that state; every expected service is live.
+fn clients_applied(i: &Inputs) -> Check {
+    let m = i.m;
+    let Some(&since) = m.full_since.get(&Stage::Complete).filter(|_| i.at_full) else {
+        return Check::fail(
+            CheckId::ClientsApplied,
+            "complete is not at 100%, so there is no state to apply yet".to_owned(),
+            "ramp complete to 100% and let clients acknowledge it".to_owned(),
         );
-        if ratio <= limit {
-            Check {
-                id: CheckId::NewShapeErrors,
-                passed: true,
-                evidence,
-                remedy: String::new(),
-            }
-        } else {
-            Check {
-                id: CheckId::NewShapeErrors,
-                passed: false,
-                evidence,
-                remedy: "bring new-shape errors under the limit; they are measured over the soak \
-                         period"
-                    .to_owned(),
-            }
-        }
-    });
+    };
+    let waiting = i.fleet.not_applied(since, &m.expected_services);
+    if !waiting.is_empty() {
+        return Check::fail(
+            CheckId::ClientsApplied,
+            waiting.join("; "),
+            format!(
+                "every live instance must apply version {since} (complete at 100%) and \
+                 every expected service must have a live instance"
+            ),
+        );
+    }
+    let expected = if m.expected_services.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; expected services live: {}",
+            m.expected_services.join(", ")
+        )
+    };
+    Check::pass(
+        CheckId::ClientsApplied,
+        format!(
+            "{} live instance(s) applied version {since} or later{expected}",
+            i.fleet.live.len()
+        ),
+    )
+}
 
-    // 6. the backfill, if any, complete.
-    checks.push(match m.backfill.status {
-        BackfillStatus::None => Check {
-            id: CheckId::Backfill,
-            passed: true,
-            evidence: "the migration has no backfill".to_owned(),
-            remedy: String::new(),
-        },
-        BackfillStatus::Complete => Check {
-            id: CheckId::Backfill,
-            passed: true,
-            evidence: "the backfill is recorded complete".to_owned(),
-            remedy: String::new(),
-        },
-        _ => Check {
-            id: CheckId::Backfill,
-            passed: false,
-            evidence: format!(
+/// 3. No old-shape reads or writes during the soak period (its last `soak` stretch).
+fn no_old_shape_traffic(i: &Inputs) -> Check {
+    let Some(start) = i.soak_start else {
+        return Check::fail(
+            CheckId::NoOldShapeTraffic,
+            "the soak has not started".to_owned(),
+            "ramp complete to 100%; old-shape traffic is checked over the soak period".to_owned(),
+        );
+    };
+    let from = i.soak_traffic_from(start);
+    let last_old = i
+        .traffic
+        .iter()
+        .filter(|(minute, c)| {
+            *minute >= minute_of(from) && *minute <= i.now_ms && c.old.operations() > 0
+        })
+        .map(|(minute, _)| *minute)
+        .max();
+    let Some(last) = last_old else {
+        return Check::pass(
+            CheckId::NoOldShapeTraffic,
+            if from > i.now_ms {
+                format!(
+                    "the soak is under two minutes old; old-shape traffic counts from {}",
+                    format_minute(from)
+                )
+            } else {
+                format!(
+                    "no old-shape read or write reported since {}",
+                    format_minute(from)
+                )
+            },
+        );
+    };
+    let old = i.sum(from, i.now_ms).old;
+    let key = &i.m.key;
+    Check::fail(
+        CheckId::NoOldShapeTraffic,
+        format!(
+            "{} old-shape read(s) and {} write(s) reported since {}, the last in the minute of {}",
+            old.reads,
+            old.writes,
+            format_minute(from),
+            format_minute(last)
+        ),
+        format!(
+            "find what still uses the old shape (`switchyard traffic {key}` and `switchyard \
+             instances --migration {key}`); the check passes once none is reported for the soak \
+             period, at the earliest {}",
+            format_minute(last + 60_000 + i.soak_ms)
+        ),
+    )
+}
+
+/// 4. No shadow mismatch in the last live window.
+fn no_shadow_mismatch(i: &Inputs) -> Check {
+    let Some(w) = i.m.live_window else {
+        return Check::fail(
+            CheckId::NoShadowMismatch,
+            "the migration has never been at live".to_owned(),
+            "run live (shadow reads compared) before contracting".to_owned(),
+        );
+    };
+    let end = w.ended_at_ms.unwrap_or(i.now_ms);
+    // What was recorded at the window's close, or what is still retained (reports arriving
+    // after the close), whichever saw more.
+    let retained = i.sum(w.started_at_ms, end);
+    let recorded = w.recorded.unwrap_or_default();
+    let c = crate::migration::Compared {
+        comparisons: retained.comparisons.max(recorded.comparisons),
+        mismatches: retained.mismatches.max(recorded.mismatches),
+    };
+    let window = format!(
+        "{} to {}",
+        format_minute(w.started_at_ms),
+        format_minute(end)
+    );
+    if c.mismatches == 0 {
+        Check::pass(
+            CheckId::NoShadowMismatch,
+            format!(
+                "{} shadow comparison(s), no mismatch, in the last live window ({window})",
+                c.comparisons
+            ),
+        )
+    } else {
+        Check::fail(
+            CheckId::NoShadowMismatch,
+            format!(
+                "{} of {} shadow comparison(s) mismatched in the last live window ({window})",
+                c.mismatches, c.comparisons
+            ),
+            "fix the new shape's data or code, step back to live and run it again without \
+             mismatches"
+                .to_owned(),
+        )
+    }
+}
+
+/// 5. New-shape errors under the limit during the soak period.
+fn new_shape_errors(i: &Inputs, limit: f64) -> Check {
+    let from = i
+        .soak_start
+        .map_or(i.now_ms - i.soak_ms, |s| i.soak_traffic_from(s));
+    let new = i.sum(from, i.now_ms).new;
+    let ops = new.operations();
+    let ratio = if ops == 0 {
+        0.0
+    } else {
+        new.errors as f64 / ops as f64
+    };
+    let evidence = format!(
+        "{} of {} new-shape operation(s) failed since {} ({:.3}%, limit {:.3}%)",
+        new.errors,
+        ops,
+        format_minute(from),
+        ratio * 100.0,
+        limit * 100.0
+    );
+    if ratio <= limit {
+        Check::pass(CheckId::NewShapeErrors, evidence)
+    } else {
+        Check::fail(
+            CheckId::NewShapeErrors,
+            evidence,
+            "bring new-shape errors under the limit; they are measured over the soak period"
+                .to_owned(),
+        )
+    }
+}
+
+/// 6. The backfill, if any, complete.
+fn backfill(m: &Migration) -> Check {
+    match m.backfill.status {
+        BackfillStatus::None => Check::pass(
+            CheckId::Backfill,
+            "the migration has no backfill".to_owned(),
+        ),
+        BackfillStatus::Complete => Check::pass(
+            CheckId::Backfill,
+            "the backfill is recorded complete".to_owned(),
+        ),
+        status => Check::fail(
+            CheckId::Backfill,
+            format!(
                 "the backfill is {}",
-                if m.backfill.status == BackfillStatus::Running {
+                if status == BackfillStatus::Running {
                     "running"
                 } else {
                     "not started"
                 }
             ),
-            remedy: "finish the backfill and record backfill-complete".to_owned(),
-        },
-    });
-
-    GateReport {
-        key: m.key.to_string(),
-        passed: checks.iter().all(|c| c.passed),
-        checks,
-        soak_ends_at_ms: soak_ends,
-        evaluated_at_ms: now_ms,
+            "finish the backfill and record backfill-complete".to_owned(),
+        ),
     }
 }
 

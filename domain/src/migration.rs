@@ -149,10 +149,4 @@ impl Migration {
     pub fn front(&self) -> Front {
         Front::new(self.stage, self.rollout_bp)
     }
-
-    /// The stage of one entity, by key; `None` for an operation without an entity.
-    pub fn stage_for_entity(&self, entity_key: Option<&[u8]>) -> Stage {
-        self.front()
-            .stage_for(entity_key.map(|k| crate::bucket(self.salt, k)))
-    }
 }

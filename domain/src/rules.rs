@@ -12,7 +12,7 @@ use crate::types::new_reason;
 use crate::{BasisPoints, Front, InvalidInput, Migration, Reason, Stage, Version};
 use std::fmt;
 
-/// The numbered safety rules of DESIGN.md.
+/// The numbered safety rules (README, "Safety rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// 1: stages move one step at a time.
@@ -38,23 +38,6 @@ pub enum Rule {
 impl Rule {
     pub fn number(self) -> u32 {
         self as u32
-    }
-
-    pub fn from_number(n: u32) -> Option<Rule> {
-        use Rule::*;
-        [
-            OneStep,
-            ExpandFirst,
-            BackfillAfterDualWrite,
-            ShadowAfterBackfill,
-            CompleteAfterRampdown,
-            NoStaleReads,
-            ContractGate,
-            ExpectedVersion,
-            Reason,
-        ]
-        .into_iter()
-        .find(|r| r.number() == n)
     }
 }
 

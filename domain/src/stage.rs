@@ -65,7 +65,7 @@ impl Stage {
         self.index().checked_sub(1).map(|i| Self::ALL[i])
     }
 
-    /// What an operation does at this stage (the table in DESIGN.md).
+    /// What an operation does at this stage (the table in the README's "Concepts").
     pub fn plan(self) -> Plan {
         use Side::{Both, New, Old};
         let (write, authoritative_write, read, return_value, shadow_compare) = match self {

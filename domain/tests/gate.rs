@@ -750,8 +750,8 @@ fn a_shadow_mismatch_outside_the_last_live_window_is_ignored() {
 }
 
 /// Suspected bug. The live window closes when the *stage* leaves `live`, i.e. on the advance
-/// from `(live, 100%)` to `(rampdown, 0%)`. DESIGN.md: "`(S, 10000)` behaves exactly like
-/// `(next(S), 0)`", so at `(rampdown, 0%)` every entity is still at live and compares shadow
+/// from `(live, 100%)` to `(rampdown, 0%)`. README, "Concepts": "`(S, 100%)` behaves exactly like
+/// `(next(S), 0%)`", so at `(rampdown, 0%)` every entity is still at live and compares shadow
 /// reads, and while rampdown ramps the entities not yet reached keep comparing. Mismatches
 /// they report are ignored by the gate: a migration whose new shape mismatched for an hour at
 /// `(rampdown, 0%)` passes. The window should last while any entity is at live (until the

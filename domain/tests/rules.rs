@@ -2,7 +2,7 @@
 //!
 //! The first half walks each safety rule by hand: the refusal (rule and "what would allow it"),
 //! then the same operation once the precondition holds. The second half is a proptest that runs
-//! random operation sequences against an independent model of DESIGN.md's rules and checks the
+//! random operation sequences against an independent model of the README's safety rules and checks the
 //! invariants after every step.
 
 use std::collections::BTreeMap;
@@ -861,7 +861,7 @@ fn rule9_every_change_needs_a_reason() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Property test: random operation sequences against a model of DESIGN.md.
+// Property test: random operation sequences against a model of the README's safety rules.
 
 const SERVICES: [&str; 2] = ["api", "worker"];
 
@@ -1007,7 +1007,7 @@ enum Want {
     NotApplicable,
 }
 
-/// Applied by every live instance, with every expected service live (DESIGN.md).
+/// Applied by every live instance, with every expected service live (README, "Safety rules").
 fn fleet_applied(fleet: &Fleet, needed: Version, expected_services: &[String]) -> bool {
     fleet.live.iter().all(|i| i.applied_version >= needed)
         && expected_services

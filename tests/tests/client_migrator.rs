@@ -1,5 +1,5 @@
 //! The client's migrator against the real server: for every stage at 100% it runs the sides
-//! the stage table (DESIGN.md, "Stages") says, in the order the migrator's docs say
+//! the stage table (README, "Concepts") says, in the order the migrator's docs say
 //! (authoritative write first), returns the authoritative value and compares shadow reads on the
 //! migration's sample; failures of the authoritative side fail the operation and stop it, failures
 //! of the other side are counted and swallowed; and every count reaches the server exactly
@@ -303,7 +303,7 @@ fn from_wire(m: &pb::TrafficMinute) -> TrafficCounts {
 // The stage table
 // ---------------------------------------------------------------------------------------------
 
-/// One row of DESIGN.md's stage table, as the migrator must run it.
+/// One row of the README's stage table, as the migrator must run it.
 struct Row {
     stage: Stage,
     /// The writes, in the order they must run (authoritative first).

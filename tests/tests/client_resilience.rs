@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_client::{Client, ClientBuilder, Side, SnapshotFile, Source, Stage};
 use switchyard_domain::rules::{self, Operation};
-use switchyard_domain::{BasisPoints, Migration};
+use switchyard_domain::{BasisPoints, Migration, bucket};
 use switchyard_server::store::Store;
 use switchyard_tests::{CLIENT_TTL, Db, TempDir, TestClock, TestServer, eventually, skip_postgres};
 use tokio::task::JoinHandle;
@@ -102,7 +102,7 @@ async fn live_at(srv: &TestServer, key: &str, rollout_bp: u32) -> Migration {
 /// bucketing), independently of the client.
 fn reference(m: &Migration, keys: &[String]) -> Vec<Stage> {
     keys.iter()
-        .map(|k| m.stage_for_entity(Some(k.as_bytes())))
+        .map(|k| m.front().stage_for(Some(bucket(m.salt, k.as_bytes()))))
         .collect()
 }
 

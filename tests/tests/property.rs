@@ -1,7 +1,7 @@
 //! Property test against the real server over HTTP: random sequences of ramps, advances,
 //! retreats, recorded events, client heartbeats and clock ticks on one migration, with
 //! occasional stale expected versions and empty reasons. After every step the migration is read
-//! back and checked against the safety rules of DESIGN.md:
+//! back and checked against the safety rules in the README:
 //!
 //! - a stage past `off` needs the expand DDL recorded (rule 2);
 //! - no entity is at `shadow` or beyond while a backfill is not complete (rule 4);

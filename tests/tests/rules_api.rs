@@ -251,7 +251,7 @@ fn grpc_answer(result: Result<tonic::Response<pb::Migration>, tonic::Status>) ->
 impl Via {
     const BOTH: [Via; 2] = [Via::Http, Via::Grpc];
 
-    /// The status each error code travels with on this protocol (DESIGN.md and the proto).
+    /// The status each error code travels with on this protocol (the README's API section and the proto).
     fn wire(self, code: &str) -> Wire {
         let (http, grpc) = match code {
             "invalid_argument" => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
