@@ -164,16 +164,7 @@ async fn sqlite_keeps_every_acknowledged_mutation_across_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_every_acknowledged_mutation_across_sigkill() {
-    let admin = std::env::var("SWITCHYARD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    if std::env::var("SWITCHYARD_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "Postgres tests must run under CI"
-        );
-        return;
-    }
+    let admin = common::postgres_admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("Postgres tests need a server at {admin}: {e}"));

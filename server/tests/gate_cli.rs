@@ -5,8 +5,7 @@
 //! target for sqlx.
 //!
 //! Postgres is found at `SWITCHYARD_TEST_POSTGRES` (default
-//! `postgres://postgres@127.0.0.1:5432/test`); the test fails loudly when it cannot reach it,
-//! unless `SWITCHYARD_TEST_SKIP_POSTGRES=1` (refused under `CI=true`).
+//! `postgres://postgres@127.0.0.1:5432/test`); the test fails loudly when it cannot reach it.
 
 mod common;
 
@@ -939,7 +938,8 @@ fn gate_reads_what_is_applied_from_each_tools_table() {
     );
 
     // --- sqlx on PostgreSQL. ---
-    if let Some(admin) = postgres_admin_url() {
+    {
+        let admin = common::postgres_admin_url();
         let name = format!("switchyard_gate_cli_{}", std::process::id());
         let pg = PgDatabase::create(&admin, &name);
         let applied = dir.folder("pg-applied", &[CREATE, SEED, ADD_HANDLE]);
@@ -974,23 +974,6 @@ fn gate_reads_what_is_applied_from_each_tools_table() {
         assert_eq!(columns, ["amount_cents", "id"]);
     }
     server.stop();
-}
-
-/// Postgres at `SWITCHYARD_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`), or
-/// None when explicitly skipped; panics when unreachable.
-fn postgres_admin_url() -> Option<String> {
-    let admin = std::env::var("SWITCHYARD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    if std::env::var("SWITCHYARD_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "SWITCHYARD_TEST_SKIP_POSTGRES=1 is not allowed under CI=true"
-        );
-        eprintln!("skipping the Postgres part: SWITCHYARD_TEST_SKIP_POSTGRES=1");
-        return None;
-    }
-    Some(admin)
 }
 
 /// A database of its own on the Postgres server, dropped when this is dropped.

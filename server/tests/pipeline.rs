@@ -5,7 +5,7 @@
 //!
 //! Postgres is found at `SWITCHYARD_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); the test fails loudly when it cannot reach it or
-//! has no `psql`, unless `SWITCHYARD_TEST_SKIP_POSTGRES=1` (refused under `CI=true`).
+//! has no `psql`.
 
 mod common;
 
@@ -180,19 +180,9 @@ struct PgDatabase {
 }
 
 impl PgDatabase {
-    /// None when Postgres tests are explicitly skipped; panics when Postgres is unreachable.
-    fn create(suffix: &str) -> Option<Self> {
-        let admin = std::env::var("SWITCHYARD_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        if std::env::var("SWITCHYARD_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "SWITCHYARD_TEST_SKIP_POSTGRES=1 is not allowed under CI=true"
-            );
-            eprintln!("skipping the pipeline test: SWITCHYARD_TEST_SKIP_POSTGRES=1");
-            return None;
-        }
+    /// Panics when Postgres is unreachable.
+    fn create(suffix: &str) -> Self {
+        let admin = common::postgres_admin_url();
         let name = format!("switchyard_pipeline_{}_{suffix}", std::process::id());
         block_on(async {
             let mut conn = sqlx::PgConnection::connect(&admin)
@@ -213,7 +203,7 @@ impl PgDatabase {
         });
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        Some(Self { admin, name, url })
+        Self { admin, name, url }
     }
 
     /// The columns of `table`, sorted.
@@ -292,9 +282,7 @@ impl Drop for PgDatabase {
 
 #[test]
 fn deploy_sh_applies_the_contract_migration_only_once_the_gate_passes() {
-    let Some(pg) = PgDatabase::create("releases") else {
-        return;
-    };
+    let pg = PgDatabase::create("releases");
     need_psql();
     let tmp = TempDir::new("releases");
     let server = Server::start(&tmp.0.join("switchyard.db"));
@@ -434,9 +422,7 @@ fn deploy_sh_applies_the_contract_migration_only_once_the_gate_passes() {
 /// README's sqlx example does.
 #[test]
 fn a_rerun_after_a_failed_record_still_records_the_expand() {
-    let Some(pg) = PgDatabase::create("rerun") else {
-        return;
-    };
+    let pg = PgDatabase::create("rerun");
     need_psql();
     let tmp = TempDir::new("rerun");
     let server = Server::start(&tmp.0.join("switchyard.db"));

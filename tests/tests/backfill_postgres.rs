@@ -9,7 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
 use switchyard_client::Batch;
 use switchyard_client::postgres::{PgBackfill, PgBackfillError};
-use switchyard_tests::{Db, TestDb, eventually, skip_postgres};
+use switchyard_tests::{Db, TestDb, eventually};
 
 const ROWS: i64 = 1_000;
 
@@ -78,9 +78,6 @@ fn passes(batches: &[Batch]) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_locked_during_the_first_pass_are_taken_by_the_sweep() {
-    if skip_postgres() {
-        return;
-    }
     let (_db, pool) = table(ROWS).await;
     // A reader holds rows 100..=119 (SELECT … FOR UPDATE without writing them).
     let mut reader = pool.begin().await.unwrap();
@@ -160,9 +157,6 @@ async fn rows_locked_during_the_first_pass_are_taken_by_the_sweep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_past_the_retries_fails_the_batch_and_changes_nothing() {
-    if skip_postgres() {
-        return;
-    }
     let (_db, pool) = table(50).await;
     // A migration's DDL (or anything taking the table lock) holds the table.
     let mut ddl = pool.begin().await.unwrap();
@@ -200,9 +194,6 @@ async fn a_lock_held_past_the_retries_fails_the_batch_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_timeout_retries_with_a_smaller_window() {
-    if skip_postgres() {
-        return;
-    }
     let (_db, pool) = table(40).await;
     // Each row takes 100 ms to compute (the subquery names the row, so it runs per row): a
     // window of 10 rows (1 s) cannot finish within the 400 ms statement timeout, 5 rows
@@ -228,9 +219,6 @@ async fn a_statement_timeout_retries_with_a_smaller_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misconfigured_backfill_is_refused_before_it_runs() {
-    if skip_postgres() {
-        return;
-    }
     let (_db, pool) = table(10).await;
     let cases = [
         (
@@ -275,9 +263,6 @@ async fn a_misconfigured_backfill_is_refused_before_it_runs() {
 /// string as the first key, walked one row per batch so that `''` is a cursor position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uuid_and_text_keys_are_walked_in_order() {
-    if skip_postgres() {
-        return;
-    }
     for (key_type, keys, limit) in [
         ("uuid", "gen_random_uuid()", 7),
         ("text", "CASE WHEN g = 1 THEN '' ELSE 'key-' || g END", 1),

@@ -13,7 +13,7 @@ use switchyard_client::{Client, ClientBuilder, Side, SnapshotFile, Source, Stage
 use switchyard_domain::rules::{self, Operation};
 use switchyard_domain::{BasisPoints, Migration, bucket};
 use switchyard_server::store::Store;
-use switchyard_tests::{CLIENT_TTL, Db, TempDir, TestClock, TestServer, eventually, skip_postgres};
+use switchyard_tests::{CLIENT_TTL, Db, TempDir, TestClock, TestServer, eventually};
 use tokio::task::JoinHandle;
 
 /// Upper bound for every condition the tests wait on.
@@ -780,9 +780,6 @@ async fn lagging_replica(of: &TestServer) -> TestServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_failover_to_a_lagging_replica_never_goes_back() {
-    if skip_postgres() {
-        return;
-    }
     let a = TestServer::start(Db::Postgres).await;
     let key = "failover.m";
     let initial = dual_write(&a, key).await;

@@ -30,7 +30,7 @@ use switchyard_client::postgres::{PgBackfill, PgBackfillError};
 use switchyard_client::{BackfillOutcome, Client};
 use switchyard_examples::load::{Finished, Load, LoadConfig};
 use switchyard_examples::users::{self, Users};
-use switchyard_tests::{Db, TestClock, TestDb, TestServer, eventually, skip_postgres};
+use switchyard_tests::{Db, TestClock, TestDb, TestServer, eventually};
 
 const KEY: &str = users::MIGRATION;
 const ROWS: i64 = 100_000;
@@ -349,9 +349,6 @@ impl Runner {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_from_expand_to_contract_under_load() {
-    if skip_postgres() {
-        return;
-    }
     let mut drill = Drill::start(ROWS, |u| u).await;
 
     // Expand, recorded from the applied file.
@@ -577,9 +574,6 @@ async fn drill_from_expand_to_contract_under_load() {
 /// without losing a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_drill_wrong_new_shape_is_caught_and_rolled_back() {
-    if skip_postgres() {
-        return;
-    }
     const ROWS: i64 = 20_000;
     let mut drill = Drill::start(ROWS, Users::with_corrupt_new_writes).await;
     apply(&drill.pool, 1).await;

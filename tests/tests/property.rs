@@ -827,8 +827,6 @@ proptest! {
     #![proptest_config(config(6))]
     #[test]
     fn random_operations_keep_the_safety_rules_postgres(case in case()) {
-        if !switchyard_tests::skip_postgres() {
-            run(Db::Postgres, case);
-        }
+        run(Db::Postgres, case);
     }
 }

@@ -6,13 +6,10 @@ use reqwest::StatusCode;
 use reqwest::header::{ETAG, IF_NONE_MATCH};
 use std::time::Duration;
 use switchyard_proto::v1 as pb;
-use switchyard_tests::{Db, TestClock, TestServer, both_databases, grpc_detail, skip_postgres};
+use switchyard_tests::{Db, TestClock, TestServer, both_databases, grpc_detail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_replica_answers_an_etag_poll_with_the_pollers_version_or_newer() {
-    if skip_postgres() {
-        return;
-    }
     let a = TestServer::start(Db::Postgres).await;
     // B hears of changes made through A only when asked to catch up.
     let b = TestServer::start_configured(a.db.clone(), TestClock::new(), |c| {

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::switchyard_client::SwitchyardClient;
-use switchyard_tests::{Db, TestClock, TestServer, request_as, skip_postgres};
+use switchyard_tests::{Db, TestClock, TestServer, request_as};
 use tonic::transport::Channel;
 
 /// Generous bound on every wait for a stream item or a shutdown.
@@ -652,9 +652,6 @@ async fn expect_all(watchers: &mut [(&str, &mut Watcher)], expected: &[Value], w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_change_through_one_replica_reaches_watchers_of_another() {
-    if skip_postgres() {
-        return;
-    }
     let a = TestServer::start(Db::Postgres).await;
     let b = TestServer::start_on(a.db.clone(), TestClock::new()).await;
     let conn_b = Conn::of(&b);

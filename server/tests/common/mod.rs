@@ -7,6 +7,13 @@ use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The Postgres server the tests create their databases on: `SWITCHYARD_TEST_POSTGRES`, by
+/// default the machine's. A test that needs it fails when it cannot reach it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SWITCHYARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
 pub struct Served {
     pub child: Child,
     pub http: String,
