@@ -53,6 +53,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/dialog.js", JS),
     asset!("js/charts.js", JS),
     asset!("js/insights.js", JS),
+    asset!("js/vocabulary.js", JS),
     asset!("js/views/signin.js", JS),
     asset!("js/views/list.js", JS),
     asset!("js/views/migration.js", JS),

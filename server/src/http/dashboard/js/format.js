@@ -1,7 +1,6 @@
 // Formatting of numbers, percentages, times and stages, in one place so every view agrees.
 
-export const STAGES = ["off", "dual_write", "shadow", "live", "rampdown", "complete", "contracted"];
-
+// The server names stages but gives no text for people: this is the dashboard's own wording.
 const STAGE_LABELS = {
   off: "off",
   dual_write: "dual write",
@@ -14,16 +13,6 @@ const STAGE_LABELS = {
 
 export function stageLabel(stage) {
   return STAGE_LABELS[stage] ?? String(stage);
-}
-
-export function prevStage(stage) {
-  const i = STAGES.indexOf(stage);
-  return i > 0 ? STAGES[i - 1] : null;
-}
-
-export function nextStage(stage) {
-  const i = STAGES.indexOf(stage);
-  return i >= 0 && i < STAGES.length - 1 ? STAGES[i + 1] : null;
 }
 
 /** Basis points as a percentage with up to two decimals: 1250 → "12.5%", 1 → "0.01%". */

@@ -10,7 +10,7 @@ import { api, ApiError, NetworkError } from "../api.js";
 import { announce, fill, h, timeAgo } from "../dom.js";
 import { confirmChange, warnOpenDialog } from "../dialog.js";
 import { lineChart } from "../charts.js";
-import { count, duration, micros, nextStage, parsePercent, percent, prevStage, ratio, span, stageLabel, STAGES } from "../format.js";
+import { count, duration, micros, parsePercent, percent, ratio, span, stageLabel } from "../format.js";
 import { alerts, isStalled } from "../insights.js";
 
 const POLL_MS = 10_000;
@@ -19,15 +19,6 @@ const RANGES = [
   [60, "Last hour"],
   [360, "Last 6 hours"],
   [1440, "Last 24 hours"],
-];
-// Events a release manager records: [event, label, permission, when it applies]. Only the
-// events that apply to the current state are offered; the server still has the last word.
-const EVENTS = [
-  ["expand_applied", "Expand DDL applied", "schema", (m) => !m.expand_applied],
-  ["backfill_started", "Backfill started", "operate", (m) => m.backfill.status === "not_started"],
-  ["backfill_complete", "Backfill complete", "operate", (m) => m.backfill.status === "running"],
-  ["old_shape_repaired", "Old shape repaired (reverse backfill)", "operate", (m) => m.old_shape_stale],
-  ["contracted", "Contracted (old shape dropped)", "schema", (m) => m.stage === "complete"],
 ];
 const CHECK_LABELS = {
   soak: "Soak period at complete 100%",
@@ -41,6 +32,7 @@ const CHECK_LABELS = {
 
 export function migrationView(key, store) {
   const current = () => store.migrations.get(key);
+  const vocabulary = store.vocabulary;
   const facts = { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, audit: null };
   let minutes = 60;
   let destroyed = false;
@@ -104,9 +96,9 @@ export function migrationView(key, store) {
   };
 
   const renderTrack = (m) => {
-    const at = STAGES.indexOf(m.stage);
-    const prev = prevStage(m.stage);
-    const steps = STAGES.map((stage, i) => {
+    const at = vocabulary.stageIndex(m.stage);
+    const prev = vocabulary.prevStage(m.stage);
+    const steps = vocabulary.stages.map((stage, i) => {
       const state = i < at ? "done" : i === at ? "current" : "todo";
       const li = h("li", { class: ["step", `step-${state}`], "aria-current": i === at ? "step" : undefined }, h("span", { class: "step-dot", "aria-hidden": "true" }), h("span", { class: "step-name", text: stageLabel(stage) }));
       if (i === at && stage !== "contracted") {
@@ -184,7 +176,7 @@ export function migrationView(key, store) {
     }
     act({
       title: `Ramp ${stageLabel(m.stage)} to ${percent(bp)}?`,
-      body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(m.stage)} ${percent(bp)}`), rampConsequence(m, bp)],
+      body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(m.stage)} ${percent(bp)}`), rampConsequence(m, vocabulary.prevStage(m.stage), bp)],
       confirmLabel: `Ramp to ${percent(bp)}`,
       danger: bp < m.rollout_bp,
       send: (v, reason) => api.rollout(key, bp, v, reason),
@@ -201,7 +193,7 @@ export function migrationView(key, store) {
   const retreatHelp = h("span", { id: "retreat-help", class: "hint" });
   advanceButton.addEventListener("click", () => {
     const m = current();
-    const next = nextStage(m.stage);
+    const next = vocabulary.nextStage(m.stage);
     act({
       title: `Advance to ${stageLabel(next)}?`,
       body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(next)} 0%`), h("p", { text: `The front moves to ${stageLabel(next)} at 0%: no entity changes yet; ramp it from there.` })],
@@ -212,7 +204,7 @@ export function migrationView(key, store) {
   });
   retreatButton.addEventListener("click", () => {
     const m = current();
-    const prev = prevStage(m.stage);
+    const prev = vocabulary.prevStage(m.stage);
     act({
       title: `Step back to ${stageLabel(prev)}?`,
       body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(prev)} 100%`), h("p", { text: "Every entity is already at the previous stage; this makes it the current one so you can ramp it down." })],
@@ -233,7 +225,7 @@ export function migrationView(key, store) {
   recordForm.addEventListener("submit", (e) => {
     e.preventDefault();
     const event = eventSelect.value;
-    const label = EVENTS.find(([v]) => v === event)[1];
+    const { label } = vocabulary.events.find((v) => v.name === event);
     act({
       title: `Record “${label}”?`,
       body: [h("p", {}, "Records ", h("strong", { text: label.toLowerCase() }), ` for ${key}. Events are facts the safety rules rely on: record only what has happened.`)],
@@ -250,8 +242,8 @@ export function migrationView(key, store) {
       return;
     }
     const final = m.stage === "contracted";
-    const next = nextStage(m.stage);
-    const prev = prevStage(m.stage);
+    const next = vocabulary.nextStage(m.stage);
+    const prev = vocabulary.prevStage(m.stage);
     fill(rampLabel, `Rollout of ${stageLabel(m.stage)}, in percent of ${m.entity_kind || "entities"}`);
     fill(rampHelp, `Now ${percent(m.rollout_bp)}. Entities below the front are at ${stageLabel(m.stage)}${prev ? `, the rest at ${stageLabel(prev)}` : ""}.`);
     if (!rampDirty && document.activeElement !== rampInput) rampInput.value = String(m.rollout_bp / 100);
@@ -261,9 +253,10 @@ export function migrationView(key, store) {
     fill(retreatButton, prev ? `Step back to ${stageLabel(prev)}…` : "Step back");
     retreatButton.disabled = !prev || final;
     fill(retreatHelp, !prev ? "" : m.rollout_bp === 0 ? "Ready: the front is at 0%." : `Needs ${stageLabel(m.stage)} at 0% (rule 1).`);
-    const events = EVENTS.filter(([, , need, applies]) => (need === "schema" ? store.can.recordSchema : store.can.operate) && applies(m));
+    // Pause and resume have their own button on the backfill card.
+    const events = vocabulary.offered(m, store.can).filter((e) => e.milestone);
     const selected = eventSelect.value;
-    fill(eventSelect, events.map(([value, label]) => h("option", { value, text: label, selected: value === selected })));
+    fill(eventSelect, events.map(({ name, label }) => h("option", { value: name, text: label, selected: name === selected })));
     recordForm.hidden = events.length === 0;
     // A gate token can only record; with nothing to record there is nothing to control.
     controls.hidden = !store.can.operate && events.length === 0;
@@ -313,9 +306,14 @@ export function migrationView(key, store) {
       showResult("ok", text);
       announce(text);
     } catch (e) {
+      // A refusal names the newer state it was judged against: show it now rather than wait for
+      // the feed. The error's copy lacks the events that apply, so the record is fetched whole.
       if (e instanceof ApiError && e.current && e.current.version > (current()?.version ?? 0)) {
-        store.migrations.set(e.current.key, e.current);
-        store.emit(e.current.key);
+        const fresh = await api.migration(key).catch(() => null);
+        if (fresh && fresh.version > (current()?.version ?? 0)) {
+          store.migrations.set(fresh.key, fresh);
+          store.emit(fresh.key);
+        }
       }
       const text = explain(e);
       showResult("error", text.title, text.detail);
@@ -427,7 +425,7 @@ export function migrationView(key, store) {
     if (!g) return fill(gate, title, h("p", { class: "muted", text: g === null ? "Loading…" : "The gate is unavailable right now." }));
     // Before complete the gate cannot pass and its failures are expected, not alarming: say so
     // and keep the checklist one click away.
-    const early = !g.passed && STAGES.indexOf(current().stage) < STAGES.indexOf("complete");
+    const early = !g.passed && vocabulary.stageIndex(current().stage) < vocabulary.stageIndex("complete");
     const checklist = h(
         "ul",
         { class: "checklist" },
@@ -483,6 +481,7 @@ export function migrationView(key, store) {
     const pct = total > 0 ? Math.min(100, (100 * b.rows_done) / total) : b.status === "complete" ? 100 : 0;
     const status = b.status === "running" ? (b.paused ? "paused" : isStalled(m, b) ? "stalled" : "running") : b.status.replace("_", " ");
     const running = b.status === "running";
+    const toggle = vocabulary.offered(m, store.can).find((e) => e.name === "backfill_paused" || e.name === "backfill_resumed");
     fill(
       backfill,
       title,
@@ -499,9 +498,9 @@ export function migrationView(key, store) {
           ["Checkpoint", b.updated_at_ms ? timeAgo(b.updated_at_ms) : "none yet"],
         ].map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),
       ),
-      running && store.can.operate && h("div", { class: "steps" }, pauseButton),
+      toggle && h("div", { class: "steps" }, pauseButton),
     );
-    fill(pauseButton, m.backfill.paused ? "Resume backfill…" : "Pause backfill…");
+    fill(pauseButton, toggle?.name === "backfill_resumed" ? "Resume backfill…" : "Pause backfill…");
   };
   // One persistent button (its label and action follow the state) so a poll does not take
   // keyboard focus away from it.
@@ -736,8 +735,7 @@ function changeLine(before, after) {
   return h("p", { class: "change-line" }, h("span", { class: "before", text: before }), h("span", { "aria-hidden": "true", text: " → " }), h("span", { class: "visually-hidden", text: " to " }), h("span", { class: "after", text: after }));
 }
 
-function rampConsequence(m, bp) {
-  const prev = prevStage(m.stage);
+function rampConsequence(m, prev, bp) {
   const delta = bp - m.rollout_bp;
   if (delta === 0) return h("p", { text: "The rollout does not change." });
   const moved = percent(Math.abs(delta));
