@@ -3,8 +3,8 @@
 //! starts `switchyard serve`, seeds migrations, tokens, client heartbeats and telemetry through
 //! the CLI and the HTTP API, then runs `tests/dashboard/dashboard.test.mjs` (headless Chromium
 //! driven by playwright-core), which signs in, ramps, gets refused, watches CLI changes arrive
-//! live, checks the reader's read-only view, stops and restarts the server, and saves
-//! screenshots under `target/dashboard-screenshots/`.
+//! live, checks the reader's read-only view, stops and restarts the server, checks that latency
+//! labels are the server's, and saves screenshots under `target/dashboard-screenshots/`.
 //!
 //! The browser test needs `node`, Chromium at `/usr/bin/chromium` (Debian: `apt-get install
 //! chromium`) and `npm ci` in `server/tests/dashboard/`. Without them it is skipped with a loud

@@ -101,7 +101,7 @@ export function duration(seconds) {
   return span(seconds);
 }
 
-/** Microseconds as a latency label. */
+/** Microseconds for a latency chart's axis; the histogram's buckets are named by the server. */
 export function micros(us) {
   if (us >= 1_000_000) return `${trim((us / 1_000_000).toFixed(1))} s`;
   if (us >= 1000) return `${trim((us / 1000).toFixed(1))} ms`;

@@ -30,4 +30,17 @@ export class Vocabulary {
   offered(m, can) {
     return this.events.filter((e) => m.applicable_events.includes(e.name) && can.may(e.permission));
   }
+
+  /** How histogram bucket `i` reads for people: "≤ 2.5 ms", or "> 2.5 s" for the last. */
+  latencyLabel(i) {
+    return this.latencyBuckets[i].label;
+  }
+
+  /**
+   * Where bucket `i` sits on a chart's axis: its upper bound, or for the open-ended last bucket
+   * the largest bound, since "slower than all of them" has no height of its own.
+   */
+  latencyHeight(i) {
+    return this.latencyBuckets[i].upper_bound_us ?? Math.max(...this.latencyBuckets.map((b) => b.upper_bound_us ?? 0));
+  }
 }

@@ -359,7 +359,10 @@ export function migrationView(key, store) {
     };
     const ops = (side) => side.reads + side.writes;
     const total = t.total;
+    // The bucket holding the p95, drawn at its bound and named with the server's label.
     const p95 = (side) => quantile(side.latency, 0.95);
+    const p95Height = (side) => (p95(side) === null ? null : vocabulary.latencyHeight(p95(side)));
+    const p95Label = (side) => (p95(side) === null ? "–" : vocabulary.latencyLabel(p95(side)));
     const totals = h(
       "dl",
       { class: "totals" },
@@ -406,11 +409,11 @@ export function migrationView(key, store) {
         from,
         to,
         series: [
-          { name: "old shape", cls: "s-old", values: series((r) => p95(r.old)) },
-          { name: "new shape", cls: "s-new", values: series((r) => p95(r.new)) },
+          { name: "old shape", cls: "s-old", values: series((r) => p95Height(r.old)) },
+          { name: "new shape", cls: "s-new", values: series((r) => p95Height(r.new)) },
         ],
         format: (v) => (v === 0 ? "0" : micros(Math.round(v))),
-        summary: `p95 over the period: old ${fmtLatency(p95(total.old))}, new ${fmtLatency(p95(total.new))}.`,
+        summary: `p95 over the period: old ${p95Label(total.old)}, new ${p95Label(total.new)}.`,
       }),
     );
   };
@@ -794,8 +797,7 @@ function describeChange(before, after) {
   return parts.join("; ") || "—";
 }
 
-/** Upper bound (µs) of the bucket holding quantile q, as the server's histograms define them. */
-const BOUNDS_US = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000];
+/** The index of the histogram bucket holding quantile q, or null without samples. */
 function quantile(histogram, q) {
   const total = histogram.reduce((a, b) => a + b, 0);
   if (total === 0) return null;
@@ -803,13 +805,9 @@ function quantile(histogram, q) {
   let seen = 0;
   for (let i = 0; i < histogram.length; i++) {
     seen += histogram[i];
-    if (seen >= rank) return BOUNDS_US[i] ?? BOUNDS_US[BOUNDS_US.length - 1];
+    if (seen >= rank) return i;
   }
   return null;
-}
-
-function fmtLatency(us) {
-  return us === null ? "–" : `≤ ${micros(us)}`;
 }
 
 function compact(v) {
