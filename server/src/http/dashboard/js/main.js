@@ -7,7 +7,7 @@ import { fill, h, refreshTimes } from "./dom.js";
 import { span } from "./format.js";
 import { signIn } from "./views/signin.js";
 import { listView } from "./views/list.js";
-import { migrationView } from "./views/migration.js";
+import { migrationView } from "./views/migration/page.js";
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");
