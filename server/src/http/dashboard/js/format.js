@@ -1,18 +1,8 @@
 // Formatting of numbers, percentages, times and stages, in one place so every view agrees.
 
-// The server names stages but gives no text for people: this is the dashboard's own wording.
-const STAGE_LABELS = {
-  off: "off",
-  dual_write: "dual write",
-  shadow: "shadow",
-  live: "live",
-  rampdown: "rampdown",
-  complete: "complete",
-  contracted: "contracted",
-};
-
+/** A stage for people: the server sends only its name ("dual_write"), which reads "dual write". */
 export function stageLabel(stage) {
-  return STAGE_LABELS[stage] ?? String(stage);
+  return String(stage).replaceAll("_", " ");
 }
 
 /** Basis points as a percentage with up to two decimals: 1250 → "12.5%", 1 → "0.01%". */
