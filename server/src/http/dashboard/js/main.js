@@ -15,7 +15,8 @@ const conn = document.getElementById("conn");
 
 /**
  * What every view reads: who is signed in and what they may do, the server's vocabulary, and
- * the migrations as the watch stream last delivered them. Views subscribe and are told which migration changed (null: all of them).
+ * the migrations as the watch stream last delivered them. Views subscribe and are told which
+ * migration changed (null: all of them).
  */
 const store = {
   me: null,
