@@ -1,10 +1,11 @@
 //! The web dashboard. Without a browser: the page and assets are served with their content
-//! types and security headers, and `GET /v1/whoami` names each token's role. In a real browser:
-//! starts `switchyard serve`, seeds migrations, tokens, client heartbeats and telemetry through
-//! the CLI and the HTTP API, then runs `tests/dashboard/dashboard.test.mjs` (headless Chromium
-//! driven by playwright-core), which signs in, ramps, gets refused, watches CLI changes arrive
-//! live, checks the reader's read-only view, stops and restarts the server, and saves
-//! screenshots under `target/dashboard-screenshots/`.
+//! types and security headers, `GET /v1/whoami` names each token's role and permissions, and
+//! `GET /v1/vocabulary` answers. In a real browser: starts `switchyard serve`, seeds
+//! migrations, tokens, client heartbeats and telemetry through the CLI and the HTTP API, then
+//! runs `tests/dashboard/dashboard.test.mjs` (headless Chromium driven by playwright-core),
+//! which signs in, ramps, gets refused, watches CLI changes arrive live, checks the reader's
+//! read-only view, stops and restarts the server, checks that latency labels are the server's,
+//! and saves screenshots under `target/dashboard-screenshots/`.
 //!
 //! The browser test needs `node`, Chromium at `/usr/bin/chromium` (Debian: `apt-get install
 //! chromium`) and `npm ci` in `server/tests/dashboard/`; `bash scripts/test` provides them.
@@ -162,8 +163,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// What the page relies on from the server, checked without a browser (so a failure here is
-/// told apart from a browser that cannot start): the page and its assets with their content types and security
-/// headers, and `whoami` per token.
+/// told apart from a browser that cannot start): the page and its assets with their content
+/// types and security headers, `whoami` per token, and the vocabulary the page draws with.
 #[test]
 fn the_dashboard_is_served_with_its_headers_and_whoami() {
     let tmp =
@@ -236,9 +237,14 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    for (token, name, role) in [
-        (operator, "alice", "operator"),
-        (reader, "viewer", "reader"),
+    for (token, name, role, permissions) in [
+        (
+            operator,
+            "alice",
+            "operator",
+            json!(["read", "record_schema", "operate"]),
+        ),
+        (reader, "viewer", "reader", json!(["read"])),
     ] {
         let me: Value = http
             .get(format!("{base}/v1/whoami"))
@@ -251,6 +257,23 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
             .unwrap();
         assert_eq!(me["name"], name);
         assert_eq!(me["role"], role);
+        assert_eq!(me["permissions"], permissions);
+    }
+    // The page keeps no copy of the server's names: it draws with these.
+    let vocabulary: Value = http
+        .get(format!("{base}/v1/vocabulary"))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for part in ["stages", "events", "latency_buckets"] {
+        assert!(
+            vocabulary[part].as_array().is_some_and(|a| !a.is_empty()),
+            "{vocabulary}"
+        );
     }
     let doc: Value = http
         .get(format!("{base}/openapi.json"))

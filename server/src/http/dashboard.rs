@@ -53,9 +53,18 @@ static ASSETS: &[Asset] = &[
     asset!("js/dialog.js", JS),
     asset!("js/charts.js", JS),
     asset!("js/insights.js", JS),
+    asset!("js/vocabulary.js", JS),
     asset!("js/views/signin.js", JS),
     asset!("js/views/list.js", JS),
-    asset!("js/views/migration.js", JS),
+    asset!("js/views/migration/page.js", JS),
+    asset!("js/views/migration/actions.js", JS),
+    asset!("js/views/migration/track.js", JS),
+    asset!("js/views/migration/controls.js", JS),
+    asset!("js/views/migration/gate.js", JS),
+    asset!("js/views/migration/backfill.js", JS),
+    asset!("js/views/migration/instances.js", JS),
+    asset!("js/views/migration/traffic.js", JS),
+    asset!("js/views/migration/audit.js", JS),
 ];
 
 /// Strong ETags from the content, computed once: a reload revalidates with a 304 instead of
@@ -141,5 +150,29 @@ mod tests {
             let path = reference.split('"').next().unwrap();
             assert!(served.contains(&path), "index.html references {path}");
         }
+    }
+
+    #[test]
+    fn every_file_in_the_folder_is_embedded() {
+        // A file left out of ASSETS is either dead or a 404 waiting for its first import.
+        fn walk(dir: &std::path::Path, root: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, found);
+                } else {
+                    let relative = path.strip_prefix(root).unwrap();
+                    found.push(relative.to_str().unwrap().to_owned());
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/dashboard");
+        let mut found = Vec::new();
+        walk(&root, &root, &mut found);
+        let served: Vec<&str> = ASSETS.iter().map(|a| a.path).collect();
+        for file in &found {
+            assert!(served.contains(&file.as_str()), "{file} is not in ASSETS");
+        }
+        assert_eq!(found.len(), ASSETS.len(), "an asset is listed twice");
     }
 }

@@ -314,6 +314,38 @@ try {
   await page.getByTestId("front").getByText("40% of account_id").waitFor();
   check(await page.evaluate(() => window.__sameDocument === true), "the page was not reloaded");
 
+  console.log("latency labels are the server's: the open-ended last bucket reads as over its bound");
+  const buckets = (await apiGet("/vocabulary")).latency_buckets;
+  const [bounded, overflow] = buckets.slice(-2).map((b) => b.label);
+  check(bounded === "≤ 2.5 s" && overflow === "> 2.5 s" && buckets.at(-1).upper_bound_us === null, `the last buckets: ${JSON.stringify(buckets.slice(-2))}`);
+  const latency = (bucket) => buckets.map((_, i) => (i === bucket ? 40 : 0));
+  const minute = Date.now() - (Date.now() % 60_000);
+  const reported = await fetch(`${BASE}/v1/clients/telemetry`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${READER}`, "Content-Type": "application/json" },
+    body: JSON.stringify({
+      service: "api",
+      instance_id: "api-7f9c",
+      entries: [{
+        key: "sessions.token-hash",
+        minute_ms: minute,
+        old: { reads: 30, writes: 10, errors: 0, latency: latency(buckets.length - 2) },
+        new: { reads: 30, writes: 10, errors: 0, latency: latency(buckets.length - 1) },
+        comparisons: 0,
+        mismatches: 0,
+        evaluations_without_entity: 0,
+        fallback_evaluations: 0,
+      }],
+    }),
+  });
+  check(reported.ok, `telemetry: ${reported.status}`);
+  await page.goto(`${BASE}/#/m/sessions.token-hash`);
+  const chart = page.getByRole("img", { name: /^Latency p95/ });
+  await chart.waitFor();
+  const summary = await chart.getAttribute("aria-label");
+  check(summary.endsWith(`p95 over the period: old ${bounded}, new ${overflow}.`), `the latency chart's summary: ${summary}`);
+  await shot(page, "latency-overflow-1280");
+
   console.log("an expired token goes back to sign-in with a message");
   await page.evaluate(() => sessionStorage.setItem("switchyard.token", "sy_revoked-or-unknown"));
   await page.reload();

@@ -6,6 +6,8 @@
 // could not be reached. Both also fire window events that main.js turns into the sign-in page
 // (401) and the "cannot reach the server" banner.
 
+import { Vocabulary } from "./vocabulary.js";
+
 const TOKEN_KEY = "switchyard.token";
 
 export function getToken() {
@@ -73,7 +75,14 @@ async function request(method, path, { body, token } = {}) {
 const k = (key) => encodeURIComponent(key);
 
 export const api = {
-  whoami: (token) => request("GET", "/whoami", { token }),
+  /**
+   * Who the token is (with its permissions) and the server's vocabulary: what every view needs
+   * before it can draw.
+   */
+  session: async (token) => {
+    const [me, vocabulary] = await Promise.all([request("GET", "/whoami", { token }), request("GET", "/vocabulary", { token })]);
+    return { me, vocabulary: new Vocabulary(vocabulary) };
+  },
   migration: (key) => request("GET", `/migrations/${k(key)}`),
   audit: (key, beforeId) =>
     request("GET", `/migrations/${k(key)}/audit?limit=25${beforeId ? `&before_id=${beforeId}` : ""}`),
@@ -93,8 +102,9 @@ export const api = {
     request("POST", `/migrations/${k(key)}/events`, { body: { event, expected_version: expectedVersion, reason } }),
 };
 
-/** What a role may do, mirroring the server's checks so the page hides what would be refused. */
-export function abilities(role) {
-  const operate = role === "operator" || role === "admin";
-  return { operate, recordSchema: operate || role === "gate" };
+/** What the token may do, from the permissions whoami lists, so the page hides what would be refused. */
+export function abilities(permissions = []) {
+  const granted = new Set(permissions);
+  const may = (permission) => granted.has(permission);
+  return { may, operate: may("operate"), recordSchema: may("record_schema") };
 }

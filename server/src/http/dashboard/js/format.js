@@ -1,29 +1,8 @@
 // Formatting of numbers, percentages, times and stages, in one place so every view agrees.
 
-export const STAGES = ["off", "dual_write", "shadow", "live", "rampdown", "complete", "contracted"];
-
-const STAGE_LABELS = {
-  off: "off",
-  dual_write: "dual write",
-  shadow: "shadow",
-  live: "live",
-  rampdown: "rampdown",
-  complete: "complete",
-  contracted: "contracted",
-};
-
+/** A stage for people: the server sends only its name ("dual_write"), which reads "dual write". */
 export function stageLabel(stage) {
-  return STAGE_LABELS[stage] ?? String(stage);
-}
-
-export function prevStage(stage) {
-  const i = STAGES.indexOf(stage);
-  return i > 0 ? STAGES[i - 1] : null;
-}
-
-export function nextStage(stage) {
-  const i = STAGES.indexOf(stage);
-  return i >= 0 && i < STAGES.length - 1 ? STAGES[i + 1] : null;
+  return String(stage).replaceAll("_", " ");
 }
 
 /** Basis points as a percentage with up to two decimals: 1250 → "12.5%", 1 → "0.01%". */
@@ -112,7 +91,7 @@ export function duration(seconds) {
   return span(seconds);
 }
 
-/** Microseconds as a latency label. */
+/** Microseconds for a latency chart's axis; the histogram's buckets are named by the server. */
 export function micros(us) {
   if (us >= 1_000_000) return `${trim((us / 1_000_000).toFixed(1))} s`;
   if (us >= 1000) return `${trim((us / 1000).toFixed(1))} ms`;

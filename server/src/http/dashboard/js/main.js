@@ -7,19 +7,21 @@ import { fill, h, refreshTimes } from "./dom.js";
 import { span } from "./format.js";
 import { signIn } from "./views/signin.js";
 import { listView } from "./views/list.js";
-import { migrationView } from "./views/migration.js";
+import { migrationView } from "./views/migration/page.js";
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");
 const conn = document.getElementById("conn");
 
 /**
- * What every view reads: the signed-in token and the migrations as the watch stream last
- * delivered them. Views subscribe and are told which migration changed (null: all of them).
+ * What every view reads: who is signed in and what they may do, the server's vocabulary, and
+ * the migrations as the watch stream last delivered them. Views subscribe and are told which
+ * migration changed (null: all of them).
  */
 const store = {
   me: null,
-  can: abilities(null),
+  can: abilities(),
+  vocabulary: null,
   version: 0,
   migrations: new Map(),
   loaded: false,
@@ -48,9 +50,10 @@ function setConn(state, text) {
   conn.textContent = text;
 }
 
-function startSession(me) {
+function startSession({ me, vocabulary }) {
   store.me = me;
-  store.can = abilities(me.role);
+  store.can = abilities(me.permissions);
+  store.vocabulary = vocabulary;
   document.getElementById("session").hidden = false;
   fill(
     document.getElementById("who"),
@@ -95,7 +98,8 @@ function endSession(message) {
   live = false;
   clearToken();
   store.me = null;
-  store.can = abilities(null);
+  store.can = abilities();
+  store.vocabulary = null;
   store.loaded = false;
   store.migrations = new Map();
   document.getElementById("session").hidden = true;
@@ -145,7 +149,7 @@ async function boot() {
     return;
   }
   try {
-    startSession(await api.whoami());
+    startSession(await api.session());
   } catch (e) {
     endSession(e.status === 401 ? "Your token was refused (revoked or unknown). Sign in again." : `Could not check your token: ${e.message}`);
   }

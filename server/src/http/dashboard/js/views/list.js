@@ -3,7 +3,7 @@
 // background, a few at a time, refreshed on each change and every 20 s.
 
 import { h, fill, timeAgo } from "../dom.js";
-import { percent, prevStage, stageLabel, STAGES } from "../format.js";
+import { percent, stageLabel } from "../format.js";
 import { alerts, fleet, gather } from "../insights.js";
 
 const REFRESH_MS = 20_000;
@@ -38,14 +38,14 @@ export function listView(store) {
       fill(body, h("tr", {}, h("td", { colspan: 5, class: "muted", text: "Loading…" })));
       return;
     }
-    const all = [...store.migrations.values()].sort(byAttention);
+    const all = [...store.migrations.values()].sort(byAttention(store.vocabulary));
     fill(summary, `${all.length} migration${all.length === 1 ? "" : "s"} · snapshot version ${store.version}`);
     if (all.length === 0) {
       rows.clear();
       fill(body, h("tr", {}, h("td", { colspan: 5 }, "No migrations yet. Create one with ", h("code", { text: "switchyard migration create KEY --reason …" }), ".")));
       return;
     }
-    const wanted = all.map((m) => updateRow(rows, m, facts.get(m.key)));
+    const wanted = all.map((m) => updateRow(rows, m, facts.get(m.key), store.vocabulary));
     for (const k of rows.keys()) {
       if (!store.migrations.has(k)) rows.delete(k);
     }
@@ -103,13 +103,13 @@ export function listView(store) {
 }
 
 /** Migrations in motion first (by stage, furthest along first), finished ones last. */
-function byAttention(a, b) {
-  const rank = (m) => (m.stage === "contracted" ? 100 : m.stage === "off" ? 50 : -STAGES.indexOf(m.stage));
-  return rank(a) - rank(b) || a.key.localeCompare(b.key);
+function byAttention(vocabulary) {
+  const rank = (m) => (m.stage === "contracted" ? 100 : m.stage === "off" ? 50 : -vocabulary.stageIndex(m.stage));
+  return (a, b) => rank(a) - rank(b) || a.key.localeCompare(b.key);
 }
 
 /** The row of a migration, created once and refilled (all but its link) on every update. */
-function updateRow(rows, m, f) {
+function updateRow(rows, m, f, vocabulary) {
   let r = rows.get(m.key);
   if (!r) {
     const link = h("a", { href: `#/m/${encodeURIComponent(m.key)}`, class: "key", text: m.key });
@@ -125,15 +125,14 @@ function updateRow(rows, m, f) {
   }
   const details = [m.description, m.owner && `owner ${m.owner}`].filter(Boolean).join(" · ");
   fill(r.info, details && h("div", { class: "sub", text: details }), h("div", { class: "sub" }, "changed ", timeAgo(m.updated_at_ms)));
-  fill(r.front, frontCell(m));
+  fill(r.front, frontCell(m, vocabulary.prevStage(m.stage)));
   fill(r.gate, gateCell(m, f));
   fill(r.clients, clientsCell(m, f));
   fill(r.alerts, alertsCell(m, f));
   return r.tr;
 }
 
-function frontCell(m) {
-  const prev = prevStage(m.stage);
+function frontCell(m, prev) {
   const label =
     m.stage === "contracted" || m.stage === "off" || m.rollout_bp === 10000 || !prev
       ? `${stageLabel(m.stage)} · ${percent(m.rollout_bp)}`

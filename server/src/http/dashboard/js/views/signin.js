@@ -1,4 +1,5 @@
-// Sign-in: the user pastes a token; it is checked with GET /v1/whoami before it is kept.
+// Sign-in: the user pastes a token; it is checked with GET /v1/whoami (and the vocabulary
+// loaded with it) before it is kept.
 
 import { api, setToken } from "../api.js";
 import { h, fill } from "../dom.js";
@@ -39,9 +40,9 @@ export function signIn({ message, onSignedIn }) {
     fill(status, "Checking…");
     status.className = "";
     try {
-      const me = await api.whoami(token);
+      const session = await api.session(token);
       setToken(token);
-      onSignedIn(me);
+      onSignedIn(session);
     } catch (error) {
       status.className = "callout callout-error";
       fill(status, error.status === 401 ? "That token was refused: it is unknown or revoked." : `Could not sign in: ${error.message}`);

@@ -1,0 +1,70 @@
+// Backfill progress from the runners' checkpoints: status, rows, rate, ETA, and the pause or
+// resume button when the server says one applies and the token may operate.
+
+import { api } from "../../api.js";
+import { fill, h, timeAgo } from "../../dom.js";
+import { count, span } from "../../format.js";
+import { isStalled } from "../../insights.js";
+
+// What each steering event asks before it is sent.
+const STEER = {
+  backfill_paused: { button: "Pause backfill…", title: "Pause the backfill?", text: "Runners stop between batches; a running statement finishes first.", confirm: "Pause" },
+  backfill_resumed: { button: "Resume backfill…", title: "Resume the backfill?", text: "Runners continue with their next batch.", confirm: "Resume" },
+};
+
+export function backfillCard(ctx, act) {
+  const element = h("section", { class: "card", "aria-labelledby": "backfill-title" });
+  let steer = null; // the pause or resume event the button sends
+  // One persistent button (its label and action follow the state) so a poll does not take
+  // keyboard focus away from it.
+  const pauseButton = h("button", { type: "button", class: "btn" });
+  pauseButton.addEventListener("click", () => {
+    const event = steer;
+    act({
+      title: STEER[event].title,
+      body: [h("p", { text: STEER[event].text })],
+      confirmLabel: STEER[event].confirm,
+      send: (v, reason) => api.record(ctx.key, event, v, reason),
+      done: (n) => `Backfill ${n.backfill.paused ? "paused" : "resumed"} (version ${n.version}).`,
+    });
+  });
+
+  const render = () => {
+    const m = ctx.current();
+    if (!m) return;
+    if (!m.has_backfill) {
+      element.hidden = true;
+      return;
+    }
+    element.hidden = false;
+    const b = ctx.facts.backfill;
+    const title = h("h2", { id: "backfill-title", text: "Backfill" });
+    if (!b) return fill(element, title, h("p", { class: "muted", text: b === null ? "Loading…" : "Progress is unavailable right now." }));
+    const total = b.rows_total_estimate;
+    const pct = total > 0 ? Math.min(100, (100 * b.rows_done) / total) : b.status === "complete" ? 100 : 0;
+    const status = b.status === "running" ? (b.paused ? "paused" : isStalled(m, b) ? "stalled" : "running") : b.status.replace("_", " ");
+    const running = b.status === "running";
+    steer = ctx.vocabulary.offered(m, ctx.store.can).find((e) => Object.hasOwn(STEER, e.name))?.name ?? null;
+    fill(
+      element,
+      title,
+      h("p", {}, h("span", { class: ["badge", `bf-${status.replace(" ", "-")}`], text: status }), b.runner && h("span", { class: "muted", text: ` runner ${b.runner}` })),
+      h("label", { for: "bf-progress", class: "visually-hidden", text: "Backfill progress" }),
+      h("progress", { id: "bf-progress", max: 100, value: pct.toFixed(1) }),
+      h(
+        "dl",
+        { class: "meta" },
+        [
+          ["Rows", total ? `${count(b.rows_done)} of ~${count(total)} (${pct.toFixed(1)}%)` : count(b.rows_done)],
+          ["Rate", running && b.rate_rows_per_second > 0 ? `${count(Math.round(b.rate_rows_per_second))} rows/s` : "—"],
+          ["ETA", running && !b.paused && b.eta_seconds != null ? span(b.eta_seconds) : "—"],
+          ["Checkpoint", b.updated_at_ms ? timeAgo(b.updated_at_ms) : "none yet"],
+        ].map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),
+      ),
+      steer && h("div", { class: "steps" }, pauseButton),
+    );
+    if (steer) fill(pauseButton, STEER[steer].button);
+  };
+
+  return { element, render };
+}
