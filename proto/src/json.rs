@@ -674,7 +674,10 @@ mod tests {
         let text = serde_json::to_string(&Migration::from(&m)).unwrap();
         let read: Migration = serde_json::from_str(&text).unwrap();
         assert_eq!(switchyard_domain::Migration::try_from(read).unwrap(), m);
-        assert!(text.contains(r#""full_since":{"off":3,"dual_write":4}"#), "{text}");
+        assert!(
+            text.contains(r#""full_since":{"off":3,"dual_write":4}"#),
+            "{text}"
+        );
         assert!(text.ends_with(r#""applicable_events":["expand_applied","backfill_started"]}"#));
     }
 
@@ -694,7 +697,10 @@ mod tests {
         let mut bad = Migration::from(&migration());
         bad.record.rollout_bp = 10_001;
         let err = switchyard_domain::Migration::try_from(bad).unwrap_err();
-        assert!(err.0.starts_with("migration users.handle, field rollout_bp: rollout 10001"));
+        assert!(
+            err.0
+                .starts_with("migration users.handle, field rollout_bp: rollout 10001")
+        );
         let mut bad = Migration::from(&migration());
         bad.record.key = "Users".into();
         let err = switchyard_domain::Migration::try_from(bad).unwrap_err();
