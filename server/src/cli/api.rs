@@ -2,8 +2,8 @@
 //! `switchyard_proto::json`, errors mapped to exit codes.
 
 use super::args::Remote;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 use switchyard_proto::json;
@@ -68,11 +68,11 @@ impl Client {
         Ok(Self { http, remote })
     }
 
-    async fn call<T: DeserializeOwned>(
+    async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&B>,
     ) -> Result<Answer<T>, Failure> {
         let url = format!("{}{}", self.remote.server.trim_end_matches('/'), path);
         let mut request = self.http.request(method, &url);
@@ -80,7 +80,7 @@ impl Client {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request.json(body);
         }
         let response = request.send().await.map_err(|e| Failure {
             code: 3,
@@ -123,13 +123,13 @@ impl Client {
     }
 
     pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, Failure> {
-        self.call(reqwest::Method::GET, path, None).await
+        self.call::<(), T>(reqwest::Method::GET, path, None).await
     }
 
-    pub(super) async fn post<T: DeserializeOwned>(
+    pub(super) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
-        body: Value,
+        body: &B,
     ) -> Result<Answer<T>, Failure> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }

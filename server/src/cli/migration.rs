@@ -4,7 +4,7 @@ use super::api::{Answer, Client, Failure, path_segment};
 use super::args::{Change, MigrationCommand};
 use super::sqlfiles::{self, Phase};
 use super::{Output, render};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::Path;
 use switchyard_domain::{BasisPoints, EventKind, Migration, Stage};
 use switchyard_proto::json;
@@ -29,12 +29,17 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
             let m = client
                 .post(
                     "/v1/migrations",
-                    json!({
-                        "key": key, "description": description, "owner": owner,
-                        "entity_kind": entity_kind, "soak_seconds": soak.map(|d| d.as_secs()),
-                        "expected_services": expected_services, "has_backfill": backfill,
-                        "shadow_sample_bp": sample, "reason": reason,
-                    }),
+                    &json::CreateMigration {
+                        key,
+                        description,
+                        owner,
+                        entity_kind,
+                        soak_seconds: soak.map(|d| d.as_secs()),
+                        expected_services,
+                        has_backfill: backfill,
+                        shadow_sample_bp: sample,
+                        reason,
+                    },
                 )
                 .await?;
             output(m, "created")
@@ -77,8 +82,12 @@ pub(super) async fn ramp(
     let m = client
         .post(
             &format!("/v1/migrations/{}/rollout", path_segment(key)?),
-            json!({ "stage": stage, "rollout_bp": bp.get(),
-                    "expected_version": version, "reason": change.reason }),
+            &json::Rollout {
+                stage,
+                rollout_bp: bp.get(),
+                expected_version: version,
+                reason: change.reason,
+            },
         )
         .await?;
     output(m, "ramped")
@@ -98,7 +107,10 @@ pub(super) async fn step(
     let m = client
         .post(
             &format!("/v1/migrations/{}/{action}", path_segment(key)?),
-            json!({ "expected_version": version, "reason": change.reason }),
+            &json::Step {
+                expected_version: version,
+                reason: change.reason,
+            },
         )
         .await?;
     output(
@@ -126,9 +138,13 @@ pub(super) async fn record(
     let m = client
         .post(
             &format!("/v1/migrations/{}/events", path_segment(key)?),
-            json!({ "event": event.as_str(), "expected_version": version,
-                    "reason": change.reason,
-                    "rows_done": rows_done, "rows_total_estimate": rows_total }),
+            &json::RecordEvent {
+                event: event.as_str().to_owned(),
+                expected_version: version,
+                reason: change.reason,
+                rows_done,
+                rows_total_estimate: rows_total,
+            },
         )
         .await?;
     output(m, &format!("recorded {event}"))
@@ -158,10 +174,15 @@ pub(super) async fn record_sql_file(
             .expected_version(key, change.expected_version)
             .await?;
         let result = client
-            .post::<json::Migration>(
+            .post::<_, json::Migration>(
                 &format!("/v1/migrations/{}/events", path_segment(key)?),
-                json!({ "event": event.as_str(), "expected_version": version,
-                        "reason": change.reason }),
+                &json::RecordEvent {
+                    event: event.as_str().to_owned(),
+                    expected_version: version,
+                    reason: change.reason.clone(),
+                    rows_done: None,
+                    rows_total_estimate: None,
+                },
             )
             .await;
         match result {

@@ -10,9 +10,12 @@ pub(super) async fn run(client: &Client, command: TokenCommand) -> Result<Output
     match command {
         TokenCommand::Create { name, role } => {
             let t = client
-                .post::<json::CreatedToken>(
+                .post::<_, json::CreatedToken>(
                     "/v1/tokens",
-                    json!({ "name": name, "role": role.as_str() }),
+                    &json::CreateToken {
+                        name,
+                        role: role.as_str().to_owned(),
+                    },
                 )
                 .await?;
             let human = render::created_token(&t.body);
@@ -25,7 +28,7 @@ pub(super) async fn run(client: &Client, command: TokenCommand) -> Result<Output
         }
         TokenCommand::Revoke { id } => {
             let t = client
-                .post::<json::Token>(&format!("/v1/tokens/{id}/revoke"), json!({}))
+                .post::<_, json::Token>(&format!("/v1/tokens/{id}/revoke"), &json!({}))
                 .await?;
             let human = format!("revoked token {} ({})", t.body.id, t.body.name);
             Ok(Output::ok(t.json, human))

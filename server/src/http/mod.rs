@@ -175,30 +175,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
     Ok("ready")
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateMigrationBody {
-    key: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    entity_kind: String,
-    soak_seconds: Option<u64>,
-    #[serde(default)]
-    expected_services: Vec<String>,
-    #[serde(default)]
-    has_backfill: bool,
-    shadow_sample_bp: Option<u32>,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn create_migration(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<CreateMigrationBody>,
+    ApiJson(body): ApiJson<wire::CreateMigration>,
 ) -> Result<(StatusCode, axum::Json<wire::Migration>), ApiError> {
     let created = app
         .create_migration(
@@ -235,21 +215,11 @@ async fn get_migration(
     Ok(json::migration(&*app.get_migration(&who, &key)?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RolloutBody {
-    stage: Option<String>,
-    rollout_bp: u32,
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn set_rollout(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<RolloutBody>,
+    ApiJson(body): ApiJson<wire::Rollout>,
 ) -> Result<axum::Json<wire::Migration>, ApiError> {
     let op = Operation::SetRollout {
         stage: body.stage.as_deref().map(Stage::parse).transpose()?,
@@ -261,19 +231,11 @@ async fn set_rollout(
     Ok(json::migration(&done))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepBody {
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn advance(
     state: State<Arc<App>>,
     caller: Caller,
     key: Path<String>,
-    body: ApiJson<StepBody>,
+    body: ApiJson<wire::Step>,
 ) -> Result<axum::Json<wire::Migration>, ApiError> {
     step(state, caller, key, body, Operation::Advance).await
 }
@@ -282,7 +244,7 @@ async fn retreat(
     state: State<Arc<App>>,
     caller: Caller,
     key: Path<String>,
-    body: ApiJson<StepBody>,
+    body: ApiJson<wire::Step>,
 ) -> Result<axum::Json<wire::Migration>, ApiError> {
     step(state, caller, key, body, Operation::Retreat).await
 }
@@ -291,24 +253,13 @@ async fn step(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<StepBody>,
+    ApiJson(body): ApiJson<wire::Step>,
     op: Operation,
 ) -> Result<axum::Json<wire::Migration>, ApiError> {
     let done = app
         .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
         .await?;
     Ok(json::migration(&done))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    event: String,
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
-    rows_done: Option<u64>,
-    rows_total_estimate: Option<u64>,
 }
 
 /// Parses an event name as the API and CLI spell it (`expand_applied` or `expand-applied`).
@@ -327,7 +278,7 @@ async fn record_event(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<EventBody>,
+    ApiJson(body): ApiJson<wire::RecordEvent>,
 ) -> Result<axum::Json<wire::Migration>, ApiError> {
     let event = parse_event(&body.event, body.rows_done, body.rows_total_estimate)?;
     let done = app
@@ -565,17 +516,10 @@ async fn traffic(
     Ok(axum::Json(json::traffic(key, minutes, total)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    name: String,
-    role: String,
-}
-
 async fn create_token(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<TokenBody>,
+    ApiJson(body): ApiJson<wire::CreateToken>,
 ) -> Result<(StatusCode, axum::Json<wire::CreatedToken>), ApiError> {
     let role = Role::parse(&body.role).map_err(ApiError::invalid)?;
     let (record, secret) = app.create_token(&who, &body.name, role).await?;
