@@ -110,6 +110,7 @@ pub(super) fn audit(page: &json::AuditPage) -> String {
     };
     let mut out = String::new();
     for e in &page.entries {
+        // Id and version unpadded, as the CLI has always printed them.
         let (before, after) = e.fronts();
         out.push_str(&format!(
             "#{} v{} {} {:<20} {} -> {}\n        by {}: {}\n",
@@ -307,7 +308,7 @@ pub(super) fn instances(list: &json::Instances) -> String {
         "SERVICE", "INSTANCE", "APPLIED", "LIVE"
     );
     for i in &list.instances {
-        // The version is printed unpadded, as it always was.
+        // Numbers go unpadded under their header, as the CLI has always printed them.
         out.push_str(&format!(
             "{:<24} {:<40} {} {:<5} {}\n",
             i.service,
@@ -336,6 +337,7 @@ pub(super) fn tokens(list: &json::Tokens) -> String {
         "ID", "NAME", "ROLE", "CREATED"
     );
     for t in &list.tokens {
+        // The id unpadded under its header, as the CLI has always printed it.
         out.push_str(&format!(
             "{} {:<24} {:<9} {:<22} {}\n",
             t.id,

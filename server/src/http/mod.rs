@@ -23,9 +23,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{
-    BasisPoints, Event, EventKind, Operation, Permission, Role, Stage, Version,
-};
+use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, Version};
 use switchyard_proto::json as wire;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -146,7 +144,7 @@ async fn whoami(Caller(who): Caller) -> axum::Json<wire::Whoami> {
         permissions: who
             .role
             .permissions()
-            .map(|p| Permission::as_str(p).to_owned())
+            .map(|p| p.as_str().to_owned())
             .collect(),
         role: who.role,
         token_id: who.token_id,
