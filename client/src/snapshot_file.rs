@@ -6,12 +6,39 @@
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
-use switchyard_domain::Migration;
+use switchyard_domain::{InvalidInput, Migration};
+use switchyard_proto::json;
 
+/// Read and written as [`json::Snapshot`]: a file is checked like an answer of the server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "json::Snapshot", into = "json::Snapshot")]
 pub struct SnapshotFile {
     pub version: u64,
     pub migrations: Vec<Migration>,
+}
+
+impl TryFrom<json::Snapshot> for SnapshotFile {
+    type Error = InvalidInput;
+
+    fn try_from(s: json::Snapshot) -> Result<Self, InvalidInput> {
+        Ok(Self {
+            version: s.version,
+            migrations: s
+                .migrations
+                .into_iter()
+                .map(Migration::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<SnapshotFile> for json::Snapshot {
+    fn from(s: SnapshotFile) -> Self {
+        Self {
+            version: s.version,
+            migrations: s.migrations.iter().map(json::Migration::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +109,33 @@ mod tests {
         };
         save(&path, &snapshot).unwrap();
         assert_eq!(load(&path).unwrap(), Some(snapshot));
+        std::fs::write(&path, r#"{"version":1,"migrations":[{"key":"Bad"}]}"#).unwrap();
+        assert!(matches!(load(&path), Err(SnapshotFileError::Format { .. })));
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, "not json").unwrap();
         assert!(matches!(load(&path), Err(SnapshotFileError::Format { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn reads_files_written_before_the_typed_bodies() {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-client-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snapshot.json");
+        std::fs::write(&path, OLD_FILE).unwrap();
+        let file = load(&path).unwrap().unwrap();
+        let m = &file.migrations[0];
+        assert_eq!(
+            (file.version, m.key.as_str(), m.rollout_bp.get()),
+            (4, "users.handle", 2500)
+        );
+        save(&path, &file).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(file));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A saved snapshot as clients wrote it from the domain record, without
+    /// `applicable_events`.
+    const OLD_FILE: &str = r#"{"version":4,"migrations":[{"key":"users.handle","description":"","owner":"","entity_kind":"user_id","soak_seconds":604800,"expected_services":[],"has_backfill":true,"salt":7,"shadow_sample_bp":10000,"stage":"dual_write","rollout_bp":2500,"version":4,"created_at_ms":1,"updated_at_ms":2,"expand_applied":true,"backfill":{"status":"not_started","rows_done":0,"rows_total_estimate":0,"started_version":null,"completed_version":null,"paused":false},"old_shape_stale":false,"full_since":{"off":3},"old_writes_resumed_since":null,"soak_started_at_ms":null,"live_window":null}]}"#;
 }

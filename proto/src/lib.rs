@@ -4,6 +4,7 @@
 //! works on the types of `switchyard-domain`, and [`convert`] is the edge between the two.
 
 pub mod convert;
+pub mod json;
 
 pub mod v1 {
     tonic::include_proto!("switchyard.v1");

@@ -511,7 +511,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "Lifecycle";
         let who = self.caller(&request).await?;
         let days = match request.get_ref().complete_for_days {
-            0 => crate::http::DEFAULT_COMPLETE_FOR_DAYS,
+            0 => crate::app::DEFAULT_COMPLETE_FOR_DAYS,
             n => n,
         };
         match self

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 use switchyard_domain::{EventKind, Permission, Role, Stage};
+use switchyard_proto::json::{BackfillStatus, Side};
 
 pub fn document() -> Value {
     // Names come from their one definition in the domain.
@@ -12,6 +13,12 @@ pub fn document() -> Value {
     let permissions: Vec<&str> = Permission::ALL
         .into_iter()
         .map(Permission::as_str)
+        .collect();
+    // The wire's own spellings, from the typed bodies that serialize them.
+    let sides: Vec<&str> = Side::ALL.into_iter().map(Side::as_str).collect();
+    let backfill_statuses: Vec<&str> = BackfillStatus::ALL
+        .into_iter()
+        .map(BackfillStatus::as_str)
         .collect();
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
@@ -200,7 +207,7 @@ pub fn document() -> Value {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Stage": { "type": "string", "enum": stages },
-                "Side": { "type": "string", "enum": ["old", "new", "both"] },
+                "Side": { "type": "string", "enum": sides },
                 "BasisPoints": { "type": "integer", "minimum": 0, "maximum": 10000 },
                 "Migration": { "type": "object", "properties": {
                     "key": { "type": "string" }, "description": { "type": "string" }, "owner": { "type": "string" },
@@ -214,7 +221,7 @@ pub fn document() -> Value {
                     "version": { "type": "integer" }, "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" },
                     "expand_applied": { "type": "boolean" },
                     "backfill": { "type": "object", "properties": {
-                        "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
+                        "status": { "type": "string", "enum": backfill_statuses },
                         "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
                         "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] },
                         "paused": { "type": "boolean" } } },
@@ -308,7 +315,7 @@ pub fn document() -> Value {
                     "runner": { "type": "string" },
                     "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
                 "BackfillProgress": { "type": "object", "properties": {
-                    "key": { "type": "string" }, "status": { "type": "string", "enum": ["none", "not_started", "running", "complete"] },
+                    "key": { "type": "string" }, "status": { "type": "string", "enum": backfill_statuses },
                     "paused": { "type": "boolean" }, "cursor": { "type": "string" },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
                     "rate_rows_per_second": { "type": "number" }, "eta_seconds": { "type": ["integer", "null"] },

@@ -202,7 +202,7 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let api = SwitchyardServer::new(GrpcApi::new(app.clone()))
-            .max_decoding_message_size(crate::http::MAX_BODY_BYTES);
+            .max_decoding_message_size(crate::app::MAX_BODY_BYTES);
         let mut stop = shutdown.subscribe();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {

@@ -1,5 +1,8 @@
-//! JSON bodies of the HTTP API and the extractor that turns malformed JSON into our error.
+//! JSON bodies of the HTTP API: the extractor that turns malformed JSON into our error, the
+//! conversions from the server's records to the typed bodies of `switchyard_proto::json`, and
+//! the vocabulary.
 
+use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES};
 use crate::error::ApiError;
 use crate::hub::Snapshot;
 use crate::store::{AuditRecord, ClientInstance, TokenRecord};
@@ -11,7 +14,8 @@ use serde::de::DeserializeOwned;
 use switchyard_domain::traffic::{
     LATENCY_BOUNDS_US, LATENCY_BUCKETS, TrafficCounts, latency_bucket_label,
 };
-use switchyard_domain::{EventKind, Migration, Stage, Version};
+use switchyard_domain::{EventKind, Migration, Stage};
+use switchyard_proto::json;
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
 pub struct ApiJson<T>(pub T);
@@ -30,8 +34,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 fn rejection_to_error(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge(format!(
-            "request body is too large: allowed up to {} bytes",
-            super::MAX_BODY_BYTES
+            "request body is too large: allowed up to {MAX_BODY_BYTES} bytes"
         ));
     }
     match rejection {
@@ -42,47 +45,27 @@ fn rejection_to_error(rejection: JsonRejection) -> ApiError {
     }
 }
 
-pub fn to_json(m: &Migration) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::to_value(MigrationJson::from(m)).unwrap_or_default())
+pub fn migration(m: &Migration) -> axum::Json<json::Migration> {
+    axum::Json(json::Migration::from(m))
 }
 
-/// A migration as the API returns it: the record, and the events that could change it now.
-#[derive(Serialize)]
-pub struct MigrationJson<'a> {
-    #[serde(flatten)]
-    migration: &'a Migration,
-    applicable_events: Vec<&'static str>,
-}
-
-impl<'a> From<&'a Migration> for MigrationJson<'a> {
-    fn from(migration: &'a Migration) -> Self {
-        Self {
-            migration,
-            applicable_events: EventKind::ALL
-                .into_iter()
-                .filter(|e| e.applies_to(migration))
-                .map(EventKind::as_str)
-                .collect(),
-        }
+pub fn snapshot(s: &Snapshot) -> json::Snapshot {
+    json::Snapshot {
+        version: s.version.0,
+        migrations: s
+            .migrations
+            .values()
+            .map(|m| json::Migration::from(&**m))
+            .collect(),
     }
 }
 
-#[derive(Serialize)]
-pub struct SnapshotJson<'a> {
-    pub version: Version,
-    pub migrations: Vec<MigrationJson<'a>>,
-}
-
-impl<'a> From<&'a Snapshot> for SnapshotJson<'a> {
-    fn from(s: &'a Snapshot) -> Self {
-        Self {
-            version: s.version,
-            migrations: s
-                .migrations
-                .values()
-                .map(|m| MigrationJson::from(&**m))
-                .collect(),
-        }
+pub fn error_body(e: &ApiError) -> json::ErrorBody {
+    json::ErrorBody {
+        code: e.code().to_owned(),
+        current: e.current().map(json::MigrationRecord::from),
+        message: e.public_message(),
+        rule: e.rule().map(|r| r.number()),
     }
 }
 
@@ -131,124 +114,104 @@ impl Vocabulary {
     }
 }
 
-#[derive(Serialize)]
-pub struct AuditEntryJson {
-    id: u64,
-    migration_key: String,
-    version: Version,
-    actor: String,
-    at_ms: i64,
-    action: String,
-    reason: String,
-    before: serde_json::Value,
-    after: serde_json::Value,
-}
-
-#[derive(Serialize)]
-pub struct AuditPage {
-    entries: Vec<AuditEntryJson>,
-    next_before_id: Option<u64>,
-}
-
-impl AuditPage {
-    pub fn new(entries: Vec<AuditRecord>, next_before_id: Option<u64>) -> Self {
-        let parse = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
-        Self {
-            entries: entries
-                .into_iter()
-                .map(|e| AuditEntryJson {
-                    before: parse(&e.before_json),
-                    after: parse(&e.after_json),
-                    id: e.id,
-                    migration_key: e.migration_key,
-                    version: e.version,
-                    actor: e.actor,
-                    at_ms: e.at_ms,
-                    action: e.action,
-                    reason: e.reason,
-                })
-                .collect(),
-            next_before_id,
-        }
+pub fn audit_page(entries: Vec<AuditRecord>, next_before_id: Option<u64>) -> json::AuditPage {
+    // The log stores each state as the JSON it was written in; an unreadable one shows as null.
+    let parse = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+    json::AuditPage {
+        entries: entries
+            .into_iter()
+            .map(|e| json::AuditEntry {
+                before: parse(&e.before_json),
+                after: parse(&e.after_json),
+                id: e.id,
+                migration_key: e.migration_key,
+                version: e.version.0,
+                actor: e.actor,
+                at_ms: e.at_ms,
+                action: e.action,
+                reason: e.reason,
+            })
+            .collect(),
+        next_before_id,
     }
 }
 
-#[derive(Serialize)]
-pub struct InstanceJson {
-    service: String,
-    instance_id: String,
-    applied_version: Version,
-    first_seen_ms: i64,
-    last_seen_ms: i64,
-    live: bool,
-}
-
-impl From<(ClientInstance, bool)> for InstanceJson {
-    fn from((i, live): (ClientInstance, bool)) -> Self {
-        Self {
-            service: i.service,
-            instance_id: i.instance_id,
-            applied_version: i.applied_version,
-            first_seen_ms: i.first_seen_ms,
-            last_seen_ms: i.last_seen_ms,
-            live,
-        }
+pub fn instance(i: ClientInstance, live: bool) -> json::Instance {
+    json::Instance {
+        service: i.service,
+        instance_id: i.instance_id,
+        applied_version: i.applied_version.0,
+        first_seen_ms: i.first_seen_ms,
+        last_seen_ms: i.last_seen_ms,
+        live,
     }
 }
 
-#[derive(Serialize)]
-pub struct TokenJson {
-    id: u64,
-    name: String,
-    role: switchyard_domain::Role,
-    created_at_ms: i64,
-    revoked_at_ms: Option<i64>,
-}
-
-impl From<TokenRecord> for TokenJson {
-    fn from(t: TokenRecord) -> Self {
-        Self {
-            id: t.id,
-            name: t.name,
-            role: t.role,
-            created_at_ms: t.created_at_ms,
-            revoked_at_ms: t.revoked_at_ms,
-        }
+pub fn token(t: TokenRecord) -> json::Token {
+    json::Token {
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        created_at_ms: t.created_at_ms,
+        revoked_at_ms: t.revoked_at_ms,
     }
 }
 
-/// One telemetry entry as clients send it: a migration, a minute, and the counts.
-#[derive(serde::Deserialize, Serialize)]
-pub struct TelemetryEntryJson {
-    pub key: String,
-    pub minute_ms: i64,
-    #[serde(flatten)]
-    pub counts: TrafficCounts,
-}
-
-#[derive(Serialize)]
-pub struct TrafficMinuteJson {
-    minute_ms: i64,
-    #[serde(flatten)]
-    counts: TrafficCounts,
-}
-
-#[derive(Serialize)]
-pub struct TrafficJson {
+pub fn traffic(
     key: String,
-    minutes: Vec<TrafficMinuteJson>,
+    minutes: Vec<(i64, TrafficCounts)>,
     total: TrafficCounts,
+) -> json::Traffic {
+    json::Traffic {
+        key,
+        minutes: minutes
+            .into_iter()
+            .map(|(minute_ms, counts)| json::TrafficMinute {
+                minute_ms,
+                counts: (&counts).into(),
+            })
+            .collect(),
+        total: (&total).into(),
+    }
 }
 
-impl TrafficJson {
-    pub fn new(key: String, minutes: Vec<(i64, TrafficCounts)>, total: TrafficCounts) -> Self {
-        Self {
-            key,
-            minutes: minutes
-                .into_iter()
-                .map(|(minute_ms, counts)| TrafficMinuteJson { minute_ms, counts })
-                .collect(),
-            total,
-        }
+pub fn backfill(p: BackfillProgress) -> json::BackfillProgress {
+    json::BackfillProgress {
+        key: p.key,
+        status: p.status.into(),
+        paused: p.paused,
+        cursor: p.cursor,
+        rows_done: p.rows_done,
+        rows_total_estimate: p.rows_total_estimate,
+        rate_rows_per_second: p.rate_rows_per_second,
+        eta_seconds: p.eta_seconds,
+        runner: p.runner,
+        updated_at_ms: p.updated_at_ms,
+    }
+}
+
+pub fn decision(d: Decision) -> json::Decision {
+    json::Decision::new(d.key, d.bucket, d.plan, d.version)
+}
+
+pub fn lifecycle(view: Lifecycle, complete_for_days: u32) -> json::Lifecycle {
+    json::Lifecycle {
+        complete_for_days,
+        complete_not_contracted: view
+            .complete_not_contracted
+            .into_iter()
+            .map(|(key, complete_since_ms)| json::CompleteNotContracted {
+                complete_since_ms,
+                key,
+            })
+            .collect(),
+        contracted_in_use: view
+            .contracted_in_use
+            .into_iter()
+            .map(|(key, instances)| json::ContractedInUse {
+                instances: instances.into_iter().map(|i| instance(i, true)).collect(),
+                key,
+            })
+            .collect(),
     }
 }

@@ -4,7 +4,7 @@
 mod dashboard;
 mod json;
 
-use crate::app::{App, CreateMigrationInput};
+use crate::app::{App, CreateMigrationInput, DEFAULT_COMPLETE_FOR_DAYS, MAX_BODY_BYTES};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::WatchItem;
@@ -18,19 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use futures::StreamExt;
-use json::{
-    ApiJson, AuditPage, InstanceJson, SnapshotJson, TelemetryEntryJson, TokenJson, TrafficJson,
-};
+use json::ApiJson;
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{
-    BasisPoints, Event, EventKind, Operation, Permission, Role, Stage, Version,
-};
-
-/// Request bodies above this are refused with 413; no legitimate request comes close.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, Version};
+use switchyard_proto::json as wire;
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
@@ -117,17 +111,7 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let mut body = serde_json::json!({
-            "code": self.code(),
-            "message": self.public_message(),
-        });
-        if let Some(rule) = self.rule() {
-            body["rule"] = rule.number().into();
-        }
-        if let Some(current) = self.current() {
-            body["current"] = serde_json::to_value(current).unwrap_or_default();
-        }
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(json::error_body(&self))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -154,14 +138,17 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 /// Who the presented token is: the dashboard signs in with it and hides what the role may not do.
-async fn whoami(Caller(who): Caller) -> axum::Json<serde_json::Value> {
-    let permissions: Vec<&str> = who.role.permissions().map(Permission::as_str).collect();
-    axum::Json(serde_json::json!({
-        "token_id": who.token_id,
-        "name": who.name,
-        "role": who.role,
-        "permissions": permissions,
-    }))
+async fn whoami(Caller(who): Caller) -> axum::Json<wire::Whoami> {
+    axum::Json(wire::Whoami {
+        name: who.name,
+        permissions: who
+            .role
+            .permissions()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        role: who.role,
+        token_id: who.token_id,
+    })
 }
 
 /// The names the API speaks, from their one definition in the domain, so that clients such as
@@ -186,31 +173,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
     Ok("ready")
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateMigrationBody {
-    key: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    entity_kind: String,
-    soak_seconds: Option<u64>,
-    #[serde(default)]
-    expected_services: Vec<String>,
-    #[serde(default)]
-    has_backfill: bool,
-    shadow_sample_bp: Option<u32>,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn create_migration(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<CreateMigrationBody>,
-) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    ApiJson(body): ApiJson<wire::CreateMigration>,
+) -> Result<(StatusCode, axum::Json<wire::Migration>), ApiError> {
     let created = app
         .create_migration(
             &who,
@@ -227,7 +194,7 @@ async fn create_migration(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, json::to_json(&created)))
+    Ok((StatusCode::CREATED, json::migration(&created)))
 }
 
 async fn list_migrations(
@@ -235,33 +202,23 @@ async fn list_migrations(
     Caller(who): Caller,
 ) -> Result<Response, ApiError> {
     let snapshot = app.snapshot(&who)?;
-    Ok(axum::Json(SnapshotJson::from(&*snapshot)).into_response())
+    Ok(axum::Json(json::snapshot(&snapshot)).into_response())
 }
 
 async fn get_migration(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    Ok(json::to_json(&*app.get_migration(&who, &key)?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RolloutBody {
-    stage: Option<String>,
-    rollout_bp: u32,
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
+) -> Result<axum::Json<wire::Migration>, ApiError> {
+    Ok(json::migration(&*app.get_migration(&who, &key)?))
 }
 
 async fn set_rollout(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<RolloutBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    ApiJson(body): ApiJson<wire::Rollout>,
+) -> Result<axum::Json<wire::Migration>, ApiError> {
     let op = Operation::SetRollout {
         stage: body.stage.as_deref().map(Stage::parse).transpose()?,
         rollout: BasisPoints::new(body.rollout_bp)?,
@@ -269,23 +226,15 @@ async fn set_rollout(
     let done = app
         .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
         .await?;
-    Ok(json::to_json(&done))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepBody {
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
+    Ok(json::migration(&done))
 }
 
 async fn advance(
     state: State<Arc<App>>,
     caller: Caller,
     key: Path<String>,
-    body: ApiJson<StepBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    body: ApiJson<wire::Step>,
+) -> Result<axum::Json<wire::Migration>, ApiError> {
     step(state, caller, key, body, Operation::Advance).await
 }
 
@@ -293,8 +242,8 @@ async fn retreat(
     state: State<Arc<App>>,
     caller: Caller,
     key: Path<String>,
-    body: ApiJson<StepBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    body: ApiJson<wire::Step>,
+) -> Result<axum::Json<wire::Migration>, ApiError> {
     step(state, caller, key, body, Operation::Retreat).await
 }
 
@@ -302,24 +251,13 @@ async fn step(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<StepBody>,
+    ApiJson(body): ApiJson<wire::Step>,
     op: Operation,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<wire::Migration>, ApiError> {
     let done = app
         .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
         .await?;
-    Ok(json::to_json(&done))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    event: String,
-    expected_version: u64,
-    #[serde(default)]
-    reason: String,
-    rows_done: Option<u64>,
-    rows_total_estimate: Option<u64>,
+    Ok(json::migration(&done))
 }
 
 /// Parses an event name as the API and CLI spell it (`expand_applied` or `expand-applied`).
@@ -338,8 +276,8 @@ async fn record_event(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    ApiJson(body): ApiJson<EventBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    ApiJson(body): ApiJson<wire::RecordEvent>,
+) -> Result<axum::Json<wire::Migration>, ApiError> {
     let event = parse_event(&body.event, body.rows_done, body.rows_total_estimate)?;
     let done = app
         .mutate(
@@ -350,7 +288,7 @@ async fn record_event(
             Operation::Record(event),
         )
         .await?;
-    Ok(json::to_json(&done))
+    Ok(json::migration(&done))
 }
 
 #[derive(Deserialize)]
@@ -365,10 +303,10 @@ async fn audit(
     Caller(who): Caller,
     Path(key): Path<String>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<AuditPage>, ApiError> {
+) -> Result<axum::Json<wire::AuditPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let (entries, next) = app.audit(&who, &key, q.limit, q.before_id).await?;
-    Ok(axum::Json(AuditPage::new(entries, next)))
+    Ok(axum::Json(json::audit_page(entries, next)))
 }
 
 #[derive(Deserialize)]
@@ -382,11 +320,11 @@ async fn decide(
     Caller(who): Caller,
     Path(key): Path<String>,
     query: Result<Query<DecideQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<crate::app::Decision>, ApiError> {
+) -> Result<axum::Json<wire::Decision>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     // An empty key means "no entity", as in the proto, so both protocols answer alike.
     let entity = q.entity_key.as_deref().filter(|k| !k.is_empty());
-    Ok(axum::Json(app.decide(&who, &key, entity)?))
+    Ok(axum::Json(json::decision(app.decide(&who, &key, entity)?)))
 }
 
 async fn snapshot(
@@ -431,7 +369,7 @@ async fn snapshot(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag)]).into_response());
     }
-    Ok(([(ETAG, etag)], axum::Json(SnapshotJson::from(&*snapshot))).into_response())
+    Ok(([(ETAG, etag)], axum::Json(json::snapshot(&snapshot))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -461,11 +399,11 @@ async fn watch(
             WatchItem::Snapshot(s) => SseEvent::default()
                 .event("snapshot")
                 .id(s.version.to_string())
-                .json_data(SnapshotJson::from(&*s)),
+                .json_data(json::snapshot(&s)),
             WatchItem::Change(m) => SseEvent::default()
                 .event("change")
                 .id(m.version.to_string())
-                .json_data(json::MigrationJson::from(&*m)),
+                .json_data(wire::Migration::from(&*m)),
         };
         Ok(event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())))
     });
@@ -489,7 +427,7 @@ async fn heartbeat(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     ApiJson(body): ApiJson<HeartbeatBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<wire::HeartbeatAnswer>, ApiError> {
     let current = app
         .heartbeat(
             &who,
@@ -500,9 +438,9 @@ async fn heartbeat(
             body.leaving,
         )
         .await?;
-    Ok(axum::Json(
-        serde_json::json!({ "snapshot_version": current }),
-    ))
+    Ok(axum::Json(wire::HeartbeatAnswer {
+        snapshot_version: current.0,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -515,22 +453,22 @@ async fn instances(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<wire::Instances>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
-    let list: Vec<InstanceJson> = app
+    let instances = app
         .instances(&who, q.migration.as_deref())
         .await?
         .into_iter()
-        .map(InstanceJson::from)
+        .map(|(i, live)| json::instance(i, live))
         .collect();
-    Ok(axum::Json(serde_json::json!({ "instances": list })))
+    Ok(axum::Json(wire::Instances { instances }))
 }
 
 async fn migration_instances(
     state: State<Arc<App>>,
     caller: Caller,
     Path(key): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<wire::Instances>, ApiError> {
     let query = InstancesQuery {
         migration: Some(key),
     };
@@ -541,7 +479,7 @@ async fn migration_instances(
 struct TelemetryBody {
     service: String,
     instance_id: String,
-    entries: Vec<TelemetryEntryJson>,
+    entries: Vec<wire::TelemetryEntry>,
 }
 
 async fn report_telemetry(
@@ -552,7 +490,7 @@ async fn report_telemetry(
     let entries = body
         .entries
         .into_iter()
-        .map(|e| (e.key, e.minute_ms, e.counts))
+        .map(|e| (e.key, e.minute_ms, e.counts.into()))
         .collect();
     app.report_telemetry(&who, &body.service, &body.instance_id, entries)
         .await?;
@@ -570,64 +508,60 @@ async fn traffic(
     Caller(who): Caller,
     Path(key): Path<String>,
     query: Result<Query<TrafficQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<TrafficJson>, ApiError> {
+) -> Result<axum::Json<wire::Traffic>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let (minutes, total) = app.traffic(&who, &key, q.minutes).await?;
-    Ok(axum::Json(TrafficJson::new(key, minutes, total)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    name: String,
-    role: String,
+    Ok(axum::Json(json::traffic(key, minutes, total)))
 }
 
 async fn create_token(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<TokenBody>,
-) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    ApiJson(body): ApiJson<wire::CreateToken>,
+) -> Result<(StatusCode, axum::Json<wire::CreatedToken>), ApiError> {
     let role = Role::parse(&body.role).map_err(ApiError::invalid)?;
     let (record, secret) = app.create_token(&who, &body.name, role).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(serde_json::json!({ "info": TokenJson::from(record), "token": secret })),
+        axum::Json(wire::CreatedToken {
+            info: json::token(record),
+            token: secret,
+        }),
     ))
 }
 
 async fn list_tokens(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let tokens: Vec<TokenJson> = app
+) -> Result<axum::Json<wire::Tokens>, ApiError> {
+    let tokens = app
         .list_tokens(&who)
         .await?
         .into_iter()
-        .map(TokenJson::from)
+        .map(json::token)
         .collect();
-    Ok(axum::Json(serde_json::json!({ "tokens": tokens })))
+    Ok(axum::Json(wire::Tokens { tokens }))
 }
 
 async fn revoke_token(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(id): Path<String>,
-) -> Result<axum::Json<TokenJson>, ApiError> {
+) -> Result<axum::Json<wire::Token>, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::invalid(format!("invalid token id {id:?}: allowed a number")))?;
-    Ok(axum::Json(TokenJson::from(
-        app.revoke_token(&who, id).await?,
-    )))
+    Ok(axum::Json(json::token(app.revoke_token(&who, id).await?)))
 }
 
 async fn gate(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-) -> Result<axum::Json<switchyard_domain::gate::GateReport>, ApiError> {
-    Ok(axum::Json(app.gate(&who, &key).await?))
+) -> Result<axum::Json<wire::GateReport>, ApiError> {
+    Ok(axum::Json(wire::GateReport::from(
+        &app.gate(&who, &key).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -640,34 +574,21 @@ async fn lifecycle(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     query: Result<Query<LifecycleQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<wire::Lifecycle>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let days = q.complete_for_days.unwrap_or(DEFAULT_COMPLETE_FOR_DAYS);
     let view = app
         .lifecycle(&who, Duration::from_secs(u64::from(days) * 86_400))
         .await?;
-    Ok(axum::Json(serde_json::json!({
-        "complete_for_days": days,
-        "contracted_in_use": view.contracted_in_use.into_iter().map(|(key, instances)| {
-            let instances: Vec<InstanceJson> =
-                instances.into_iter().map(|i| InstanceJson::from((i, true))).collect();
-            serde_json::json!({ "key": key, "instances": instances })
-        }).collect::<Vec<_>>(),
-        "complete_not_contracted": view.complete_not_contracted.into_iter().map(|(key, since)| {
-            serde_json::json!({ "key": key, "complete_since_ms": since })
-        }).collect::<Vec<_>>(),
-    })))
+    Ok(axum::Json(json::lifecycle(view, days)))
 }
-
-/// Default age, in days at complete 100%, after which an uncontracted migration is listed.
-pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;
 
 async fn backfill(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-) -> Result<axum::Json<crate::app::BackfillProgress>, ApiError> {
-    Ok(axum::Json(app.backfill(&who, &key).await?))
+) -> Result<axum::Json<wire::BackfillProgress>, ApiError> {
+    Ok(axum::Json(json::backfill(app.backfill(&who, &key).await?)))
 }
 
 #[derive(Deserialize)]
@@ -689,8 +610,8 @@ async fn checkpoint_backfill(
     Caller(who): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<CheckpointBody>,
-) -> Result<axum::Json<crate::app::BackfillProgress>, ApiError> {
-    Ok(axum::Json(
+) -> Result<axum::Json<wire::BackfillProgress>, ApiError> {
+    Ok(axum::Json(json::backfill(
         app.checkpoint_backfill(
             &who,
             &key,
@@ -703,5 +624,5 @@ async fn checkpoint_backfill(
             },
         )
         .await?,
-    ))
+    )))
 }

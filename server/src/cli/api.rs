@@ -1,0 +1,173 @@
+//! The CLI's HTTP client: one call per API route, answers parsed into the typed bodies of
+//! `switchyard_proto::json`, errors mapped to exit codes.
+
+use super::args::Remote;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+use switchyard_proto::json;
+
+/// A failed command with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+    /// The server's error body, printed as is with `--json`.
+    pub body: Option<Value>,
+}
+
+impl Failure {
+    pub(super) fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+            body: None,
+        }
+    }
+
+    /// The server's error body, when it is one.
+    pub(super) fn error_body(&self) -> Option<json::ErrorBody> {
+        self.body
+            .as_ref()
+            .and_then(|b| json::ErrorBody::deserialize(b).ok())
+    }
+}
+
+/// A successful answer: typed for rendering, and as the server sent it for `--json`.
+pub(super) struct Answer<T> {
+    pub body: T,
+    pub json: Value,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    remote: Remote,
+}
+
+impl Client {
+    pub fn new(remote: Remote) -> Result<Self, Failure> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &remote.tls_ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                Failure::usage(format!("{} is not a PEM certificate: {e}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Failure::usage(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self { http, remote })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Answer<T>, Failure> {
+        let url = format!("{}{}", self.remote.server.trim_end_matches('/'), path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.remote.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach the server at {}: {e}", self.remote.server),
+            body: None,
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return match T::deserialize(&value) {
+                Ok(body) => Ok(Answer { body, json: value }),
+                Err(e) => Err(Failure {
+                    code: 3,
+                    message: format!("the server's answer to {path} is not understood: {e}"),
+                    body: None,
+                }),
+            };
+        }
+        let error = json::ErrorBody::deserialize(&value).ok();
+        let message = error.as_ref().map_or_else(
+            || format!("server answered {status}"),
+            |e| e.message.clone(),
+        );
+        let code = match status.as_u16() {
+            401 | 403 => 3,
+            400 | 404 | 413 => 2,
+            409 | 422 => 1,
+            _ => 3,
+        };
+        let prefix = match error.and_then(|e| e.rule) {
+            Some(_) if code == 1 => "refused: ",
+            _ => "",
+        };
+        Err(Failure {
+            code,
+            message: format!("{prefix}{message}"),
+            body: Some(value),
+        })
+    }
+
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, Failure> {
+        self.call::<(), T>(reqwest::Method::GET, path, None).await
+    }
+
+    pub(super) async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Answer<T>, Failure> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub(super) async fn migration(&self, key: &str) -> Result<Answer<json::Migration>, Failure> {
+        self.get(&format!("/v1/migrations/{}", path_segment(key)?))
+            .await
+    }
+
+    pub(super) async fn expected_version(
+        &self,
+        key: &str,
+        given: Option<u64>,
+    ) -> Result<u64, Failure> {
+        match given {
+            Some(v) => Ok(v),
+            None => Ok(self.migration(key).await?.body.record.version),
+        }
+    }
+}
+
+/// Rejects keys that would change the URL path; the server validates the exact form.
+pub(super) fn path_segment(key: &str) -> Result<&str, Failure> {
+    if key.is_empty() || key.contains(['/', '?', '#', '%']) {
+        return Err(Failure::usage(format!(
+            "invalid migration key {key:?}: allowed a-z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    Ok(key)
+}
+
+pub(super) fn url_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,55 @@
+//! Read-only commands about a migration's use: audit log, decisions, traffic, instances.
+
+use super::api::{Client, Failure, path_segment, url_encode};
+use super::{Output, render};
+use switchyard_proto::json;
+
+pub(super) async fn audit(
+    client: &Client,
+    key: &str,
+    limit: u32,
+    before: Option<u64>,
+) -> Result<Output, Failure> {
+    let mut path = format!("/v1/migrations/{}/audit?limit={limit}", path_segment(key)?);
+    if let Some(b) = before {
+        path.push_str(&format!("&before_id={b}"));
+    }
+    let page = client.get::<json::AuditPage>(&path).await?;
+    let human = render::audit(&page.body);
+    Ok(Output::ok(page.json, human))
+}
+
+pub(super) async fn decide(
+    client: &Client,
+    key: &str,
+    entity: Option<&str>,
+) -> Result<Output, Failure> {
+    let mut path = format!("/v1/migrations/{}/decide", path_segment(key)?);
+    if let Some(e) = entity {
+        path.push_str(&format!("?entity_key={}", url_encode(e)));
+    }
+    let d = client.get::<json::Decision>(&path).await?;
+    let human = render::decision(&d.body, entity);
+    Ok(Output::ok(d.json, human))
+}
+
+pub(super) async fn traffic(client: &Client, key: &str, minutes: u32) -> Result<Output, Failure> {
+    let t = client
+        .get::<json::Traffic>(&format!(
+            "/v1/migrations/{}/traffic?minutes={minutes}",
+            path_segment(key)?
+        ))
+        .await?;
+    let human = render::traffic(&t.body);
+    Ok(Output::ok(t.json, human))
+}
+
+pub(super) async fn instances(client: &Client, migration: Option<&str>) -> Result<Output, Failure> {
+    let path = match migration {
+        Some(key) => format!("/v1/migrations/{}/instances", path_segment(key)?),
+        None => "/v1/clients".to_owned(),
+    };
+    let list = client.get::<json::Instances>(&path).await?;
+    let human = render::instances(&list.body);
+    Ok(Output::ok(list.json, human))
+}

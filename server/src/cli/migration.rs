@@ -1,0 +1,234 @@
+//! Migration commands: create, show, list, ramp, advance, retreat, record.
+
+use super::api::{Answer, Client, Failure, path_segment};
+use super::args::{Change, MigrationCommand};
+use super::sqlfiles::{self, Phase};
+use super::{Output, render};
+use serde_json::Value;
+use std::path::Path;
+use switchyard_domain::{BasisPoints, EventKind, Migration, Stage};
+use switchyard_proto::json;
+
+pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Output, Failure> {
+    match command {
+        MigrationCommand::Create {
+            key,
+            description,
+            owner,
+            entity_kind,
+            soak,
+            expected_services,
+            backfill,
+            shadow_sample_percent,
+            reason,
+        } => {
+            let sample = shadow_sample_percent
+                .map(|p| BasisPoints::from_percent(&p).map(|bp| bp.get()))
+                .transpose()
+                .map_err(|e| Failure::usage(e.0))?;
+            let m = client
+                .post(
+                    "/v1/migrations",
+                    &json::CreateMigration {
+                        key,
+                        description,
+                        owner,
+                        entity_kind,
+                        soak_seconds: soak.map(|d| d.as_secs()),
+                        expected_services,
+                        has_backfill: backfill,
+                        shadow_sample_bp: sample,
+                        reason,
+                    },
+                )
+                .await?;
+            output(m, "created")
+        }
+        MigrationCommand::Show { key } => output(client.migration(&key).await?, ""),
+        MigrationCommand::List { stale: false, .. } => {
+            let s = client.get::<json::Snapshot>("/v1/migrations").await?;
+            let migrations = s
+                .body
+                .migrations
+                .into_iter()
+                .map(domain)
+                .collect::<Result<Vec<_>, _>>()?;
+            let human = render::list(s.body.version, &migrations);
+            Ok(Output::ok(s.json, human))
+        }
+        MigrationCommand::List { stale: true, days } => {
+            let v = client
+                .get::<json::Lifecycle>(&format!("/v1/lifecycle?complete_for_days={days}"))
+                .await?;
+            let human = render::lifecycle(&v.body);
+            Ok(Output::ok(v.json, human))
+        }
+    }
+}
+
+/// `ramp KEY --percent P [--stage S]`.
+pub(super) async fn ramp(
+    client: &Client,
+    key: &str,
+    percent: &str,
+    stage: Option<String>,
+    change: Change,
+) -> Result<Output, Failure> {
+    change.require_view("ramp")?;
+    let bp = BasisPoints::from_percent(percent).map_err(|e| Failure::usage(e.0))?;
+    let version = client
+        .expected_version(key, change.expected_version)
+        .await?;
+    let m = client
+        .post(
+            &format!("/v1/migrations/{}/rollout", path_segment(key)?),
+            &json::Rollout {
+                stage,
+                rollout_bp: bp.get(),
+                expected_version: version,
+                reason: change.reason,
+            },
+        )
+        .await?;
+    output(m, "ramped")
+}
+
+/// `advance` and `retreat`.
+pub(super) async fn step(
+    client: &Client,
+    key: &str,
+    action: &str,
+    change: Change,
+) -> Result<Output, Failure> {
+    change.require_view(action)?;
+    let version = client
+        .expected_version(key, change.expected_version)
+        .await?;
+    let m = client
+        .post(
+            &format!("/v1/migrations/{}/{action}", path_segment(key)?),
+            &json::Step {
+                expected_version: version,
+                reason: change.reason,
+            },
+        )
+        .await?;
+    output(
+        m,
+        if action == "advance" {
+            "advanced"
+        } else {
+            "stepped back"
+        },
+    )
+}
+
+/// Records an event; `rows` (done, total estimate) only for progress.
+pub(super) async fn record(
+    client: &Client,
+    key: &str,
+    event: EventKind,
+    rows: (Option<u64>, Option<u64>),
+    change: Change,
+) -> Result<Output, Failure> {
+    let version = client
+        .expected_version(key, change.expected_version)
+        .await?;
+    let (rows_done, rows_total) = rows;
+    let m = client
+        .post(
+            &format!("/v1/migrations/{}/events", path_segment(key)?),
+            &json::RecordEvent {
+                event: event.as_str().to_owned(),
+                expected_version: version,
+                reason: change.reason,
+                rows_done,
+                rows_total_estimate: rows_total,
+            },
+        )
+        .await?;
+    output(m, &format!("recorded {event}"))
+}
+
+/// Records what a just-applied migration file's header names.
+pub(super) async fn record_sql_file(
+    client: &Client,
+    path: &Path,
+    change: Change,
+) -> Result<Output, Failure> {
+    let file = sqlfiles::read(path).map_err(Failure::usage)?;
+    if file.tags.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} has no `-- switchyard: expand KEY` or `-- switchyard: contract KEY` header",
+            file.name
+        )));
+    }
+    let mut recorded = Vec::new();
+    let mut human = String::new();
+    for (phase, key) in &file.tags {
+        let event = match phase {
+            Phase::Expand => EventKind::ExpandApplied,
+            Phase::Contract => EventKind::Contracted,
+        };
+        let version = client
+            .expected_version(key, change.expected_version)
+            .await?;
+        let result = client
+            .post::<_, json::Migration>(
+                &format!("/v1/migrations/{}/events", path_segment(key)?),
+                &json::RecordEvent {
+                    event: event.as_str().to_owned(),
+                    expected_version: version,
+                    reason: change.reason.clone(),
+                    rows_done: None,
+                    rows_total_estimate: None,
+                },
+            )
+            .await;
+        match result {
+            Ok(m) => {
+                human.push_str(&format!("recorded {event} for {key} ({})\n", file.name));
+                recorded.push(m.json);
+            }
+            // Re-running a pipeline step is fine: the fact is already recorded.
+            Err(f) if already_recorded(*phase, &f) => {
+                human.push_str(&format!(
+                    "{key}: {} already recorded ({})\n",
+                    phase.as_str(),
+                    file.name
+                ));
+                recorded.push(f.body.map(|b| b["current"].clone()).unwrap_or_default());
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(Output::ok(
+        Value::Array(recorded),
+        human.trim_end().to_owned(),
+    ))
+}
+
+/// Whether a refusal only says the file's fact is already on record.
+fn already_recorded(phase: Phase, failure: &Failure) -> bool {
+    let Some(current) = failure.error_body().and_then(|b| b.current) else {
+        return false;
+    };
+    match phase {
+        Phase::Expand => current.expand_applied,
+        Phase::Contract => current.stage == Stage::Contracted,
+    }
+}
+
+fn domain(m: json::Migration) -> Result<Migration, Failure> {
+    Migration::try_from(m).map_err(|e| Failure {
+        code: 3,
+        message: format!("the server sent an invalid migration: {e}"),
+        body: None,
+    })
+}
+
+/// A migration answer, shown after `verb` ("created", "ramped"…; empty for `show`).
+pub(super) fn output(answer: Answer<json::Migration>, verb: &str) -> Result<Output, Failure> {
+    let human = render::migration(&domain(answer.body)?, verb);
+    Ok(Output::ok(answer.json, human))
+}

@@ -1,0 +1,351 @@
+//! Human-readable output of the typed answers.
+
+use std::time::Duration;
+use switchyard_domain::migration::BackfillStatus;
+use switchyard_domain::traffic::{Histogram, TrafficCounts};
+use switchyard_domain::{BasisPoints, Migration, Stage};
+use switchyard_proto::json;
+
+pub(super) fn time(ms: Option<i64>) -> String {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// "dual_write at 25% (the rest at off)".
+fn front_text(m: &Migration) -> String {
+    let front = m.front();
+    match m.stage {
+        Stage::Off => "off".to_owned(),
+        Stage::Contracted => "contracted".to_owned(),
+        s if front.rollout.is_full() => format!("{s} at 100%"),
+        s => format!(
+            "{s} at {} (the rest at {})",
+            m.rollout_bp,
+            front.stage_for(Some(u32::MAX))
+        ),
+    }
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
+}
+
+pub(super) fn migration(m: &Migration, verb: &str) -> String {
+    let backfill = if m.has_backfill {
+        let status = match m.backfill.status {
+            BackfillStatus::None => "none",
+            BackfillStatus::NotStarted => "not started",
+            BackfillStatus::Running => "running",
+            BackfillStatus::Complete => "complete",
+        };
+        let paused = if m.backfill.paused { ", paused" } else { "" };
+        // Runners report progress in checkpoints, not in the migration's record.
+        let progress = if m.backfill.rows_done > 0 {
+            format!(
+                " ({} of ~{} rows recorded)",
+                m.backfill.rows_done, m.backfill.rows_total_estimate
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{status}{paused}{progress}; progress: switchyard backfill status {}",
+            m.key
+        )
+    } else {
+        "none".to_owned()
+    };
+    let head = if verb.is_empty() {
+        format!("{} (version {})", m.key, m.version)
+    } else {
+        format!("{verb} {} (now version {})", m.key, m.version)
+    };
+    format!(
+        "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  updated          {}",
+        front_text(m),
+        or_dash(&m.description),
+        or_dash(&m.owner),
+        or_dash(&m.entity_kind),
+        if m.expand_applied { "yes" } else { "no" },
+        backfill,
+        if m.old_shape_stale {
+            "yes (repair needed before old reads)"
+        } else {
+            "no"
+        },
+        humantime::format_duration(Duration::from_secs(m.soak_seconds)),
+        or_dash(&m.expected_services.join(", ")),
+        time(Some(m.updated_at_ms)),
+    )
+}
+
+pub(super) fn list(version: u64, migrations: &[Migration]) -> String {
+    if migrations.is_empty() {
+        return "no migrations yet; create one with `switchyard migration create`".to_owned();
+    }
+    let mut out = format!("{:<40} {:<36} {:>8} UPDATED\n", "KEY", "FRONT", "VERSION");
+    for m in migrations {
+        out.push_str(&format!(
+            "{:<40} {:<36} {:>8} {}\n",
+            m.key.as_str(),
+            front_text(m),
+            m.version.0,
+            time(Some(m.updated_at_ms))
+        ));
+    }
+    format!("{}\nsnapshot version {version}", out.trim_end())
+}
+
+pub(super) fn audit(page: &json::AuditPage) -> String {
+    let front = |f: Option<json::AuditedFront>| match f {
+        Some(f) => match BasisPoints::new(f.rollout_bp) {
+            Ok(bp) => format!("{}@{bp}", f.stage),
+            Err(_) => format!("{}@", f.stage),
+        },
+        None => "-".to_owned(),
+    };
+    let mut out = String::new();
+    for e in &page.entries {
+        // Id and version unpadded, as the CLI has always printed them.
+        let (before, after) = e.fronts();
+        out.push_str(&format!(
+            "#{} v{} {} {:<20} {} -> {}\n        by {}: {}\n",
+            e.id,
+            e.version,
+            time(Some(e.at_ms)),
+            e.action,
+            front(before),
+            front(after),
+            e.actor,
+            e.reason,
+        ));
+    }
+    if out.is_empty() {
+        return "no audit entries".to_owned();
+    }
+    if let Some(next) = page.next_before_id {
+        out.push_str(&format!("(older entries: --before {next})"));
+    }
+    out.trim_end().to_owned()
+}
+
+pub(super) fn traffic(t: &json::Traffic) -> String {
+    let row = |label: String, c: &TrafficCounts| {
+        let p99 = |h: &Histogram| match h.quantile_upper_bound_us(0.99) {
+            _ if h.count() == 0 => "-".to_owned(),
+            Some(us) if us >= 1000 => format!("≤{}ms", us / 1000),
+            Some(us) => format!("≤{us}µs"),
+            None => ">2.5s".to_owned(),
+        };
+        format!(
+            "{label:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
+            c.old.reads,
+            c.old.writes,
+            c.old.errors,
+            p99(&c.old.latency),
+            c.new.reads,
+            c.new.writes,
+            c.new.errors,
+            p99(&c.new.latency),
+            c.comparisons,
+            c.mismatches,
+        )
+    };
+    if t.minutes.is_empty() {
+        return format!("no traffic reported for {} in this window", t.key);
+    }
+    let mut out = format!(
+        "{:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
+        "MINUTE",
+        "OLD R",
+        "OLD W",
+        "ERR",
+        "P99",
+        "NEW R",
+        "NEW W",
+        "ERR",
+        "P99",
+        "COMPARE",
+        "MISMATCH"
+    );
+    for m in &t.minutes {
+        out.push_str(&row(time(Some(m.minute_ms)), &m.counts.into()));
+    }
+    let total = TrafficCounts::from(t.total);
+    out.push_str(&row("total".to_owned(), &total));
+    out.push_str(&format!(
+        "evaluations without entity: {}, on a fallback: {}",
+        total.evaluations_without_entity, total.fallback_evaluations
+    ));
+    out.trim_end().to_owned()
+}
+
+pub(super) fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("           {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(super) fn gate(report: &json::GateReport) -> String {
+    let mut out = format!(
+        "{}: the contract gate {}\n",
+        report.key,
+        if report.passed { "passes" } else { "fails" }
+    );
+    for c in &report.checks {
+        out.push_str(&format!(
+            "  [{}] {}: {}\n",
+            if c.passed { "ok" } else { "no" },
+            c.id,
+            c.evidence
+        ));
+        if !c.passed {
+            out.push_str(&format!("       → {}\n", c.remedy));
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+pub(super) fn lifecycle(v: &json::Lifecycle) -> String {
+    if v.contracted_in_use.is_empty() && v.complete_not_contracted.is_empty() {
+        return format!(
+            "nothing stale: no contracted migration is still evaluated, and none has been at \
+             complete 100% for over {} days",
+            v.complete_for_days
+        );
+    }
+    let mut out = String::new();
+    for m in &v.contracted_in_use {
+        let instances: Vec<String> = m
+            .instances
+            .iter()
+            .map(|i| format!("{}/{}", i.service, i.instance_id))
+            .collect();
+        out.push_str(&format!(
+            "{}: contracted, still evaluated by {} (remove the flag from that code)\n",
+            m.key,
+            instances.join(", ")
+        ));
+    }
+    for m in &v.complete_not_contracted {
+        out.push_str(&format!(
+            "{}: complete at 100% since {}, not contracted (run the gate and the contract migration)\n",
+            m.key,
+            time(Some(m.complete_since_ms))
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub(super) fn progress(p: &json::BackfillProgress) -> String {
+    let (done, total) = (p.rows_done, p.rows_total_estimate);
+    // An estimate of 0 means unknown: no bar.
+    let bar = match (done.min(total) * 30).checked_div(total) {
+        Some(filled) => format!(
+            "[{}{}] {:>3}% ",
+            "#".repeat(filled as usize),
+            ".".repeat(30 - filled as usize),
+            done.min(total) * 100 / total
+        ),
+        None => String::new(),
+    };
+    // While paused, the last rate and ETA describe the time before the pause.
+    let pace = if p.paused {
+        String::new()
+    } else {
+        let eta = p
+            .eta_seconds
+            .map(|s| {
+                format!(
+                    ", ETA {}",
+                    humantime::format_duration(Duration::from_secs(s))
+                )
+            })
+            .unwrap_or_default();
+        format!(", {:.0} rows/s{eta}", p.rate_rows_per_second)
+    };
+    format!(
+        "{}: backfill {}{} {bar}{done} of ~{total} rows{pace}{}",
+        p.key,
+        p.status.as_str(),
+        if p.paused { " (paused)" } else { "" },
+        if p.runner.is_empty() {
+            String::new()
+        } else {
+            format!(", runner {}", p.runner)
+        },
+    )
+}
+
+pub(super) fn decision(d: &json::Decision, entity: Option<&str>) -> String {
+    format!(
+        "{} for {}: stage {}, write {}, read {}, return {}{}",
+        d.key,
+        entity.map_or("an operation without entity".to_owned(), |e| {
+            let bucket = d.bucket.map_or("null".to_owned(), |b| b.to_string());
+            format!("entity {e} (bucket {bucket})")
+        }),
+        d.stage,
+        d.write.as_str(),
+        d.read.as_str(),
+        d.return_value.as_str(),
+        if d.shadow_compare {
+            ", compare shadow reads"
+        } else {
+            ""
+        },
+    )
+}
+
+pub(super) fn instances(list: &json::Instances) -> String {
+    let mut out = format!(
+        "{:<24} {:<40} {:>8} {:<5} LAST SEEN\n",
+        "SERVICE", "INSTANCE", "APPLIED", "LIVE"
+    );
+    for i in &list.instances {
+        // Numbers go unpadded under their header, as the CLI has always printed them.
+        out.push_str(&format!(
+            "{:<24} {:<40} {} {:<5} {}\n",
+            i.service,
+            i.instance_id,
+            i.applied_version,
+            if i.live { "yes" } else { "no" },
+            time(Some(i.last_seen_ms)),
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub(super) fn created_token(t: &json::CreatedToken) -> String {
+    format!(
+        "created token {} ({}) with role {}; it is shown only now:\n{}",
+        t.info.id,
+        t.info.name,
+        t.info.role.as_str(),
+        t.token
+    )
+}
+
+pub(super) fn tokens(list: &json::Tokens) -> String {
+    let mut out = format!(
+        "{:>4} {:<24} {:<9} {:<22} REVOKED\n",
+        "ID", "NAME", "ROLE", "CREATED"
+    );
+    for t in &list.tokens {
+        // The id unpadded under its header, as the CLI has always printed it.
+        out.push_str(&format!(
+            "{} {:<24} {:<9} {:<22} {}\n",
+            t.id,
+            t.name,
+            t.role.as_str(),
+            time(Some(t.created_at_ms)),
+            t.revoked_at_ms.map_or("-".to_owned(), |ms| time(Some(ms))),
+        ));
+    }
+    out.trim_end().to_owned()
+}
