@@ -4,7 +4,7 @@
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
-use crate::store::{AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
+use crate::store::{Alongside, AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,12 +259,14 @@ impl App {
             // The gate is evaluated on the state, fleet and traffic read in the transaction
             // that records the result: checking and recording are one step.
             self.store
-                .mutate_with_traffic(
+                .mutate_with(
                     key.as_str(),
                     &who.actor(),
                     now,
                     self.client_ttl,
-                    Some(self.traffic_horizon(now)),
+                    Alongside {
+                        traffic_since_ms: Some(self.traffic_horizon(now)),
+                    },
                     |current, fleet, traffic, next_version| {
                         let report =
                             gate::evaluate(current, fleet, traffic, now, &self.gate_policy);
@@ -285,12 +287,14 @@ impl App {
                 .filter(|w| w.ended_at_ms.is_none())
                 .map(|w| minute_of(w.started_at_ms));
             self.store
-                .mutate_with_traffic(
+                .mutate_with(
                     key.as_str(),
                     &who.actor(),
                     now,
                     self.client_ttl,
-                    open_window,
+                    Alongside {
+                        traffic_since_ms: open_window,
+                    },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =
                             rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
