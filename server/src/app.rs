@@ -266,6 +266,7 @@ impl App {
                     self.client_ttl,
                     Alongside {
                         traffic_since_ms: Some(self.traffic_horizon(now)),
+                        forget_checkpoint: false,
                     },
                     |current, fleet, traffic, next_version| {
                         let report =
@@ -294,6 +295,9 @@ impl App {
                     self.client_ttl,
                     Alongside {
                         traffic_since_ms: open_window,
+                        // A cancelled run's position must not outlive the cancel: a new start
+                        // begins at the start.
+                        forget_checkpoint: op == Operation::Record(Event::BackfillCancelled),
                     },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =
@@ -306,11 +310,6 @@ impl App {
         };
         match result {
             Ok(done) => {
-                if op == Operation::Record(Event::BackfillCancelled) {
-                    if let Err(e) = self.store.delete_checkpoint(key.as_str()).await {
-                        tracing::warn!(key = %key, error = %e, "forgetting the cancelled backfill's checkpoint failed");
-                    }
-                }
                 tracing::info!(
                     key = %key, action = op.action(), version = %done.migration.version,
                     stage = %done.migration.stage, rollout = %done.migration.rollout_bp,

@@ -1,6 +1,6 @@
 //! Backfill checkpoints: each running backfill's saved position and smoothed rate.
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Tx};
 
 /// A backfill runner's saved position.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,20 +71,16 @@ impl Store {
     pub async fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, StoreError> {
         load_checkpoint(&self.pool, key, "").await
     }
+}
 
-    /// Forgets a backfill's position (it was cancelled: a new start begins at the start).
-    pub async fn delete_checkpoint(&self, key: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
-            Box::pin(async move {
-                sqlx::query("DELETE FROM backfill_checkpoints WHERE migration_key = $1")
-                    .bind(key)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
-    }
+/// Forgets a backfill's position, inside the mutation that cancelled it (see
+/// [`super::Alongside::forget_checkpoint`]).
+pub(super) async fn forget_checkpoint(tx: &mut Tx<'_>, key: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM backfill_checkpoints WHERE migration_key = $1")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn load_checkpoint<'e, E>(

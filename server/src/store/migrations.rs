@@ -1,5 +1,6 @@
 //! Migrations and their audit log: create, read, the mutation path and the changes feed.
 
+use super::checkpoints::forget_checkpoint;
 use super::clients::{load_fleet, traffic_minutes};
 use super::rows::{AuditRecord, AuditRow, MigrationRow};
 use super::{Store, StoreError, Tx, next_version, read_snapshot_version};
@@ -21,6 +22,9 @@ pub struct Alongside {
     /// contract gate, or the record of a closing live window), so deciding on it and recording
     /// the decision are one atomic step.
     pub traffic_since_ms: Option<i64>,
+    /// Forget the backfill's checkpoint if the change commits (a cancel: a new start begins at
+    /// the start), so the cancel and the forgetting cannot be seen apart.
+    pub forget_checkpoint: bool,
 }
 
 impl Store {
@@ -215,6 +219,9 @@ impl Store {
                         });
                     }
                 };
+                if alongside.forget_checkpoint {
+                    forget_checkpoint(tx, key).await?;
+                }
                 let before = MigrationRow::from_domain(&current)?;
                 let row = MigrationRow::from_domain(&next)?;
                 let updated = sqlx::query(
