@@ -3,6 +3,7 @@
 use super::checkpoints::forget_checkpoint;
 use super::clients::{load_fleet, traffic_minutes};
 use super::rows::{AuditRecord, AuditRow, MigrationRow};
+use super::state::parse_state;
 use super::{Store, StoreError, Tx, next_version, read_snapshot_version};
 use std::time::Duration;
 use switchyard_domain::rules::DomainError;
@@ -138,10 +139,7 @@ impl Store {
         tx.commit().await?;
         let changes = rows
             .into_iter()
-            .map(|(key, v, state)| {
-                serde_json::from_str::<Migration>(&state)
-                    .map_err(|e| StoreError::Corrupt(format!("audit of {key} at {v}: {e}")))
-            })
+            .map(|(key, v, state)| parse_state(&state, || format!("audit of {key} at {v}")))
             .collect::<Result<_, _>>()?;
         Ok((changes, current))
     }

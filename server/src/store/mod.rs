@@ -17,12 +17,13 @@
 //!
 //! Layout, by table family: `migrations` (migrations and their audit log), `clients` (client
 //! instances and their traffic), `checkpoints` (backfill positions), `tokens` (API tokens);
-//! `rows` holds the row types.
+//! `rows` and `state` hold the row types and the stored form of a migration.
 
 mod checkpoints;
 mod clients;
 mod migrations;
 mod rows;
+mod state;
 mod tokens;
 
 use futures::future::BoxFuture;
