@@ -4,7 +4,7 @@
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
-use crate::store::{AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
+use crate::store::{Alongside, AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,12 +264,15 @@ impl App {
             // The gate is evaluated on the state, fleet and traffic read in the transaction
             // that records the result: checking and recording are one step.
             self.store
-                .mutate_with_traffic(
+                .mutate_with(
                     key.as_str(),
                     &who.actor(),
                     now,
                     self.client_ttl,
-                    Some(self.traffic_horizon(now)),
+                    Alongside {
+                        traffic_since_ms: Some(self.traffic_horizon(now)),
+                        forget_checkpoint: false,
+                    },
                     |current, fleet, traffic, next_version| {
                         let report =
                             gate::evaluate(current, fleet, traffic, now, &self.gate_policy);
@@ -290,12 +293,17 @@ impl App {
                 .filter(|w| w.ended_at_ms.is_none())
                 .map(|w| minute_of(w.started_at_ms));
             self.store
-                .mutate_with_traffic(
+                .mutate_with(
                     key.as_str(),
                     &who.actor(),
                     now,
                     self.client_ttl,
-                    open_window,
+                    Alongside {
+                        traffic_since_ms: open_window,
+                        // A cancelled run's position must not outlive the cancel: a new start
+                        // begins at the start.
+                        forget_checkpoint: op == Operation::Record(Event::BackfillCancelled),
+                    },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =
                             rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
@@ -307,11 +315,6 @@ impl App {
         };
         match result {
             Ok(done) => {
-                if op == Operation::Record(Event::BackfillCancelled) {
-                    if let Err(e) = self.store.delete_checkpoint(key.as_str()).await {
-                        tracing::warn!(key = %key, error = %e, "forgetting the cancelled backfill's checkpoint failed");
-                    }
-                }
                 tracing::info!(
                     key = %key, action = op.action(), version = %done.migration.version,
                     stage = %done.migration.stage, rollout = %done.migration.rollout_bp,

@@ -3,8 +3,9 @@
 //!
 //! Covers: create / get / changed_since, mutations through the domain rules (the global version
 //! grows by exactly one per committed change and a refusal changes nothing), the audit log,
-//! client heartbeats and the fleet handed to the rules, API tokens, concurrent writers, and
-//! durability across a close and reconnect.
+//! client heartbeats and the fleet handed to the rules, API tokens, concurrent writers,
+//! durability across a close and reconnect, and a backfill's cancel forgetting its checkpoint in
+//! the same transaction.
 
 use std::time::Duration;
 use switchyard_domain::Role;
@@ -15,7 +16,9 @@ use switchyard_domain::{
     Rule, Stage, Version,
 };
 use switchyard_server::auth::hash_token;
-use switchyard_server::store::{AuditRecord, ClientInstance, Store, StoreError, TokenRecord};
+use switchyard_server::store::{
+    Alongside, AuditRecord, Checkpoint, ClientInstance, Store, StoreError, TokenRecord,
+};
 use switchyard_tests::{Db, TestDb, both_databases};
 
 /// A fixed "now" (Unix ms); the store takes time as an argument, so no clock is needed.
@@ -1198,6 +1201,89 @@ async fn a_stale_writer_does_not_break_a_current_one(db: Db) {
     store.close().await;
 }
 
+/// A backfill running on a new migration `key`, with a saved position.
+async fn running_backfill(store: &Store, key: &str) -> (Migration, Checkpoint) {
+    let mut m = create(store, key, true, &[]).await;
+    for op in [
+        Operation::Record(Event::ExpandApplied),
+        Operation::Advance,
+        ramp(None, 10_000),
+        Operation::Record(Event::BackfillStarted),
+    ] {
+        m = apply(store, key, "rm", T0 + 1, m.version, "x", op)
+            .await
+            .unwrap();
+    }
+    assert_eq!(m.backfill.status, BackfillStatus::Running);
+    let saved = store
+        .save_checkpoint(
+            key,
+            &Checkpoint {
+                cursor: "600".to_owned(),
+                rows_done: 600,
+                rows_total_estimate: 1000,
+                rate_rows_per_second: 0.0,
+                runner: "api/worker-1".to_owned(),
+                updated_at_ms: T0 + 2,
+            },
+        )
+        .await
+        .unwrap();
+    (m, saved)
+}
+
+/// A cancel recorded as `App::mutate` records it; `spoil` may alter the decided state.
+async fn cancel(
+    store: &Store,
+    key: &str,
+    expected: Version,
+    spoil: impl FnOnce(&mut Migration) + Send,
+) -> Result<Migration, StoreError> {
+    let op = Operation::Record(Event::BackfillCancelled);
+    let forget = Alongside {
+        traffic_since_ms: None,
+        forget_checkpoint: true,
+    };
+    store
+        .mutate_with(key, "rm", T0 + 3, TTL, forget, |current, fleet, _, next| {
+            let (mut m, r) = rules::apply(current, expected, "stop", &op, fleet, next, T0 + 3)?;
+            spoil(&mut m);
+            Ok((m, r, op.action().to_owned()))
+        })
+        .await
+        .map(|done| done.migration)
+}
+
+async fn a_cancel_and_the_forgetting_of_its_checkpoint_commit_together(db: Db) {
+    let db = TestDb::new(db).await;
+    let store = open(&db).await;
+    let key = "users.backfilled";
+    let (running, saved) = running_backfill(&store, key).await;
+    let other = create(&store, "other.one", false, &[]).await;
+    let before = observe(&store, key).await;
+
+    // Refused by the domain: nothing changes, the position stays.
+    let (error, current) = refused(cancel(&store, key, Version(1), |_| {}).await);
+    assert!(matches!(error, DomainError::Stale { .. }), "{error:?}");
+    assert_eq!(current, running);
+    assert_eq!(observe(&store, key).await, before);
+    assert_eq!(store.checkpoint(key).await.unwrap(), Some(saved.clone()));
+
+    // Decided, then the state cannot be written (its version is another migration's): the
+    // forgetting rolls back with the cancel.
+    let failed = cancel(&store, key, running.version, |m| m.version = other.version).await;
+    assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+    assert_eq!(observe(&store, key).await, before);
+    assert_eq!(store.checkpoint(key).await.unwrap(), Some(saved));
+
+    // Committed: the position is gone by the time the cancel is returned.
+    let cancelled = cancel(&store, key, running.version, |_| {}).await.unwrap();
+    assert_eq!(cancelled.backfill.status, BackfillStatus::NotStarted);
+    assert_eq!(store.get(key).await.unwrap(), Some(cancelled));
+    assert_eq!(store.checkpoint(key).await.unwrap(), None);
+    store.close().await;
+}
+
 both_databases!(
     create_get_and_changed_since,
     mutate_applies_rules_and_refusals_change_nothing,
@@ -1208,4 +1294,5 @@ both_databases!(
     concurrent_creates_of_one_key,
     committed_state_survives_close_and_reconnect,
     a_stale_writer_does_not_break_a_current_one,
+    a_cancel_and_the_forgetting_of_its_checkpoint_commit_together,
 );

@@ -1,6 +1,7 @@
 //! Row types and their conversion to and from domain values.
 
 use super::StoreError;
+use super::state::{parse_state, state_json};
 use switchyard_domain::Role;
 use switchyard_domain::{Migration, Version};
 
@@ -27,13 +28,12 @@ impl MigrationRow {
             rollout_bp: i64::from(m.rollout_bp.get()),
             created_at_ms: m.created_at_ms,
             updated_at_ms: m.updated_at_ms,
-            state: serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            state: state_json(m)?,
         })
     }
 
     pub fn into_domain(self) -> Result<Migration, StoreError> {
-        let m: Migration = serde_json::from_str(&self.state)
-            .map_err(|e| StoreError::Corrupt(format!("migration {}: {e}", self.key)))?;
+        let m = parse_state(&self.state, || format!("migration {}", self.key))?;
         if m.version.0 as i64 != self.version || m.key.as_str() != self.key {
             return Err(StoreError::Corrupt(format!(
                 "migration {}: columns and state disagree",
