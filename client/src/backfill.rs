@@ -19,7 +19,8 @@
 //! [`crate::postgres::PgBackfill`] (feature `postgres`) is a ready batch function for
 //! PostgreSQL tables.
 
-use crate::client::{Client, Shared};
+use crate::client::Client;
+use crate::state::Shared;
 use crate::sync::{heartbeat_message, preferred, request};
 use std::future::Future;
 use std::sync::Arc;

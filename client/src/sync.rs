@@ -2,7 +2,7 @@
 //! backoff), acknowledge and heartbeat, and report telemetry. Nothing here runs on the
 //! application's evaluation path.
 
-use crate::client::{Config, Shared, Source};
+use crate::state::{Config, Shared, Source};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
