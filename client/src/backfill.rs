@@ -20,14 +20,14 @@
 //! PostgreSQL tables.
 
 use crate::client::Client;
+use crate::rpc::{self, ErrorKind, OnRefusal, ServerError, request};
 use crate::state::Shared;
-use crate::sync::{heartbeat_message, preferred, request};
+use crate::sync::heartbeat_message;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_domain::migration::BackfillStatus;
 use switchyard_proto::v1 as pb;
-use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 
 /// What one batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,16 @@ pub enum BackfillError<E> {
     /// The application's batch failed; a new run resumes at the last checkpoint.
     #[error("a batch failed: {0}")]
     Batch(E),
+}
+
+impl<E> From<ServerError> for BackfillError<E> {
+    fn from(e: ServerError) -> Self {
+        if e.kind.is_refusal() {
+            BackfillError::Refused(e.message)
+        } else {
+            BackfillError::Server(e.message)
+        }
+    }
 }
 
 /// Runs a migration's backfill; build it with [`Client::backfill`].
@@ -254,8 +264,9 @@ impl BackfillRunner {
         let message = pb::GetMigrationRequest {
             key: self.key.clone(),
         };
-        self.call(|mut c, r| async move { c.get_migration(r).await }, message)
-            .await
+        Ok(self
+            .call(message, |mut c, r| async move { c.get_migration(r).await })
+            .await?)
     }
 
     /// The version at which the current run was started (0: none).
@@ -270,17 +281,18 @@ impl BackfillRunner {
     /// Reports this client's applied version to the server now (as its heartbeat does).
     async fn acknowledge<E>(&self) -> Result<(), BackfillError<E>> {
         let message = heartbeat_message(&self.shared, self.shared.version(), false);
-        self.call(|mut c, r| async move { c.heartbeat(r).await }, message)
-            .await
-            .map(|_| ())
+        self.call(message, |mut c, r| async move { c.heartbeat(r).await })
+            .await?;
+        Ok(())
     }
 
     async fn progress<E>(&self) -> Result<pb::BackfillProgress, BackfillError<E>> {
         let message = pb::GetBackfillRequest {
             key: self.key.clone(),
         };
-        self.call(|mut c, r| async move { c.get_backfill(r).await }, message)
-            .await
+        Ok(self
+            .call(message, |mut c, r| async move { c.get_backfill(r).await })
+            .await?)
     }
 
     async fn checkpoint<E>(
@@ -301,11 +313,11 @@ impl BackfillRunner {
             started_version: run,
         };
         self.call(
-            |mut c, r| async move { c.checkpoint_backfill(r).await },
             message,
+            |mut c, r| async move { c.checkpoint_backfill(r).await },
         )
-        .await
-        .map(|_| ())
+        .await?;
+        Ok(())
     }
 
     /// Records an event at the migration's current version (re-reading it on a conflict); with
@@ -333,13 +345,13 @@ impl BackfillRunner {
                 rows_total_estimate: 0,
             };
             match self
-                .call(|mut c, r| async move { c.record_event(r).await }, message)
+                .call(message, |mut c, r| async move { c.record_event(r).await })
                 .await
             {
                 Ok(m) => return Ok(m.version),
                 // Someone else changed the migration meanwhile: read it again.
-                Err(BackfillError::Refused(m)) if m.starts_with("rule 8") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind == ErrorKind::StaleVersion => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(BackfillError::Server(
@@ -354,48 +366,29 @@ impl BackfillRunner {
             .await;
     }
 
-    /// One RPC, on the servers in turn; refusals are final, transport failures are retried
-    /// with backoff for about half a minute.
-    async fn call<M, T, Call, CallFut, E>(
-        &self,
-        call: Call,
-        message: M,
-    ) -> Result<T, BackfillError<E>>
+    /// One RPC, on the servers in turn; refusals are final, other failures are retried with
+    /// backoff for about half a minute.
+    async fn call<M, T, Call, Fut>(&self, message: M, call: Call) -> Result<T, ServerError>
     where
         M: Clone,
-        Call: Fn(SwitchyardClient<tonic::transport::Channel>, tonic::Request<M>) -> CallFut,
-        CallFut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        Call: Fn(rpc::Client, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let attempt = |client| call(client, request(&self.shared, message.clone()));
         let mut delay = Duration::from_millis(100);
-        let mut last = String::new();
-        for _ in 0..8 {
-            for channel in preferred(&self.shared, &self.shared.channels) {
-                match call(
-                    SwitchyardClient::new(channel),
-                    request(&self.shared, message.clone()),
-                )
-                .await
-                {
-                    Ok(answer) => return Ok(answer.into_inner()),
-                    Err(s)
-                        if matches!(
-                            s.code(),
-                            tonic::Code::FailedPrecondition
-                                | tonic::Code::InvalidArgument
-                                | tonic::Code::NotFound
-                                | tonic::Code::PermissionDenied
-                                | tonic::Code::Unauthenticated
-                                | tonic::Code::Aborted
-                        ) =>
-                    {
-                        return Err(BackfillError::Refused(s.message().to_owned()));
-                    }
-                    Err(s) => last = s.message().to_owned(),
-                }
-            }
+        let mut rounds = 0;
+        loop {
+            let failed = match rpc::first_answer(&self.shared, OnRefusal::Stop, attempt).await {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(e) if e.kind.is_refusal() => return Err(e),
+                Err(e) => e,
+            };
             tokio::time::sleep(delay).await;
+            rounds += 1;
+            if rounds == 8 {
+                return Err(failed);
+            }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        Err(BackfillError::Server(last))
     }
 }

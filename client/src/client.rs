@@ -2,15 +2,16 @@
 
 use crate::handle::MigrationHandle;
 use crate::migrator::Migrator;
+use crate::rpc::{self, OnRefusal};
 use crate::slot::Registry;
 use crate::snapshot_file;
 use crate::state::{Config, Shared, Source, Status};
+use crate::sync::heartbeat_message;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_domain::{Plan, Stage};
-use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -126,7 +127,7 @@ impl ClientBuilder {
             }
             None => None,
         };
-        let channels = crate::sync::channels(&config);
+        let channels = rpc::channels(&config);
         let registry = Registry::new(self.fallbacks, self.default_fallback);
         let shared = Arc::new(Shared::new(config, registry, channels));
         // The saved snapshot is the floor: the client never moves to an older state, even
@@ -288,16 +289,26 @@ impl Client {
         for h in handles {
             let _ = h.await;
         }
-        let message = crate::sync::heartbeat_message(&self.shared, self.shared.version(), true);
-        for channel in crate::sync::preferred(&self.shared, &self.shared.channels) {
-            let mut client = SwitchyardClient::new(channel);
-            let call = client.heartbeat(crate::sync::request(&self.shared, message.clone()));
-            match tokio::time::timeout(Duration::from_secs(2), call).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => tracing::warn!(error = %e.message(), "could not say goodbye"),
-                Err(_) => tracing::warn!("could not say goodbye: the server did not answer"),
+        let shared = &self.shared;
+        let message = heartbeat_message(shared, shared.version(), true);
+        let goodbye = |mut client: rpc::Client| {
+            let request = rpc::request(shared, message.clone());
+            async move {
+                let call = client.heartbeat(request);
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(answer) => answer.inspect_err(|e| {
+                        tracing::warn!(error = %e.message(), "could not say goodbye");
+                    }),
+                    Err(_) => {
+                        tracing::warn!("could not say goodbye: the server did not answer");
+                        Err(tonic::Status::deadline_exceeded(
+                            "the server did not answer",
+                        ))
+                    }
+                }
             }
-        }
+        };
+        let _ = rpc::first_answer(shared, OnRefusal::TryNext, goodbye).await;
     }
 }
 

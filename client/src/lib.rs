@@ -40,6 +40,7 @@
 //! - `backfill`: [`BackfillRunner`], batched, checkpointed, pausable backfills.
 //! - `telemetry`: sharded counters.
 //! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
+//! - `rpc`: calls to the servers in preference order, and the server's errors by their code.
 //! - `snapshot_file`: the saved and bootstrap snapshot files.
 //! - [`postgres`] (feature `postgres`): [`postgres::PgBackfill`], the backfill's batch function
 //!   for a PostgreSQL table (short transactions, `SKIP LOCKED`, lock-timeout retries).
@@ -50,6 +51,7 @@ mod handle;
 mod migrator;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod rpc;
 mod slot;
 mod snapshot_file;
 mod state;
