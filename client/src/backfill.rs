@@ -19,14 +19,16 @@
 //! [`crate::postgres::PgBackfill`] (feature `postgres`) is a ready batch function for
 //! PostgreSQL tables.
 
-use crate::client::{Client, Shared};
-use crate::sync::{heartbeat_message, preferred, request};
+use crate::client::Client;
+use crate::rpc::{self, ErrorKind, OnRefusal, ServerError, request};
+use crate::state::Shared;
+use crate::sync::heartbeat_message;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_domain::migration::BackfillStatus;
+use switchyard_domain::{EventKind, Migration};
 use switchyard_proto::v1 as pb;
-use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 
 /// What one batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,24 @@ pub enum BackfillError<E> {
     /// The application's batch failed; a new run resumes at the last checkpoint.
     #[error("a batch failed: {0}")]
     Batch(E),
+}
+
+impl<E> From<ServerError> for BackfillError<E> {
+    fn from(e: ServerError) -> Self {
+        if e.kind.is_refusal() {
+            BackfillError::Refused(e.message)
+        } else {
+            BackfillError::Server(e.message)
+        }
+    }
+}
+
+/// Where the server says the backfill is.
+struct Progress {
+    status: BackfillStatus,
+    /// The last checkpoint's position, if one was saved.
+    cursor: Option<String>,
+    rows_done: u64,
 }
 
 /// Runs a migration's backfill; build it with [`Client::backfill`].
@@ -134,28 +154,27 @@ impl BackfillRunner {
         // in between makes the first checkpoint refused, which ends this run as cancelled.
         let mut run = self.started_version().await?;
         let progress = self.progress().await?;
-        let (mut cursor, mut rows) = match pb::BackfillStatus::try_from(progress.status) {
-            Ok(pb::BackfillStatus::Complete) => {
+        let (mut cursor, mut rows) = match progress.status {
+            BackfillStatus::Complete => {
                 return Ok(BackfillOutcome::Completed {
                     rows: progress.rows_done,
                 });
             }
-            Ok(pb::BackfillStatus::Running) => {
-                tracing::info!(migration = %self.key, cursor = %progress.cursor, rows = progress.rows_done, "resuming the backfill");
-                let cursor = (!progress.cursor.is_empty()).then_some(progress.cursor);
-                (cursor, progress.rows_done)
+            BackfillStatus::Running => {
+                tracing::info!(migration = %self.key, cursor = progress.cursor.as_deref().unwrap_or(""), rows = progress.rows_done, "resuming the backfill");
+                (progress.cursor, progress.rows_done)
             }
-            Ok(pb::BackfillStatus::NotStarted) => {
+            BackfillStatus::NotStarted => {
                 // Rule 3 waits for every live instance, this one included: make sure the server
                 // has this client's acknowledgement of the state it runs before asking.
                 self.acknowledge().await?;
-                let version = self.record(pb::EventKind::BackfillStarted, 0).await?;
+                let version = self.record(EventKind::BackfillStarted, 0).await?;
                 run = version;
                 // Follow our own start, so pause and cancel are seen from here on.
                 self.wait_for(version).await;
                 (None, 0)
             }
-            _ => {
+            BackfillStatus::None => {
                 return Err(BackfillError::Refused(format!(
                     "migration {} has no backfill",
                     self.key
@@ -174,7 +193,7 @@ impl BackfillRunner {
                 if m.backfill.status != BackfillStatus::Running {
                     // The local snapshot may lag the server (a slow stream, a start from a saved
                     // file): ask the server before taking it for a cancel.
-                    if self.progress().await?.status == pb::BackfillStatus::Running as i32 {
+                    if self.progress().await?.status == BackfillStatus::Running {
                         let seen = *applied.borrow_and_update();
                         let newer = applied.wait_for(|v| *v > seen);
                         let _ = tokio::time::timeout(Duration::from_secs(1), newer).await;
@@ -210,7 +229,7 @@ impl BackfillRunner {
             }
             saved?;
             if ran.done {
-                let recorded = self.record(pb::EventKind::BackfillComplete, run).await;
+                let recorded = self.record(EventKind::BackfillComplete, run).await;
                 if let Some(outcome) = self.cancelled_if_refused(&recorded, rows, run).await {
                     return outcome;
                 }
@@ -240,21 +259,29 @@ impl BackfillRunner {
         if !matches!(result, Err(BackfillError::Refused(_))) {
             return None;
         }
-        let backfill = self.migration::<E>().await.ok()?.backfill?;
-        let running = backfill.status == pb::BackfillStatus::Running as i32;
-        if running && backfill.started_version == run {
+        let backfill = self.migration::<E>().await.ok()?.backfill;
+        let running = backfill.status == BackfillStatus::Running;
+        if running && backfill.started_version.map_or(0, |v| v.0) == run {
             return None;
         }
         tracing::info!(migration = %self.key, rows, "the backfill was cancelled");
         Some(Ok(BackfillOutcome::Cancelled { rows }))
     }
 
-    async fn migration<E>(&self) -> Result<pb::Migration, BackfillError<E>> {
+    async fn migration<E>(&self) -> Result<Migration, BackfillError<E>> {
         let message = pb::GetMigrationRequest {
             key: self.key.clone(),
         };
-        self.call(|mut c, r| async move { c.get_migration(r).await }, message)
-            .await
+        let m = self
+            .call(message, |mut c, r| async move { c.get_migration(r).await })
+            .await?;
+        Migration::try_from(m).map_err(|e| {
+            BackfillError::Server(format!(
+                "the server sent migration {}, which this client cannot read ({e}); upgrade the \
+                 client",
+                self.key
+            ))
+        })
     }
 
     /// The version at which the current run was started (0: none).
@@ -263,23 +290,30 @@ impl BackfillRunner {
             .migration()
             .await?
             .backfill
-            .map_or(0, |b| b.started_version))
+            .started_version
+            .map_or(0, |v| v.0))
     }
 
     /// Reports this client's applied version to the server now (as its heartbeat does).
     async fn acknowledge<E>(&self) -> Result<(), BackfillError<E>> {
         let message = heartbeat_message(&self.shared, self.shared.version(), false);
-        self.call(|mut c, r| async move { c.heartbeat(r).await }, message)
-            .await
-            .map(|_| ())
+        self.call(message, |mut c, r| async move { c.heartbeat(r).await })
+            .await?;
+        Ok(())
     }
 
-    async fn progress<E>(&self) -> Result<pb::BackfillProgress, BackfillError<E>> {
+    async fn progress<E>(&self) -> Result<Progress, BackfillError<E>> {
         let message = pb::GetBackfillRequest {
             key: self.key.clone(),
         };
-        self.call(|mut c, r| async move { c.get_backfill(r).await }, message)
-            .await
+        let p = self
+            .call(message, |mut c, r| async move { c.get_backfill(r).await })
+            .await?;
+        Ok(Progress {
+            status: BackfillStatus::from(p.status()),
+            cursor: (!p.cursor.is_empty()).then_some(p.cursor),
+            rows_done: p.rows_done,
+        })
     }
 
     async fn checkpoint<E>(
@@ -300,19 +334,19 @@ impl BackfillRunner {
             started_version: run,
         };
         self.call(
-            |mut c, r| async move { c.checkpoint_backfill(r).await },
             message,
+            |mut c, r| async move { c.checkpoint_backfill(r).await },
         )
-        .await
-        .map(|_| ())
+        .await?;
+        Ok(())
     }
 
     /// Records an event at the migration's current version (re-reading it on a conflict); with
     /// `run` set, only while that run is the current one.
-    async fn record<E>(&self, event: pb::EventKind, run: u64) -> Result<u64, BackfillError<E>> {
+    async fn record<E>(&self, event: EventKind, run: u64) -> Result<u64, BackfillError<E>> {
         for _ in 0..5 {
             let current = self.migration().await?;
-            let current_run = current.backfill.as_ref().map_or(0, |b| b.started_version);
+            let current_run = current.backfill.started_version.map_or(0, |v| v.0);
             if run != 0 && current_run != run {
                 return Err(BackfillError::Refused(format!(
                     "the backfill of {} was started again (at version {current_run}) since this \
@@ -322,8 +356,8 @@ impl BackfillRunner {
             }
             let message = pb::RecordEventRequest {
                 key: self.key.clone(),
-                event: event as i32,
-                expected_version: current.version,
+                event: pb::EventKind::from(event) as i32,
+                expected_version: current.version.0,
                 reason: format!(
                     "backfill runner {}/{}",
                     self.shared.config.service, self.shared.config.instance_id
@@ -332,13 +366,13 @@ impl BackfillRunner {
                 rows_total_estimate: 0,
             };
             match self
-                .call(|mut c, r| async move { c.record_event(r).await }, message)
+                .call(message, |mut c, r| async move { c.record_event(r).await })
                 .await
             {
                 Ok(m) => return Ok(m.version),
                 // Someone else changed the migration meanwhile: read it again.
-                Err(BackfillError::Refused(m)) if m.starts_with("rule 8") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind == ErrorKind::StaleVersion => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(BackfillError::Server(
@@ -353,48 +387,29 @@ impl BackfillRunner {
             .await;
     }
 
-    /// One RPC, on the servers in turn; refusals are final, transport failures are retried
-    /// with backoff for about half a minute.
-    async fn call<M, T, Call, CallFut, E>(
-        &self,
-        call: Call,
-        message: M,
-    ) -> Result<T, BackfillError<E>>
+    /// One RPC, on the servers in turn; refusals are final, other failures are retried with
+    /// backoff for about half a minute.
+    async fn call<M, T, Call, Fut>(&self, message: M, call: Call) -> Result<T, ServerError>
     where
         M: Clone,
-        Call: Fn(SwitchyardClient<tonic::transport::Channel>, tonic::Request<M>) -> CallFut,
-        CallFut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        Call: Fn(rpc::Client, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let attempt = |client| call(client, request(&self.shared, message.clone()));
         let mut delay = Duration::from_millis(100);
-        let mut last = String::new();
-        for _ in 0..8 {
-            for channel in preferred(&self.shared, &self.shared.channels) {
-                match call(
-                    SwitchyardClient::new(channel),
-                    request(&self.shared, message.clone()),
-                )
-                .await
-                {
-                    Ok(answer) => return Ok(answer.into_inner()),
-                    Err(s)
-                        if matches!(
-                            s.code(),
-                            tonic::Code::FailedPrecondition
-                                | tonic::Code::InvalidArgument
-                                | tonic::Code::NotFound
-                                | tonic::Code::PermissionDenied
-                                | tonic::Code::Unauthenticated
-                                | tonic::Code::Aborted
-                        ) =>
-                    {
-                        return Err(BackfillError::Refused(s.message().to_owned()));
-                    }
-                    Err(s) => last = s.message().to_owned(),
-                }
-            }
+        let mut rounds = 0;
+        loop {
+            let failed = match rpc::first_answer(&self.shared, OnRefusal::Stop, attempt).await {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(e) if e.kind.is_refusal() => return Err(e),
+                Err(e) => e,
+            };
             tokio::time::sleep(delay).await;
+            rounds += 1;
+            if rounds == 8 {
+                return Err(failed);
+            }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        Err(BackfillError::Server(last))
     }
 }

@@ -1,77 +1,24 @@
-//! The client handle applications hold, its builder, and its status.
+//! The client handle applications hold, and its builder.
 
+use crate::handle::MigrationHandle;
 use crate::migrator::Migrator;
-use crate::slot::{Registry, Slot};
-use crate::snapshot_file::{self, SnapshotFile};
-use std::collections::{BTreeMap, HashMap};
+use crate::rpc::{self, OnRefusal};
+use crate::slot::Registry;
+use crate::snapshot_file;
+use crate::state::{Config, Shared, Source, Status};
+use crate::sync::heartbeat_message;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard_domain::{Migration, Plan, Stage};
-use switchyard_proto::v1::switchyard_client::SwitchyardClient;
+use switchyard_domain::{Plan, Stage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Where the client's state currently comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A snapshot streamed from the server.
-    Server,
-    /// The snapshot this client saved on an earlier run (the server was unreachable).
-    SavedSnapshot,
-    /// The bootstrap file the application gave (no server, no saved snapshot).
-    BootstrapFile,
-    /// Only the application's fallback stages (and `off` for anything else).
-    Fallback,
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Source::Server => "the server",
-            Source::SavedSnapshot => "the saved snapshot",
-            Source::BootstrapFile => "the bootstrap file",
-            Source::Fallback => "fallback stages",
-        })
-    }
-}
-
-/// A point-in-time view of the connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub source: Source,
-    /// The snapshot version applied (0: none).
-    pub version: u64,
-    /// Whether a watch stream is open and has delivered the server's state (a replica that is
-    /// behind this client holds the stream silent until it catches up: not connected yet).
-    pub connected: bool,
-    /// The server the stream is open to (or was last).
-    pub server: Option<String>,
-    pub last_error: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid client configuration: {0}")]
     Config(String),
-}
-
-/// Configuration; see [`ClientBuilder`] for each knob.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub servers: Vec<String>,
-    pub token: String,
-    pub service: String,
-    pub instance_id: String,
-    pub startup_timeout: Duration,
-    pub snapshot_path: Option<PathBuf>,
-    pub bootstrap_path: Option<PathBuf>,
-    pub heartbeat_interval: Duration,
-    pub telemetry_interval: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub max_pending_reports: usize,
-    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// Builds a [`Client`].
@@ -180,20 +127,9 @@ impl ClientBuilder {
             }
             None => None,
         };
-        let shared = Arc::new(Shared {
-            channels: crate::sync::channels(&config),
-            registry: Registry::new(self.fallbacks, self.default_fallback),
-            sync: Mutex::new(SyncState::default()),
-            status: Mutex::new(Status {
-                source: Source::Fallback,
-                version: 0,
-                connected: false,
-                server: None,
-                last_error: None,
-            }),
-            applied: watch::channel(0).0,
-            config,
-        });
+        let channels = rpc::channels(&config);
+        let registry = Registry::new(self.fallbacks, self.default_fallback);
+        let shared = Arc::new(Shared::new(config, registry, channels));
         // The saved snapshot is the floor: the client never moves to an older state, even
         // if the first server it reaches is behind.
         if let Some(saved) = saved {
@@ -222,138 +158,6 @@ impl ClientBuilder {
             status.source
         );
         Ok(Client { shared, tasks })
-    }
-}
-
-pub(crate) struct Shared {
-    pub registry: Registry,
-    pub config: Config,
-    /// One lazily connected gRPC channel per server, shared by every background call.
-    pub channels: Arc<Vec<tonic::transport::Channel>>,
-    sync: Mutex<SyncState>,
-    status: Mutex<Status>,
-    /// The applied version; the heartbeat task acknowledges each new value.
-    pub applied: watch::Sender<u64>,
-}
-
-#[derive(Default)]
-struct SyncState {
-    version: u64,
-    migrations: BTreeMap<String, Migration>,
-    /// Fires once the first server snapshot is applied.
-    from_server: Option<watch::Sender<bool>>,
-}
-
-impl Shared {
-    fn subscribe_server_snapshots(&self) -> watch::Receiver<bool> {
-        let mut sync = self.lock_sync();
-        sync.from_server
-            .get_or_insert_with(|| watch::channel(false).0)
-            .subscribe()
-    }
-
-    fn lock_sync(&self) -> std::sync::MutexGuard<'_, SyncState> {
-        self.sync.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn update_status(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    pub fn version(&self) -> u64 {
-        self.lock_sync().version
-    }
-
-    /// The full record of one migration as last applied (not for hot paths: it clones).
-    pub fn migration(&self, key: &str) -> Option<Migration> {
-        self.lock_sync().migrations.get(key).cloned()
-    }
-
-    /// Applies a full snapshot unless it is older than what the client has. Returns whether
-    /// it was applied.
-    pub fn apply_snapshot(&self, version: u64, migrations: Vec<Migration>, source: Source) -> bool {
-        let mut sync = self.lock_sync();
-        if version < sync.version {
-            tracing::warn!(
-                offered = version,
-                have = sync.version,
-                %source,
-                "ignoring a snapshot older than the one applied"
-            );
-            return false;
-        }
-        self.registry.apply(&migrations);
-        sync.version = version;
-        sync.migrations = migrations
-            .into_iter()
-            .map(|m| (m.key.to_string(), m))
-            .collect();
-        self.after_apply(&mut sync, source);
-        true
-    }
-
-    /// Applies one change unless it is not newer than what the client has.
-    pub fn apply_change(&self, migration: Migration) -> bool {
-        let mut sync = self.lock_sync();
-        if migration.version.0 <= sync.version {
-            return false;
-        }
-        self.registry.apply(std::slice::from_ref(&migration));
-        sync.version = migration.version.0;
-        sync.migrations.insert(migration.key.to_string(), migration);
-        self.after_apply(&mut sync, Source::Server);
-        true
-    }
-
-    fn after_apply(&self, sync: &mut SyncState, source: Source) {
-        if let Some(path) = &self.config.snapshot_path {
-            if source != Source::SavedSnapshot {
-                let file = SnapshotFile {
-                    version: sync.version,
-                    migrations: sync.migrations.values().cloned().collect(),
-                };
-                if let Err(e) = snapshot_file::save(path, &file) {
-                    tracing::warn!(path = %path.display(), error = %e, "saving the snapshot failed");
-                }
-            }
-        }
-        let version = sync.version;
-        self.update_status(|s| {
-            s.version = version;
-            s.source = source;
-        });
-        if source == Source::Server {
-            if let Some(tx) = &sync.from_server {
-                tx.send_replace(true);
-            }
-        }
-        self.applied.send_replace(version);
-    }
-
-    /// The server did not answer in time: fall back to the bootstrap file if the client has
-    /// no saved snapshot.
-    fn start_offline(&self) {
-        if self.status().source != Source::Fallback {
-            return;
-        }
-        if let Some(path) = &self.config.bootstrap_path {
-            match snapshot_file::load(path) {
-                Ok(Some(file)) => {
-                    self.apply_snapshot(file.version, file.migrations, Source::BootstrapFile);
-                }
-                Ok(None) => {
-                    tracing::error!(path = %path.display(), "the bootstrap file does not exist")
-                }
-                Err(e) => tracing::error!(error = %e, "ignoring the bootstrap file"),
-            }
-        }
     }
 }
 
@@ -485,85 +289,30 @@ impl Client {
         for h in handles {
             let _ = h.await;
         }
-        let message = crate::sync::heartbeat_message(&self.shared, self.shared.version(), true);
-        for channel in crate::sync::preferred(&self.shared, &self.shared.channels) {
-            let mut client = SwitchyardClient::new(channel);
-            let call = client.heartbeat(crate::sync::request(&self.shared, message.clone()));
-            match tokio::time::timeout(Duration::from_secs(2), call).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => tracing::warn!(error = %e.message(), "could not say goodbye"),
-                Err(_) => tracing::warn!("could not say goodbye: the server did not answer"),
+        let shared = &self.shared;
+        let message = heartbeat_message(shared, shared.version(), true);
+        let goodbye = |mut client: rpc::Client| {
+            let request = rpc::request(shared, message.clone());
+            async move {
+                let call = client.heartbeat(request);
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(answer) => answer.inspect_err(|e| {
+                        tracing::warn!(error = %e.message(), "could not say goodbye");
+                    }),
+                    Err(_) => {
+                        tracing::warn!("could not say goodbye: the server did not answer");
+                        Err(tonic::Status::deadline_exceeded(
+                            "the server did not answer",
+                        ))
+                    }
+                }
             }
-        }
-    }
-}
-
-/// One migration, resolved once: evaluation is a few atomic loads and, when the front splits
-/// the entities, one hash.
-#[derive(Clone)]
-pub struct MigrationHandle {
-    pub(crate) slot: Arc<Slot>,
-}
-
-impl MigrationHandle {
-    pub fn key(&self) -> &str {
-        &self.slot.key
-    }
-
-    #[inline]
-    pub fn stage(&self, entity_key: impl AsRef<[u8]>) -> Stage {
-        self.slot.stage(Some(entity_key.as_ref())).0
-    }
-
-    /// The stage of an integer entity (bucketed by its decimal text, formatted on the stack).
-    #[inline]
-    pub fn stage_for_id(&self, id: u64) -> Stage {
-        let mut buf = [0u8; 20];
-        self.stage(decimal(id, &mut buf))
-    }
-
-    #[inline]
-    pub fn stage_without_entity(&self) -> Stage {
-        self.slot.stage(None).0
-    }
-
-    #[inline]
-    pub fn plan(&self, entity_key: impl AsRef<[u8]>) -> Plan {
-        self.stage(entity_key).plan()
-    }
-
-    /// The snapshot version of this migration's state (0 if no snapshot knows it).
-    pub fn version(&self) -> u64 {
-        self.slot.version()
-    }
-}
-
-/// `id` in decimal, written into `buf`.
-#[inline]
-fn decimal(mut id: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (id % 10) as u8;
-        id /= 10;
-        if id == 0 {
-            return &buf[i..];
-        }
+        };
+        let _ = rpc::first_answer(shared, OnRefusal::TryNext, goodbye).await;
     }
 }
 
 fn random_instance_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "instance".to_owned());
     format!("{host}-{:016x}", rand::random::<u64>())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ids_are_bucketed_by_their_decimal_text() {
-        let mut buf = [0u8; 20];
-        for id in [0u64, 7, 42, 1_000_000, u64::MAX] {
-            assert_eq!(super::decimal(id, &mut buf), id.to_string().as_bytes());
-        }
-    }
 }

@@ -31,28 +31,37 @@
 //! unreachable the client keeps serving its last state, indefinitely.
 //!
 //! # Layout
-//! - `client`: [`Client`], [`ClientBuilder`], [`MigrationHandle`], [`Status`].
+//! - `client`: [`Client`], [`ClientBuilder`].
+//! - `handle`: [`MigrationHandle`], evaluation of one migration resolved once.
+//! - `state`: what the background tasks keep current and handles read: the applied snapshot,
+//!   [`Status`] and its [`Source`], the configuration.
 //! - `slot`: per-migration evaluation state in atomics, and the lock-free name registry.
 //! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do).
 //! - `backfill`: [`BackfillRunner`], batched, checkpointed, pausable backfills.
 //! - `telemetry`: sharded counters.
 //! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
+//! - `rpc`: calls to the servers in preference order, and the server's errors by their code.
 //! - `snapshot_file`: the saved and bootstrap snapshot files.
 //! - [`postgres`] (feature `postgres`): [`postgres::PgBackfill`], the backfill's batch function
 //!   for a PostgreSQL table (short transactions, `SKIP LOCKED`, lock-timeout retries).
 
 mod backfill;
 mod client;
+mod handle;
 mod migrator;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod rpc;
 mod slot;
 mod snapshot_file;
+mod state;
 mod sync;
 mod telemetry;
 
 pub use backfill::{BackfillError, BackfillOutcome, BackfillRunner, Batch};
-pub use client::{Client, ClientBuilder, ClientError, MigrationHandle, Source, Status};
+pub use client::{Client, ClientBuilder, ClientError};
+pub use handle::MigrationHandle;
 pub use migrator::Migrator;
 pub use snapshot_file::SnapshotFile;
+pub use state::{Source, Status};
 pub use switchyard_domain::{Plan, Side, Stage};

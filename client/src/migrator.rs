@@ -21,7 +21,7 @@
 //! counted and a mismatch is logged with the entity key. A failing non-authoritative read is
 //! counted and logged and does not fail the operation.
 
-use crate::client::MigrationHandle;
+use crate::handle::MigrationHandle;
 use crate::telemetry::{Kind, Side as CountedSide};
 use std::fmt::Display;
 use std::future::Future;

@@ -2,70 +2,25 @@
 //! backoff), acknowledge and heartbeat, and report telemetry. Nothing here runs on the
 //! application's evaluation path.
 
-use crate::client::{Config, Shared, Source};
+use crate::rpc::{self, OnRefusal, request};
+use crate::state::{Shared, Source};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_domain::Migration;
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_proto::convert::telemetry_to_wire;
 use switchyard_proto::v1 as pb;
-use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-
-/// One lazily connected channel per configured server.
-pub(crate) fn channels(config: &Config) -> Arc<Vec<Channel>> {
-    Arc::new(
-        config
-            .servers
-            .iter()
-            .map(|url| endpoint(config, url).connect_lazy())
-            .collect(),
-    )
-}
 
 pub(crate) fn spawn(shared: Arc<Shared>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
-    let channels = shared.channels.clone();
     vec![
-        tokio::spawn(follow(shared.clone(), channels.clone(), stop.subscribe())),
-        tokio::spawn(heartbeat(
-            shared.clone(),
-            channels.clone(),
-            stop.subscribe(),
-        )),
-        tokio::spawn(report(shared, channels, stop.subscribe())),
+        tokio::spawn(follow(shared.clone(), stop.subscribe())),
+        tokio::spawn(heartbeat(shared.clone(), stop.subscribe())),
+        tokio::spawn(report(shared, stop.subscribe())),
     ]
-}
-
-fn endpoint(config: &Config, url: &str) -> Endpoint {
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .expect("server URLs are checked by the builder")
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        // Notice a server that vanished without closing the connection.
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    if url.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new().with_enabled_roots();
-        if let Some(pem) = &config.tls_ca_pem {
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .expect("TLS configuration is valid");
-    }
-    endpoint
-}
-
-pub(crate) fn request<T>(shared: &Shared, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {}", shared.config.token).parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }
 
 /// Resolves once `stop` is set.
@@ -84,12 +39,12 @@ fn backoff(shared: &Shared, attempt: u32) -> Duration {
 }
 
 /// Keeps one watch stream open, on the servers in turn.
-async fn follow(shared: Arc<Shared>, channels: Arc<Vec<Channel>>, mut stop: watch::Receiver<bool>) {
+async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut attempt = 0u32;
     let mut server = 0usize;
     loop {
         let url = shared.config.servers[server].clone();
-        let mut client = SwitchyardClient::new(channels[server].clone());
+        let mut client = rpc::Client::new(shared.channels[server].clone());
         let since = shared.version();
         let outcome = tokio::select! {
             outcome = stream(&shared, &mut client, &url, since) => outcome,
@@ -116,7 +71,7 @@ async fn follow(shared: Arc<Shared>, channels: Arc<Vec<Channel>>, mut stop: watc
 /// Follows one stream until it ends. `Ok` if it delivered anything before ending.
 async fn stream(
     shared: &Shared,
-    client: &mut SwitchyardClient<Channel>,
+    client: &mut rpc::Client,
     url: &str,
     since: u64,
 ) -> Result<(), String> {
@@ -178,30 +133,28 @@ fn convert(m: pb::Migration, url: &str) -> Result<Migration, String> {
 }
 
 /// Acknowledges every applied version at once, and reports liveness periodically.
-async fn heartbeat(
-    shared: Arc<Shared>,
-    channels: Arc<Vec<Channel>>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut applied = shared.applied.subscribe();
     loop {
         let version = *applied.borrow_and_update();
         let message = heartbeat_message(&shared, version, false);
-        for channel in preferred(&shared, &channels) {
-            let mut client = SwitchyardClient::new(channel);
-            match client.heartbeat(request(&shared, message.clone())).await {
-                Ok(answer) => {
-                    let server_version = answer.get_ref().snapshot_version;
-                    if server_version < version {
-                        tracing::warn!(
-                            server_version,
-                            applied = version,
-                            "the server is behind this client; keeping the newer state"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+        let beat = |mut client: rpc::Client| {
+            let request = request(&shared, message.clone());
+            async move {
+                client
+                    .heartbeat(request)
+                    .await
+                    .inspect_err(|e| tracing::warn!(error = %e.message(), "heartbeat failed"))
+            }
+        };
+        if let Ok(answer) = rpc::first_answer(&shared, OnRefusal::TryNext, beat).await {
+            let server_version = answer.get_ref().snapshot_version;
+            if server_version < version {
+                tracing::warn!(
+                    server_version,
+                    applied = version,
+                    "the server is behind this client; keeping the newer state"
+                );
             }
         }
         tokio::select! {
@@ -232,23 +185,9 @@ pub(crate) fn heartbeat_message(
     }
 }
 
-/// The channel of the server the watch stream uses first, then the others.
-pub(crate) fn preferred(shared: &Shared, channels: &[Channel]) -> Vec<Channel> {
-    let current = shared.status().server;
-    let first = shared
-        .config
-        .servers
-        .iter()
-        .position(|u| Some(u) == current.as_ref())
-        .unwrap_or(0);
-    (0..channels.len())
-        .map(|i| channels[(first + i) % channels.len()].clone())
-        .collect()
-}
-
 /// Sends counts every telemetry interval, keeping unsent ones (bounded) for the next try, and
 /// once more on shutdown.
-async fn report(shared: Arc<Shared>, channels: Arc<Vec<Channel>>, mut stop: watch::Receiver<bool>) {
+async fn report(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut pending: BTreeMap<(i64, String), TrafficCounts> = BTreeMap::new();
     loop {
         let last = tokio::select! {
@@ -259,13 +198,10 @@ async fn report(shared: Arc<Shared>, channels: Arc<Vec<Channel>>, mut stop: watc
         if !pending.is_empty() {
             if last {
                 // Bounded, so shutdown never hangs on an unreachable server.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    send(&shared, &channels, &mut pending),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), send(&shared, &mut pending)).await;
             } else {
-                send(&shared, &channels, &mut pending).await;
+                send(&shared, &mut pending).await;
             }
         }
         if last {
@@ -301,48 +237,71 @@ fn collect(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCounts>
 }
 
 /// Sends what is pending; entries the server accepted leave `pending`.
-async fn send(
+async fn send(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCounts>) {
+    let reports = reports(shared, pending);
+    // Reports accepted so far, by any server: the next server goes on from there.
+    let accepted = AtomicUsize::new(0);
+    let send_rest = |mut client: rpc::Client| {
+        let (reports, accepted) = (&reports, &accepted);
+        async move {
+            for (_, message) in &reports[accepted.load(Ordering::Relaxed)..] {
+                client
+                    .report_telemetry(request(shared, message.clone()))
+                    .await
+                    .inspect_err(
+                        |e| tracing::debug!(error = %e.message(), "telemetry report failed"),
+                    )?;
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    };
+    let _ = rpc::first_answer(shared, OnRefusal::TryNext, send_rest).await;
+    for (keys, _) in &reports[..accepted.into_inner()] {
+        for k in keys {
+            pending.remove(k);
+        }
+    }
+}
+
+/// What is pending, as reports that stay well under the server's 64 KiB message limit (and its
+/// 5,000 entries) however long the backlog, each with the keys it carries.
+fn reports(
     shared: &Shared,
-    channels: &[Channel],
-    pending: &mut BTreeMap<(i64, String), TrafficCounts>,
-) {
-    for channel in preferred(shared, channels) {
-        let mut client = SwitchyardClient::new(channel);
-        while !pending.is_empty() {
-            // Reports stay well under the server's 64 KiB message limit (and its 5,000
-            // entries), however long the backlog.
-            let mut chunk: Vec<(i64, String)> = Vec::new();
-            let mut entries = Vec::new();
-            let mut bytes = 0;
-            for (k, counts) in pending.iter() {
-                let entry = telemetry_to_wire(&k.1, k.0, counts);
-                bytes += prost::Message::encoded_len(&entry) + 4;
-                if !entries.is_empty() && (bytes > MAX_REPORT_BYTES || entries.len() >= 5_000) {
-                    break;
-                }
-                chunk.push(k.clone());
-                entries.push(entry);
-            }
-            let message = pb::ReportTelemetryRequest {
-                service: shared.config.service.clone(),
-                instance_id: shared.config.instance_id.clone(),
-                entries,
-            };
-            match client.report_telemetry(request(shared, message)).await {
-                Ok(_) => {
-                    for k in &chunk {
-                        pending.remove(k);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e.message(), "telemetry report failed");
-                    break;
-                }
-            }
+    pending: &BTreeMap<(i64, String), TrafficCounts>,
+) -> Vec<(Vec<(i64, String)>, pb::ReportTelemetryRequest)> {
+    let mut reports = Vec::new();
+    let mut keys = Vec::new();
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    for (k, counts) in pending {
+        let entry = telemetry_to_wire(&k.1, k.0, counts);
+        let size = prost::Message::encoded_len(&entry) + 4;
+        if !entries.is_empty() && (bytes + size > MAX_REPORT_BYTES || entries.len() >= 5_000) {
+            reports.push((
+                std::mem::take(&mut keys),
+                report_message(shared, std::mem::take(&mut entries)),
+            ));
+            bytes = 0;
         }
-        if pending.is_empty() {
-            return;
-        }
+        bytes += size;
+        keys.push(k.clone());
+        entries.push(entry);
+    }
+    if !entries.is_empty() {
+        reports.push((keys, report_message(shared, entries)));
+    }
+    reports
+}
+
+fn report_message(
+    shared: &Shared,
+    entries: Vec<pb::MigrationTelemetry>,
+) -> pb::ReportTelemetryRequest {
+    pb::ReportTelemetryRequest {
+        service: shared.config.service.clone(),
+        instance_id: shared.config.instance_id.clone(),
+        entries,
     }
 }
 

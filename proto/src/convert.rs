@@ -5,7 +5,10 @@ use crate::v1 as pb;
 use std::collections::BTreeMap;
 use switchyard_domain::migration::{Backfill, BackfillStatus};
 use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
-use switchyard_domain::{BasisPoints, InvalidInput, Migration, MigrationKey, Side, Stage, Version};
+use switchyard_domain::{
+    BasisPoints, Event, EventKind, InvalidInput, Migration, MigrationKey, Operation, Role, Side,
+    Stage, Version,
+};
 
 impl From<Stage> for pb::Stage {
     fn from(s: Stage) -> Self {
@@ -41,6 +44,19 @@ pub fn stage_from_wire(raw: i32) -> Result<Option<Stage>, InvalidInput> {
     Ok(Some(stage))
 }
 
+/// A rollout change as the request names it: the stage the front ends on (unspecified: the
+/// current one) and where.
+impl TryFrom<&pb::SetRolloutRequest> for Operation {
+    type Error = InvalidInput;
+
+    fn try_from(r: &pb::SetRolloutRequest) -> Result<Self, InvalidInput> {
+        Ok(Operation::SetRollout {
+            stage: stage_from_wire(r.stage)?,
+            rollout: BasisPoints::new(r.rollout_bp)?,
+        })
+    }
+}
+
 impl From<Side> for pb::Side {
     fn from(s: Side) -> Self {
         match s {
@@ -60,6 +76,116 @@ impl From<BackfillStatus> for pb::BackfillStatus {
             BackfillStatus::Complete => pb::BackfillStatus::Complete,
         }
     }
+}
+
+/// A status this build does not know (or none) reads as no backfill: nothing acts on a backfill
+/// whose state it cannot name.
+impl From<pb::BackfillStatus> for BackfillStatus {
+    fn from(s: pb::BackfillStatus) -> Self {
+        match s {
+            pb::BackfillStatus::NotStarted => BackfillStatus::NotStarted,
+            pb::BackfillStatus::Running => BackfillStatus::Running,
+            pb::BackfillStatus::Complete => BackfillStatus::Complete,
+            pb::BackfillStatus::None | pb::BackfillStatus::Unspecified => BackfillStatus::None,
+        }
+    }
+}
+
+impl From<EventKind> for pb::EventKind {
+    fn from(e: EventKind) -> Self {
+        match e {
+            EventKind::ExpandApplied => pb::EventKind::ExpandApplied,
+            EventKind::BackfillStarted => pb::EventKind::BackfillStarted,
+            EventKind::BackfillProgress => pb::EventKind::BackfillProgress,
+            EventKind::BackfillComplete => pb::EventKind::BackfillComplete,
+            EventKind::BackfillPaused => pb::EventKind::BackfillPaused,
+            EventKind::BackfillResumed => pb::EventKind::BackfillResumed,
+            EventKind::BackfillCancelled => pb::EventKind::BackfillCancelled,
+            EventKind::OldShapeRepaired => pb::EventKind::OldShapeRepaired,
+            EventKind::Contracted => pb::EventKind::Contracted,
+        }
+    }
+}
+
+impl TryFrom<pb::EventKind> for EventKind {
+    type Error = InvalidInput;
+
+    fn try_from(e: pb::EventKind) -> Result<Self, InvalidInput> {
+        Ok(match e {
+            pb::EventKind::ExpandApplied => EventKind::ExpandApplied,
+            pb::EventKind::BackfillStarted => EventKind::BackfillStarted,
+            pb::EventKind::BackfillProgress => EventKind::BackfillProgress,
+            pb::EventKind::BackfillComplete => EventKind::BackfillComplete,
+            pb::EventKind::BackfillPaused => EventKind::BackfillPaused,
+            pb::EventKind::BackfillResumed => EventKind::BackfillResumed,
+            pb::EventKind::BackfillCancelled => EventKind::BackfillCancelled,
+            pb::EventKind::OldShapeRepaired => EventKind::OldShapeRepaired,
+            pb::EventKind::Contracted => EventKind::Contracted,
+            pb::EventKind::Unspecified => return Err(invalid_event(e as i32)),
+        })
+    }
+}
+
+/// The event a request records, with the rows a progress event carries.
+impl TryFrom<&pb::RecordEventRequest> for Event {
+    type Error = InvalidInput;
+
+    fn try_from(r: &pb::RecordEventRequest) -> Result<Self, InvalidInput> {
+        let kind = pb::EventKind::try_from(r.event).map_err(|_| invalid_event(r.event))?;
+        EventKind::try_from(kind)?
+            .with_rows(Some((r.rows_done, r.rows_total_estimate)))
+            .map_err(|e| InvalidInput(e.0))
+    }
+}
+
+fn invalid_event(raw: i32) -> InvalidInput {
+    InvalidInput(format!(
+        "invalid event {raw}: allowed EVENT_KIND_EXPAND_APPLIED (1) to \
+         EVENT_KIND_BACKFILL_CANCELLED (9)"
+    ))
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Reader => pb::Role::Reader,
+            Role::Operator => pb::Role::Operator,
+            Role::Gate => pb::Role::Gate,
+            Role::Admin => pb::Role::Admin,
+        }
+    }
+}
+
+impl TryFrom<pb::Role> for Role {
+    type Error = InvalidInput;
+
+    fn try_from(r: pb::Role) -> Result<Self, InvalidInput> {
+        Ok(match r {
+            pb::Role::Reader => Role::Reader,
+            pb::Role::Operator => Role::Operator,
+            pb::Role::Gate => Role::Gate,
+            pb::Role::Admin => Role::Admin,
+            pb::Role::Unspecified => return Err(invalid_role(r as i32)),
+        })
+    }
+}
+
+/// A role as a request carries it: its wire number, which may be one this build does not know.
+pub fn role_from_wire(raw: i32) -> Result<Role, InvalidInput> {
+    pb::Role::try_from(raw)
+        .map_err(|_| invalid_role(raw))?
+        .try_into()
+}
+
+fn invalid_role(raw: i32) -> InvalidInput {
+    let allowed: Vec<&str> = Role::ALL
+        .into_iter()
+        .map(|r| pb::Role::from(r).as_str_name())
+        .collect();
+    InvalidInput(format!(
+        "invalid role {raw}: allowed {}",
+        allowed.join(", ")
+    ))
 }
 
 impl From<&Migration> for pb::Migration {
@@ -90,12 +216,17 @@ impl From<&Migration> for pb::Migration {
             old_shape_stale: m.old_shape_stale,
             shadow_sample_bp: m.shadow_sample_bp.get(),
             soak_started_at_ms: m.soak_started_at_ms.unwrap_or(0),
+            full_since: m
+                .full_since
+                .iter()
+                .map(|(stage, since)| (stage.as_str().to_owned(), since.0))
+                .collect(),
         }
     }
 }
 
-/// A migration as a client receives it. `full_since`, `old_writes_resumed_since` and
-/// `live_window` are server-side bookkeeping the wire does not carry; they come back empty.
+/// A migration as a client receives it. `old_writes_resumed_since` and `live_window` are
+/// server-side bookkeeping the wire does not carry; they come back empty.
 impl TryFrom<pb::Migration> for Migration {
     type Error = InvalidInput;
 
@@ -103,12 +234,16 @@ impl TryFrom<pb::Migration> for Migration {
         let stage = stage_from_wire(m.stage)?
             .ok_or_else(|| InvalidInput(format!("migration {} has no stage", m.key)))?;
         let backfill = m.backfill.unwrap_or_default();
-        let status = match pb::BackfillStatus::try_from(backfill.status) {
-            Ok(pb::BackfillStatus::NotStarted) => BackfillStatus::NotStarted,
-            Ok(pb::BackfillStatus::Running) => BackfillStatus::Running,
-            Ok(pb::BackfillStatus::Complete) => BackfillStatus::Complete,
-            _ => BackfillStatus::None,
-        };
+        let full_since = m
+            .full_since
+            .iter()
+            .map(|(stage, since)| {
+                let stage = Stage::parse(stage).map_err(|e| {
+                    InvalidInput(format!("migration {} full_since: {}", m.key, e.0))
+                })?;
+                Ok((stage, Version(*since)))
+            })
+            .collect::<Result<BTreeMap<_, _>, InvalidInput>>()?;
         let version = |v: u64| (v > 0).then_some(Version(v));
         Ok(Migration {
             key: MigrationKey::parse(&m.key)?,
@@ -127,7 +262,7 @@ impl TryFrom<pb::Migration> for Migration {
             updated_at_ms: m.updated_at_ms,
             expand_applied: m.expand_applied,
             backfill: Backfill {
-                status,
+                status: BackfillStatus::from(backfill.status()),
                 rows_done: backfill.rows_done,
                 rows_total_estimate: backfill.rows_total_estimate,
                 started_version: version(backfill.started_version),
@@ -135,7 +270,7 @@ impl TryFrom<pb::Migration> for Migration {
                 paused: backfill.paused,
             },
             old_shape_stale: m.old_shape_stale,
-            full_since: BTreeMap::new(),
+            full_since,
             soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
             old_writes_resumed_since: None,
             live_window: None,
@@ -264,14 +399,45 @@ mod tests {
         m.backfill.status = BackfillStatus::Complete;
         m.backfill.completed_version = Some(Version(2));
         m.soak_started_at_ms = Some(5_000);
+        m.full_since.insert(Stage::Shadow, Version(3));
         let back = Migration::try_from(pb::Migration::from(&m)).unwrap();
-        let mut expected = m.clone();
-        expected.full_since.clear();
+        let expected = m.clone();
         assert_eq!(back, expected);
 
         let mut bad = pb::Migration::from(&m);
         bad.rollout_bp = 10_001;
         assert!(Migration::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn roles_and_events_survive_the_wire_and_unknown_numbers_say_what_is_allowed() {
+        for role in Role::ALL {
+            assert_eq!(role_from_wire(pb::Role::from(role) as i32), Ok(role));
+        }
+        for raw in [0, 99] {
+            let e = role_from_wire(raw).unwrap_err();
+            assert!(e.0.contains(&format!("invalid role {raw}")), "{e:?}");
+            assert!(e.0.contains("allowed ROLE_READER, ROLE_OPERATOR, ROLE_GATE, ROLE_ADMIN"));
+        }
+
+        for kind in EventKind::ALL {
+            let request = pb::RecordEventRequest {
+                event: pb::EventKind::from(kind) as i32,
+                rows_done: 5,
+                rows_total_estimate: 10,
+                ..Default::default()
+            };
+            assert_eq!(Event::try_from(&request).map(Event::kind), Ok(kind));
+        }
+        for raw in [0, 99] {
+            let request = pb::RecordEventRequest {
+                event: raw,
+                ..Default::default()
+            };
+            let e = Event::try_from(&request).unwrap_err();
+            assert!(e.0.contains(&format!("invalid event {raw}")), "{e:?}");
+            assert!(e.0.contains("allowed EVENT_KIND_EXPAND_APPLIED (1)"));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 use switchyard_proto::v1 as pb;
@@ -623,7 +624,55 @@ async fn snapshot_etag_weak_comparison(db: Db) {
     server.stop().await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// gRPC carries what HTTP shows: `full_since`, keyed by the stage's JSON name.
+
+async fn grpc_migrations_carry_full_since(db: Db) {
+    let server = TestServer::start(db).await;
+    let made = dual_write(&server, "watch.full").await;
+    ramp(&server, "watch.full", version(made.last().unwrap()), 10_000).await;
+    let http = server.migration("watch.full").await;
+    let expected: BTreeMap<String, u64> =
+        serde_json::from_value(http["full_since"].clone()).expect("full_since: stage → version");
+    assert!(expected.contains_key("dual_write"), "{http}");
+
+    let mut grpc = server.grpc.clone();
+    let request = pb::GetMigrationRequest {
+        key: "watch.full".into(),
+    };
+    let got = grpc
+        .get_migration(server.req(request))
+        .await
+        .expect("GetMigration")
+        .into_inner();
+    assert_eq!(
+        got.full_since.into_iter().collect::<BTreeMap<_, _>>(),
+        expected,
+        "GetMigration"
+    );
+    let snapshot = grpc
+        .get_snapshot(server.req(pb::GetSnapshotRequest {}))
+        .await
+        .expect("GetSnapshot")
+        .into_inner();
+    let in_snapshot = snapshot
+        .migrations
+        .into_iter()
+        .find(|m| m.key == "watch.full")
+        .expect("the migration in the snapshot");
+    assert_eq!(
+        in_snapshot
+            .full_since
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+        expected,
+        "GetSnapshot"
+    );
+    server.stop().await;
+}
+
 switchyard_tests::both_databases!(
+    grpc_migrations_carry_full_since,
     grpc_snapshot_then_each_change_once,
     sse_snapshot_then_each_change_once,
     grpc_reconnect_with_since_version,

@@ -1,18 +1,18 @@
 //! The gRPC API (tonic): the same operations and errors as HTTP. The only module that knows
-//! tonic; wire types convert to domain values here.
+//! tonic. Handlers only call the app: wire ↔ domain conversions are `switchyard_proto::convert`,
+//! the wire forms of the server's own records are [`convert`].
 
-use crate::app::{App, CreateMigrationInput, Decision};
+mod convert;
+
+use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::hub::{Snapshot, WatchItem};
-use crate::store::{AuditRecord, TokenRecord};
 use futures::{Stream, StreamExt};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
-use switchyard_domain::traffic::TrafficCounts;
-use switchyard_domain::{BasisPoints, Event, Operation, Role, Version};
-use switchyard_proto::convert::{stage_from_wire, traffic_minute_to_wire};
+use switchyard_domain::{Event, Operation, Version};
+use switchyard_proto::convert::role_from_wire;
 use switchyard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -82,116 +82,6 @@ fn ok<T>(method: &str, value: T) -> Result<Response<T>, Status> {
     Ok(Response::new(value))
 }
 
-fn role_to_pb(r: Role) -> i32 {
-    (match r {
-        Role::Reader => pb::Role::Reader,
-        Role::Operator => pb::Role::Operator,
-        Role::Gate => pb::Role::Gate,
-        Role::Admin => pb::Role::Admin,
-    }) as i32
-}
-
-fn role_from_pb(raw: i32) -> Result<Role, ApiError> {
-    match pb::Role::try_from(raw) {
-        Ok(pb::Role::Reader) => Ok(Role::Reader),
-        Ok(pb::Role::Operator) => Ok(Role::Operator),
-        Ok(pb::Role::Gate) => Ok(Role::Gate),
-        Ok(pb::Role::Admin) => Ok(Role::Admin),
-        _ => Err(ApiError::invalid(format!(
-            "invalid role {raw}: allowed ROLE_READER, ROLE_OPERATOR, ROLE_GATE, ROLE_ADMIN"
-        ))),
-    }
-}
-
-fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
-    pb::Snapshot {
-        version: s.version.0,
-        migrations: s
-            .migrations
-            .values()
-            .map(|m| pb::Migration::from(&**m))
-            .collect(),
-    }
-}
-
-fn decision_to_pb(d: Decision) -> pb::Decision {
-    pb::Decision {
-        key: d.key,
-        stage: pb::Stage::from(d.plan.stage) as i32,
-        bucket: d.bucket.unwrap_or(0),
-        has_bucket: d.bucket.is_some(),
-        write: pb::Side::from(d.plan.write) as i32,
-        authoritative_write: pb::Side::from(d.plan.authoritative_write) as i32,
-        read: pb::Side::from(d.plan.read) as i32,
-        return_value: pb::Side::from(d.plan.return_value) as i32,
-        shadow_compare: d.plan.shadow_compare,
-        version: d.version.0,
-    }
-}
-
-fn token_to_pb(t: TokenRecord) -> pb::TokenInfo {
-    pb::TokenInfo {
-        id: t.id,
-        name: t.name,
-        role: role_to_pb(t.role),
-        created_at_ms: t.created_at_ms,
-        revoked_at_ms: t.revoked_at_ms.unwrap_or(0),
-    }
-}
-
-fn audit_to_pb(e: AuditRecord) -> pb::AuditEntry {
-    pb::AuditEntry {
-        id: e.id,
-        migration_key: e.migration_key,
-        version: e.version.0,
-        actor: e.actor,
-        at_ms: e.at_ms,
-        action: e.action,
-        reason: e.reason,
-        before_json: e.before_json,
-        after_json: e.after_json,
-    }
-}
-
-fn event_from_pb(r: &pb::RecordEventRequest) -> Result<Event, ApiError> {
-    Ok(match pb::EventKind::try_from(r.event) {
-        Ok(pb::EventKind::ExpandApplied) => Event::ExpandApplied,
-        Ok(pb::EventKind::BackfillStarted) => Event::BackfillStarted,
-        Ok(pb::EventKind::BackfillProgress) => Event::BackfillProgress {
-            rows_done: r.rows_done,
-            rows_total_estimate: r.rows_total_estimate,
-        },
-        Ok(pb::EventKind::BackfillComplete) => Event::BackfillComplete,
-        Ok(pb::EventKind::OldShapeRepaired) => Event::OldShapeRepaired,
-        Ok(pb::EventKind::BackfillPaused) => Event::BackfillPaused,
-        Ok(pb::EventKind::BackfillResumed) => Event::BackfillResumed,
-        Ok(pb::EventKind::BackfillCancelled) => Event::BackfillCancelled,
-        Ok(pb::EventKind::Contracted) => Event::Contracted,
-        _ => {
-            return Err(ApiError::invalid(format!(
-                "invalid event {}: allowed EVENT_KIND_EXPAND_APPLIED (1) to \
-                 EVENT_KIND_BACKFILL_CANCELLED (9)",
-                r.event
-            )));
-        }
-    })
-}
-
-fn progress_to_pb(p: &crate::app::BackfillProgress) -> pb::BackfillProgress {
-    pb::BackfillProgress {
-        key: p.key.clone(),
-        status: pb::BackfillStatus::from(p.status) as i32,
-        paused: p.paused,
-        cursor: p.cursor.clone(),
-        rows_done: p.rows_done,
-        rows_total_estimate: p.rows_total_estimate,
-        rate_rows_per_second: p.rate_rows_per_second,
-        eta_seconds: p.eta_seconds.unwrap_or(0),
-        runner: p.runner.clone(),
-        updated_at_ms: p.updated_at_ms.unwrap_or(0),
-    }
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -202,18 +92,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
     ) -> Result<Response<pb::Migration>, Status> {
         const M: &str = "CreateMigration";
         let who = self.caller(&request).await?;
-        let r = request.into_inner();
-        let input = CreateMigrationInput {
-            key: r.key,
-            description: r.description,
-            owner: r.owner,
-            entity_kind: r.entity_kind,
-            soak_seconds: r.soak_seconds,
-            expected_services: r.expected_services,
-            has_backfill: r.has_backfill,
-            shadow_sample_bp: r.shadow_sample_bp,
-            reason: r.reason,
-        };
+        let input = request.into_inner().into();
         match self.app.create_migration(&who, input).await {
             Ok(m) => ok(M, pb::Migration::from(&m)),
             Err(e) => Err(status(M, e)),
@@ -242,7 +121,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             Ok(s) => ok(
                 M,
                 pb::ListMigrationsResponse {
-                    migrations: snapshot_to_pb(&s).migrations,
+                    migrations: pb::Snapshot::from(&*s).migrations,
                 },
             ),
             Err(e) => Err(status(M, e)),
@@ -257,10 +136,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let who = self.caller(&request).await?;
         let r = request.into_inner();
         let result = async {
-            let op = Operation::SetRollout {
-                stage: stage_from_wire(r.stage)?,
-                rollout: BasisPoints::new(r.rollout_bp)?,
-            };
+            let op = Operation::try_from(&r)?;
             self.app
                 .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
                 .await
@@ -294,7 +170,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let who = self.caller(&request).await?;
         let r = request.into_inner();
         let result = async {
-            let event = event_from_pb(&r)?;
+            let event = Event::try_from(&r)?;
             self.app
                 .mutate(
                     &who,
@@ -321,13 +197,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.into_inner();
         let before = (r.before_id > 0).then_some(r.before_id);
         match self.app.audit(&who, &r.key, Some(r.limit), before).await {
-            Ok((entries, next)) => ok(
-                M,
-                pb::AuditResponse {
-                    entries: entries.into_iter().map(audit_to_pb).collect(),
-                    next_before_id: next.unwrap_or(0),
-                },
-            ),
+            Ok((entries, next)) => ok(M, convert::audit_page(entries, next)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -339,7 +209,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "GetSnapshot";
         let who = self.caller(&request).await?;
         match self.app.snapshot(&who) {
-            Ok(s) => ok(M, snapshot_to_pb(&s)),
+            Ok(s) => ok(M, pb::Snapshot::from(&*s)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -358,16 +228,11 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             .check_since(since)
             .await
             .map_err(|e| status(M, e))?;
-        let stream = self.app.hub.watch(since).map(|item| {
-            Ok(pb::WatchEvent {
-                event: Some(match item {
-                    WatchItem::Snapshot(s) => pb::watch_event::Event::Snapshot(snapshot_to_pb(&s)),
-                    WatchItem::Change(m) => {
-                        pb::watch_event::Event::Change(pb::Migration::from(&*m))
-                    }
-                }),
-            })
-        });
+        let stream = self
+            .app
+            .hub
+            .watch(since)
+            .map(|item| Ok(pb::WatchEvent::from(item)));
         ok(M, Box::pin(stream) as WatchStream)
     }
 
@@ -380,7 +245,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.get_ref();
         let entity = (!r.entity_key.is_empty()).then_some(r.entity_key.as_str());
         match self.app.decide(&who, &r.key, entity) {
-            Ok(d) => ok(M, decision_to_pb(d)),
+            Ok(d) => ok(M, pb::Decision::from(d)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -428,14 +293,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                 pb::ListInstancesResponse {
                     instances: list
                         .into_iter()
-                        .map(|(i, live)| pb::Instance {
-                            service: i.service,
-                            instance_id: i.instance_id,
-                            applied_version: i.applied_version.0,
-                            last_seen_ms: i.last_seen_ms,
-                            first_seen_ms: i.first_seen_ms,
-                            live,
-                        })
+                        .map(|(i, live)| convert::instance(i, live))
                         .collect(),
                 },
             ),
@@ -450,14 +308,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "ReportTelemetry";
         let who = self.caller(&request).await?;
         let r = request.into_inner();
-        let entries = r
-            .entries
-            .into_iter()
-            .map(|e| {
-                let counts = TrafficCounts::from(&e);
-                (e.key, e.minute_ms, counts)
-            })
-            .collect();
+        let entries = convert::telemetry_entries(r.entries);
         match self
             .app
             .report_telemetry(&who, &r.service, &r.instance_id, entries)
@@ -477,17 +328,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.into_inner();
         let minutes = (r.minutes > 0).then_some(r.minutes);
         match self.app.traffic(&who, &r.key, minutes).await {
-            Ok((rows, total)) => ok(
-                M,
-                pb::TrafficResponse {
-                    key: r.key,
-                    minutes: rows
-                        .iter()
-                        .map(|(minute, counts)| traffic_minute_to_wire(*minute, counts))
-                        .collect(),
-                    total: Some(traffic_minute_to_wire(0, &total)),
-                },
-            ),
+            Ok((rows, total)) => ok(M, convert::traffic(r.key, &rows, &total)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -522,37 +363,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             )
             .await
         {
-            Ok(view) => ok(
-                M,
-                pb::LifecycleResponse {
-                    contracted_in_use: view
-                        .contracted_in_use
-                        .into_iter()
-                        .map(|(key, instances)| pb::ContractedInUse {
-                            key,
-                            instances: instances
-                                .into_iter()
-                                .map(|i| pb::Instance {
-                                    service: i.service,
-                                    instance_id: i.instance_id,
-                                    applied_version: i.applied_version.0,
-                                    last_seen_ms: i.last_seen_ms,
-                                    first_seen_ms: i.first_seen_ms,
-                                    live: true,
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                    complete_not_contracted: view
-                        .complete_not_contracted
-                        .into_iter()
-                        .map(|(key, since)| pb::CompleteNotContracted {
-                            key,
-                            complete_since_ms: since,
-                        })
-                        .collect(),
-                },
-            ),
+            Ok(view) => ok(M, pb::LifecycleResponse::from(view)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -564,7 +375,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "GetBackfill";
         let who = self.caller(&request).await?;
         match self.app.backfill(&who, &request.get_ref().key).await {
-            Ok(p) => ok(M, progress_to_pb(&p)),
+            Ok(p) => ok(M, pb::BackfillProgress::from(&p)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -578,20 +389,10 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let r = request.into_inner();
         match self
             .app
-            .checkpoint_backfill(
-                &who,
-                &r.key,
-                crate::app::RunnerPosition {
-                    cursor: &r.cursor,
-                    rows_done: r.rows_done,
-                    rows_total_estimate: r.rows_total_estimate,
-                    runner: &r.runner,
-                    started_version: (r.started_version > 0).then_some(Version(r.started_version)),
-                },
-            )
+            .checkpoint_backfill(&who, &r.key, (&r).into())
             .await
         {
-            Ok(p) => ok(M, progress_to_pb(&p)),
+            Ok(p) => ok(M, pb::BackfillProgress::from(&p)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -604,7 +405,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let who = self.caller(&request).await?;
         let r = request.into_inner();
         let result = async {
-            let role = role_from_pb(r.role)?;
+            let role = role_from_wire(r.role)?;
             self.app.create_token(&who, &r.name, role).await
         }
         .await;
@@ -612,7 +413,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             Ok((record, token)) => ok(
                 M,
                 pb::CreateTokenResponse {
-                    info: Some(token_to_pb(record)),
+                    info: Some(record.into()),
                     token,
                 },
             ),
@@ -630,7 +431,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             Ok(list) => ok(
                 M,
                 pb::ListTokensResponse {
-                    tokens: list.into_iter().map(token_to_pb).collect(),
+                    tokens: list.into_iter().map(pb::TokenInfo::from).collect(),
                 },
             ),
             Err(e) => Err(status(M, e)),
@@ -644,7 +445,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         const M: &str = "RevokeToken";
         let who = self.caller(&request).await?;
         match self.app.revoke_token(&who, request.get_ref().id).await {
-            Ok(t) => ok(M, token_to_pb(t)),
+            Ok(t) => ok(M, pb::TokenInfo::from(t)),
             Err(e) => Err(status(M, e)),
         }
     }
