@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use switchyard_client::{Client, MigrationHandle, Migrator};
 use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Stage, Version};
+use switchyard_proto::json;
 
 fn main() {
     divan::main();
@@ -52,9 +53,9 @@ fn fixture() -> &'static Fixture {
         let snapshot = serde_json::json!({
             "version": 3,
             "migrations": [
-                migration("bench.split", Stage::Live, 5_000, 0, 1),
-                migration("bench.compare-none", Stage::Live, 10_000, 0, 2),
-                migration("bench.compare-all", Stage::Live, 10_000, 10_000, 3),
+                json::Migration::from(&migration("bench.split", Stage::Live, 5_000, 0, 1)),
+                json::Migration::from(&migration("bench.compare-none", Stage::Live, 10_000, 0, 2)),
+                json::Migration::from(&migration("bench.compare-all", Stage::Live, 10_000, 10_000, 3)),
             ],
         });
         std::fs::write(&path, snapshot.to_string()).unwrap();

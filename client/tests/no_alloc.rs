@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_client::{Client, ClientBuilder, Source, Stage};
 use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
+use switchyard_proto::json;
 
 /// Counts allocations (and reallocations) and deallocations made by threads that opted in.
 struct CountingAllocator;
@@ -105,8 +106,8 @@ fn offline_client(
     let snapshot = serde_json::json!({
         "version": 2,
         "migrations": [
-            migration(SPLIT, Stage::Live, 5_000, 1),
-            migration(FULL, Stage::Rampdown, 10_000, 2),
+            json::Migration::from(&migration(SPLIT, Stage::Live, 5_000, 1)),
+            json::Migration::from(&migration(FULL, Stage::Rampdown, 10_000, 2)),
         ],
     });
     std::fs::write(&bootstrap, snapshot.to_string()).unwrap();

@@ -1,7 +1,6 @@
 //! The migration record: identity, settings, the traffic front and the facts the rules need.
 
 use crate::{BasisPoints, Front, MigrationKey, Stage, Version};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Seven days, the default soak period of the contract gate.
@@ -9,8 +8,7 @@ pub const DEFAULT_SOAK_SECONDS: u64 = 7 * 24 * 3600;
 /// Default share of shadow reads that clients compare: all of them.
 pub const DEFAULT_SHADOW_SAMPLE: BasisPoints = BasisPoints::FULL;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackfillStatus {
     /// The migration has no backfill.
     None,
@@ -19,7 +17,7 @@ pub enum BackfillStatus {
     Complete,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backfill {
     pub status: BackfillStatus,
     pub rows_done: u64,
@@ -27,7 +25,6 @@ pub struct Backfill {
     pub started_version: Option<Version>,
     pub completed_version: Option<Version>,
     /// Paused by a release manager: runners wait between batches until it is resumed.
-    #[serde(default)]
     pub paused: bool,
 }
 
@@ -61,7 +58,7 @@ pub struct NewMigration {
     pub shadow_sample: BasisPoints,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
     pub key: MigrationKey,
     pub description: String,
@@ -90,28 +87,24 @@ pub struct Migration {
     /// The version at which old writes resumed for every entity after some had stopped
     /// (complete went back to 0%): a repair of the old shape counts only once every live
     /// client has applied it (rule 6).
-    #[serde(default)]
     pub old_writes_resumed_since: Option<Version>,
     /// When `complete` reached 100% (this time: any step back clears it): the soak's start.
-    #[serde(default)]
     pub soak_started_at_ms: Option<i64>,
     /// The last period the stage was `live`, whose shadow comparisons the gate checks.
-    #[serde(default)]
     pub live_window: Option<Window>,
 }
 
 /// The period some entities were at `live`; `ended_at_ms` is `None` while it lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub started_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     /// Shadow comparisons and mismatches reported during the window, recorded when it closed,
     /// so the gate's evidence outlives the telemetry retention.
-    #[serde(default)]
     pub recorded: Option<Compared>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compared {
     pub comparisons: u64,
     pub mismatches: u64,

@@ -65,7 +65,7 @@ pub struct Lifecycle {
 }
 
 /// Where a backfill is: its recorded state and its runner's last checkpoint.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackfillProgress {
     pub key: String,
     pub status: BackfillStatus,
@@ -125,11 +125,10 @@ pub struct CreateMigrationInput {
 }
 
 /// The answer to "what do I do with this entity?".
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub key: String,
     pub bucket: Option<u32>,
-    #[serde(flatten)]
     pub plan: Plan,
     pub version: Version,
 }

@@ -20,6 +20,13 @@ use switchyard_server::app::Clock;
 use switchyard_server::startup::{ServeConfig, Server};
 use tonic::transport::Channel;
 
+/// A migration from its HTTP JSON, read as any HTTP client would (the API's own types).
+pub fn parse_migration(body: Value) -> Result<switchyard_domain::Migration, String> {
+    let wire: switchyard_proto::json::Migration =
+        serde_json::from_value(body).map_err(|e| e.to_string())?;
+    switchyard_domain::Migration::try_from(wire).map_err(|e| e.to_string())
+}
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,9 @@ use switchyard_client::{Client, ClientBuilder, Side, SnapshotFile, Source, Stage
 use switchyard_domain::rules::{self, Operation};
 use switchyard_domain::{BasisPoints, Migration, bucket};
 use switchyard_server::store::Store;
-use switchyard_tests::{CLIENT_TTL, Db, TempDir, TestClock, TestServer, eventually};
+use switchyard_tests::{
+    CLIENT_TTL, Db, TempDir, TestClock, TestServer, eventually, parse_migration,
+};
 use tokio::task::JoinHandle;
 
 /// Upper bound for every condition the tests wait on.
@@ -60,7 +62,7 @@ async fn mutate(srv: &TestServer, key: &str, action: &str, body: Value) -> Migra
     let path = format!("/v1/migrations/{key}/{action}");
     let (status, body) = srv.post(&path, body).await;
     assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
-    serde_json::from_value(body).expect("a migration")
+    parse_migration(body).expect("a migration")
 }
 
 async fn advance(srv: &TestServer, m: &Migration) -> Migration {
@@ -76,7 +78,7 @@ async fn ramp(srv: &TestServer, m: &Migration, rollout_bp: u32) -> Migration {
 
 /// A new migration moved to `dual_write` at 0%.
 async fn dual_write(srv: &TestServer, key: &str) -> Migration {
-    let created: Migration = serde_json::from_value(srv.create(key, false, &[]).await).unwrap();
+    let created = parse_migration(srv.create(key, false, &[]).await).unwrap();
     let body = json!({
         "event": "expand_applied", "expected_version": created.version.0, "reason": "ddl",
     });
@@ -833,7 +835,7 @@ async fn postgres_failover_to_a_lagging_replica_never_goes_back() {
     assert_eq!(b.snapshot_version().await, lagging_at, "B still lags");
 
     // A change through B makes it catch up: the client receives it.
-    let b_view: Migration = serde_json::from_value(b.migration(key).await).unwrap();
+    let b_view = parse_migration(b.migration(key).await).unwrap();
     assert!(b_view.version < m.version, "B still serves its old view");
     let next = ramp(&b, &m, 7_000).await;
     assert!(next.version.0 > v_n);

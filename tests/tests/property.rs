@@ -33,7 +33,7 @@ use switchyard_domain::rules::{self, DomainError};
 use switchyard_domain::{
     BasisPoints, Event, Fleet, LiveInstance, Migration, Operation, Rule, Stage, Version,
 };
-use switchyard_tests::{CLIENT_TTL, Db, TestServer};
+use switchyard_tests::{CLIENT_TTL, Db, TestServer, parse_migration};
 
 const KEY: &str = "users.username-to-handle";
 const SERVICES: [&str; 2] = ["api", "worker"];
@@ -246,8 +246,7 @@ struct Coverage {
 static COVERAGE: Mutex<Option<Coverage>> = Mutex::new(None);
 
 async fn read_state(ts: &TestServer) -> (Migration, u64, Vec<Value>) {
-    let migration: Migration =
-        serde_json::from_value(ts.migration(KEY).await).expect("migration JSON");
+    let migration = parse_migration(ts.migration(KEY).await).expect("migration JSON");
     let snapshot = ts.snapshot_version().await;
     let (status, body) = ts
         .get(&format!("/v1/migrations/{KEY}/audit?limit=500"))
@@ -432,7 +431,7 @@ fn expected_refusal(error: &DomainError) -> (StatusCode, &'static str, Option<Ru
 }
 
 fn audit_state(entry: &Value, side: &str) -> Migration {
-    serde_json::from_value(entry[side].clone())
+    parse_migration(entry[side].clone())
         .unwrap_or_else(|e| panic!("audit entry's {side} is not a migration ({e}): {entry}"))
 }
 
@@ -516,7 +515,7 @@ async fn run_case(db: Db, case: Case) {
         .create(KEY, case.has_backfill, &case.expected_services)
         .await;
     let (state, snapshot, audit) = read_state(&ts).await;
-    assert_eq!(serde_json::from_value::<Migration>(created).unwrap(), state);
+    assert_eq!(parse_migration(created).unwrap(), state);
     let mut model = Model {
         state,
         snapshot,
@@ -647,7 +646,7 @@ async fn run_case(db: Db, case: Case) {
         );
         if accepted {
             assert_eq!(status, StatusCode::OK, "{ctx}: {response}");
-            let returned: Migration = serde_json::from_value(response.clone()).unwrap();
+            let returned = parse_migration(response.clone()).unwrap();
             assert_eq!(returned, after, "{ctx}: the response is what GET shows");
             assert_eq!(snapshot, model.snapshot + 1, "{ctx}: snapshot version");
             assert_eq!(after.version.0, snapshot, "{ctx}");
@@ -729,8 +728,8 @@ async fn run_case(db: Db, case: Case) {
                     "{ctx}: refusal {error}: {response}"
                 );
                 if want_status != StatusCode::BAD_REQUEST {
-                    let current: Migration = serde_json::from_value(response["current"].clone())
-                        .unwrap_or_else(|e| {
+                    let current =
+                        parse_migration(response["current"].clone()).unwrap_or_else(|e| {
                             panic!("{ctx}: refusal without current ({e}): {response}")
                         });
                     assert_eq!(

@@ -58,6 +58,26 @@ pub struct AuditRecord {
     pub after_json: String,
 }
 
+impl AuditRecord {
+    /// The state before the change, read through the stored form (`None` for a creation, whose
+    /// `before_json` is empty).
+    pub fn before(&self) -> Result<Option<Migration>, StoreError> {
+        self.state(&self.before_json, "before")
+    }
+
+    /// The state after the change, read through the stored form.
+    pub fn after(&self) -> Result<Option<Migration>, StoreError> {
+        self.state(&self.after_json, "after")
+    }
+
+    fn state(&self, json: &str, which: &str) -> Result<Option<Migration>, StoreError> {
+        if json.is_empty() {
+            return Ok(None);
+        }
+        parse_state(json, || format!("audit record {} ({which})", self.id)).map(Some)
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct AuditRow {
     id: i64,
