@@ -5,12 +5,10 @@
 
 use crate::event::EventKind;
 use crate::rules::Operation;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Application clients: read state, watch, decide, report heartbeats.
     Reader,

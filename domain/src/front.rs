@@ -4,9 +4,8 @@
 //! other entity one stage behind, so `(S, 10000)` and `(next(S), 0)` describe the same traffic.
 
 use crate::{BasisPoints, Stage};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Front {
     pub stage: Stage,
     pub rollout: BasisPoints,

@@ -6,7 +6,6 @@ use crate::migration::BackfillStatus;
 use crate::time::{format_minute, format_span};
 use crate::traffic::{TrafficCounts, minute_of};
 use crate::{Fleet, Migration, Stage};
-use serde::{Deserialize, Serialize};
 
 /// Server-wide gate settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,8 +29,7 @@ impl Default for GatePolicy {
 /// from this long after a window opens keeps operations from just before it out.
 pub const REPORT_GRACE_MS: i64 = 2 * 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CheckId {
     Soak,
     ClientsApplied,
@@ -57,7 +55,7 @@ impl CheckId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub id: CheckId,
     pub passed: bool,
@@ -67,7 +65,7 @@ pub struct Check {
     pub remedy: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateReport {
     pub key: String,
     pub passed: bool,

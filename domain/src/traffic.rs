@@ -1,8 +1,6 @@
 //! What clients report about the traffic they ran through a migration, and how counts add up.
 //! Shared by the client (which counts) and the server (which rolls counts up per minute).
 
-use serde::{Deserialize, Serialize};
-
 /// Upper bounds (microseconds) of the latency buckets; a 16th bucket holds everything slower.
 pub const LATENCY_BOUNDS_US: [u64; 15] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -43,7 +41,7 @@ fn format_micros(us: u64) -> String {
 }
 
 /// A fixed-bucket latency histogram.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Histogram(pub [u64; LATENCY_BUCKETS]);
 
 impl Histogram {
@@ -81,7 +79,7 @@ impl Histogram {
 }
 
 /// What one side of a migration did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SideCounts {
     pub reads: u64,
     pub writes: u64,
@@ -103,7 +101,7 @@ impl SideCounts {
 }
 
 /// Counts for one migration over some interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrafficCounts {
     pub old: SideCounts,
     pub new: SideCounts,

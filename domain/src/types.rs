@@ -1,6 +1,5 @@
 //! Validated newtypes. Each `parse` returns a `Result`; once parsed, a value is valid everywhere.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Input that does not have the allowed form. The message says what was wrong and what is allowed.
@@ -9,8 +8,7 @@ use std::fmt;
 pub struct InvalidInput(pub String);
 
 /// A migration's key: `[a-z0-9][a-z0-9._-]{0,127}`, e.g. `users.username-to-handle`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MigrationKey(String);
 
 impl MigrationKey {
@@ -60,8 +58,7 @@ impl fmt::Display for MigrationKey {
 }
 
 /// A fraction in basis points, 0..=10000 (10000 = 100%).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BasisPoints(u16);
 
 impl BasisPoints {
@@ -145,10 +142,7 @@ impl fmt::Display for BasisPoints {
 
 /// The global snapshot version. It only grows; every change to any migration takes the next one,
 /// and a migration's `version` is the snapshot version of its last change.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(pub u64);
 
 impl fmt::Display for Version {
@@ -158,8 +152,7 @@ impl fmt::Display for Version {
 }
 
 /// Why a change was made: required on every mutation (rule 9), kept in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reason(String);
 
 impl Reason {

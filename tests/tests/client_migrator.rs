@@ -224,7 +224,9 @@ async fn traffic(srv: &TestServer, key: &str) -> TrafficCounts {
     let (status, body) = srv.get(&format!("/v1/migrations/{key}/traffic")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["key"], key);
-    serde_json::from_value(body["total"].clone()).expect("traffic total")
+    let total: switchyard_proto::json::TrafficCounts =
+        serde_json::from_value(body["total"].clone()).expect("traffic total");
+    total.into()
 }
 
 /// The counts without their latency histograms (which the test cannot predict).

@@ -117,7 +117,7 @@ async fn send_telemetry(
     minute_ms: i64,
     c: TrafficCounts,
 ) {
-    let mut entry = serde_json::to_value(c).unwrap();
+    let mut entry = serde_json::to_value(switchyard_proto::json::TrafficCounts::from(&c)).unwrap();
     entry["key"] = key.into();
     entry["minute_ms"] = minute_ms.into();
     let (status, body) = srv

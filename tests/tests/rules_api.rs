@@ -10,7 +10,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
-use switchyard_domain::{BasisPoints, Front, Stage};
+use switchyard_domain::{BasisPoints, Front, Stage, Version};
 use switchyard_proto::v1 as pb;
 use switchyard_tests::{CLIENT_TTL, Db, TestServer, grpc_detail, request_as};
 use tonic::Code;
@@ -1548,7 +1548,13 @@ async fn check_decisions(s: &TestServer, key: &str, entities: &[String]) -> Vec<
     for entity in entities.iter().map(|e| Some(e.as_str())).chain([None]) {
         let bucket = entity.map(|e| switchyard_domain::bucket(salt, e.as_bytes()));
         let stage = front.stage_for(bucket);
-        let plan = serde_json::to_value(stage.plan()).expect("plan as JSON");
+        let plan = serde_json::to_value(switchyard_proto::json::Decision::new(
+            key.to_owned(),
+            bucket,
+            stage.plan(),
+            Version(0),
+        ))
+        .expect("plan as JSON");
 
         let (status, http) = decide_http(s, key, entity).await;
         assert_eq!(status, StatusCode::OK, "{http}");

@@ -2,6 +2,7 @@
 //! they report, rolled up per minute.
 
 use super::rows::{ClientInstance, InstanceRow};
+use super::state::{counts_json, parse_counts};
 use super::{Store, StoreError, Tx};
 use std::time::Duration;
 use switchyard_domain::traffic::TrafficCounts;
@@ -167,10 +168,7 @@ impl Store {
                         "UPDATE traffic_minutes SET counts = $1 WHERE migration_key = $2 \
                          AND minute_ms = $3 AND service = $4",
                     )
-                    .bind(
-                        serde_json::to_string(&total)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    )
+                    .bind(counts_json(&total)?)
                     .bind(key)
                     .bind(*minute)
                     .bind(service)
@@ -272,11 +270,4 @@ pub(super) async fn load_fleet(
             })
             .collect(),
     })
-}
-
-fn parse_counts(stored: &str) -> Result<TrafficCounts, StoreError> {
-    if stored == "{}" {
-        return Ok(TrafficCounts::default());
-    }
-    serde_json::from_str(stored).map_err(|e| StoreError::Corrupt(format!("traffic counts: {e}")))
 }

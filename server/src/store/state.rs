@@ -10,6 +10,7 @@ use super::StoreError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use switchyard_domain::migration::{Compared, Window};
+use switchyard_domain::traffic::{Histogram, LATENCY_BUCKETS, SideCounts, TrafficCounts};
 use switchyard_domain::{
     Backfill, BackfillStatus, BasisPoints, InvalidInput, Migration, MigrationKey, Stage, Version,
 };
@@ -250,6 +251,77 @@ impl From<StoredBackfillStatus> for BackfillStatus {
     }
 }
 
+/// The stored JSON of one minute's traffic counts (`traffic_minutes.counts`).
+pub(super) fn counts_json(c: &TrafficCounts) -> Result<String, StoreError> {
+    serde_json::to_string(&StoredCounts::from(c)).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Counts from `traffic_minutes.counts`; `{}` is the empty row a first report creates.
+pub(super) fn parse_counts(stored: &str) -> Result<TrafficCounts, StoreError> {
+    if stored == "{}" {
+        return Ok(TrafficCounts::default());
+    }
+    serde_json::from_str::<StoredCounts>(stored)
+        .map(TrafficCounts::from)
+        .map_err(|e| StoreError::Corrupt(format!("traffic counts: {e}")))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredCounts {
+    old: StoredSideCounts,
+    new: StoredSideCounts,
+    comparisons: u64,
+    mismatches: u64,
+    evaluations_without_entity: u64,
+    fallback_evaluations: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSideCounts {
+    reads: u64,
+    writes: u64,
+    errors: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+impl From<&TrafficCounts> for StoredCounts {
+    fn from(c: &TrafficCounts) -> Self {
+        let side = |s: &SideCounts| StoredSideCounts {
+            reads: s.reads,
+            writes: s.writes,
+            errors: s.errors,
+            latency: s.latency.0,
+        };
+        Self {
+            old: side(&c.old),
+            new: side(&c.new),
+            comparisons: c.comparisons,
+            mismatches: c.mismatches,
+            evaluations_without_entity: c.evaluations_without_entity,
+            fallback_evaluations: c.fallback_evaluations,
+        }
+    }
+}
+
+impl From<StoredCounts> for TrafficCounts {
+    fn from(c: StoredCounts) -> Self {
+        let side = |s: StoredSideCounts| SideCounts {
+            reads: s.reads,
+            writes: s.writes,
+            errors: s.errors,
+            latency: Histogram(s.latency),
+        };
+        Self {
+            old: side(c.old),
+            new: side(c.new),
+            comparisons: c.comparisons,
+            mismatches: c.mismatches,
+            evaluations_without_entity: c.evaluations_without_entity,
+            fallback_evaluations: c.fallback_evaluations,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +414,17 @@ mod tests {
                 "{bad}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn todays_traffic_counts_round_trip_byte_for_byte() {
+        let stored = r#"{"old":{"reads":3,"writes":1,"errors":0,"latency":[0,1,2,0,0,0,0,0,0,0,0,0,0,0,0,1]},"new":{"reads":2,"writes":1,"errors":1,"latency":[3,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]},"comparisons":2,"mismatches":1,"evaluations_without_entity":4,"fallback_evaluations":5}"#;
+        let counts = parse_counts(stored).unwrap();
+        assert_eq!(counts.old.reads, 3);
+        assert_eq!(counts.old.latency.0[15], 1);
+        assert_eq!(counts.new.errors, 1);
+        assert_eq!(counts.fallback_evaluations, 5);
+        assert_eq!(counts_json(&counts).unwrap(), stored);
+        assert_eq!(parse_counts("{}").unwrap(), TrafficCounts::default());
     }
 }
