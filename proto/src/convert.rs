@@ -3,7 +3,7 @@
 
 use crate::v1 as pb;
 use std::collections::BTreeMap;
-use switchyard_domain::migration::{Backfill, BackfillStatus};
+use switchyard_domain::migration::{Backfill, BackfillStatus, Compared, Window};
 use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
 use switchyard_domain::{
     BasisPoints, Event, EventKind, InvalidInput, Migration, MigrationKey, Operation, Role, Side,
@@ -221,12 +221,25 @@ impl From<&Migration> for pb::Migration {
                 .iter()
                 .map(|(stage, since)| (stage.as_str().to_owned(), since.0))
                 .collect(),
+            applicable_events: EventKind::ALL
+                .into_iter()
+                .filter(|e| e.applies_to(m))
+                .map(|e| pb::EventKind::from(e) as i32)
+                .collect(),
+            old_writes_resumed_since: m.old_writes_resumed_since.map_or(0, |v| v.0),
+            live_window: m.live_window.map(|w| pb::LiveWindow {
+                started_at_ms: w.started_at_ms,
+                ended_at_ms: w.ended_at_ms.unwrap_or(0),
+                recorded: w.recorded.map(|c| pb::ShadowComparisons {
+                    comparisons: c.comparisons,
+                    mismatches: c.mismatches,
+                }),
+            }),
         }
     }
 }
 
-/// A migration as a client receives it. `old_writes_resumed_since` and `live_window` are
-/// server-side bookkeeping the wire does not carry; they come back empty.
+/// A migration as a client receives it; `applicable_events` is derived, so it is not read.
 impl TryFrom<pb::Migration> for Migration {
     type Error = InvalidInput;
 
@@ -272,8 +285,15 @@ impl TryFrom<pb::Migration> for Migration {
             old_shape_stale: m.old_shape_stale,
             full_since,
             soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
-            old_writes_resumed_since: None,
-            live_window: None,
+            old_writes_resumed_since: version(m.old_writes_resumed_since),
+            live_window: m.live_window.map(|w| Window {
+                started_at_ms: w.started_at_ms,
+                ended_at_ms: (w.ended_at_ms != 0).then_some(w.ended_at_ms),
+                recorded: w.recorded.map(|c| Compared {
+                    comparisons: c.comparisons,
+                    mismatches: c.mismatches,
+                }),
+            }),
         })
     }
 }
@@ -400,6 +420,20 @@ mod tests {
         m.backfill.completed_version = Some(Version(2));
         m.soak_started_at_ms = Some(5_000);
         m.full_since.insert(Stage::Shadow, Version(3));
+        m.old_writes_resumed_since = Some(Version(2));
+        m.live_window = Some(Window {
+            started_at_ms: 2_000,
+            ended_at_ms: Some(4_000),
+            recorded: Some(Compared {
+                comparisons: 7,
+                mismatches: 1,
+            }),
+        });
+        // Derived from the record: the expand is not recorded yet, the backfill is complete.
+        assert_eq!(
+            pb::Migration::from(&m).applicable_events,
+            [pb::EventKind::ExpandApplied as i32]
+        );
         let back = Migration::try_from(pb::Migration::from(&m)).unwrap();
         let expected = m.clone();
         assert_eq!(back, expected);

@@ -26,7 +26,7 @@ pub struct Migration {
     pub applicable_events: Vec<String>,
 }
 
-/// A migration's stored state; refusals return it as `current`.
+/// A migration's record: every field of [`Migration`] but the derived ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationRecord {
     pub key: String,
@@ -265,7 +265,7 @@ pub struct ErrorBody {
     pub code: String,
     /// The migration as it is, when the change was refused because of its state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<MigrationRecord>,
+    pub current: Option<Migration>,
     pub message: String,
     /// The safety rule that refused the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]

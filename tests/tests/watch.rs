@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::switchyard_client::SwitchyardClient;
-use switchyard_tests::{Db, TestClock, TestServer, request_as};
+use switchyard_tests::{Db, TestClock, TestServer, parse_migration, request_as};
 use tonic::transport::Channel;
 
 /// Generous bound on every wait for a stream item or a shutdown.
@@ -671,7 +671,50 @@ async fn grpc_migrations_carry_full_since(db: Db) {
     server.stop().await;
 }
 
+/// HTTP and gRPC expose the same fields: a migration that has been at live (so it carries a
+/// closed live window and `full_since` entries) reads the same through both, and both list the
+/// same applicable events.
+async fn http_and_grpc_carry_the_same_migration(db: Db) {
+    let server = TestServer::start(db).await;
+    let key = "watch.same";
+    let mut m = dual_write(&server, key).await.pop().unwrap();
+    for next in ["shadow", "live"] {
+        m = ramp(&server, key, version(&m), 10_000).await;
+        m = advance(&server, key, version(&m)).await;
+        assert_eq!(m["stage"], next, "{m}");
+    }
+    m = ramp(&server, key, version(&m), 5_000).await;
+    m = ramp(&server, key, version(&m), 0).await;
+    let body = json!({ "expected_version": version(&m), "reason": "back to shadow" });
+    mutate(&server, key, "retreat", body).await;
+
+    let http = server.migration(key).await;
+    assert!(http["live_window"]["ended_at_ms"].is_i64(), "{http}");
+    let grpc = server
+        .grpc
+        .clone()
+        .get_migration(server.req(pb::GetMigrationRequest { key: key.into() }))
+        .await
+        .expect("GetMigration")
+        .into_inner();
+    let events: Vec<String> = grpc
+        .applicable_events()
+        .map(|e| {
+            switchyard_domain::EventKind::try_from(e)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(json!(events), http["applicable_events"]);
+    assert_eq!(
+        switchyard_domain::Migration::try_from(grpc).expect("gRPC migration"),
+        parse_migration(http).expect("HTTP migration"),
+    );
+    server.stop().await;
+}
+
 switchyard_tests::both_databases!(
+    http_and_grpc_carry_the_same_migration,
     grpc_migrations_carry_full_since,
     grpc_snapshot_then_each_change_once,
     sse_snapshot_then_each_change_once,

@@ -214,8 +214,8 @@ fn already_recorded(phase: Phase, failure: &Failure) -> bool {
         return false;
     };
     match phase {
-        Phase::Expand => current.expand_applied,
-        Phase::Contract => current.stage == Stage::Contracted,
+        Phase::Expand => current.record.expand_applied,
+        Phase::Contract => current.record.stage == Stage::Contracted,
     }
 }
 

@@ -63,7 +63,7 @@ pub fn snapshot(s: &Snapshot) -> json::Snapshot {
 pub fn error_body(e: &ApiError) -> json::ErrorBody {
     json::ErrorBody {
         code: e.code().to_owned(),
-        current: e.current().map(json::MigrationRecord::from),
+        current: e.current().map(json::Migration::from),
         message: e.public_message(),
         rule: e.rule().map(|r| r.number()),
     }

@@ -2,7 +2,7 @@
 // version the page shows, and report the outcome in one result box (placed in the controls
 // card, whichever card started the change).
 
-import { api, ApiError, NetworkError } from "../../api.js";
+import { ApiError, NetworkError } from "../../api.js";
 import { announce, fill, h } from "../../dom.js";
 import { confirmChange } from "../../dialog.js";
 
@@ -49,11 +49,8 @@ export function actions(ctx, publish) {
       announce(text);
     } catch (e) {
       // A refusal names the newer state it was judged against: show it now rather than wait for
-      // the feed. The error's copy lacks the events that apply, so the record is fetched whole.
-      if (e instanceof ApiError && newer(e.current)) {
-        const fresh = await api.migration(ctx.key).catch(() => null);
-        if (newer(fresh)) publish(fresh, false);
-      }
+      // the feed.
+      if (e instanceof ApiError && newer(e.current)) publish(e.current, false);
       const text = explain(e);
       show("error", text.title, text.detail);
     }
