@@ -1,0 +1,298 @@
+//! What the server reports: the gate's verdict, the audit log, client instances, the lifecycle,
+//! backfill progress, decisions and traffic.
+
+use super::BackfillStatus;
+use super::names::stage_name;
+use serde::{Deserialize, Serialize};
+use switchyard_domain::traffic::{Histogram, LATENCY_BUCKETS, SideCounts};
+use switchyard_domain::{Plan, Stage, Version, gate};
+
+/// `GET /v1/migrations/{key}/gate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateReport {
+    pub key: String,
+    pub passed: bool,
+    pub checks: Vec<GateCheck>,
+    pub soak_ends_at_ms: Option<i64>,
+    pub evaluated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateCheck {
+    pub id: String,
+    pub passed: bool,
+    pub evidence: String,
+    pub remedy: String,
+}
+
+impl From<&gate::GateReport> for GateReport {
+    fn from(r: &gate::GateReport) -> Self {
+        Self {
+            key: r.key.clone(),
+            passed: r.passed,
+            checks: r
+                .checks
+                .iter()
+                .map(|c| GateCheck {
+                    id: c.id.as_str().to_owned(),
+                    passed: c.passed,
+                    evidence: c.evidence.clone(),
+                    remedy: c.remedy.clone(),
+                })
+                .collect(),
+            soak_ends_at_ms: r.soak_ends_at_ms,
+            evaluated_at_ms: r.evaluated_at_ms,
+        }
+    }
+}
+
+/// `GET /v1/migrations/{key}/audit`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next_before_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub migration_key: String,
+    pub version: u64,
+    pub actor: String,
+    pub at_ms: i64,
+    pub action: String,
+    pub reason: String,
+    /// The migration as the audit log stored it before and after the change (`null` for
+    /// none), kept verbatim: entries written by older servers have other fields.
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+/// The front an audited state was at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct AuditedFront {
+    #[serde(with = "stage_name")]
+    pub stage: Stage,
+    pub rollout_bp: u32,
+}
+
+impl AuditEntry {
+    /// The fronts before and after; `None` where the entry has no state (a creation's
+    /// before) or one without a front.
+    pub fn fronts(&self) -> (Option<AuditedFront>, Option<AuditedFront>) {
+        let front = |v: &serde_json::Value| AuditedFront::deserialize(v).ok();
+        (front(&self.before), front(&self.after))
+    }
+}
+
+/// `GET /v1/clients` and `GET /v1/migrations/{key}/instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instances {
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub service: String,
+    pub instance_id: String,
+    pub applied_version: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub live: bool,
+}
+
+/// `POST /v1/clients/heartbeat`: the snapshot version the server is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub snapshot_version: u64,
+}
+
+/// `GET /v1/lifecycle`: migrations needing attention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    pub complete_for_days: u32,
+    pub complete_not_contracted: Vec<CompleteNotContracted>,
+    pub contracted_in_use: Vec<ContractedInUse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteNotContracted {
+    pub complete_since_ms: i64,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractedInUse {
+    pub instances: Vec<Instance>,
+    pub key: String,
+}
+
+/// `GET /v1/migrations/{key}/backfill` and the answer to a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillProgress {
+    pub key: String,
+    pub status: BackfillStatus,
+    pub paused: bool,
+    pub cursor: String,
+    pub rows_done: u64,
+    pub rows_total_estimate: u64,
+    pub rate_rows_per_second: f64,
+    /// Seconds left at the current rate, when both are known.
+    pub eta_seconds: Option<u64>,
+    pub runner: String,
+    pub updated_at_ms: Option<i64>,
+}
+
+/// `GET /v1/migrations/{key}/decide`: what an operation on an entity does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub key: String,
+    pub bucket: Option<u32>,
+    #[serde(with = "stage_name")]
+    pub stage: Stage,
+    pub write: Side,
+    pub authoritative_write: Side,
+    pub read: Side,
+    pub return_value: Side,
+    pub shadow_compare: bool,
+    pub version: u64,
+}
+
+impl Decision {
+    pub fn new(key: String, bucket: Option<u32>, plan: Plan, version: Version) -> Self {
+        Self {
+            key,
+            bucket,
+            stage: plan.stage,
+            write: plan.write.into(),
+            authoritative_write: plan.authoritative_write.into(),
+            read: plan.read.into(),
+            return_value: plan.return_value.into(),
+            shadow_compare: plan.shadow_compare,
+            version: version.0,
+        }
+    }
+}
+
+/// The wire spelling of a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Old,
+    New,
+    Both,
+}
+
+impl Side {
+    pub const ALL: [Side; 3] = [Side::Old, Side::New, Side::Both];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Old => "old",
+            Side::New => "new",
+            Side::Both => "both",
+        }
+    }
+}
+
+impl From<switchyard_domain::Side> for Side {
+    fn from(s: switchyard_domain::Side) -> Self {
+        match s {
+            switchyard_domain::Side::Old => Side::Old,
+            switchyard_domain::Side::New => Side::New,
+            switchyard_domain::Side::Both => Side::Both,
+        }
+    }
+}
+
+/// Counts clients report for a migration over some interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficCounts {
+    pub old: SideTraffic,
+    pub new: SideTraffic,
+    pub comparisons: u64,
+    pub mismatches: u64,
+    pub evaluations_without_entity: u64,
+    pub fallback_evaluations: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideTraffic {
+    pub reads: u64,
+    pub writes: u64,
+    pub errors: u64,
+    /// Operations per latency bucket (`GET /v1/vocabulary` lists the buckets).
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl From<&SideCounts> for SideTraffic {
+    fn from(c: &SideCounts) -> Self {
+        Self {
+            reads: c.reads,
+            writes: c.writes,
+            errors: c.errors,
+            latency: c.latency.0,
+        }
+    }
+}
+
+impl From<SideTraffic> for SideCounts {
+    fn from(c: SideTraffic) -> Self {
+        Self {
+            reads: c.reads,
+            writes: c.writes,
+            errors: c.errors,
+            latency: Histogram(c.latency),
+        }
+    }
+}
+
+impl From<&switchyard_domain::traffic::TrafficCounts> for TrafficCounts {
+    fn from(c: &switchyard_domain::traffic::TrafficCounts) -> Self {
+        Self {
+            old: (&c.old).into(),
+            new: (&c.new).into(),
+            comparisons: c.comparisons,
+            mismatches: c.mismatches,
+            evaluations_without_entity: c.evaluations_without_entity,
+            fallback_evaluations: c.fallback_evaluations,
+        }
+    }
+}
+
+impl From<TrafficCounts> for switchyard_domain::traffic::TrafficCounts {
+    fn from(c: TrafficCounts) -> Self {
+        Self {
+            old: c.old.into(),
+            new: c.new.into(),
+            comparisons: c.comparisons,
+            mismatches: c.mismatches,
+            evaluations_without_entity: c.evaluations_without_entity,
+            fallback_evaluations: c.fallback_evaluations,
+        }
+    }
+}
+
+/// One telemetry entry as clients send it: a migration, a minute, and the counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryEntry {
+    pub key: String,
+    pub minute_ms: i64,
+    #[serde(flatten)]
+    pub counts: TrafficCounts,
+}
+
+/// `GET /v1/migrations/{key}/traffic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub key: String,
+    pub minutes: Vec<TrafficMinute>,
+    pub total: TrafficCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficMinute {
+    pub minute_ms: i64,
+    #[serde(flatten)]
+    pub counts: TrafficCounts,
+}
