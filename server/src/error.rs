@@ -144,7 +144,7 @@ impl From<StoreError> for ApiError {
                 DomainError::NotApplicable(message) => ApiError::NotApplicable { message, current },
                 DomainError::Invalid(e) => e.into(),
             },
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            unavailable if unavailable.is_unavailable() => {
                 ApiError::Unavailable("the database is not answering; retry shortly".to_owned())
             }
             other => ApiError::Internal(other.to_string()),

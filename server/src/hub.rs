@@ -9,7 +9,7 @@
 //!
 //! Readers (decide, snapshot, watch) only clone an `Arc` under a briefly held lock.
 
-use crate::store::{Backend, NOTIFY_CHANNEL, Store};
+use crate::store::{Backend, Store};
 use futures::Stream;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -225,16 +225,15 @@ impl Hub {
         let mut backoff = Duration::from_millis(100);
         loop {
             let listener = async {
-                let mut listener = sqlx::postgres::PgListener::connect(self.store.url()).await?;
-                listener.listen(NOTIFY_CHANNEL).await?;
+                let mut listener = self.store.change_listener().await?;
                 // Anything committed while we were not listening.
                 self.poke();
                 loop {
-                    listener.recv().await?;
+                    listener.changed().await?;
                     self.poke();
                 }
                 #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
+                Ok::<(), crate::store::StoreError>(())
             };
             tokio::select! {
                 result = listener => {

@@ -43,7 +43,7 @@ pub use rows::{AuditRecord, ClientInstance, TokenRecord};
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
 
 /// Postgres channel on which every committed change announces its version.
-pub const NOTIFY_CHANNEL: &str = "switchyard_changes";
+const NOTIFY_CHANNEL: &str = "switchyard_changes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,6 +91,25 @@ pub struct Store {
     /// SQLite allows one writer; taking this before `BEGIN` avoids `SQLITE_BUSY` on lock
     /// upgrade and keeps the mutation path identical to Postgres' row-locked one.
     write_lock: Option<Mutex<()>>,
+}
+
+/// Hears the changes committed through any replica; see [`Store::change_listener`].
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl ChangeListener {
+    /// Waits for the next committed change.
+    pub async fn changed(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}
+
+impl StoreError {
+    /// The database did not answer in time (the pool had no connection to give): worth a retry,
+    /// unlike the other errors.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
 }
 
 impl Store {
@@ -155,9 +174,12 @@ impl Store {
         self.backend
     }
 
-    /// The connection URL, for the Postgres change listener.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// Postgres: a connection that hears every change committed through any replica (each
+    /// mutation sends `pg_notify` on [`NOTIFY_CHANNEL`] in its transaction).
+    pub async fn change_listener(&self) -> Result<ChangeListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(ChangeListener(listener))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
