@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_domain::gate::{self, GatePolicy, GateReport};
 use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
-use switchyard_domain::rules::{self, parse_reason};
+use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_domain::types::parse_label;
 use switchyard_domain::{
@@ -619,33 +619,6 @@ impl App {
         } else {
             parse_label("runner", runner)?
         };
-        if migration.backfill.status != BackfillStatus::Running {
-            return Err(ApiError::NotApplicable {
-                message: format!(
-                    "the backfill of {key} is not running ({}); record backfill-started first",
-                    match migration.backfill.status {
-                        BackfillStatus::None => "the migration has no backfill",
-                        BackfillStatus::Complete => "it is complete",
-                        _ => "it is not started, or was cancelled",
-                    }
-                ),
-                current: Box::new((*migration).clone()),
-            });
-        }
-        if let Some(run) = started_version
-            && migration.backfill.started_version != Some(run)
-        {
-            // A runner that missed a cancel must not move the position of the run that
-            // replaced its own.
-            return Err(ApiError::NotApplicable {
-                message: format!(
-                    "the backfill of {key} was started again (at version {}) since this runner's \
-                     run began (at version {run}): its position belongs to a cancelled run",
-                    migration.backfill.started_version.map_or(0, |v| v.0)
-                ),
-                current: Box::new((*migration).clone()),
-            });
-        }
         let saved = self
             .store
             .save_checkpoint(
@@ -658,6 +631,7 @@ impl App {
                     runner,
                     updated_at_ms: self.now(),
                 },
+                |current| checkpoint_admitted(current, started_version),
             )
             .await?;
         Ok(BackfillProgress::new(&migration, Some(saved)))
@@ -735,4 +709,33 @@ impl App {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A checkpoint moves the position of the running backfill's current run only. Judged by the
+/// store on the migration as it is when the position is written, so a checkpoint racing a
+/// cancel or a restart cannot bring back a cancelled run's position.
+fn checkpoint_admitted(m: &Migration, run: Option<Version>) -> Result<(), DomainError> {
+    let key = &m.key;
+    if m.backfill.status != BackfillStatus::Running {
+        return Err(DomainError::NotApplicable(format!(
+            "the backfill of {key} is not running ({}); record backfill-started first",
+            match m.backfill.status {
+                BackfillStatus::None => "the migration has no backfill",
+                BackfillStatus::Complete => "it is complete",
+                _ => "it is not started, or was cancelled",
+            }
+        )));
+    }
+    if let Some(run) = run
+        && m.backfill.started_version != Some(run)
+    {
+        // A runner that missed a cancel must not move the position of the run that replaced
+        // its own.
+        return Err(DomainError::NotApplicable(format!(
+            "the backfill of {key} was started again (at version {}) since this runner's run \
+             began (at version {run}): its position belongs to a cancelled run",
+            m.backfill.started_version.map_or(0, |v| v.0)
+        )));
+    }
+    Ok(())
 }

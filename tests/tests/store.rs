@@ -83,7 +83,7 @@ fn ramp(stage: Option<Stage>, bp: u32) -> Operation {
 }
 
 /// The refusal of a mutation, and the unchanged state it carries.
-fn refused(result: Result<Migration, StoreError>) -> (DomainError, Migration) {
+fn refused<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (DomainError, Migration) {
     match result {
         Err(StoreError::Refused { error, current }) => (error, *current),
         Err(other) => panic!("expected a refusal, got error {other:?}"),
@@ -1225,10 +1225,46 @@ async fn running_backfill(store: &Store, key: &str) -> (Migration, Checkpoint) {
                 runner: "api/worker-1".to_owned(),
                 updated_at_ms: T0 + 2,
             },
+            |_| Ok(()),
         )
         .await
         .unwrap();
     (m, saved)
+}
+
+/// The position is judged on the migration as stored when it is written: a checkpoint that
+/// arrives after a cancel committed is refused with the state it was judged on, and writes
+/// nothing (so a runner racing a cancel cannot bring back the cancelled run's position).
+async fn a_checkpoint_is_judged_on_the_stored_state(db: Db) {
+    let db = TestDb::new(db).await;
+    let store = open(&db).await;
+    let key = "users.raced";
+    let (running, _) = running_backfill(&store, key).await;
+    let cancelled = cancel(&store, key, running.version, |_| {}).await.unwrap();
+    let before = observe(&store, key).await;
+    let late = Checkpoint {
+        cursor: "900".to_owned(),
+        rows_done: 900,
+        rows_total_estimate: 1000,
+        rate_rows_per_second: 0.0,
+        runner: "api/worker-1".to_owned(),
+        updated_at_ms: T0 + 3,
+    };
+    let refused_late = store
+        .save_checkpoint(key, &late, |m| {
+            if m.backfill.status == BackfillStatus::Running {
+                Ok(())
+            } else {
+                Err(DomainError::NotApplicable("not running".to_owned()))
+            }
+        })
+        .await;
+    let (error, current) = refused(refused_late);
+    assert_eq!(error, DomainError::NotApplicable("not running".to_owned()));
+    assert_eq!(current, cancelled);
+    assert_eq!(store.checkpoint(key).await.unwrap(), None);
+    assert_eq!(observe(&store, key).await, before);
+    store.close().await;
 }
 
 /// A cancel recorded as `App::mutate` records it; `spoil` may alter the decided state.
@@ -1294,4 +1330,5 @@ both_databases!(
     committed_state_survives_close_and_reconnect,
     a_stale_writer_does_not_break_a_current_one,
     a_cancel_and_the_forgetting_of_its_checkpoint_commit_together,
+    a_checkpoint_is_judged_on_the_stored_state,
 );

@@ -1,6 +1,7 @@
 //! Backfill checkpoints: each running backfill's saved position and smoothed rate.
 
 use super::{Store, StoreError, Tx};
+use switchyard_domain::{DomainError, Migration};
 
 /// A backfill runner's saved position.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,13 +16,26 @@ pub struct Checkpoint {
 
 impl Store {
     /// A backfill runner's position after a batch; the rate is smoothed over checkpoints.
-    pub async fn save_checkpoint(
+    /// `admit` judges the migration as it is when the position is written (locked against a
+    /// concurrent cancel or restart), so a position is never saved for a run that has ended.
+    pub async fn save_checkpoint<F>(
         &self,
         key: &str,
         checkpoint: &Checkpoint,
-    ) -> Result<Checkpoint, StoreError> {
+        admit: F,
+    ) -> Result<Checkpoint, StoreError>
+    where
+        F: FnOnce(&Migration) -> Result<(), DomainError> + Send,
+    {
         self.write(|tx| {
             Box::pin(async move {
+                let current = self.lock_migration(tx, key).await?;
+                if let Err(error) = admit(&current) {
+                    return Err(StoreError::Refused {
+                        error,
+                        current: Box::new(current),
+                    });
+                }
                 let previous = load_checkpoint(&mut **tx, key, self.backend.for_update()).await?;
                 let rate = match &previous {
                     Some(p)

@@ -191,17 +191,7 @@ impl Store {
     {
         self.write(|tx| {
             Box::pin(async move {
-                let row: Option<MigrationRow> = sqlx::query_as(&format!(
-                    "SELECT {} FROM migrations WHERE key = $1{}",
-                    MigrationRow::COLUMNS,
-                    self.backend.for_update()
-                ))
-                .bind(key)
-                .fetch_optional(&mut **tx)
-                .await?;
-                let current = row
-                    .ok_or_else(|| StoreError::NotFound(key.to_owned()))?
-                    .into_domain()?;
+                let current = self.lock_migration(tx, key).await?;
                 let fleet = load_fleet(tx, now_ms, client_ttl).await?;
                 let traffic = match alongside.traffic_since_ms {
                     Some(since) => traffic_minutes(&mut **tx, key, since).await?,
@@ -262,6 +252,26 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Reads a migration inside a write, locked until the write ends (Postgres `FOR UPDATE`;
+    /// SQLite's writes are already serialized by the write mutex), so what is decided on it
+    /// holds when the write commits.
+    pub(super) async fn lock_migration(
+        &self,
+        tx: &mut Tx<'_>,
+        key: &str,
+    ) -> Result<Migration, StoreError> {
+        let row: Option<MigrationRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM migrations WHERE key = $1{}",
+            MigrationRow::COLUMNS,
+            self.backend.for_update()
+        ))
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.ok_or_else(|| StoreError::NotFound(key.to_owned()))?
+            .into_domain()
     }
 
     /// One page of a migration's audit log, newest first.
