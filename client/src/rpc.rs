@@ -141,7 +141,6 @@ impl ErrorKind {
 
 impl From<tonic::Status> for ServerError {
     fn from(status: tonic::Status) -> Self {
-        // Transport failures carry no detail: they decode as an empty code, which is `Failed`.
         let detail: pb::ErrorDetail = prost::Message::decode(status.details()).unwrap_or_default();
         let kind = match detail.code.as_str() {
             "stale_version" => ErrorKind::StaleVersion,
@@ -150,6 +149,17 @@ impl From<tonic::Status> for ServerError {
             "not_found" => ErrorKind::NotFound,
             "invalid_argument" => ErrorKind::InvalidArgument,
             "unauthenticated" | "permission_denied" => ErrorKind::Denied,
+            // No detail: a transport failure, or an answer from something in between (a proxy,
+            // an ingress) that decided by itself. Its status code still says whether asking
+            // again could help.
+            "" => match status.code() {
+                tonic::Code::Aborted => ErrorKind::StaleVersion,
+                tonic::Code::FailedPrecondition => ErrorKind::NotApplicable,
+                tonic::Code::NotFound => ErrorKind::NotFound,
+                tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorKind::Denied,
+                _ => ErrorKind::Failed,
+            },
             _ => ErrorKind::Failed,
         };
         ServerError {
@@ -195,5 +205,24 @@ mod tests {
         assert_eq!(transport.kind, ErrorKind::Failed);
         assert!(!transport.kind.is_refusal());
         assert!(stale.kind.is_refusal());
+    }
+
+    #[test]
+    fn a_status_without_detail_is_read_by_its_code() {
+        let bare = |code| ServerError::from(tonic::Status::new(code, "from a proxy")).kind;
+        assert_eq!(bare(tonic::Code::Unauthenticated), ErrorKind::Denied);
+        assert_eq!(bare(tonic::Code::PermissionDenied), ErrorKind::Denied);
+        assert_eq!(
+            bare(tonic::Code::InvalidArgument),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(bare(tonic::Code::NotFound), ErrorKind::NotFound);
+        assert_eq!(
+            bare(tonic::Code::FailedPrecondition),
+            ErrorKind::NotApplicable
+        );
+        assert_eq!(bare(tonic::Code::Aborted), ErrorKind::StaleVersion);
+        assert_eq!(bare(tonic::Code::Unavailable), ErrorKind::Failed);
+        assert!(!bare(tonic::Code::Unavailable).is_refusal());
     }
 }
