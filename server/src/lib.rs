@@ -3,10 +3,11 @@
 //! The `switchyard` binary (this crate's `main.rs`) is both the server and the CLI.
 //!
 //! # Layout
-//! - [`store`]: SQLite/Postgres persistence; the only module that knows SQL.
+//! - [`store`]: SQLite/Postgres persistence; the only module that knows the server's database.
 //! - [`hub`]: the in-memory snapshot, change following (LISTEN/NOTIFY) and watch fan-out.
 //! - [`app`]: the operations, transport-independent; calls the domain's rules.
-//! - [`auth`]: bearer tokens and roles.
+//! - [`auth`]: bearer tokens and the authenticated caller (roles and permissions are the
+//!   domain's).
 //! - [`error`]: the API error both transports map.
 //! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one. `http`
 //!   also serves the web dashboard, whose HTML/CSS/JS are compiled in from `http/dashboard/`.

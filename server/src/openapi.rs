@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document of the HTTP API, served at `/openapi.json`. Written by hand next to
 //! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears.
 
+use crate::app::DEFAULT_COMPLETE_FOR_DAYS;
 use serde_json::{Value, json};
+use switchyard_domain::traffic::LATENCY_BOUNDS_US;
 use switchyard_domain::{EventKind, Permission, Role, Stage};
 use switchyard_proto::json::{BackfillStatus, Side};
 
@@ -20,6 +22,11 @@ pub fn document() -> Value {
         .into_iter()
         .map(BackfillStatus::as_str)
         .collect();
+    let bounds: Vec<String> = LATENCY_BOUNDS_US.iter().map(u64::to_string).collect();
+    let latency_description = format!(
+        "Counts per latency bucket; upper bounds (µs) {}, +inf (GET /v1/vocabulary labels them)",
+        bounds.join(", ")
+    );
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
     let errors = |codes: &[&str]| -> Value {
@@ -168,7 +175,7 @@ pub fn document() -> Value {
             },
             "/v1/lifecycle": {
                 "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
-                    "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": 14 } }],
+                    "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": DEFAULT_COMPLETE_FOR_DAYS } }],
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "complete_for_days": { "type": "integer" },
                         "contracted_in_use": { "type": "array", "items": { "type": "object", "properties": {
@@ -269,7 +276,7 @@ pub fn document() -> Value {
                     "leaving": { "type": "boolean", "default": false,
                         "description": "A clean shutdown: the instance is forgotten now instead of after the client TTL" } } },
                 "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,
-                    "description": "Counts per latency bucket; upper bounds (µs) 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, +inf" },
+                    "description": latency_description },
                 "SideCounts": { "type": "object", "properties": {
                     "reads": { "type": "integer" }, "writes": { "type": "integer" }, "errors": { "type": "integer" },
                     "latency": { "$ref": "#/components/schemas/Histogram" } } },

@@ -2,9 +2,9 @@
 //! client's snapshot file holds (the same JSON `GET /v1/snapshot` returns).
 //!
 //! These structs are the wire contract, kept apart from the domain's records so that a change
-//! to a record cannot change the API by accident. Field order follows what the server has
-//! always written; fields added since the first release default when absent, so that older
-//! files and servers still parse. Conversions into domain records validate through the
+//! to a record cannot change the API by accident. Clients must not rely on the order of an
+//! object's fields (JSON objects are unordered); fields added since the first release default
+//! when absent, so that older files and servers still parse. Conversions into domain records validate through the
 //! domain's own parse functions.
 
 mod migration;
@@ -12,8 +12,10 @@ mod names;
 mod reports;
 mod requests;
 mod tokens;
+mod vocabulary;
 
 pub use migration::*;
 pub use reports::*;
 pub use requests::*;
 pub use tokens::*;
+pub use vocabulary::*;

@@ -1,6 +1,6 @@
 //! The gRPC API (tonic): the same operations and errors as HTTP. The only module that knows
 //! tonic. Handlers only call the app: wire ↔ domain conversions are `switchyard_proto::convert`,
-//! the wire forms of the server's own records are [`convert`].
+//! the wire forms of the server's own records are in `convert`.
 
 mod convert;
 

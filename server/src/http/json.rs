@@ -1,6 +1,5 @@
 //! JSON bodies of the HTTP API: the extractor that turns malformed JSON into our error, the
-//! conversions from the server's records to the typed bodies of `switchyard_proto::json`, and
-//! the vocabulary.
+//! conversions from the server's records to the typed bodies of `switchyard_proto::json`.
 
 use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES};
 use crate::error::ApiError;
@@ -9,12 +8,9 @@ use crate::store::{AuditRecord, ClientInstance, TokenRecord};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchyard_domain::traffic::{
-    LATENCY_BOUNDS_US, LATENCY_BUCKETS, TrafficCounts, latency_bucket_label,
-};
-use switchyard_domain::{EventKind, Migration, Stage};
+use switchyard_domain::Migration;
+use switchyard_domain::traffic::TrafficCounts;
 use switchyard_proto::json;
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
@@ -66,51 +62,6 @@ pub fn error_body(e: &ApiError) -> json::ErrorBody {
         current: e.current().map(json::Migration::from),
         message: e.public_message(),
         rule: e.rule().map(|r| r.number()),
-    }
-}
-
-#[derive(Serialize)]
-pub struct Vocabulary {
-    stages: Vec<&'static str>,
-    events: Vec<EventJson>,
-    latency_buckets: Vec<LatencyBucketJson>,
-}
-
-#[derive(Serialize)]
-struct EventJson {
-    name: &'static str,
-    label: &'static str,
-    permission: &'static str,
-    milestone: bool,
-}
-
-#[derive(Serialize)]
-struct LatencyBucketJson {
-    /// `None` for the last bucket, which holds everything slower than the largest bound.
-    upper_bound_us: Option<u64>,
-    label: String,
-}
-
-impl Vocabulary {
-    pub fn get() -> Self {
-        Self {
-            stages: Stage::ALL.into_iter().map(Stage::as_str).collect(),
-            events: EventKind::ALL
-                .into_iter()
-                .map(|e| EventJson {
-                    name: e.as_str(),
-                    label: e.label(),
-                    permission: e.permission().as_str(),
-                    milestone: e.is_milestone(),
-                })
-                .collect(),
-            latency_buckets: (0..LATENCY_BUCKETS)
-                .map(|i| LatencyBucketJson {
-                    upper_bound_us: LATENCY_BOUNDS_US.get(i).copied(),
-                    label: latency_bucket_label(i),
-                })
-                .collect(),
-        }
     }
 }
 

@@ -154,8 +154,8 @@ async fn whoami(Caller(who): Caller) -> axum::Json<wire::Whoami> {
 /// The names the API speaks, from their one definition in the domain, so that clients such as
 /// the dashboard keep no copy: stages in order, events (label, permission, whether a milestone)
 /// and the latency histogram's buckets with their labels.
-async fn vocabulary(Caller(_): Caller) -> axum::Json<json::Vocabulary> {
-    axum::Json(json::Vocabulary::get())
+async fn vocabulary(Caller(_): Caller) -> axum::Json<switchyard_proto::json::Vocabulary> {
+    axum::Json(switchyard_proto::json::Vocabulary::of_domain())
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
@@ -261,7 +261,7 @@ async fn step(
 }
 
 /// Parses an event name as the API and CLI spell it (`expand_applied` or `expand-applied`).
-pub fn parse_event(
+fn parse_event(
     name: &str,
     rows_done: Option<u64>,
     rows_total_estimate: Option<u64>,
