@@ -13,7 +13,7 @@ use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
-use switchyard_domain::types::parse_label;
+use switchyard_domain::types::{TextKind, check_text, parse_label};
 use switchyard_domain::{
     BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Permission, Plan, Role,
     Stage, Version,
@@ -159,12 +159,13 @@ impl App {
         who.require(Permission::Operate)?;
         let reason = parse_reason(&input.reason)?;
         let key = MigrationKey::parse(&input.key)?;
-        let text = |what: &str, raw: String, max: usize| -> Result<String, ApiError> {
-            if raw.len() > max || raw.chars().any(|c| c.is_control() && c != '\n') {
+        let text = |what: &str, raw: String, max: usize, kind| -> Result<String, ApiError> {
+            if raw.len() > max {
                 return Err(ApiError::invalid(format!(
                     "invalid {what}: allowed up to {max} characters of printable text"
                 )));
             }
+            check_text(what, &raw, kind)?;
             Ok(raw.trim().to_owned())
         };
         let soak_seconds = input.soak_seconds.unwrap_or(DEFAULT_SOAK_SECONDS);
@@ -192,9 +193,9 @@ impl App {
         }
         let new = NewMigration {
             key,
-            description: text("description", input.description, 4000)?,
-            owner: text("owner", input.owner, 200)?,
-            entity_kind: text("entity kind", input.entity_kind, 200)?,
+            description: text("description", input.description, 4000, TextKind::Prose)?,
+            owner: text("owner", input.owner, 200, TextKind::Line)?,
+            entity_kind: text("entity kind", input.entity_kind, 200, TextKind::Line)?,
             soak_seconds,
             expected_services,
             has_backfill: input.has_backfill,
@@ -614,6 +615,8 @@ impl App {
                 "cursor is too long: allowed up to 4096 bytes",
             ));
         }
+        // Opaque to the server, yet stored as text and shown by the CLI and the dashboard.
+        check_text("cursor", cursor, TextKind::Line)?;
         let runner = if runner.trim().is_empty() {
             who.actor()
         } else {
