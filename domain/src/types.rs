@@ -217,6 +217,20 @@ pub fn check_text(what: &str, raw: &str, kind: TextKind) -> Result<(), InvalidIn
     }
 }
 
+/// The largest number the server stores as a count or a version: both databases keep them as
+/// signed 64-bit integers (BIGINT), so a larger `u64` would wrap on the way in.
+pub const MAX_STORED_NUMBER: u64 = i64::MAX as u64;
+
+/// Checks a count a client reports (rows done, rows in total) against what can be stored.
+pub fn check_count(what: &str, n: u64) -> Result<u64, InvalidInput> {
+    if n > MAX_STORED_NUMBER {
+        return Err(InvalidInput(format!(
+            "{what} {n} is out of range: allowed 0 to {MAX_STORED_NUMBER}"
+        )));
+    }
+    Ok(n)
+}
+
 /// Checks a short label such as a service name or instance id: 1 to 128 printable characters.
 pub fn parse_label(what: &str, raw: &str) -> Result<String, InvalidInput> {
     let trimmed = raw.trim();
@@ -288,6 +302,20 @@ mod tests {
             err.0
                 .starts_with("invalid reason: control character U+0000"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn counts_fit_a_signed_64_bit_column() {
+        assert_eq!(
+            check_count("rows_done", MAX_STORED_NUMBER),
+            Ok(MAX_STORED_NUMBER)
+        );
+        assert_eq!(
+            check_count("rows_done", MAX_STORED_NUMBER + 1)
+                .unwrap_err()
+                .0,
+            "rows_done 9223372036854775808 is out of range: allowed 0 to 9223372036854775807"
         );
     }
 

@@ -13,7 +13,7 @@ use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
-use switchyard_domain::types::{TextKind, check_text, parse_label};
+use switchyard_domain::types::{TextKind, check_count, check_text, parse_label};
 use switchyard_domain::{
     BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Permission, Plan, Role,
     Stage, Version,
@@ -617,6 +617,8 @@ impl App {
         }
         // Opaque to the server, yet stored as text and shown by the CLI and the dashboard.
         check_text("cursor", cursor, TextKind::Line)?;
+        let rows_done = check_count("rows_done", rows_done)?;
+        let rows_total_estimate = check_count("rows_total_estimate", rows_total_estimate)?;
         let runner = if runner.trim().is_empty() {
             who.actor()
         } else {

@@ -2,6 +2,7 @@
 //! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears.
 
 use serde_json::{Value, json};
+use switchyard_domain::types::MAX_STORED_NUMBER;
 use switchyard_domain::{EventKind, Permission, Role, Stage};
 use switchyard_proto::json::{BackfillStatus, Side};
 
@@ -20,6 +21,8 @@ pub fn document() -> Value {
         .into_iter()
         .map(BackfillStatus::as_str)
         .collect();
+    // A count a runner reports; the bound is the domain's (the databases' BIGINT).
+    let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
     let errors = |codes: &[&str]| -> Value {
@@ -249,7 +252,7 @@ pub fn document() -> Value {
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "event": { "$ref": "#/components/schemas/EventName" },
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
-                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" } } },
+                    "rows_done": count.clone(), "rows_total_estimate": count.clone() } },
                 "Decision": { "type": "object", "properties": {
                     "key": { "type": "string" }, "bucket": { "type": ["integer", "null"] },
                     "stage": { "$ref": "#/components/schemas/Stage" }, "write": { "$ref": "#/components/schemas/Side" },
@@ -311,7 +314,7 @@ pub fn document() -> Value {
                     "name": { "type": "string" }, "role": { "$ref": "#/components/schemas/Role" } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
                     "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position on one line (no control characters); empty for none" },
-                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
+                    "rows_done": count.clone(), "rows_total_estimate": count,
                     "runner": { "type": "string" },
                     "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
                 "BackfillProgress": { "type": "object", "properties": {
