@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 "get": { "summary": "All migrations with the snapshot version; ETag \"v<version>\", If-None-Match gives 304",
                     "parameters": [{ "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
                     "responses": { "200": ok("Snapshot", &[])["200"], "304": { "description": "Not modified" },
-                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
             },
             "/v1/watch": {
                 "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version",
