@@ -5,6 +5,7 @@
 //! OpenAPI enum and the dashboard (through the server) all derive from [`EventKind::ALL`].
 
 use crate::migration::BackfillStatus;
+use crate::types::check_count;
 use crate::{Migration, Stage};
 use std::fmt;
 use std::str::FromStr;
@@ -119,7 +120,8 @@ impl EventKind {
         }
     }
 
-    /// The event with its data; `rows` (done, total estimate) is needed by progress only.
+    /// The event with its data; `rows` (done, total estimate) is needed by progress only, and each
+    /// count must be storable ([`check_count`]).
     pub fn with_rows(self, rows: Option<(u64, u64)>) -> Result<Event, UnknownEvent> {
         Ok(match self {
             EventKind::ExpandApplied => Event::ExpandApplied,
@@ -130,9 +132,11 @@ impl EventKind {
                         "backfill_progress needs rows_done (and rows_total_estimate)".into(),
                     )
                 })?;
+                // Both transports build the event here: checked once, before anything is written.
+                let count = |what, n| check_count(what, n).map_err(|e| UnknownEvent(e.0));
                 Event::BackfillProgress {
-                    rows_done,
-                    rows_total_estimate,
+                    rows_done: count("rows_done", rows_done)?,
+                    rows_total_estimate: count("rows_total_estimate", rows_total_estimate)?,
                 }
             }
             EventKind::BackfillComplete => Event::BackfillComplete,
@@ -151,8 +155,8 @@ impl fmt::Display for EventKind {
     }
 }
 
-/// An event name that is not one of [`EventKind::ALL`], or an event missing its data. The
-/// message says what is allowed.
+/// An event name that is not one of [`EventKind::ALL`], or an event missing its data or carrying
+/// data out of range. The message says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct UnknownEvent(pub String);
@@ -233,5 +237,25 @@ mod tests {
                 rows_total_estimate: 10
             })
         );
+    }
+
+    #[test]
+    fn progress_rows_must_fit_the_store() {
+        let max = crate::types::MAX_STORED_NUMBER;
+        assert!(
+            EventKind::BackfillProgress
+                .with_rows(Some((max, max)))
+                .is_ok()
+        );
+        for rows in [(max + 1, 0), (0, u64::MAX)] {
+            let err = EventKind::BackfillProgress
+                .with_rows(Some(rows))
+                .unwrap_err();
+            assert!(
+                err.0
+                    .contains("out of range: allowed 0 to 9223372036854775807"),
+                "{err}"
+            );
+        }
     }
 }

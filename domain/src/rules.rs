@@ -72,9 +72,10 @@ fn refuse(rule: Rule, message: impl Into<String>) -> DomainError {
     }
 }
 
-/// Rule 9: every mutation carries a non-empty reason.
+/// Rule 9: every mutation carries a non-empty reason; it is prose (line breaks and tabs, no
+/// other control character: see [`crate::types::check_text`]).
 pub fn parse_reason(raw: &str) -> Result<Reason, DomainError> {
-    new_reason(raw).ok_or_else(|| {
+    new_reason(raw)?.ok_or_else(|| {
         refuse(
             Rule::Reason,
             format!(

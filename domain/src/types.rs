@@ -175,21 +175,82 @@ pub(crate) fn truncate_for_message(raw: &str) -> String {
     }
 }
 
+/// Which characters of the control range a text field may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// One line: names, owners, entity kinds, services, instance ids, runners, cursors. No
+    /// control character at all.
+    Line,
+    /// Prose a person writes: reasons and descriptions. Line breaks and tabs, no other control
+    /// character (a carriage return alone could overwrite a line in a terminal or a log).
+    Prose,
+}
+
+impl TextKind {
+    fn allows(self, c: char) -> bool {
+        !c.is_control() || self == TextKind::Prose && matches!(c, '\n' | '\t')
+    }
+
+    fn allowed(self) -> &'static str {
+        match self {
+            TextKind::Line => "printable characters on one line (no control characters)",
+            TextKind::Prose => "printable text, line breaks and tabs (no other control characters)",
+        }
+    }
+}
+
+/// Refuses the control characters a text field may not hold, naming the field, the character
+/// and where it is. Every free text the server stores passes here. A NUL above all: PostgreSQL
+/// cannot store it in TEXT while SQLite can, so without this one check the two databases would
+/// answer the same request differently (one of them with an internal error). The other control
+/// characters (escape sequences, carriage returns) would reach the terminals and logs that print
+/// these fields.
+pub fn check_text(what: &str, raw: &str, kind: TextKind) -> Result<(), InvalidInput> {
+    match raw.chars().enumerate().find(|(_, c)| !kind.allows(*c)) {
+        None => Ok(()),
+        Some((at, c)) => Err(InvalidInput(format!(
+            "invalid {what}: control character U+{:04X} at character {}; allowed {}",
+            u32::from(c),
+            at + 1,
+            kind.allowed()
+        ))),
+    }
+}
+
+/// The largest number the server stores as a count or a version: both databases keep them as
+/// signed 64-bit integers (BIGINT), so a larger `u64` would wrap on the way in.
+pub const MAX_STORED_NUMBER: u64 = i64::MAX as u64;
+
+/// Checks a count a client reports (rows done, rows in total) against what can be stored.
+pub fn check_count(what: &str, n: u64) -> Result<u64, InvalidInput> {
+    if n > MAX_STORED_NUMBER {
+        return Err(InvalidInput(format!(
+            "{what} {n} is out of range: allowed 0 to {MAX_STORED_NUMBER}"
+        )));
+    }
+    Ok(n)
+}
+
 /// Checks a short label such as a service name or instance id: 1 to 128 printable characters.
 pub fn parse_label(what: &str, raw: &str) -> Result<String, InvalidInput> {
     let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.len() > 128 || trimmed.chars().any(char::is_control) {
+    if trimmed.is_empty() || trimmed.len() > 128 {
         return Err(InvalidInput(format!(
             "invalid {what} {:?}: allowed 1 to 128 printable characters",
             truncate_for_message(raw)
         )));
     }
+    check_text(what, trimmed, TextKind::Line)?;
     Ok(trimmed.to_owned())
 }
 
-pub(crate) fn new_reason(raw: &str) -> Option<Reason> {
+/// A reason of the allowed length (`None`: empty or too long, a rule 9 refusal), or the control
+/// character it may not hold.
+pub(crate) fn new_reason(raw: &str) -> Result<Option<Reason>, InvalidInput> {
     let trimmed = raw.trim();
-    (!trimmed.is_empty() && trimmed.len() <= Reason::MAX_LEN).then(|| Reason(trimmed.to_owned()))
+    check_text("reason", trimmed, TextKind::Prose)?;
+    Ok((!trimmed.is_empty() && trimmed.len() <= Reason::MAX_LEN)
+        .then(|| Reason(trimmed.to_owned())))
 }
 
 #[cfg(test)]
@@ -205,6 +266,57 @@ mod tests {
             let err = MigrationKey::parse(bad).unwrap_err();
             assert!(err.0.contains("a-z, 0-9"), "{err}");
         }
+    }
+
+    #[test]
+    fn text_refuses_control_characters_prose_keeps_line_breaks_and_tabs() {
+        for ok in ["", "plain", "ünïcödé ✓", "a b"] {
+            assert!(check_text("owner", ok, TextKind::Line).is_ok(), "{ok:?}");
+        }
+        for ok in ["one\ntwo", "col\tcol"] {
+            assert!(check_text("reason", ok, TextKind::Prose).is_ok(), "{ok:?}");
+        }
+        let err = check_text("cursor", "ab\0c", TextKind::Line).unwrap_err();
+        assert_eq!(
+            err.0,
+            "invalid cursor: control character U+0000 at character 3; allowed printable \
+             characters on one line (no control characters)"
+        );
+        for bad in ["a\nb", "a\tb", "\u{7f}", "\u{85}"] {
+            assert!(check_text("owner", bad, TextKind::Line).is_err(), "{bad:?}");
+        }
+        for bad in ["a\0b", "a\rb", "\u{1b}[2J", "\u{7}"] {
+            let err = check_text("reason", bad, TextKind::Prose).unwrap_err();
+            assert!(err.0.contains("line breaks and tabs"), "{bad:?}: {err}");
+        }
+        assert!(parse_label("service name", "api\0").is_err());
+        assert_eq!(parse_label("service name", " api\n").unwrap(), "api");
+    }
+
+    #[test]
+    fn reasons_keep_prose_and_refuse_other_control_characters() {
+        assert!(new_reason("why:\n\tbecause").unwrap().is_some());
+        assert!(new_reason("  ").unwrap().is_none(), "empty: rule 9");
+        let err = new_reason("deploy\0").unwrap_err();
+        assert!(
+            err.0
+                .starts_with("invalid reason: control character U+0000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn counts_fit_a_signed_64_bit_column() {
+        assert_eq!(
+            check_count("rows_done", MAX_STORED_NUMBER),
+            Ok(MAX_STORED_NUMBER)
+        );
+        assert_eq!(
+            check_count("rows_done", MAX_STORED_NUMBER + 1)
+                .unwrap_err()
+                .0,
+            "rows_done 9223372036854775808 is out of range: allowed 0 to 9223372036854775807"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
-use switchyard_domain::types::parse_label;
+use switchyard_domain::types::{TextKind, check_count, check_text, parse_label};
 use switchyard_domain::{
     BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Permission, Plan, Role,
     Stage, Version,
@@ -135,6 +135,9 @@ pub struct Decision {
 
 /// How long a mutation's response waits for the local snapshot to include it.
 const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// How long a replica behind a version its database has (a poller holds it from another
+/// replica) waits to catch up before answering "retry shortly".
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// The largest audit page.
 pub const MAX_AUDIT_PAGE: u32 = 500;
 /// Limits on what one client report may carry.
@@ -159,12 +162,13 @@ impl App {
         who.require(Permission::Operate)?;
         let reason = parse_reason(&input.reason)?;
         let key = MigrationKey::parse(&input.key)?;
-        let text = |what: &str, raw: String, max: usize| -> Result<String, ApiError> {
-            if raw.len() > max || raw.chars().any(|c| c.is_control() && c != '\n') {
+        let text = |what: &str, raw: String, max: usize, kind| -> Result<String, ApiError> {
+            if raw.len() > max {
                 return Err(ApiError::invalid(format!(
                     "invalid {what}: allowed up to {max} characters of printable text"
                 )));
             }
+            check_text(what, &raw, kind)?;
             Ok(raw.trim().to_owned())
         };
         let soak_seconds = input.soak_seconds.unwrap_or(DEFAULT_SOAK_SECONDS);
@@ -192,9 +196,9 @@ impl App {
         }
         let new = NewMigration {
             key,
-            description: text("description", input.description, 4000)?,
-            owner: text("owner", input.owner, 200)?,
-            entity_kind: text("entity kind", input.entity_kind, 200)?,
+            description: text("description", input.description, 4000, TextKind::Prose)?,
+            owner: text("owner", input.owner, 200, TextKind::Line)?,
+            entity_kind: text("entity kind", input.entity_kind, 200, TextKind::Line)?,
             soak_seconds,
             expected_services,
             has_backfill: input.has_backfill,
@@ -224,19 +228,20 @@ impl App {
             .ok_or_else(|| ApiError::NotFound(format!("migration {key} does not exist")))
     }
 
-    /// Checks a watcher's `since` version: newer than anything this database ever held means
-    /// the database went back in time (restored from a backup): say so instead of waiting
-    /// forever for a version that will not come.
-    pub async fn check_since(&self, since: Version) -> Result<(), ApiError> {
+    /// Checks a version a caller holds (a watcher's `since`, a poller's ETag): newer than
+    /// anything this database ever held means the database went back in time (restored from a
+    /// backup): say so at once instead of waiting for a version that will not come. A version
+    /// the database has and this replica not yet is fine: the replica will soon have it.
+    pub async fn check_since(&self, what: &str, since: Version) -> Result<(), ApiError> {
         if since <= self.hub.snapshot().version {
             return Ok(());
         }
         let stored = self.store.snapshot_version().await?;
         if since > stored {
             return Err(ApiError::invalid(format!(
-                "since_version {since} is newer than this server's newest state ({stored}); was \
-                 its database restored from an older backup? A client that should accept the \
-                 older state must start without its saved snapshot"
+                "{what} {since} is newer than this server's newest state ({stored}); allowed up \
+                 to {stored}. Was its database restored from an older backup? A client that \
+                 should accept the older state must start without its saved snapshot"
             )));
         }
         Ok(())
@@ -245,6 +250,31 @@ impl App {
     pub fn snapshot(&self, who: &Principal) -> Result<Arc<Snapshot>, ApiError> {
         who.require(Permission::Read)?;
         Ok(self.hub.snapshot())
+    }
+
+    /// The snapshot at `held` or later, for a poller that holds `held` (it polled another
+    /// replica): never an older state. A version the database has is waited for briefly, as a
+    /// watch's `since` is; one it never had is refused at once by the same rule.
+    pub async fn snapshot_at_least(
+        &self,
+        who: &Principal,
+        what: &str,
+        held: Version,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        let snapshot = self.snapshot(who)?;
+        if held <= snapshot.version {
+            return Ok(snapshot);
+        }
+        self.check_since(what, held).await?;
+        self.hub.caught_up(held, CATCH_UP_WAIT).await;
+        let snapshot = self.snapshot(who)?;
+        if snapshot.version < held {
+            return Err(ApiError::Unavailable(format!(
+                "this replica is at version {}, behind the version {held} you hold; retry shortly",
+                snapshot.version
+            )));
+        }
+        Ok(snapshot)
     }
 
     /// Applies one operation under the safety rules.
@@ -614,6 +644,10 @@ impl App {
                 "cursor is too long: allowed up to 4096 bytes",
             ));
         }
+        // Opaque to the server, yet stored as text and shown by the CLI and the dashboard.
+        check_text("cursor", cursor, TextKind::Line)?;
+        let rows_done = check_count("rows_done", rows_done)?;
+        let rows_total_estimate = check_count("rows_total_estimate", rows_total_estimate)?;
         let runner = if runner.trim().is_empty() {
             who.actor()
         } else {

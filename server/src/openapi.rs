@@ -4,6 +4,7 @@
 use crate::app::DEFAULT_COMPLETE_FOR_DAYS;
 use serde_json::{Value, json};
 use switchyard_domain::traffic::LATENCY_BOUNDS_US;
+use switchyard_domain::types::MAX_STORED_NUMBER;
 use switchyard_domain::{EventKind, Permission, Role, Stage};
 use switchyard_proto::json::{BackfillStatus, Side};
 
@@ -27,6 +28,8 @@ pub fn document() -> Value {
         "Counts per latency bucket; upper bounds (µs) {}, +inf (GET /v1/vocabulary labels them)",
         bounds.join(", ")
     );
+    // A count a runner reports; the bound is the domain's (the databases' BIGINT).
+    let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
     let errors = |codes: &[&str]| -> Value {
@@ -113,7 +116,7 @@ pub fn document() -> Value {
                 "get": { "summary": "All migrations with the snapshot version; ETag \"v<version>\", If-None-Match gives 304",
                     "parameters": [{ "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
                     "responses": { "200": ok("Snapshot", &[])["200"], "304": { "description": "Not modified" },
-                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
             },
             "/v1/watch": {
                 "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version",
@@ -256,7 +259,7 @@ pub fn document() -> Value {
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "event": { "$ref": "#/components/schemas/EventName" },
                     "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
-                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" } } },
+                    "rows_done": count.clone(), "rows_total_estimate": count.clone() } },
                 "Decision": { "type": "object", "properties": {
                     "key": { "type": "string" }, "bucket": { "type": ["integer", "null"] },
                     "stage": { "$ref": "#/components/schemas/Stage" }, "write": { "$ref": "#/components/schemas/Side" },
@@ -317,8 +320,8 @@ pub fn document() -> Value {
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "role": { "$ref": "#/components/schemas/Role" } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
-                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position; empty for none" },
-                    "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
+                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position on one line (no control characters); empty for none" },
+                    "rows_done": count.clone(), "rows_total_estimate": count,
                     "runner": { "type": "string" },
                     "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
                 "BackfillProgress": { "type": "object", "properties": {

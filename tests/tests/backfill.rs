@@ -194,6 +194,157 @@ async fn checkpoints_pause_resume_and_cancel(db: Db) {
 
 both_databases!(checkpoints_pause_resume_and_cancel);
 
+/// What the store keeps of a migration: its state, its audit log's length, the snapshot version
+/// and the backfill's progress.
+async fn stored(srv: &TestServer) -> (Value, usize, u64, Value) {
+    let (status, audit) = srv
+        .get(&format!("/v1/migrations/{KEY}/audit?limit=500"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    (
+        srv.migration(KEY).await,
+        audit["entries"].as_array().expect("entries").len(),
+        srv.snapshot_version().await,
+        progress(srv).await,
+    )
+}
+
+/// Counts above 2^63 - 1 were stored wrapped and read back as 0, and a NUL in a cursor was an
+/// internal error on PostgreSQL: both are refused over HTTP and gRPC, saying what is allowed,
+/// before anything is written.
+async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
+    let srv = TestServer::start(db).await;
+    ready(&srv).await;
+    assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
+    assert_eq!(checkpoint(&srv, "100", 100, 1000).await.0, StatusCode::OK);
+    let before = stored(&srv).await;
+    let max = i64::MAX as u64;
+    let range = "is out of range: allowed 0 to 9223372036854775807";
+
+    // Checkpoints, over HTTP.
+    for (cursor, done, total, phrase) in [
+        (
+            "1\u{0}0",
+            200,
+            1000,
+            "invalid cursor: control character U+0000 at character 2",
+        ),
+        (
+            "2\n0",
+            200,
+            1000,
+            "invalid cursor: control character U+000A",
+        ),
+        ("200", max + 1, 1000, "rows_done 9223372036854775808"),
+        (
+            "200",
+            200,
+            u64::MAX,
+            "rows_total_estimate 18446744073709551615",
+        ),
+    ] {
+        let (status, body) = checkpoint(&srv, cursor, done, total).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(phrase), "{message}");
+        assert!(message.contains("allowed"), "{message}");
+        if done > max || total > max {
+            assert!(message.contains(range), "{message}");
+        }
+    }
+
+    // Checkpoints, over gRPC.
+    for (cursor, done, total, phrase) in [
+        (
+            "1\u{0}0",
+            200,
+            1000,
+            "invalid cursor: control character U+0000",
+        ),
+        (
+            "200",
+            max + 1,
+            1000,
+            "rows_done 9223372036854775808 is out of range",
+        ),
+        (
+            "200",
+            200,
+            u64::MAX,
+            "rows_total_estimate 18446744073709551615 is out of range",
+        ),
+    ] {
+        let request = pb::BackfillCheckpointRequest {
+            key: KEY.into(),
+            cursor: cursor.into(),
+            rows_done: done,
+            rows_total_estimate: total,
+            runner: "api/worker-1".into(),
+            started_version: 0,
+        };
+        let status = srv
+            .grpc
+            .clone()
+            .checkpoint_backfill(srv.req(request))
+            .await
+            .expect_err("an unstorable checkpoint");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(phrase), "{status:?}");
+    }
+
+    // Progress events, over both.
+    let version = srv.version_of(KEY).await;
+    let (status, body) = srv
+        .post(
+            &format!("/v1/migrations/{KEY}/events"),
+            json!({ "event": "backfill_progress", "expected_version": version,
+                    "reason": "test", "rows_done": max + 1, "rows_total_estimate": 10 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("rows_done 9223372036854775808 {range}")),
+        "{body}"
+    );
+    let status = srv
+        .grpc
+        .clone()
+        .record_event(srv.req(pb::RecordEventRequest {
+            key: KEY.into(),
+            event: pb::EventKind::BackfillProgress as i32,
+            expected_version: version,
+            reason: "test".into(),
+            rows_done: 10,
+            rows_total_estimate: u64::MAX,
+        }))
+        .await
+        .expect_err("an unstorable progress event");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("rows_total_estimate 18446744073709551615 is out of range"),
+        "{status:?}"
+    );
+    assert_eq!(stored(&srv).await, before, "refusals change nothing");
+
+    // The largest storable count is kept exactly.
+    let (status, p) = checkpoint(&srv, "max", max, max).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    let p = progress(&srv).await;
+    assert_eq!(
+        (p["rows_done"].as_u64(), p["rows_total_estimate"].as_u64()),
+        (Some(max), Some(max)),
+        "{p}"
+    );
+    srv.stop().await;
+}
+
+both_databases!(checkpoints_and_progress_refuse_what_cannot_be_stored);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_shows_and_steers_a_backfill() {
     let srv = TestServer::start(Db::Sqlite).await;

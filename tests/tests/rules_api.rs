@@ -1059,6 +1059,7 @@ async fn rule_9_every_change_needs_a_reason_and_is_audited(db: Db) {
 switchyard_tests::both_databases!(
     errors_unknown_migration_is_not_found,
     errors_invalid_input_says_what_is_allowed,
+    errors_control_characters_are_refused_and_change_nothing,
     errors_malformed_and_oversized_http_bodies,
     errors_auth_and_roles,
     decide_agrees_across_protocols_and_with_the_domain,
@@ -1190,6 +1191,143 @@ async fn errors_invalid_input_says_what_is_allowed(db: Db) {
                 0,
                 "allowed 1 to 128 printable characters",
             );
+    }
+    s.stop().await;
+}
+
+/// Creates `key` with the given free text, through `via`.
+async fn create_with_text(
+    via: Via,
+    s: &TestServer,
+    key: &str,
+    reason: &str,
+    description: &str,
+    owner: &str,
+) -> Answer {
+    match via {
+        Via::Http => {
+            let body = json!({
+                "key": key, "entity_kind": "user_id", "reason": reason,
+                "description": description, "owner": owner,
+            });
+            http_answer(s.post("/v1/migrations", body).await, StatusCode::CREATED)
+        }
+        Via::Grpc => {
+            let request = pb::CreateMigrationRequest {
+                key: key.to_owned(),
+                entity_kind: "user_id".to_owned(),
+                reason: reason.to_owned(),
+                description: description.to_owned(),
+                owner: owner.to_owned(),
+                ..Default::default()
+            };
+            grpc_answer(s.grpc.clone().create_migration(s.req(request)).await)
+        }
+    }
+}
+
+/// A NUL was stored by SQLite and an internal error on PostgreSQL: text fields refuse control
+/// characters alike on both databases and protocols, naming the field, the character and what is
+/// allowed, and the refusal changes nothing. Prose (reasons, descriptions) keeps line breaks and
+/// tabs.
+async fn errors_control_characters_are_refused_and_change_nothing(db: Db) {
+    let s = TestServer::start(db).await;
+    for via in Via::BOTH {
+        let key = format!("text.control-{}", if via == Via::Http { "h" } else { "g" });
+
+        // Creating.
+        let snapshot = s.snapshot_version().await;
+        let refused_creates = [
+            (
+                "add\0handle",
+                "",
+                "team",
+                "invalid reason: control character U+0000 at character 4",
+            ),
+            (
+                REASON,
+                "split\0orders",
+                "team",
+                "invalid description: control character U+0000",
+            ),
+            (
+                REASON,
+                "ok",
+                "team\nstore",
+                "invalid owner: control character U+000A",
+            ),
+            (
+                REASON,
+                "\u{1b}[2J",
+                "team",
+                "invalid description: control character U+001B",
+            ),
+        ];
+        for (reason, description, owner, phrase) in refused_creates {
+            let r = create_with_text(via, &s, &key, reason, description, owner)
+                .await
+                .expect_err("created with a control character");
+            r.assert(via, "invalid_argument", 0, phrase);
+            assert!(r.message.contains("allowed printable"), "{r:#?}");
+        }
+        assert_eq!(
+            s.get(&format!("/v1/migrations/{key}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(s.snapshot_version().await, snapshot, "nothing created");
+
+        // Prose keeps its line breaks and tabs.
+        let created = create_with_text(
+            via,
+            &s,
+            &key,
+            "ticket OPS-1:\n\tadd the handle",
+            "line one\nline two\tend",
+            "team-store",
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{via:?}: prose refused: {r:#?}"));
+        assert_eq!(
+            s.migration(&key).await["description"],
+            "line one\nline two\tend"
+        );
+
+        // Mutating: the reason is checked before anything is written.
+        let before = Fingerprint::take(&s, &key).await;
+        for (reason, phrase) in [
+            (
+                "deploy\0#1",
+                "invalid reason: control character U+0000 at character 7",
+            ),
+            ("deploy\r#1", "invalid reason: control character U+000D"),
+        ] {
+            via.record(&s, &key, "expand_applied", created.version, reason)
+                .await
+                .expect_err("recorded with a control character in the reason")
+                .assert(via, "invalid_argument", 0, phrase);
+        }
+        assert_eq!(Fingerprint::take(&s, &key).await, before, "nothing changed");
+        assert_eq!(audit_len(&s, &key).await, 1, "no audit row");
+
+        // Labels: services and instance ids are one line of printable characters.
+        let newest = s.snapshot_version().await;
+        for (service, instance, phrase) in [
+            (
+                "api\0",
+                "api-1",
+                "invalid service name: control character U+0000",
+            ),
+            (
+                "api",
+                "api\t1",
+                "invalid instance id: control character U+0009",
+            ),
+        ] {
+            via.heartbeat(&s, service, instance, newest)
+                .await
+                .expect_err("heartbeat with a control character")
+                .assert(via, "invalid_argument", 0, phrase);
+        }
     }
     s.stop().await;
 }

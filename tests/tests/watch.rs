@@ -624,6 +624,43 @@ async fn snapshot_etag_weak_comparison(db: Db) {
     server.stop().await;
 }
 
+/// A poller holding a version this database never had is refused at once, as a watcher's
+/// `since` is (one rule for both), instead of waiting and answering 503.
+async fn snapshot_etag_from_the_future_is_refused_at_once(db: Db) {
+    let server = TestServer::start(db).await;
+    server.create("etag.future", false, &[]).await;
+    let newest = server.snapshot_version().await;
+    for held in [newest + 1, u64::MAX] {
+        let started = std::time::Instant::now();
+        let response = get_snapshot(&server, Some(&format!("\"v{held}\""))).await;
+        let took = started.elapsed();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "v{held}");
+        assert!(took < Duration::from_secs(1), "v{held} took {took:?}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!(
+                "If-None-Match version {held} is newer than this server's newest state \
+                 ({newest}); allowed up to {newest}"
+            )),
+            "{body}"
+        );
+
+        let (status, body) = server.get(&format!("/v1/watch?since={held}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is newer than this server's newest state")),
+            "{body}"
+        );
+    }
+    // The current version still polls as before.
+    let response = get_snapshot(&server, Some(&format!("\"v{newest}\""))).await;
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // gRPC carries what HTTP shows: `full_since`, keyed by the stage's JSON name.
 
@@ -724,6 +761,7 @@ switchyard_tests::both_databases!(
     shutdown_ends_open_watch_streams,
     snapshot_etag,
     snapshot_etag_weak_comparison,
+    snapshot_etag_from_the_future_is_refused_at_once,
 );
 
 // ---------------------------------------------------------------------------------------------

@@ -225,7 +225,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         self.app.snapshot(&who).map_err(|e| status(M, e))?;
         let since = Version(request.get_ref().since_version);
         self.app
-            .check_since(since)
+            .check_since("since_version", since)
             .await
             .map_err(|e| status(M, e))?;
         let stream = self

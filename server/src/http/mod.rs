@@ -332,9 +332,8 @@ async fn snapshot(
     Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut snapshot = app.snapshot(&who)?;
     // A poller that holds a newer version than this replica (it polled another one) gets
-    // that version or later, never an older state: wait briefly for this replica to catch up.
+    // that version or later, never an older state.
     let held = headers
         .get(IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -344,18 +343,9 @@ async fn snapshot(
                 .filter_map(|t| t.strip_suffix('"')?.parse::<u64>().ok())
                 .max()
         });
-    if let Some(held) = held.filter(|h| *h > snapshot.version.0) {
-        app.hub
-            .caught_up(Version(held), Duration::from_secs(2))
-            .await;
-        snapshot = app.snapshot(&who)?;
-        if snapshot.version.0 < held {
-            return Err(ApiError::Unavailable(format!(
-                "this replica is at version {}, behind the version {held} you hold; retry shortly",
-                snapshot.version
-            )));
-        }
-    }
+    let snapshot = app
+        .snapshot_at_least(&who, "If-None-Match version", Version(held.unwrap_or(0)))
+        .await?;
     let etag = format!("\"v{}\"", snapshot.version);
     let unchanged = headers
         .get(IF_NONE_MATCH)
@@ -393,7 +383,7 @@ async fn watch(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let since = Version(q.since.or(last_event_id).unwrap_or(0));
-    app.check_since(since).await?;
+    app.check_since("since", since).await?;
     let stream = app.hub.watch(since).map(|item| {
         let event = match item {
             WatchItem::Snapshot(s) => SseEvent::default()
