@@ -178,23 +178,32 @@ pub(crate) fn truncate_for_message(raw: &str) -> String {
 /// Which characters of the control range a text field may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextKind {
-    /// One line: names, owners, entity kinds, services, instance ids, runners, cursors. No
-    /// control character at all.
+    /// One line: names, owners, entity kinds, services, instance ids, runners. No control
+    /// character at all.
     Line,
     /// Prose a person writes: reasons and descriptions. Line breaks and tabs, no other control
     /// character (a carriage return alone could overwrite a line in a terminal or a log).
     Prose,
+    /// A position a client keeps for itself, such as a backfill cursor (the last key it
+    /// processed, which may be any text the application's table holds): anything but NUL,
+    /// which PostgreSQL text cannot store.
+    Opaque,
 }
 
 impl TextKind {
     fn allows(self, c: char) -> bool {
-        !c.is_control() || self == TextKind::Prose && matches!(c, '\n' | '\t')
+        match self {
+            TextKind::Line => !c.is_control(),
+            TextKind::Prose => !c.is_control() || matches!(c, '\n' | '\t'),
+            TextKind::Opaque => c != '\0',
+        }
     }
 
     fn allowed(self) -> &'static str {
         match self {
             TextKind::Line => "printable characters on one line (no control characters)",
             TextKind::Prose => "printable text, line breaks and tabs (no other control characters)",
+            TextKind::Opaque => "any text but NUL",
         }
     }
 }
@@ -276,11 +285,11 @@ mod tests {
         for ok in ["one\ntwo", "col\tcol"] {
             assert!(check_text("reason", ok, TextKind::Prose).is_ok(), "{ok:?}");
         }
-        let err = check_text("cursor", "ab\0c", TextKind::Line).unwrap_err();
+        assert!(check_text("cursor", "a\tb\nc\u{1b}", TextKind::Opaque).is_ok());
+        let err = check_text("cursor", "ab\0c", TextKind::Opaque).unwrap_err();
         assert_eq!(
             err.0,
-            "invalid cursor: control character U+0000 at character 3; allowed printable \
-             characters on one line (no control characters)"
+            "invalid cursor: control character U+0000 at character 3; allowed any text but NUL"
         );
         for bad in ["a\nb", "a\tb", "\u{7f}", "\u{85}"] {
             assert!(check_text("owner", bad, TextKind::Line).is_err(), "{bad:?}");

@@ -645,7 +645,7 @@ impl App {
             ));
         }
         // Opaque to the server, yet stored as text and shown by the CLI and the dashboard.
-        check_text("cursor", cursor, TextKind::Line)?;
+        check_text("cursor", cursor, TextKind::Opaque)?;
         let rows_done = check_count("rows_done", rows_done)?;
         let rows_total_estimate = check_count("rows_total_estimate", rows_total_estimate)?;
         let runner = if runner.trim().is_empty() {

@@ -320,7 +320,7 @@ pub fn document() -> Value {
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
                     "name": { "type": "string" }, "role": { "$ref": "#/components/schemas/Role" } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
-                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position on one line (no control characters); empty for none" },
+                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position (the last key processed): any text but NUL; empty for none" },
                     "rows_done": count.clone(), "rows_total_estimate": count,
                     "runner": { "type": "string" },
                     "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },

@@ -216,6 +216,11 @@ async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
     let srv = TestServer::start(db).await;
     ready(&srv).await;
     assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
+    // A cursor is the last key a runner processed: a text key may hold a tab or a line break.
+    assert_eq!(
+        checkpoint(&srv, "1\t0\n0", 100, 1000).await.0,
+        StatusCode::OK
+    );
     assert_eq!(checkpoint(&srv, "100", 100, 1000).await.0, StatusCode::OK);
     let before = stored(&srv).await;
     let max = i64::MAX as u64;
@@ -228,12 +233,6 @@ async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
             200,
             1000,
             "invalid cursor: control character U+0000 at character 2",
-        ),
-        (
-            "2\n0",
-            200,
-            1000,
-            "invalid cursor: control character U+000A",
         ),
         ("200", max + 1, 1000, "rows_done 9223372036854775808"),
         (
