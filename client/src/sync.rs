@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchyard_domain::Migration;
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_proto::convert::telemetry_to_wire;
+use switchyard_proto::limits::{MAX_BODY_BYTES, MAX_TELEMETRY_ENTRIES};
 use switchyard_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -277,7 +278,9 @@ fn reports(
     for (k, counts) in pending {
         let entry = telemetry_to_wire(&k.1, k.0, counts);
         let size = prost::Message::encoded_len(&entry) + 4;
-        if !entries.is_empty() && (bytes + size > MAX_REPORT_BYTES || entries.len() >= 5_000) {
+        if !entries.is_empty()
+            && (bytes + size > MAX_REPORT_BYTES || entries.len() >= MAX_TELEMETRY_ENTRIES)
+        {
             reports.push((
                 std::mem::take(&mut keys),
                 report_message(shared, std::mem::take(&mut entries)),
@@ -305,8 +308,9 @@ fn report_message(
     }
 }
 
-/// Encoded size a telemetry report aims below (the server refuses messages over 64 KiB).
-const MAX_REPORT_BYTES: usize = 48 * 1024;
+/// Encoded size a telemetry report aims below: three quarters of what the server takes, which
+/// leaves room for the envelope and an entry that ends past the budget.
+const MAX_REPORT_BYTES: usize = MAX_BODY_BYTES / 4 * 3;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

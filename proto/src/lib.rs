@@ -2,9 +2,11 @@
 //!
 //! Only transport code (the server's gRPC layer, clients) depends on this crate; domain logic
 //! works on the types of `switchyard-domain`, and [`convert`] is the edge between the two.
+//! [`json`] holds the HTTP API's bodies, [`limits`] what one request may carry.
 
 pub mod convert;
 pub mod json;
+pub mod limits;
 
 // Generated code: a `WatchEvent` holds a whole migration by value, which costs nothing that
 // matters for a message built once per change.

@@ -140,12 +140,9 @@ const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// The largest audit page.
 pub const MAX_AUDIT_PAGE: u32 = 500;
-/// Limits on what one client report may carry.
-pub const MAX_REPORTED_MIGRATIONS: usize = 1000;
-pub const MAX_TELEMETRY_ENTRIES: usize = 5000;
-/// Request bodies (HTTP) and messages (gRPC) above this are refused; no legitimate request
-/// comes close.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use switchyard_proto::limits::{
+    MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS, MAX_TELEMETRY_ENTRIES,
+};
 /// Default age, in days at complete 100%, after which an uncontracted migration is listed.
 pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;
 
