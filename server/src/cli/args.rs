@@ -27,9 +27,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Remote {
     /// Server base URL (HTTP API).
+    // Hidden in `--help` like the token: a URL may carry `user:password@`, which the HTTP
+    // client sends as basic authentication.
     #[arg(
         long,
         env = "SWITCHYARD_SERVER",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
@@ -112,9 +115,11 @@ pub enum Command {
         #[arg(long, conflicts_with = "key")]
         migrations_dir: Option<PathBuf>,
         /// The database the migrations are applied to (sqlite://… or postgres://…).
+        // Usually holds the database password: `--help` names the variable, never its value.
         #[arg(
             long,
             env = "SWITCHYARD_TARGET_DATABASE_URL",
+            hide_env_values = true,
             requires = "migrations_dir"
         )]
         target_database_url: Option<String>,
