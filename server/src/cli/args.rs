@@ -40,7 +40,9 @@ pub struct Remote {
     /// Bearer token.
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// PEM CA certificate to trust for an `https://` server (e.g. a self-signed one).
+    /// PEM certificate to trust for an `https://` server: the CA that signed the server's
+    /// certificate, or the server's self-signed certificate if it is not a CA (CA:FALSE). The
+    /// --server host must be in the server certificate's subjectAltName.
     #[arg(long, env = "SWITCHYARD_TLS_CA", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
     /// Print machine-readable JSON.
