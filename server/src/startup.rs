@@ -31,9 +31,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    // The URL usually holds the database password: `--help` names the variable, never its
+    // value (clap prints env values by default).
     #[arg(
         long,
         env = "SWITCHYARD_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://switchyard.db"
     )]
     pub database_url: String,

@@ -28,10 +28,12 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The application's database.
+    // Usually holds the database password: `--help` names the variable, never its value.
     #[arg(
         long,
         env = "DATABASE_URL",
         global = true,
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,

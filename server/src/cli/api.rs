@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 use switchyard_proto::json;
+use tokio_rustls::rustls;
 
 /// A failed command with its exit code.
 #[derive(Debug)]
@@ -84,7 +85,7 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| Failure {
             code: 3,
-            message: format!("cannot reach the server at {}: {e}", self.remote.server),
+            message: unreachable(&self.remote, &e),
             body: None,
         })?;
         let status = response.status();
@@ -149,6 +150,91 @@ impl Client {
             None => Ok(self.migration(key).await?.body.record.version),
         }
     }
+}
+
+/// Why the server could not be reached. reqwest's own text ("error sending request for url")
+/// says nothing: the cause is down its source chain (refused connection, TLS handshake,
+/// certificate), so the whole chain is printed, with what to do about the certificate problems
+/// people run into when they make their own.
+fn unreachable(remote: &Remote, error: &reqwest::Error) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut hint = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        hint = hint.or_else(|| rustls_error(e).and_then(|tls| certificate_hint(remote, tls)));
+        let text = e.to_string();
+        // Wrappers often repeat their source's text (an io::Error shows the error it holds).
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = e.source();
+    }
+    let mut message = format!(
+        "cannot reach the server at {}: {}",
+        remote.server,
+        causes.join(": ")
+    );
+    if let Some(hint) = hint {
+        message.push_str("\nhint: ");
+        message.push_str(&hint);
+    }
+    message
+}
+
+/// The TLS error in a chain link: rustls hands it to hyper inside an `io::Error` (in another
+/// `io::Error`, as it happens), whose `source()` skips the error it holds; so it is looked for
+/// in what each `io::Error` holds.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let held = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(held)
+}
+
+/// What to do about a certificate the client refused.
+fn certificate_hint(remote: &Remote, error: &rustls::Error) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(cert) = error else {
+        return None;
+    };
+    let host = reqwest::Url::parse(&remote.server)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| remote.server.clone());
+    let ca = match &remote.tls_ca {
+        Some(path) => format!("--tls-ca {}", path.display()),
+        None => "--tls-ca (not given: only the system's CAs are trusted)".to_owned(),
+    };
+    Some(match cert {
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "the server's certificate is not issued for {host}, the host in --server: the name \
+             or IP address in the URL must be in the certificate's subjectAltName (e.g. \
+             `-addext subjectAltName=DNS:localhost,IP:127.0.0.1`), or use a name it lists"
+        ),
+        C::UnknownIssuer => format!(
+            "the server's certificate is not signed by a certificate {ca} trusts: give the CA \
+             certificate that signed the server's certificate (for a self-signed server \
+             certificate, that certificate itself)"
+        ),
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "the server's certificate is outside its validity period: renew it, or check this \
+             machine's clock"
+                .to_owned()
+        }
+        // webpki's CaUsedAsEndEntity reaches rustls as an opaque `Other`: known by its name.
+        C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "the server presents a CA certificate (basicConstraints CA:TRUE, what `openssl req \
+             -x509` makes by default) as its own: serve a certificate signed by that CA instead \
+             (give the CA to --tls-ca, the signed certificate to serve --tls-cert), or make the \
+             self-signed one with `-addext basicConstraints=critical,CA:FALSE`"
+                .to_owned()
+        }
+        _ => format!(
+            "{ca} must be the CA certificate that signed the server's certificate, and the host \
+             in --server must be in its subjectAltName"
+        ),
+    })
 }
 
 /// Rejects keys that would change the URL path; the server validates the exact form.

@@ -27,9 +27,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Remote {
     /// Server base URL (HTTP API).
+    // Hidden in `--help` like the token: a URL may carry `user:password@`, which the HTTP
+    // client sends as basic authentication.
     #[arg(
         long,
         env = "SWITCHYARD_SERVER",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
@@ -37,7 +40,9 @@ pub struct Remote {
     /// Bearer token.
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// PEM CA certificate to trust for an `https://` server (e.g. a self-signed one).
+    /// PEM certificate to trust for an `https://` server: the CA that signed the server's
+    /// certificate, or the server's self-signed certificate if it is not a CA (CA:FALSE). The
+    /// --server host must be in the server certificate's subjectAltName.
     #[arg(long, env = "SWITCHYARD_TLS_CA", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
     /// Print machine-readable JSON.
@@ -112,9 +117,11 @@ pub enum Command {
         #[arg(long, conflicts_with = "key")]
         migrations_dir: Option<PathBuf>,
         /// The database the migrations are applied to (sqlite://… or postgres://…).
+        // Usually holds the database password: `--help` names the variable, never its value.
         #[arg(
             long,
             env = "SWITCHYARD_TARGET_DATABASE_URL",
+            hide_env_values = true,
             requires = "migrations_dir"
         )]
         target_database_url: Option<String>,

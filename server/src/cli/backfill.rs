@@ -24,7 +24,8 @@ async fn status(client: &Client, key: &str, watch: bool) -> Result<Output, Failu
     let tty = std::io::stdout().is_terminal();
     loop {
         let p = client.get::<json::BackfillProgress>(&path).await?;
-        let line = render::progress(&p.body);
+        // Printed here while watching, not by `run`: escaped as `run` would.
+        let line = render::terminal(&render::progress(&p.body)).into_owned();
         if !watch || p.body.status != json::BackfillStatus::Running {
             if watch && tty {
                 println!();

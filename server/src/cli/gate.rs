@@ -75,7 +75,8 @@ pub(super) async fn dir(
                     all_pass = false;
                     human.push_str(&format!(
                         "  FAIL    {}: contracts {key}, which the server does not know ({})\n",
-                        file.name, f.message
+                        file.name,
+                        render::cell(&f.message)
                     ));
                     results.push(json!({ "file": file.name, "key": key, "pending": true,
                                          "passed": false, "error": f.message }));

@@ -34,7 +34,8 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
                     serde_json::to_string_pretty(&output.json).unwrap_or_default()
                 );
             } else {
-                println!("{}", output.human);
+                // Escaped here whoever composed it: see `render`.
+                println!("{}", render::terminal(&output.human));
             }
             output.code
         }
@@ -49,7 +50,8 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
                     serde_json::to_string_pretty(&body).unwrap_or_default()
                 );
             }
-            eprintln!("error: {}", failure.message);
+            // Messages carry the server's words (and, for a refusal, a migration's text).
+            eprintln!("error: {}", render::terminal(&failure.message));
             failure.code
         }
     }

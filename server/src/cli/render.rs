@@ -1,10 +1,58 @@
 //! Human-readable output of the typed answers.
+//!
+//! Every string in the server's answers is untrusted: anyone with an operator token writes
+//! reasons and descriptions, and clients choose their service and instance names. Printed raw,
+//! an escape sequence in one of them would clear, recolour or rewrite the reader's terminal, and
+//! a newline would forge a line of output. So each such string goes through [`cell`] before it
+//! is placed in a line, and the whole text through [`terminal`] before it is printed (`mod.rs`),
+//! which also covers the few lines composed outside this module. `--json` is not escaped here:
+//! JSON's own escaping already carries control characters as `\u001b`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::traffic::{Histogram, TrafficCounts};
 use switchyard_domain::{BasisPoints, Migration, Stage};
 use switchyard_proto::json;
+
+/// A string from the server as one cell of a line: every control character (C0 including
+/// newline and tab, DEL, C1) escaped, so it can neither drive the terminal nor start a line.
+pub(super) fn cell(text: &str) -> Cow<'_, str> {
+    escape(text, false)
+}
+
+/// The whole human output (or an error message) as it is printed: control characters escaped
+/// except the newlines the output is laid out with. The net under [`cell`]: nothing that
+/// reaches the terminal can hold an escape sequence, whoever composed the line.
+pub(super) fn terminal(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+/// `char::is_control` is exactly C0, DEL and C1; each becomes Rust's `\u{1b}` spelling.
+fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A multi-line field (a description): its lines kept, each continuation indented under the
+/// field's column so that no line of it can pass for another field.
+fn paragraph(text: &str, indent: usize) -> String {
+    text.split('\n')
+        .map(|line| cell(line).into_owned())
+        .collect::<Vec<_>>()
+        .join(&format!("\n{:indent$}", ""))
+}
 
 pub(super) fn time(ms: Option<i64>) -> String {
     ms.and_then(|ms| u64::try_from(ms).ok())
@@ -30,8 +78,13 @@ fn front_text(m: &Migration) -> String {
     }
 }
 
-fn or_dash(text: &str) -> &str {
-    if text.is_empty() { "-" } else { text }
+/// A server string as a cell, or "-" when empty.
+fn or_dash(text: &str) -> Cow<'_, str> {
+    if text.is_empty() {
+        Cow::Borrowed("-")
+    } else {
+        cell(text)
+    }
 }
 
 pub(super) fn migration(m: &Migration, verb: &str) -> String {
@@ -67,7 +120,12 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
     format!(
         "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  updated          {}",
         front_text(m),
-        or_dash(&m.description),
+        // 19: the column the values start at.
+        if m.description.is_empty() {
+            "-".to_owned()
+        } else {
+            paragraph(&m.description, 19)
+        },
         or_dash(&m.owner),
         or_dash(&m.entity_kind),
         if m.expand_applied { "yes" } else { "no" },
@@ -117,11 +175,11 @@ pub(super) fn audit(page: &json::AuditPage) -> String {
             e.id,
             e.version,
             time(Some(e.at_ms)),
-            e.action,
+            cell(&e.action),
             front(before),
             front(after),
-            e.actor,
-            e.reason,
+            cell(&e.actor),
+            cell(&e.reason),
         ));
     }
     if out.is_empty() {
@@ -156,7 +214,7 @@ pub(super) fn traffic(t: &json::Traffic) -> String {
         )
     };
     if t.minutes.is_empty() {
-        return format!("no traffic reported for {} in this window", t.key);
+        return format!("no traffic reported for {} in this window", cell(&t.key));
     }
     let mut out = format!(
         "{:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
@@ -194,18 +252,18 @@ pub(super) fn indent(text: &str) -> String {
 pub(super) fn gate(report: &json::GateReport) -> String {
     let mut out = format!(
         "{}: the contract gate {}\n",
-        report.key,
+        cell(&report.key),
         if report.passed { "passes" } else { "fails" }
     );
     for c in &report.checks {
         out.push_str(&format!(
             "  [{}] {}: {}\n",
             if c.passed { "ok" } else { "no" },
-            c.id,
-            c.evidence
+            cell(&c.id),
+            cell(&c.evidence)
         ));
         if !c.passed {
-            out.push_str(&format!("       → {}\n", c.remedy));
+            out.push_str(&format!("       → {}\n", cell(&c.remedy)));
         }
     }
     out.trim_end().to_owned()
@@ -224,18 +282,18 @@ pub(super) fn lifecycle(v: &json::Lifecycle) -> String {
         let instances: Vec<String> = m
             .instances
             .iter()
-            .map(|i| format!("{}/{}", i.service, i.instance_id))
+            .map(|i| format!("{}/{}", cell(&i.service), cell(&i.instance_id)))
             .collect();
         out.push_str(&format!(
             "{}: contracted, still evaluated by {} (remove the flag from that code)\n",
-            m.key,
+            cell(&m.key),
             instances.join(", ")
         ));
     }
     for m in &v.complete_not_contracted {
         out.push_str(&format!(
             "{}: complete at 100% since {}, not contracted (run the gate and the contract migration)\n",
-            m.key,
+            cell(&m.key),
             time(Some(m.complete_since_ms))
         ));
     }
@@ -271,13 +329,13 @@ pub(super) fn progress(p: &json::BackfillProgress) -> String {
     };
     format!(
         "{}: backfill {}{} {bar}{done} of ~{total} rows{pace}{}",
-        p.key,
+        cell(&p.key),
         p.status.as_str(),
         if p.paused { " (paused)" } else { "" },
         if p.runner.is_empty() {
             String::new()
         } else {
-            format!(", runner {}", p.runner)
+            format!(", runner {}", cell(&p.runner))
         },
     )
 }
@@ -285,10 +343,10 @@ pub(super) fn progress(p: &json::BackfillProgress) -> String {
 pub(super) fn decision(d: &json::Decision, entity: Option<&str>) -> String {
     format!(
         "{} for {}: stage {}, write {}, read {}, return {}{}",
-        d.key,
+        cell(&d.key),
         entity.map_or("an operation without entity".to_owned(), |e| {
             let bucket = d.bucket.map_or("null".to_owned(), |b| b.to_string());
-            format!("entity {e} (bucket {bucket})")
+            format!("entity {} (bucket {bucket})", cell(e))
         }),
         d.stage,
         d.write.as_str(),
@@ -311,8 +369,8 @@ pub(super) fn instances(list: &json::Instances) -> String {
         // Numbers go unpadded under their header, as the CLI has always printed them.
         out.push_str(&format!(
             "{:<24} {:<40} {} {:<5} {}\n",
-            i.service,
-            i.instance_id,
+            cell(&i.service),
+            cell(&i.instance_id),
             i.applied_version,
             if i.live { "yes" } else { "no" },
             time(Some(i.last_seen_ms)),
@@ -325,9 +383,9 @@ pub(super) fn created_token(t: &json::CreatedToken) -> String {
     format!(
         "created token {} ({}) with role {}; it is shown only now:\n{}",
         t.info.id,
-        t.info.name,
+        cell(&t.info.name),
         t.info.role.as_str(),
-        t.token
+        cell(&t.token)
     )
 }
 
@@ -341,11 +399,15 @@ pub(super) fn tokens(list: &json::Tokens) -> String {
         out.push_str(&format!(
             "{} {:<24} {:<9} {:<22} {}\n",
             t.id,
-            t.name,
+            cell(&t.name),
             t.role.as_str(),
             time(Some(t.created_at_ms)),
             t.revoked_at_ms.map_or("-".to_owned(), |ms| time(Some(ms))),
         ));
     }
     out.trim_end().to_owned()
+}
+
+pub(super) fn revoked_token(t: &json::Token) -> String {
+    format!("revoked token {} ({})", t.id, cell(&t.name))
 }

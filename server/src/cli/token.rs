@@ -30,7 +30,7 @@ pub(super) async fn run(client: &Client, command: TokenCommand) -> Result<Output
             let t = client
                 .post::<_, json::Token>(&format!("/v1/tokens/{id}/revoke"), &json!({}))
                 .await?;
-            let human = format!("revoked token {} ({})", t.body.id, t.body.name);
+            let human = render::revoked_token(&t.body);
             Ok(Output::ok(t.json, human))
         }
     }
