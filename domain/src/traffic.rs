@@ -59,22 +59,25 @@ impl Histogram {
         }
     }
 
-    /// The upper bound (µs) of the bucket holding quantile `q` (0..=1); `None` when empty or
-    /// when it falls in the open-ended last bucket.
-    pub fn quantile_upper_bound_us(&self, q: f64) -> Option<u64> {
+    /// The index of the bucket holding quantile `q` (0..=1); `None` when empty.
+    pub fn quantile_bucket(&self, q: f64) -> Option<usize> {
         let total = self.count();
         if total == 0 {
             return None;
         }
         let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (i, n) in self.0.iter().enumerate() {
+        self.0.iter().position(|n| {
             seen += n;
-            if seen >= rank {
-                return LATENCY_BOUNDS_US.get(i).copied();
-            }
-        }
-        None
+            seen >= rank
+        })
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q` (0..=1); `None` when empty or
+    /// when it falls in the open-ended last bucket.
+    pub fn quantile_upper_bound_us(&self, q: f64) -> Option<u64> {
+        self.quantile_bucket(q)
+            .and_then(|i| LATENCY_BOUNDS_US.get(i).copied())
     }
 }
 

@@ -253,13 +253,24 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
-    /// The migration as it is, when the change was refused because of its state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The migration as it is, when the change was refused because of its state. A state this
+    /// build cannot read (a newer server's) is left out rather than losing the error's code and
+    /// message with it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "readable_or_none"
+    )]
     pub current: Option<Migration>,
     pub message: String,
     /// The safety rule that refused the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
+}
+
+fn readable_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Migration>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 #[cfg(test)]
@@ -333,5 +344,17 @@ mod tests {
         value["stage"] = "sideways".into();
         let err = serde_json::from_value::<Migration>(value).unwrap_err();
         assert!(err.to_string().contains("unknown stage"), "{err}");
+    }
+
+    #[test]
+    fn an_error_keeps_its_message_when_its_state_is_unreadable() {
+        let body = serde_json::json!({
+            "code": "rule_refused", "message": "rule 1: …", "rule": 1,
+            "current": { "key": "users.handle", "stage": "a_stage_from_the_future" },
+        });
+        let read: ErrorBody = serde_json::from_value(body).unwrap();
+        assert_eq!(read.code, "rule_refused");
+        assert_eq!(read.rule, Some(1));
+        assert_eq!(read.current, None);
     }
 }

@@ -3,6 +3,7 @@
 
 use super::api::Failure;
 use super::sqlfiles::Tool;
+use crate::app::DEFAULT_COMPLETE_FOR_DAYS;
 use crate::startup::ServeConfig;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
@@ -215,7 +216,7 @@ pub enum MigrationCommand {
     List {
         #[arg(long)]
         stale: bool,
-        #[arg(long, default_value_t = 14, requires = "stale")]
+        #[arg(long, default_value_t = DEFAULT_COMPLETE_FOR_DAYS, requires = "stale")]
         days: u32,
     },
 }

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 use switchyard_domain::migration::BackfillStatus;
-use switchyard_domain::traffic::{Histogram, TrafficCounts};
+use switchyard_domain::traffic::{Histogram, TrafficCounts, latency_bucket_label};
 use switchyard_domain::{BasisPoints, Migration, Stage};
 use switchyard_proto::json;
 
@@ -193,11 +193,10 @@ pub(super) fn audit(page: &json::AuditPage) -> String {
 
 pub(super) fn traffic(t: &json::Traffic) -> String {
     let row = |label: String, c: &TrafficCounts| {
-        let p99 = |h: &Histogram| match h.quantile_upper_bound_us(0.99) {
-            _ if h.count() == 0 => "-".to_owned(),
-            Some(us) if us >= 1000 => format!("≤{}ms", us / 1000),
-            Some(us) => format!("≤{us}µs"),
-            None => ">2.5s".to_owned(),
+        // The bucket's label as the domain writes it (the dashboard shows the same).
+        let p99 = |h: &Histogram| {
+            h.quantile_bucket(0.99)
+                .map_or_else(|| "-".to_owned(), latency_bucket_label)
         };
         format!(
             "{label:<20} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8}\n",
