@@ -1,6 +1,7 @@
 //! Builds the server from its configuration, binds both listeners (port 0 works: the bound
 //! addresses are exposed), and runs until a shutdown is requested. Shutdown ends watch streams
-//! first, so both transports can drain their in-flight requests and stop.
+//! first, so both transports can drain their in-flight requests and stop; connections still
+//! open after the drain period are closed.
 
 use crate::app::{App, Clock};
 use crate::auth::Authenticator;
@@ -75,6 +76,11 @@ pub struct ServeConfig {
     /// LISTEN, e.g. PgBouncer in transaction mode; replicas then rely on polling).
     #[arg(long, env = "SWITCHYARD_CHANGE_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub change_notifications: bool,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the remaining
+    /// connections are closed (one client holding a half-sent request must not keep the
+    /// server from stopping).
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
 }
 
 impl Default for ServeConfig {
@@ -93,6 +99,7 @@ impl Default for ServeConfig {
             tls_key: None,
             change_poll_interval: Duration::from_secs(2),
             change_notifications: true,
+            shutdown_drain: Duration::from_secs(10),
         }
     }
 }
@@ -106,6 +113,7 @@ pub struct Server {
     /// The admin token generated on an empty store, to be shown once.
     pub generated_admin_token: Option<String>,
     shutdown: watch::Sender<bool>,
+    shutdown_drain: Duration,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -250,19 +258,43 @@ impl Server {
             app,
             generated_admin_token,
             shutdown,
+            shutdown_drain: config.shutdown_drain,
             tasks: vec![http_task, grpc_task, prune_task],
         })
     }
 
-    /// Ends watch streams, drains in-flight requests, stops background tasks and closes the
-    /// database pool.
+    /// Ends watch streams, lets in-flight requests finish for up to the drain period, then
+    /// closes whatever connections remain, stops background tasks and closes the database pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.app.hub.shut_down();
         self.shutdown.send_replace(true);
-        for task in self.tasks {
-            task.await??;
+        let deadline = tokio::time::Instant::now() + self.shutdown_drain;
+        let mut cut = 0;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(joined) => joined??,
+                Err(_) => {
+                    // Stop waiting for the connections it still serves (a stalled upload, a
+                    // half-sent request); they end with the process.
+                    task.abort();
+                    cut += 1;
+                }
+            }
         }
-        self.app.store.close().await;
+        if cut > 0 {
+            tracing::warn!(
+                drain = ?self.shutdown_drain,
+                "connections still open after the drain period were closed"
+            );
+        }
+        // Connections cut mid-request may still be returning theirs: the pool waits no longer
+        // than the drain period for them either.
+        if tokio::time::timeout(self.shutdown_drain, self.app.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use after the drain period were dropped");
+        }
         Ok(())
     }
 }
