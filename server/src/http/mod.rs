@@ -369,7 +369,9 @@ struct WatchQuery {
 }
 
 /// Server-sent events: `snapshot` first, then `change` per migration change; each event's id is
-/// its version, so a reconnecting EventSource resumes with `Last-Event-ID`.
+/// its version, so a reconnecting EventSource resumes with `Last-Event-ID`. A revoked token's
+/// stream ends with an `error` event carrying the error body, so the client knows not to
+/// reconnect with it.
 async fn watch(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
