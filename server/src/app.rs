@@ -710,6 +710,10 @@ impl App {
     pub async fn revoke_token(&self, who: &Principal, id: u64) -> Result<TokenRecord, ApiError> {
         who.require(Permission::ManageTokens)?;
         let (record, hash) = self.store.revoke_token(id, self.now()).await?;
+        // At once on this replica: refused from the next request, its open streams ended.
+        // Other replicas learn of it from their followers, which the revoke's notification
+        // wakes.
+        self.auth.revocations().revoke([record.id]);
         self.auth.forget(&hash).await;
         Ok(record)
     }

@@ -1,14 +1,21 @@
 //! Bearer tokens with roles. Tokens are random secrets shown once; only their SHA-256 is stored
 //! (they carry 192 bits of entropy, so a slow password hash would add nothing). Verified tokens
 //! are cached briefly with moka so the hot read paths (decide, snapshot) do not hit the database.
+//!
+//! The cache alone would let a revoked token work until its entry expires, and an open watch
+//! authenticates only once. [`Revocations`] closes both gaps: it is the set of tokens this
+//! replica knows to be revoked (from its own revokes at once, from other replicas' through the
+//! hub's follower), checked on every cache hit and awaited by every open watch stream.
 
 use crate::error::ApiError;
 use crate::store::{Store, StoreError, TokenRecord};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_domain::{Permission, Role};
+use tokio::sync::watch;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +39,14 @@ impl Principal {
         }
     }
 
+    /// Why an open stream authenticated as this caller ended.
+    pub fn revoked(&self) -> ApiError {
+        ApiError::Unauthenticated(format!(
+            "token {:?} (id {}) was revoked; this stream has ended",
+            self.name, self.token_id
+        ))
+    }
+
     /// The actor name written to the audit log.
     pub fn actor(&self) -> String {
         format!("{} (token {})", self.name, self.token_id)
@@ -49,20 +64,69 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The ids of the tokens this replica knows to be revoked.
+///
+/// A `watch` channel rather than a broadcast: a stream that subscribes after a revoke still sees
+/// it (no window between authenticating and subscribing), none can lag behind, and a revoke wakes
+/// every open stream, each of which checks one id. Revocation is permanent and tokens are made
+/// by hand, so the set only grows and stays small.
+#[derive(Debug)]
+pub struct Revocations(watch::Sender<HashSet<u64>>);
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self(watch::channel(HashSet::new()).0)
+    }
+}
+
+impl Revocations {
+    /// Records revoked tokens; open streams authenticated with them end.
+    pub fn revoke(&self, ids: impl IntoIterator<Item = u64>) {
+        self.0.send_if_modified(|set| {
+            let before = set.len();
+            set.extend(ids);
+            set.len() != before
+        });
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.borrow().contains(&id)
+    }
+
+    /// Resolves once `id` is revoked (at once if it already is); never if the set is dropped.
+    pub fn revoked(&self, id: u64) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.0.subscribe();
+        async move {
+            // `wait_for`'s guard is not `Send`: drop it before anything else awaits.
+            if rx
+                .wait_for(|set| set.contains(&id))
+                .await
+                .map(|_| ())
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 pub struct Authenticator {
     store: Arc<Store>,
+    revocations: Arc<Revocations>,
     /// hash → token; misses are cached too so a flood of bad tokens does not reach the store.
     cache: moka::future::Cache<String, Option<Principal>>,
 }
 
 impl Authenticator {
-    /// How long a verified token is trusted without asking the store: bounds how long a token
-    /// revoked through another replica keeps working.
+    /// How long a verified token is trusted without asking the store. A revoke reaches the
+    /// cache sooner through [`Revocations`] (other replicas learn of it from the change feed);
+    /// this bounds it only if that feed is down.
     pub const CACHE_TTL: Duration = Duration::from_secs(10);
 
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, revocations: Arc<Revocations>) -> Self {
         Self {
             store,
+            revocations,
             cache: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Self::CACHE_TTL)
@@ -89,19 +153,39 @@ impl Authenticator {
             })?;
         let hash = hash_token(token);
         let store = self.store.clone();
+        let lookup = hash.clone();
         let found = self
             .cache
             .try_get_with(hash.clone(), async move {
-                store.find_token(&hash).await.map(|t| t.map(principal))
+                store.find_token(&lookup).await.map(|t| t.map(principal))
             })
             .await
             .map_err(|e: Arc<StoreError>| ApiError::Internal(e.to_string()))?;
-        found.ok_or_else(|| ApiError::Unauthenticated("unknown or revoked token".to_owned()))
+        match found {
+            // Checked on every hit rather than only invalidating by hash when a revoke is
+            // learned: a lookup that read the row just before the revoke committed may insert
+            // its entry after that invalidation, and this check still refuses it.
+            Some(p) if self.revocations.contains(p.token_id) => {
+                self.cache.invalidate(&hash).await;
+                Err(unknown_or_revoked())
+            }
+            Some(p) => Ok(p),
+            None => Err(unknown_or_revoked()),
+        }
+    }
+
+    /// The revoked tokens this replica knows of.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     pub async fn forget(&self, token_hash: &str) {
         self.cache.invalidate(token_hash).await;
     }
+}
+
+fn unknown_or_revoked() -> ApiError {
+    ApiError::Unauthenticated("unknown or revoked token".to_owned())
 }
 
 fn principal(t: TokenRecord) -> Principal {

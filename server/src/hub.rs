@@ -8,7 +8,13 @@
 //! order (see `store`), reading "everything after N" never skips a change.
 //!
 //! Readers (decide, snapshot, watch) only clone an `Arc` under a briefly held lock.
+//!
+//! The follower also reads the tokens revoked since it last looked (a revoke sends the same
+//! notification but takes no snapshot version) into the replica's [`Revocations`]: the
+//! authenticator refuses them from then on, cached or not, and every watch stream opened with
+//! one ends.
 
+use crate::auth::Revocations;
 use crate::store::{Backend, Store};
 use futures::Stream;
 use std::collections::BTreeMap;
@@ -23,6 +29,10 @@ pub struct Snapshot {
     pub version: Version,
     pub migrations: BTreeMap<String, Arc<Migration>>,
 }
+
+/// Why a watch stream ended early: the token it was opened with was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRevoked;
 
 /// What a watcher receives: the full snapshot first (and again after falling behind), then each
 /// change with its version.
@@ -39,6 +49,7 @@ pub struct Hub {
     version: watch::Sender<Version>,
     poke: Notify,
     shutdown: watch::Sender<bool>,
+    revocations: Arc<Revocations>,
     options: HubOptions,
     /// When the follower last read the database successfully (ms since the hub started).
     last_refresh_ok: std::sync::atomic::AtomicU64,
@@ -57,6 +68,13 @@ pub struct HubOptions {
 
 /// Changes buffered per watcher before it counts as lagging and is sent a fresh snapshot.
 const BROADCAST_CAPACITY: usize = 1024;
+
+/// How far before the latest revoke time it has seen the follower looks again. Revoke times
+/// come from the revoking replica's clock and are taken a little before their transaction
+/// commits, so a revoke can land with an earlier time than one already seen; re-reading a
+/// margin (and ignoring the ids already known) catches it. Clock skew beyond this margin
+/// between replicas would leave such a revoke to the cache's expiry.
+const REVOCATION_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
 impl Hub {
     /// Loads the full snapshot and starts the follower (and, on Postgres, the listener).
@@ -79,6 +97,7 @@ impl Hub {
             version: watch::channel(version).0,
             poke: Notify::new(),
             shutdown: watch::channel(false).0,
+            revocations: Arc::new(Revocations::default()),
             options,
             last_refresh_ok: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -101,6 +120,11 @@ impl Hub {
             .migrations
             .get(key)
             .cloned()
+    }
+
+    /// The tokens this replica knows to be revoked (shared with the authenticator).
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// Asks the follower to read new changes now.
@@ -140,40 +164,60 @@ impl Hub {
         self.poke.notify_one();
     }
 
-    /// The watch stream: never an older state than `since`, then every change exactly once in
-    /// version order. Ends when the server shuts down.
-    pub fn watch(self: &Arc<Self>, since: Version) -> impl Stream<Item = WatchItem> + Send + use<> {
+    /// The watch stream of the caller holding token `token_id`: never an older state than
+    /// `since`, then every change exactly once in version order. Ends when the server shuts
+    /// down, and with `Err(TokenRevoked)` as its last item once the token is revoked (through
+    /// this replica or, as the follower learns of it, another).
+    pub fn watch(
+        self: &Arc<Self>,
+        since: Version,
+        token_id: u64,
+    ) -> impl Stream<Item = Result<WatchItem, TokenRevoked>> + Send + use<> {
         let hub = self.clone();
         let mut shutdown = self.shutdown.subscribe();
+        // Subscribed before the first item: a revoke made since the caller authenticated is
+        // seen at once.
+        let revoked = self.revocations.revoked(token_id);
         async_stream::stream! {
             let _open = crate::metrics::OpenWatch::open();
+            tokio::pin!(revoked);
             // A replica behind the caller waits until it has caught up rather than send an
             // older state.
             let mut version_rx = hub.version.subscribe();
             tokio::select! {
                 reached = reach(&mut version_rx, since) => if !reached { return },
                 _ = stopped(&mut shutdown) => return,
+                _ = &mut revoked => {
+                    yield Err(TokenRevoked);
+                    return;
+                }
             }
             let mut changes = hub.changes.subscribe();
             let snapshot = hub.snapshot();
             let mut last = snapshot.version;
-            yield WatchItem::Snapshot(snapshot);
+            yield Ok(WatchItem::Snapshot(snapshot));
             loop {
                 tokio::select! {
+                    // Checked first: once revoked, not one more change goes out.
+                    biased;
+                    _ = &mut revoked => {
+                        yield Err(TokenRevoked);
+                        return;
+                    }
+                    _ = stopped(&mut shutdown) => return,
                     received = changes.recv() => match received {
                         Ok(m) if m.version > last => {
                             last = m.version;
-                            yield WatchItem::Change(m);
+                            yield Ok(WatchItem::Change(m));
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             let snapshot = hub.snapshot();
                             last = snapshot.version;
-                            yield WatchItem::Snapshot(snapshot);
+                            yield Ok(WatchItem::Snapshot(snapshot));
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    _ = stopped(&mut shutdown) => return,
                 }
             }
         }
@@ -181,7 +225,15 @@ impl Hub {
 
     async fn follow(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
+        // The latest revoke time read so far; `None` until the first read, which takes every
+        // revoked token (a handful: tokens are made by hand).
+        let mut revoked_until: Option<i64> = None;
         loop {
+            // Revocations first: a stream whose token was revoked before this pass ends rather
+            // than receive the changes the pass reads.
+            if let Err(e) = self.refresh_revocations(&mut revoked_until).await {
+                tracing::warn!(error = %e, "reading revoked tokens failed; retrying");
+            }
             match self.refresh().await {
                 Ok(()) => self.last_refresh_ok.store(
                     self.started.elapsed().as_millis() as u64,
@@ -216,6 +268,19 @@ impl Hub {
         }
         self.version.send_replace(version);
         metrics::gauge!("switchyard_snapshot_version").set(version.0 as f64);
+        Ok(())
+    }
+
+    /// Reads the tokens revoked since `until` (less the look-back margin) into the revocation
+    /// set, which ends their streams and refuses them on this replica.
+    async fn refresh_revocations(
+        &self,
+        until: &mut Option<i64>,
+    ) -> Result<(), crate::store::StoreError> {
+        let after = until.map_or(i64::MIN, |t| t.saturating_sub(REVOCATION_LOOKBACK_MS));
+        let (ids, latest) = self.store.tokens_revoked_after(after).await?;
+        self.revocations.revoke(ids);
+        *until = (*until).max(latest);
         Ok(())
     }
 

@@ -119,7 +119,7 @@ pub fn document() -> Value {
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
             },
             "/v1/watch": {
-                "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version",
+                "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version; if the token is revoked, a last `error` event (an error body) and the stream ends",
                     "parameters": [{ "name": "since", "in": "query", "schema": { "type": "integer" },
                         "description": "Last version applied; the server never sends an older state. `Last-Event-ID` works too." }],
                     "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } },

@@ -155,7 +155,7 @@ impl Server {
         )
         .await?;
         let app = Arc::new(App {
-            auth: Authenticator::new(store.clone()),
+            auth: Authenticator::new(store.clone(), hub.revocations().clone()),
             store,
             hub,
             clock,

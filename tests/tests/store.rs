@@ -1319,12 +1319,55 @@ async fn a_cancel_and_the_forgetting_of_its_checkpoint_commit_together(db: Db) {
     store.close().await;
 }
 
+/// What each replica's follower reads to learn of revokes made through the others: the tokens
+/// revoked after a time, and the latest such time; a revoke takes no snapshot version.
+async fn revoked_tokens_are_read_by_revoke_time(db: Db) {
+    let db = TestDb::new(db).await;
+    let store = open(&db).await;
+    let kept = store
+        .create_token("kept", Role::Reader, &hash_token("kept-1"), T0)
+        .await
+        .unwrap();
+    let first = store
+        .create_token("first", Role::Reader, &hash_token("first-1"), T0)
+        .await
+        .unwrap();
+    let second = store
+        .create_token("second", Role::Reader, &hash_token("second-1"), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tokens_revoked_after(i64::MIN).await.unwrap(),
+        (vec![], None)
+    );
+    let version = store.snapshot_version().await.unwrap();
+
+    store.revoke_token(first.id, T0 + 10).await.unwrap();
+    store.revoke_token(second.id, T0 + 20).await.unwrap();
+    let (mut ids, latest) = store.tokens_revoked_after(i64::MIN).await.unwrap();
+    ids.sort_unstable();
+    assert_eq!((ids, latest), (vec![first.id, second.id], Some(T0 + 20)));
+    assert_eq!(
+        store.tokens_revoked_after(T0 + 10).await.unwrap(),
+        (vec![second.id], Some(T0 + 20))
+    );
+    assert_eq!(
+        store.tokens_revoked_after(T0 + 20).await.unwrap(),
+        (vec![], None)
+    );
+    assert_eq!(store.list_tokens().await.unwrap()[0].revoked_at_ms, None);
+    assert_eq!(store.list_tokens().await.unwrap()[0].id, kept.id);
+    assert_eq!(store.snapshot_version().await.unwrap(), version);
+    store.close().await;
+}
+
 both_databases!(
     create_get_and_changed_since,
     mutate_applies_rules_and_refusals_change_nothing,
     audit_log_records_every_committed_change,
     heartbeats_and_the_live_fleet,
     tokens_create_find_revoke_list,
+    revoked_tokens_are_read_by_revoke_time,
     concurrent_writers_take_distinct_consecutive_versions,
     concurrent_creates_of_one_key,
     committed_state_survives_close_and_reconnect,

@@ -228,11 +228,15 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             .check_since("since_version", since)
             .await
             .map_err(|e| status(M, e))?;
+        // A revoked token's stream ends with UNAUTHENTICATED, its message naming the revoke.
         let stream = self
             .app
             .hub
-            .watch(since)
-            .map(|item| Ok(pb::WatchEvent::from(item)));
+            .watch(since, who.token_id)
+            .map(move |item| match item {
+                Ok(item) => Ok(pb::WatchEvent::from(item)),
+                Err(crate::hub::TokenRevoked) => Err(status(M, who.revoked())),
+            });
         ok(M, Box::pin(stream) as WatchStream)
     }
 

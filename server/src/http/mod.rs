@@ -7,7 +7,7 @@ mod json;
 use crate::app::{App, CreateMigrationInput, DEFAULT_COMPLETE_FOR_DAYS, MAX_BODY_BYTES};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::hub::WatchItem;
+use crate::hub::{TokenRevoked, WatchItem};
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
@@ -369,7 +369,9 @@ struct WatchQuery {
 }
 
 /// Server-sent events: `snapshot` first, then `change` per migration change; each event's id is
-/// its version, so a reconnecting EventSource resumes with `Last-Event-ID`.
+/// its version, so a reconnecting EventSource resumes with `Last-Event-ID`. A revoked token's
+/// stream ends with an `error` event carrying the error body, so the client knows not to
+/// reconnect with it.
 async fn watch(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
@@ -384,13 +386,17 @@ async fn watch(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let since = Version(q.since.or(last_event_id).unwrap_or(0));
     app.check_since("since", since).await?;
-    let stream = app.hub.watch(since).map(|item| {
+    let stream = app.hub.watch(since, who.token_id).map(move |item| {
         let event = match item {
-            WatchItem::Snapshot(s) => SseEvent::default()
+            // The last event: says why the stream ends, in an error body's shape.
+            Err(TokenRevoked) => SseEvent::default()
+                .event("error")
+                .json_data(json::error_body(&who.revoked())),
+            Ok(WatchItem::Snapshot(s)) => SseEvent::default()
                 .event("snapshot")
                 .id(s.version.to_string())
                 .json_data(json::snapshot(&s)),
-            WatchItem::Change(m) => SseEvent::default()
+            Ok(WatchItem::Change(m)) => SseEvent::default()
                 .event("change")
                 .id(m.version.to_string())
                 .json_data(wire::Migration::from(&*m)),

@@ -175,7 +175,8 @@ impl Store {
     }
 
     /// Postgres: a connection that hears every change committed through any replica (each
-    /// mutation sends `pg_notify` on [`NOTIFY_CHANNEL`] in its transaction).
+    /// mutation, and each token revoke, sends `pg_notify` on [`NOTIFY_CHANNEL`] in its
+    /// transaction).
     pub async fn change_listener(&self) -> Result<ChangeListener, StoreError> {
         let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
@@ -247,11 +248,17 @@ impl Store {
     }
 
     async fn notify(&self, tx: &mut Tx<'_>, version: Version) -> Result<(), StoreError> {
+        self.announce(tx, &version.0.to_string()).await
+    }
+
+    /// Sends `payload` on [`NOTIFY_CHANNEL`] when `tx` commits (Postgres). Listeners only wake
+    /// on it and then read what changed, so the payload is informational.
+    async fn announce(&self, tx: &mut Tx<'_>, payload: &str) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             // Delivered to listeners only when the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
-                .bind(version.0.to_string())
+                .bind(payload)
                 .execute(&mut **tx)
                 .await?;
         }

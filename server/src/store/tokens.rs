@@ -62,6 +62,24 @@ impl Store {
         row.map(TokenRow::into_record).transpose()
     }
 
+    /// The ids of the tokens revoked after `after_ms` (by their `revoked_at_ms`), with the
+    /// latest such time. The caller re-reads a margin before the latest time it saw, since
+    /// revoke times come from each replica's clock and commit a little after they are taken.
+    pub async fn tokens_revoked_after(
+        &self,
+        after_ms: i64,
+    ) -> Result<(Vec<u64>, Option<i64>), StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, revoked_at_ms FROM api_tokens \
+             WHERE revoked_at_ms IS NOT NULL AND revoked_at_ms > $1",
+        )
+        .bind(after_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let latest = rows.iter().map(|&(_, at)| at).max();
+        Ok((rows.into_iter().map(|(id, _)| id as u64).collect(), latest))
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let rows: Vec<TokenRow> = sqlx::query_as(
             "SELECT id, name, role, created_at_ms, revoked_at_ms FROM api_tokens ORDER BY id",
@@ -88,6 +106,12 @@ impl Store {
                     .bind(id as i64)
                     .execute(&mut **tx)
                     .await?;
+                    // Wakes the other replicas' followers, which read revocations beside
+                    // changes (`tokens_revoked_after`): their caches and open streams drop the
+                    // token now rather than when its cache entry expires. No snapshot version
+                    // is taken: a revoke is not a migration change, and a version without an
+                    // audit row would read as a gap to the hub.
+                    self.announce(tx, "token_revoked").await?;
                     Ok(sqlx::query_as(
                         "SELECT id, name, role, created_at_ms, revoked_at_ms, token_hash \
                          FROM api_tokens WHERE id = $1",
