@@ -39,6 +39,9 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// HTTP only: the route exists but not with this method; the message names the allowed ones.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }

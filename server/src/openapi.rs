@@ -337,9 +337,11 @@ pub fn document() -> Value {
                         "passed": { "type": "boolean" }, "evidence": { "type": "string" },
                         "remedy": { "type": "string", "description": "what would make it pass; empty when it passes" } } } },
                     "soak_ends_at_ms": { "type": ["integer", "null"] }, "evaluated_at_ms": { "type": "integer" } } },
-                "Error": { "type": "object", "required": ["code", "message"], "properties": {
+                "Error": { "type": "object", "required": ["code", "message"],
+                    "description": "The body of every error answer, with Content-Type application/json; also 404 for an unknown route and 405 (method_not_allowed, with Allow) on any route. Only a request hyper cannot parse (400/414/431) gets an empty body.",
+                    "properties": {
                     "code": { "type": "string", "enum": ["invalid_argument", "not_found", "already_exists", "stale_version", "rule_refused",
-                        "not_applicable", "unauthenticated", "permission_denied", "payload_too_large", "unavailable", "internal"] },
+                        "not_applicable", "unauthenticated", "permission_denied", "payload_too_large", "method_not_allowed", "unavailable", "internal"] },
                     "message": { "type": "string" }, "rule": { "type": "integer", "minimum": 1, "maximum": 9 },
                     "current": { "$ref": "#/components/schemas/Migration" } } }
             }

@@ -53,6 +53,8 @@ pub fn status(method: &str, e: ApiError) -> Status {
         ApiError::Unauthenticated(_) => Code::Unauthenticated,
         ApiError::PermissionDenied(_) => Code::PermissionDenied,
         ApiError::PayloadTooLarge(_) => Code::ResourceExhausted,
+        // gRPC routes by method name; no handler returns this, but the mapping is total.
+        ApiError::MethodNotAllowed(_) => Code::Unimplemented,
         ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::Internal(detail) => {
             tracing::error!(%detail, method, "internal error");

@@ -54,7 +54,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/whoami", get(whoami))
         .route("/vocabulary", get(vocabulary));
-    Router::new()
+    let routes = Router::new()
         .nest("/v1", v1)
         .route("/", get(dashboard::index))
         .route("/assets/{*path}", get(dashboard::asset))
@@ -68,14 +68,90 @@ pub fn router(app: Arc<App>) -> Router {
             "/openapi.json",
             get(|| async { axum::Json(crate::openapi::document()) }),
         )
-        .fallback(|| async {
-            ApiError::NotFound("no such route; the API is described at /openapi.json".to_owned())
-        })
+        .fallback(|| async { ApiError::NotFound(NO_SUCH_ROUTE.to_owned()) })
         .layer(axum::middleware::from_fn(count_requests))
         // One span per request (method, path); `RUST_LOG=tower_http=debug` logs each response.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .with_state(app);
+    // Around the whole router rather than in it: a layer added to a router wraps each route's
+    // handlers, inside the code that adds a 405's `Allow` header, and the message names the
+    // allowed methods from that header.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+const NO_SUCH_ROUTE: &str = "no such route; the API is described at /openapi.json";
+
+/// The most of a non-JSON error body read to become a message; axum's rejections are one line.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// Every error answer carries the documented `{code, message}` JSON body. Handlers and our
+/// extractors already answer with `ApiError`; this catches what axum writes by itself before or
+/// instead of a handler — a 405 (empty, with `Allow`), a path parameter that is not UTF-8 or
+/// does not parse (plain text), and any other plain-text or empty rejection — and rewrites it
+/// through `ApiError`, keeping its status and headers (`Allow` among them). One place, so a route
+/// added later is covered without doing anything.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let said = |fallback: &str| {
+        if text.is_empty() {
+            fallback.to_owned()
+        } else {
+            text.clone()
+        }
+    };
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .replace(',', ", ");
+            ApiError::MethodNotAllowed(format!(
+                "{method} is not allowed on {path}; allowed: {allowed}"
+            ))
+        }
+        StatusCode::NOT_FOUND => ApiError::NotFound(said(NO_SUCH_ROUTE)),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "request body is too large: allowed up to {MAX_BODY_BYTES} bytes"
+        )),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ApiError::Unavailable(said("unavailable; retry shortly"))
+        }
+        // A status no variant names (none today: axum's JSON rejections go through `ApiJson`)
+        // keeps its status below, with the code of its class.
+        s if s.is_client_error() => {
+            ApiError::invalid(said(s.canonical_reason().unwrap_or("bad request")))
+        }
+        _ => ApiError::Internal(format!("{status} from {method} {path}: {text}")),
+    };
+    let mut rewritten = error.into_response();
+    *rewritten.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
@@ -105,6 +181,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
