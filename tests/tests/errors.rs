@@ -234,3 +234,28 @@ async fn routes_that_are_not_json_keep_their_content_types() {
     }
     srv.stop().await;
 }
+
+/// The limitation the README documents: hyper answers a request it cannot parse (a malformed
+/// request line, a URI over 65534 bytes, a head over its ~400 KiB buffer) itself, before any
+/// service runs, with a status line and no body. If this starts failing, hyper learnt to do
+/// better: update the README's API section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_cannot_parse_get_a_bare_status() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let addr = srv.server.http_addr;
+    let long_uri = format!("GET /v1/{} HTTP/1.1", "a".repeat(70 * 1024));
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: switchyard\r\nX-Big: {}",
+        "b".repeat(500 * 1024)
+    );
+    for (what, head, status) in [
+        ("malformed request line", "NOT HTTP AT ALL".to_owned(), 400),
+        ("URI too long", long_uri, 414),
+        ("headers too large", big_header, 431),
+    ] {
+        let answer = raw(addr, head.as_bytes(), b"").await;
+        assert_eq!(answer.status, status, "{what}");
+        assert!(answer.body.is_empty(), "{what}: {:?}", answer.body);
+    }
+    srv.stop().await;
+}
