@@ -4,7 +4,10 @@
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
-use crate::store::{Alongside, AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
+use crate::store::{
+    Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner, Store,
+    TokenRecord,
+};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -431,8 +434,17 @@ impl App {
         let service = parse_label("service name", service)?;
         let instance_id = parse_label("instance id", instance_id)?;
         if leaving {
-            // A clean shutdown: no longer live, so nothing waits for its acknowledgements.
-            self.store.forget_instance(&service, &instance_id).await?;
+            // A clean shutdown: no longer live, so nothing waits for its acknowledgements. Only
+            // the token that registered the instance may say goodbye for it, or an admin (to
+            // remove an instance by hand), so no token can shrink the fleet the rules count.
+            let any = who.role == Role::Admin;
+            if let Some(owner) = self
+                .store
+                .forget_instance(who.token_id, any, &service, &instance_id)
+                .await?
+            {
+                return Err(not_owner(who, &service, &instance_id, &owner, "remove"));
+            }
             return Ok(self.hub.snapshot().version);
         }
         if migrations.len() > MAX_REPORTED_MIGRATIONS {
@@ -456,12 +468,25 @@ impl App {
             }
         }
         let now = self.now();
-        self.store
-            .heartbeat(&service, &instance_id, applied, now)
-            .await?;
-        self.store
-            .heartbeat_migrations(&service, &instance_id, &migrations, now)
-            .await?;
+        match self
+            .store
+            .record_heartbeat(
+                who.token_id,
+                &service,
+                &instance_id,
+                applied,
+                &migrations,
+                now,
+            )
+            .await?
+        {
+            HeartbeatOutcome::Recorded { unknown_migrations } => {
+                crate::metrics::record_unknown_migrations("heartbeat", unknown_migrations);
+            }
+            HeartbeatOutcome::OwnedBy(owner) => {
+                return Err(not_owner(who, &service, &instance_id, &owner, "update"));
+            }
+        }
         Ok(current)
     }
 
@@ -773,4 +798,24 @@ fn checkpoint_admitted(m: &Migration, run: Option<Version>) -> Result<(), Domain
         )));
     }
     Ok(())
+}
+
+/// The refusal of a heartbeat or goodbye for an instance another token registered: names the
+/// owner by name and id (never its secret) so the operator can tell which deployment collides.
+fn not_owner(
+    who: &Principal,
+    service: &str,
+    instance_id: &str,
+    owner: &InstanceOwner,
+    verb: &str,
+) -> ApiError {
+    let owner_name = owner
+        .name
+        .as_deref()
+        .map_or_else(|| "a deleted token".to_owned(), |n| format!("token {n:?}"));
+    ApiError::PermissionDenied(format!(
+        "instance {service}/{instance_id} belongs to {owner_name} (id {}), which registered it; \
+         token {:?} (id {}) may not {verb} it: give each deployment its own instance ids",
+        owner.token_id, who.name, who.token_id
+    ))
 }

@@ -130,7 +130,8 @@ pub fn document() -> Value {
                     "requestBody": body("Heartbeat"),
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
                         "type": "object", "properties": { "snapshot_version": { "type": "integer" } } } } } },
-                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"],
+                        "403": { "description": "The instance belongs to another token (the one that registered it); an admin token may remove any instance", "content": errors(&["403"])["403"]["content"] } } }
             },
             "/v1/clients/telemetry": {
                 "post": { "summary": "A client instance reports per-minute counts per migration (batched)",
@@ -275,7 +276,7 @@ pub fn document() -> Value {
                 "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "migrations": { "type": "array", "items": { "type": "string" }, "maxItems": 1000,
-                        "description": "Migrations this instance evaluates" },
+                        "description": "Migrations this instance evaluates (keys naming no migration are ignored)" },
                     "leaving": { "type": "boolean", "default": false,
                         "description": "A clean shutdown: the instance is forgotten now instead of after the client TTL" } } },
                 "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,

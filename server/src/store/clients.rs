@@ -9,7 +9,8 @@ use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Version};
 
 impl Store {
-    /// Records that an instance is alive and which snapshot version it has applied.
+    /// Records that an instance is alive and which snapshot version it has applied, without
+    /// claiming it for a token (tools and store tests; the API uses `record_heartbeat`).
     pub async fn heartbeat(
         &self,
         service: &str,
@@ -38,24 +39,115 @@ impl Store {
         .await
     }
 
-    /// Forgets an instance that shut down cleanly (and which migrations it evaluated).
-    pub async fn forget_instance(
+    /// Records a heartbeat sent with the token `token_id`, and which of `migrations` (those that
+    /// exist) the instance evaluates, in one transaction. The instance belongs to the token that
+    /// registered it: a heartbeat from another token changes nothing and names the owner. An
+    /// unowned row (from before owners were recorded) or one whose token is revoked or gone is
+    /// claimed, so a rotated token takes its instances over.
+    pub async fn record_heartbeat(
         &self,
+        token_id: u64,
         service: &str,
         instance_id: &str,
-    ) -> Result<(), StoreError> {
+        applied: Version,
+        migrations: &[String],
+        now_ms: i64,
+    ) -> Result<HeartbeatOutcome, StoreError> {
         self.write(|tx| {
             Box::pin(async move {
-                for table in ["client_instance_migrations", "client_instances"] {
-                    sqlx::query(&format!(
-                        "DELETE FROM {table} WHERE service = $1 AND instance_id = $2"
-                    ))
+                let written = sqlx::query(
+                    "INSERT INTO client_instances (service, instance_id, applied_version, \
+                     first_seen_ms, last_seen_ms, token_id) VALUES ($1, $2, $3, $4, $4, $5) \
+                     ON CONFLICT (service, instance_id) DO UPDATE SET \
+                     applied_version = excluded.applied_version, \
+                     last_seen_ms = excluded.last_seen_ms, token_id = excluded.token_id \
+                     WHERE client_instances.token_id = excluded.token_id OR NOT EXISTS \
+                     (SELECT 1 FROM api_tokens t WHERE t.id = client_instances.token_id \
+                     AND t.revoked_at_ms IS NULL)",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(applied.0 as i64)
+                .bind(now_ms)
+                .bind(token_id as i64)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if written == 0 {
+                    return match owner(tx, service, instance_id).await? {
+                        Some(owner) => Ok(HeartbeatOutcome::OwnedBy(owner)),
+                        None => Err(StoreError::Corrupt(format!(
+                            "instance {service}/{instance_id}: heartbeat neither written nor owned"
+                        ))),
+                    };
+                }
+                // Keys of migrations that do not exist are not stored (a typo or a stale build
+                // would otherwise grow the table without bound); the caller counts them.
+                let mut unknown_migrations = 0;
+                for key in migrations {
+                    let stored = sqlx::query(
+                        "INSERT INTO client_instance_migrations (service, instance_id, \
+                         migration_key, last_seen_ms) SELECT $1, $2, $3, $4 \
+                         WHERE EXISTS (SELECT 1 FROM migrations WHERE key = $3) \
+                         ON CONFLICT (migration_key, service, instance_id) DO UPDATE SET \
+                         last_seen_ms = excluded.last_seen_ms",
+                    )
                     .bind(service)
                     .bind(instance_id)
+                    .bind(key)
+                    .bind(now_ms)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if stored == 0 {
+                        unknown_migrations += 1;
+                    }
                 }
-                Ok(())
+                Ok(HeartbeatOutcome::Recorded { unknown_migrations })
+            })
+        })
+        .await
+    }
+
+    /// Forgets an instance that shut down cleanly (and which migrations it evaluated), if
+    /// `token_id` owns it (or may remove any instance: `any`, an admin). Otherwise nothing
+    /// changes and the owner is returned. An instance that is not there is already forgotten.
+    pub async fn forget_instance(
+        &self,
+        token_id: u64,
+        any: bool,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceOwner>, StoreError> {
+        self.write(|tx| {
+            Box::pin(async move {
+                // One conditional statement, so a concurrent claim cannot slip in between a
+                // check and the delete.
+                let removed = sqlx::query(
+                    "DELETE FROM client_instances WHERE service = $1 AND instance_id = $2 \
+                     AND ($3 OR token_id = $4 OR NOT EXISTS (SELECT 1 FROM api_tokens t \
+                     WHERE t.id = client_instances.token_id AND t.revoked_at_ms IS NULL))",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(any)
+                .bind(token_id as i64)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if removed == 0 {
+                    if let Some(owner) = owner(tx, service, instance_id).await? {
+                        return Ok(Some(owner));
+                    }
+                }
+                sqlx::query(
+                    "DELETE FROM client_instance_migrations WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .execute(&mut **tx)
+                .await?;
+                Ok(None)
             })
         })
         .await
@@ -75,39 +167,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
-    }
-
-    /// Records which migrations an instance evaluates (as of its latest heartbeat).
-    pub async fn heartbeat_migrations(
-        &self,
-        service: &str,
-        instance_id: &str,
-        migrations: &[String],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        if migrations.is_empty() {
-            return Ok(());
-        }
-        self.write(|tx| {
-            Box::pin(async move {
-                for key in migrations {
-                    sqlx::query(
-                        "INSERT INTO client_instance_migrations (service, instance_id, \
-                         migration_key, last_seen_ms) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (migration_key, service, instance_id) DO UPDATE SET \
-                         last_seen_ms = excluded.last_seen_ms",
-                    )
-                    .bind(service)
-                    .bind(instance_id)
-                    .bind(key)
-                    .bind(now_ms)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await
     }
 
     /// Instances seen within `window` whose heartbeats name `key` among their migrations.
@@ -270,4 +329,54 @@ pub(super) async fn load_fleet(
             })
             .collect(),
     })
+}
+
+/// What a heartbeat did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Recorded; `unknown_migrations` of the keys it named are not migrations and were ignored.
+    Recorded { unknown_migrations: usize },
+    /// Another token owns the instance: nothing was written.
+    OwnedBy(InstanceOwner),
+}
+
+/// The token that registered an instance (its id and name; never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceOwner {
+    pub token_id: u64,
+    /// `None` if the token no longer exists.
+    pub name: Option<String>,
+    /// The token exists and is not revoked: its ownership holds.
+    pub active: bool,
+}
+
+/// The owner of an instance, if it has one.
+async fn owner(
+    tx: &mut Tx<'_>,
+    service: &str,
+    instance_id: &str,
+) -> Result<Option<InstanceOwner>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct OwnerRow {
+        token_id: Option<i64>,
+        name: Option<String>,
+        found: Option<i64>,
+        revoked_at_ms: Option<i64>,
+    }
+    let row: Option<OwnerRow> = sqlx::query_as(
+        "SELECT i.token_id, t.name, t.id AS found, t.revoked_at_ms FROM client_instances i \
+         LEFT JOIN api_tokens t ON t.id = i.token_id \
+         WHERE i.service = $1 AND i.instance_id = $2",
+    )
+    .bind(service)
+    .bind(instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(InstanceOwner {
+            token_id: r.token_id? as u64,
+            active: r.found.is_some() && r.revoked_at_ms.is_none(),
+            name: r.name,
+        })
+    }))
 }

@@ -1,0 +1,193 @@
+//! The fleet the safety rules count (rules 3 and 5, the contract gate) is kept by heartbeats:
+//! an instance belongs to the token that registered it, so no other token can update it or
+//! say goodbye for it; keys that name no migration are not stored.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchyard_domain::Version;
+use switchyard_proto::v1 as pb;
+use switchyard_tests::{CLIENT_TTL, Db, TestServer, both_databases, request_as};
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Http,
+    Grpc,
+}
+
+/// A heartbeat (or goodbye) with `token`: `Ok` or the refusal's status and message.
+async fn beat(
+    srv: &TestServer,
+    via: Via,
+    token: &str,
+    instance: &str,
+    applied: u64,
+    migrations: &[&str],
+    leaving: bool,
+) -> Result<(), (u16, String)> {
+    let migrations: Vec<String> = migrations.iter().map(|m| (*m).to_owned()).collect();
+    match via {
+        Via::Http => {
+            let (status, body) = srv
+                .call_as(
+                    token,
+                    reqwest::Method::POST,
+                    "/v1/clients/heartbeat",
+                    Some(json!({"service": "api", "instance_id": instance,
+                        "applied_version": applied, "migrations": migrations, "leaving": leaving})),
+                )
+                .await;
+            if status == StatusCode::OK {
+                Ok(())
+            } else {
+                Err((
+                    status.as_u16(),
+                    body["message"].as_str().unwrap_or("").to_owned(),
+                ))
+            }
+        }
+        Via::Grpc => {
+            let request = pb::HeartbeatRequest {
+                service: "api".to_owned(),
+                instance_id: instance.to_owned(),
+                applied_version: applied,
+                migrations,
+                leaving,
+            };
+            match srv.grpc.clone().heartbeat(request_as(token, request)).await {
+                Ok(_) => Ok(()),
+                Err(s) => Err((s.code() as u16, s.message().to_owned())),
+            }
+        }
+    }
+}
+
+fn denied(via: Via) -> u16 {
+    match via {
+        Via::Http => 403,
+        Via::Grpc => tonic::Code::PermissionDenied as u16,
+    }
+}
+
+/// The instance list and the live fleet the rules count, to compare before and after.
+async fn fleet(srv: &TestServer) -> (Value, Vec<(String, String, u64)>) {
+    let (status, listed) = srv.get("/v1/clients").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let now = srv.clock.clock()();
+    let live = srv.server.app.store.fleet(now, CLIENT_TTL).await.unwrap();
+    let mut live: Vec<_> = live
+        .live
+        .into_iter()
+        .map(|i| (i.service, i.instance_id, i.applied_version.0))
+        .collect();
+    live.sort();
+    (listed["instances"].clone(), live)
+}
+
+async fn token(srv: &TestServer, name: &str, role: &str) -> (String, u64) {
+    let (status, body) = srv
+        .post("/v1/tokens", json!({ "name": name, "role": role }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["info"]["id"].as_u64().unwrap(),
+    )
+}
+
+async fn an_instance_belongs_to_the_token_that_registered_it(db: Db) {
+    let srv = TestServer::start(db).await;
+    srv.create("fleet.m", false, &[]).await;
+    let v = srv.snapshot_version().await;
+    let (a, a_id) = token(&srv, "app-a", "reader").await;
+    let (b, _) = token(&srv, "app-b", "reader").await;
+    for via in [Via::Http, Via::Grpc] {
+        let id = format!("api-{via:?}");
+        beat(&srv, via, &a, &id, v, &["fleet.m"], false)
+            .await
+            .unwrap();
+        let before = fleet(&srv).await;
+        assert_eq!(before.1, vec![("api".into(), id.clone(), v)], "{via:?}");
+
+        // B can neither overwrite A's instance nor delete it; the refusal names the owner.
+        for leaving in [false, true] {
+            let (code, message) = beat(&srv, via, &b, &id, 0, &["fleet.m"], leaving)
+                .await
+                .expect_err("another token's instance");
+            assert_eq!(code, denied(via), "{via:?} leaving={leaving}: {message}");
+            assert!(
+                message.contains(&format!("api/{id}"))
+                    && message.contains("\"app-a\"")
+                    && message.contains(&format!("id {a_id}")),
+                "{via:?}: {message}"
+            );
+            assert!(
+                !message.contains(&a),
+                "the owner's secret leaked: {message}"
+            );
+            assert_eq!(fleet(&srv).await, before, "{via:?} leaving={leaving}");
+        }
+
+        // A still can, both.
+        beat(&srv, via, &a, &id, v, &["fleet.m"], false)
+            .await
+            .unwrap();
+        beat(&srv, via, &a, &id, v, &[], true).await.unwrap();
+        assert_eq!(fleet(&srv).await.1, vec![], "{via:?}");
+        // Gone, it is anyone's to register (a goodbye for nothing is no error).
+        beat(&srv, via, &b, &id, v, &[], true).await.unwrap();
+        beat(&srv, via, &b, &id, v, &[], false).await.unwrap();
+        beat(&srv, via, &b, &id, v, &[], true).await.unwrap();
+    }
+}
+
+async fn an_admin_removes_any_instance_and_a_revoked_owner_lets_go(db: Db) {
+    let srv = TestServer::start(db).await;
+    let v = srv.snapshot_version().await;
+    let (a, a_id) = token(&srv, "app-a", "reader").await;
+    let (b, _) = token(&srv, "app-b", "reader").await;
+    beat(&srv, Via::Http, &a, "api-1", v, &[], false)
+        .await
+        .unwrap();
+    beat(&srv, Via::Grpc, &a, "api-2", v, &[], false)
+        .await
+        .unwrap();
+    // An admin removes an instance by hand, over either transport.
+    beat(&srv, Via::Grpc, &srv.token, "api-1", v, &[], true)
+        .await
+        .unwrap();
+    assert_eq!(fleet(&srv).await.1, vec![("api".into(), "api-2".into(), v)]);
+    // A rotated token: once A is revoked, B takes its instance over.
+    let (status, body) = srv
+        .post(&format!("/v1/tokens/{a_id}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    beat(&srv, Via::Http, &b, "api-2", v, &[], false)
+        .await
+        .unwrap();
+    beat(&srv, Via::Http, &b, "api-2", v, &[], true)
+        .await
+        .unwrap();
+    assert_eq!(fleet(&srv).await.1, vec![]);
+    // A row from before owners were recorded is claimed by the next token that heartbeats it.
+    let now = srv.clock.clock()();
+    srv.server
+        .app
+        .store
+        .heartbeat("api", "legacy-1", Version(v), now)
+        .await
+        .unwrap();
+    beat(&srv, Via::Grpc, &b, "legacy-1", v, &[], false)
+        .await
+        .unwrap();
+    let (c, _) = token(&srv, "app-c", "reader").await;
+    let (code, message) = beat(&srv, Via::Http, &c, "legacy-1", v, &[], true)
+        .await
+        .expect_err("claimed by B");
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("\"app-b\""), "{message}");
+}
+
+both_databases!(
+    an_instance_belongs_to_the_token_that_registered_it,
+    an_admin_removes_any_instance_and_a_revoked_owner_lets_go,
+);
