@@ -555,7 +555,8 @@ impl App {
                 valid.push((key.to_string(), minute, counts));
             }
         }
-        self.store.add_traffic(&service, &valid).await?;
+        let unknown = self.store.add_traffic(&service, &valid).await?;
+        crate::metrics::record_unknown_migrations("telemetry", unknown);
         Ok(())
     }
 

@@ -136,7 +136,7 @@ pub fn document() -> Value {
             "/v1/clients/telemetry": {
                 "post": { "summary": "A client instance reports per-minute counts per migration (batched)",
                     "requestBody": body("Telemetry"),
-                    "responses": { "204": { "description": "Added to the rollups" },
+                    "responses": { "204": { "description": "Added to the rollups (entries for keys that name no migration are ignored and counted in a metric)" },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "413": errors(&["413"])["413"] } }
             },
             "/v1/migrations/{key}/traffic": {

@@ -1,6 +1,6 @@
 //! The fleet the safety rules count (rules 3 and 5, the contract gate) is kept by heartbeats:
 //! an instance belongs to the token that registered it, so no other token can update it or
-//! say goodbye for it; keys that name no migration are not stored.
+//! say goodbye for it; keys that name no migration are not stored, only counted.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -187,7 +187,77 @@ async fn an_admin_removes_any_instance_and_a_revoked_owner_lets_go(db: Db) {
     assert!(message.contains("\"app-b\""), "{message}");
 }
 
+/// The process-wide count of ignored keys from `source` (tests in this binary share it).
+async fn unknown_reports(srv: &TestServer, source: &str) -> u64 {
+    let (status, text) = srv.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let line = format!("switchyard_unknown_migration_reports_total{{source=\"{source}\"}} ");
+    text.as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+async fn keys_that_name_no_migration_are_ignored_and_counted(db: Db) {
+    let srv = TestServer::start(db).await;
+    srv.create("fleet.known", false, &[]).await;
+    let v = srv.snapshot_version().await;
+    let store = &srv.server.app.store;
+    let now = srv.clock.clock()();
+
+    // A heartbeat naming 50 unknown keys (and one known) stores only the known one.
+    let before = unknown_reports(&srv, "heartbeat").await;
+    let unknown: Vec<String> = (0..50).map(|i| format!("fleet.unknown-{i}")).collect();
+    let mut named: Vec<&str> = unknown.iter().map(String::as_str).collect();
+    named.push("fleet.known");
+    beat(&srv, Via::Http, &srv.token, "api-1", v, &named, false)
+        .await
+        .unwrap();
+    beat(&srv, Via::Grpc, &srv.token, "api-2", v, &named, false)
+        .await
+        .unwrap();
+    for key in &unknown {
+        let listed = store.instances_of(key, now, CLIENT_TTL).await.unwrap();
+        assert_eq!(listed, vec![], "{key}");
+    }
+    let known = store
+        .instances_of("fleet.known", now, CLIENT_TTL)
+        .await
+        .unwrap();
+    assert_eq!(known.len(), 2, "{known:?}");
+    assert!(unknown_reports(&srv, "heartbeat").await >= before + 100);
+
+    // Telemetry for an unknown key stores nothing; the known key's entry is added.
+    let before = unknown_reports(&srv, "telemetry").await;
+    let minute = now - now % 60_000;
+    let mut counts = switchyard_domain::traffic::TrafficCounts::default();
+    counts.old.reads = 7;
+    let entry = |key: &str| {
+        let mut entry =
+            serde_json::to_value(switchyard_proto::json::TrafficCounts::from(&counts)).unwrap();
+        entry["key"] = key.into();
+        entry["minute_ms"] = minute.into();
+        entry
+    };
+    let (status, body) = srv
+        .post(
+            "/v1/clients/telemetry",
+            json!({"service": "api", "instance_id": "api-1",
+                "entries": [entry("fleet.unknown-0"), entry("fleet.known"), entry("fleet.unknown-1")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(store.traffic("fleet.unknown-0", 0).await.unwrap(), vec![]);
+    assert_eq!(store.traffic("fleet.unknown-1", 0).await.unwrap(), vec![]);
+    let (status, traffic) = srv.get("/v1/migrations/fleet.known/traffic").await;
+    assert_eq!(status, StatusCode::OK, "{traffic}");
+    assert_eq!(traffic["total"]["old"]["reads"], 7, "{traffic}");
+    assert!(unknown_reports(&srv, "telemetry").await >= before + 2);
+}
+
 both_databases!(
     an_instance_belongs_to_the_token_that_registered_it,
     an_admin_removes_any_instance_and_a_revoked_owner_lets_go,
+    keys_that_name_no_migration_are_ignored_and_counted,
 );

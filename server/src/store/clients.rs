@@ -4,6 +4,7 @@
 use super::rows::{ClientInstance, InstanceRow};
 use super::state::{counts_json, parse_counts};
 use super::{Store, StoreError, Tx};
+use std::collections::HashMap;
 use std::time::Duration;
 use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Version};
@@ -190,15 +191,38 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
-    /// Adds one service's counts to the per-minute rollups, all in one transaction.
+    /// Adds one service's counts to the per-minute rollups, all in one transaction. Entries for
+    /// keys that name no migration are not stored (rows nobody can read, growing without bound);
+    /// returns how many were ignored.
     pub async fn add_traffic(
         &self,
         service: &str,
         entries: &[(String, i64, TrafficCounts)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         self.write(|tx| {
             Box::pin(async move {
+                // Whether each key names a migration, asked once per key: a report's entries
+                // are many minutes of few migrations.
+                let mut exists: HashMap<&str, bool> = HashMap::new();
+                let mut unknown = 0;
                 for (key, minute, counts) in entries {
+                    let known = match exists.get(key.as_str()) {
+                        Some(known) => *known,
+                        None => {
+                            let n: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM migrations WHERE key = $1",
+                            )
+                            .bind(key)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                            exists.insert(key, n > 0);
+                            n > 0
+                        }
+                    };
+                    if !known {
+                        unknown += 1;
+                        continue;
+                    }
                     // Create the row if missing, then lock it (Postgres) and add to it.
                     sqlx::query(
                         "INSERT INTO traffic_minutes (migration_key, minute_ms, service, counts) \
@@ -234,7 +258,7 @@ impl Store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                Ok(())
+                Ok(unknown)
             })
         })
         .await
