@@ -5,8 +5,8 @@ use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
 use crate::store::{
-    Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner, Store,
-    TokenRecord,
+    Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner,
+    Registrant, Store, TokenRecord,
 };
 use rand::Rng;
 use std::sync::Arc;
@@ -54,6 +54,8 @@ pub struct App {
     pub client_ttl: Duration,
     /// How long per-minute traffic rollups are kept.
     pub traffic_retention: Duration,
+    /// How many live instances one token may have registered.
+    pub max_instances_per_token: u32,
     /// The contract gate's server-wide settings (soak floor, new-shape error limit).
     pub gate_policy: GatePolicy,
 }
@@ -471,7 +473,11 @@ impl App {
         match self
             .store
             .record_heartbeat(
-                who.token_id,
+                Registrant {
+                    token_id: who.token_id,
+                    live_after_ms: now - self.client_ttl.as_millis() as i64,
+                    max_live: u64::from(self.max_instances_per_token),
+                },
                 &service,
                 &instance_id,
                 applied,
@@ -485,6 +491,15 @@ impl App {
             }
             HeartbeatOutcome::OwnedBy(owner) => {
                 return Err(not_owner(who, &service, &instance_id, &owner, "update"));
+            }
+            HeartbeatOutcome::TooManyInstances => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "token {:?} already has {} live instances, the most one token may register \
+                     (--max-instances-per-token); instance {service}/{instance_id} is refused: \
+                     send goodbyes on shutdown, reuse instance ids, or give each deployment its \
+                     own token",
+                    who.name, self.max_instances_per_token
+                )));
             }
         }
         Ok(current)

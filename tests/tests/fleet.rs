@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchyard_domain::Version;
 use switchyard_proto::v1 as pb;
-use switchyard_tests::{CLIENT_TTL, Db, TestServer, both_databases, request_as};
+use switchyard_tests::{CLIENT_TTL, Db, TestClock, TestDb, TestServer, both_databases, request_as};
 
 #[derive(Clone, Copy, Debug)]
 enum Via {
@@ -256,7 +256,57 @@ async fn keys_that_name_no_migration_are_ignored_and_counted(db: Db) {
     assert!(unknown_reports(&srv, "telemetry").await >= before + 2);
 }
 
+async fn a_token_registers_a_bounded_number_of_live_instances(db: Db) {
+    let db = std::sync::Arc::new(TestDb::new(db).await);
+    let srv = TestServer::start_configured(db, TestClock::new(), |c| {
+        c.max_instances_per_token = 3;
+    })
+    .await;
+    let v = srv.snapshot_version().await;
+    let (a, _) = token(&srv, "app-a", "reader").await;
+    let (b, _) = token(&srv, "app-b", "reader").await;
+    for i in 1..=3 {
+        beat(&srv, Via::Http, &a, &format!("api-{i}"), v, &[], false)
+            .await
+            .unwrap();
+    }
+    for via in [Via::Http, Via::Grpc] {
+        let (code, message) = beat(&srv, via, &a, "api-4", v, &[], false)
+            .await
+            .expect_err("one more than the bound");
+        assert_eq!(code, denied(via), "{message}");
+        assert!(
+            message.contains("3 live instances") && message.contains("api/api-4"),
+            "{message}"
+        );
+    }
+    assert_eq!(fleet(&srv).await.1.len(), 3);
+    // The registered ones keep heartbeating; another token has its own bound.
+    beat(&srv, Via::Grpc, &a, "api-3", v, &[], false)
+        .await
+        .unwrap();
+    beat(&srv, Via::Grpc, &b, "api-b", v, &[], false)
+        .await
+        .unwrap();
+    // A goodbye, or an instance gone silent past the client TTL, frees a place.
+    beat(&srv, Via::Http, &a, "api-1", v, &[], true)
+        .await
+        .unwrap();
+    beat(&srv, Via::Http, &a, "api-4", v, &[], false)
+        .await
+        .unwrap();
+    beat(&srv, Via::Http, &a, "api-5", v, &[], false)
+        .await
+        .expect_err("at the bound again");
+    srv.clock
+        .advance(CLIENT_TTL + std::time::Duration::from_secs(1));
+    beat(&srv, Via::Http, &a, "api-5", v, &[], false)
+        .await
+        .unwrap();
+}
+
 both_databases!(
+    a_token_registers_a_bounded_number_of_live_instances,
     an_instance_belongs_to_the_token_that_registered_it,
     an_admin_removes_any_instance_and_a_revoked_owner_lets_go,
     keys_that_name_no_migration_are_ignored_and_counted,

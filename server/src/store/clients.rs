@@ -40,22 +40,54 @@ impl Store {
         .await
     }
 
-    /// Records a heartbeat sent with the token `token_id`, and which of `migrations` (those that
+    /// Records a heartbeat sent with the token `by.token_id`, and which of `migrations` (those that
     /// exist) the instance evaluates, in one transaction. The instance belongs to the token that
     /// registered it: a heartbeat from another token changes nothing and names the owner. An
     /// unowned row (from before owners were recorded) or one whose token is revoked or gone is
-    /// claimed, so a rotated token takes its instances over.
+    /// claimed, so a rotated token takes its instances over. An instance new to the token is
+    /// refused if the token already has `by.max_live` live instances.
     pub async fn record_heartbeat(
         &self,
-        token_id: u64,
+        by: Registrant,
         service: &str,
         instance_id: &str,
         applied: Version,
         migrations: &[String],
         now_ms: i64,
     ) -> Result<HeartbeatOutcome, StoreError> {
+        let token_id = by.token_id;
         self.write(|tx| {
             Box::pin(async move {
+                let held: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT token_id FROM client_instances WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if held != Some(Some(token_id as i64)) {
+                    // Registering (or claiming) one more: count only then, so the steady stream
+                    // of heartbeats costs no count. On Postgres the token's row is locked first,
+                    // so its concurrent registrations queue instead of all passing one count.
+                    sqlx::query(&format!(
+                        "SELECT id FROM api_tokens WHERE id = $1{}",
+                        self.backend.for_update()
+                    ))
+                    .bind(token_id as i64)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let live: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM client_instances WHERE token_id = $1 \
+                         AND last_seen_ms >= $2",
+                    )
+                    .bind(token_id as i64)
+                    .bind(by.live_after_ms)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if live as u64 >= by.max_live {
+                        return Ok(HeartbeatOutcome::TooManyInstances);
+                    }
+                }
                 let written = sqlx::query(
                     "INSERT INTO client_instances (service, instance_id, applied_version, \
                      first_seen_ms, last_seen_ms, token_id) VALUES ($1, $2, $3, $4, $4, $5) \
@@ -362,6 +394,18 @@ pub enum HeartbeatOutcome {
     Recorded { unknown_migrations: usize },
     /// Another token owns the instance: nothing was written.
     OwnedBy(InstanceOwner),
+    /// The instance is new to the token, which already has as many live instances as allowed:
+    /// nothing was written.
+    TooManyInstances,
+}
+
+/// The token a heartbeat comes with, and how many live instances (seen since `live_after_ms`)
+/// it may have registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registrant {
+    pub token_id: u64,
+    pub live_after_ms: i64,
+    pub max_live: u64,
 }
 
 /// The token that registered an instance (its id and name; never its secret).
