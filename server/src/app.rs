@@ -145,6 +145,20 @@ const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// The largest audit page.
 pub const MAX_AUDIT_PAGE: u32 = 500;
+/// Instances per page of `GET /v1/clients` when the caller does not say, and at most.
+pub const DEFAULT_INSTANCE_PAGE: u32 = 1000;
+pub const MAX_INSTANCE_PAGE: u32 = 5000;
+/// Between service and instance id in an instance page's cursor: a tab, which no label may
+/// hold, so any service name (slashes included) splits back unambiguously.
+const CURSOR_SEPARATOR: char = '\t';
+
+/// A page of instances (each with whether it is live) and the cursor of the next page, if the
+/// page is full.
+#[derive(Debug, Clone)]
+pub struct InstancePage {
+    pub instances: Vec<(ClientInstance, bool)>,
+    pub next: Option<String>,
+}
 pub use switchyard_proto::limits::{
     MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS, MAX_TELEMETRY_ENTRIES,
 };
@@ -505,31 +519,59 @@ impl App {
         Ok(current)
     }
 
-    /// Instances seen within the last hour (optionally only those evaluating `migration`);
-    /// `live` marks those within the client TTL.
+    /// One page of the instances seen within the last hour (optionally only those evaluating
+    /// `migration`), by service and instance id after the cursor `after` (the previous page's
+    /// `next`); `live` marks those within the client TTL. Paged because a fleet of thousands
+    /// would otherwise be one answer of megabytes.
     pub async fn instances(
         &self,
         who: &Principal,
         migration: Option<&str>,
-    ) -> Result<Vec<(ClientInstance, bool)>, ApiError> {
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<InstancePage, ApiError> {
         who.require(Permission::Read)?;
+        let limit = match limit {
+            None | Some(0) => DEFAULT_INSTANCE_PAGE,
+            Some(n) if n <= MAX_INSTANCE_PAGE => n,
+            Some(n) => {
+                return Err(ApiError::invalid(format!(
+                    "page size {n} is too large: allowed 1 to {MAX_INSTANCE_PAGE}"
+                )));
+            }
+        };
+        let after = match after.filter(|a| !a.is_empty()) {
+            None => None,
+            Some(cursor) => Some(cursor.split_once(CURSOR_SEPARATOR).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "invalid cursor {cursor:?}: pass the previous page's next_after"
+                ))
+            })?),
+        };
         let now = self.now();
         let window = Duration::from_secs(3600).max(self.client_ttl);
-        let all = match migration {
-            Some(key) => {
-                let key = MigrationKey::parse(key)?;
-                self.store.instances_of(key.as_str(), now, window).await?
-            }
-            None => self.store.instances(now, window).await?,
-        };
-        let live_after = now - self.client_ttl.as_millis() as i64;
-        Ok(all
-            .into_iter()
-            .map(|i| {
-                let live = i.last_seen_ms >= live_after;
-                (i, live)
+        let key = migration.map(MigrationKey::parse).transpose()?;
+        let page = self
+            .store
+            .instances_page(key.as_ref().map(|k| k.as_str()), now, window, after, limit)
+            .await?;
+        let next = (page.len() == limit as usize)
+            .then(|| {
+                page.last()
+                    .map(|i| format!("{}{CURSOR_SEPARATOR}{}", i.service, i.instance_id))
             })
-            .collect())
+            .flatten();
+        let live_after = now - self.client_ttl.as_millis() as i64;
+        Ok(InstancePage {
+            instances: page
+                .into_iter()
+                .map(|i| {
+                    let live = i.last_seen_ms >= live_after;
+                    (i, live)
+                })
+                .collect(),
+            next,
+        })
     }
 
     /// Adds a client's per-minute counts to the rollups.

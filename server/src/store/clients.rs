@@ -202,6 +202,44 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
+    /// One page of the instances seen within `window` (only those whose heartbeats name
+    /// `migration`, if given), ordered by service and instance id, starting after `after`.
+    pub async fn instances_page(
+        &self,
+        migration: Option<&str>,
+        now_ms: i64,
+        window: Duration,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ClientInstance>, StoreError> {
+        // Labels are never empty, so ("", "") is before every instance.
+        let (after_service, after_instance) = after.unwrap_or(("", ""));
+        let (join, only) = match migration {
+            Some(_) => (
+                " JOIN client_instance_migrations m ON m.service = i.service \
+                 AND m.instance_id = i.instance_id",
+                " AND m.migration_key = $5 AND m.last_seen_ms >= $1",
+            ),
+            None => ("", ""),
+        };
+        let sql = format!(
+            "SELECT i.service, i.instance_id, i.applied_version, i.first_seen_ms, \
+             i.last_seen_ms FROM client_instances i{join} WHERE i.last_seen_ms >= $1 \
+             AND (i.service > $2 OR (i.service = $2 AND i.instance_id > $3)){only} \
+             ORDER BY i.service, i.instance_id LIMIT $4"
+        );
+        let mut query = sqlx::query_as::<_, InstanceRow>(&sql)
+            .bind(now_ms - window.as_millis() as i64)
+            .bind(after_service)
+            .bind(after_instance)
+            .bind(i64::from(limit));
+        if let Some(key) = migration {
+            query = query.bind(key);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(InstanceRow::into_record).collect())
+    }
+
     /// Instances seen within `window` whose heartbeats name `key` among their migrations.
     pub async fn instances_of(
         &self,
