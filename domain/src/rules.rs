@@ -100,14 +100,26 @@ pub struct Fleet {
     pub live: Vec<LiveInstance>,
 }
 
+/// How many waiting instances a refusal names; the rest are counted. A fleet of thousands would
+/// otherwise make every refusal (and the audit-free retries that read it) hundreds of KB long.
+pub const NAMED_WAITING_INSTANCES: usize = 5;
+
 impl Fleet {
     /// What stands between `needed` and "applied by every live instance, with every expected
-    /// service live"; empty when nothing does.
+    /// service live"; empty when nothing does. Names the first [`NAMED_WAITING_INSTANCES`]
+    /// waiting instances by service and instance id (a stable order, so a repeated refusal reads
+    /// the same) and counts the rest ("and N more instances"); then every expected service with
+    /// no live instance (few: the migration lists them).
     pub fn not_applied(&self, needed: Version, expected_services: &[String]) -> Vec<String> {
-        let mut waiting: Vec<String> = self
+        let mut behind: Vec<&LiveInstance> = self
             .live
             .iter()
             .filter(|i| i.applied_version < needed)
+            .collect();
+        behind.sort_by(|a, b| (&a.service, &a.instance_id).cmp(&(&b.service, &b.instance_id)));
+        let mut waiting: Vec<String> = behind
+            .iter()
+            .take(NAMED_WAITING_INSTANCES)
             .map(|i| {
                 format!(
                     "instance {} of {} has applied version {}, needs {} or later",
@@ -115,6 +127,13 @@ impl Fleet {
                 )
             })
             .collect();
+        let more = behind.len().saturating_sub(NAMED_WAITING_INSTANCES);
+        if more > 0 {
+            waiting.push(format!(
+                "and {more} more instance{}",
+                if more == 1 { "" } else { "s" }
+            ));
+        }
         waiting.extend(
             expected_services
                 .iter()

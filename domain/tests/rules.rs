@@ -383,6 +383,78 @@ fn rule3_backfill_needs_every_live_instance_and_expected_service() {
 }
 
 #[test]
+fn a_large_waiting_fleet_is_named_in_part_and_counted() {
+    // 20,000 lagging instances, listed out of order: the first five by service and instance id
+    // are named, the rest counted; expected services without a live instance still follow.
+    let live: Vec<LiveInstance> = (0..20_000)
+        .rev()
+        .map(|i| instance("api", &format!("api-{i:05}"), 1))
+        .chain([instance("worker", "w-1", 9)])
+        .collect();
+    let waiting = Fleet { live: live.clone() }.not_applied(Version(9), &["cron".to_owned()]);
+    assert_eq!(
+        waiting,
+        vec![
+            "instance api-00000 of api has applied version 1, needs 9 or later",
+            "instance api-00001 of api has applied version 1, needs 9 or later",
+            "instance api-00002 of api has applied version 1, needs 9 or later",
+            "instance api-00003 of api has applied version 1, needs 9 or later",
+            "instance api-00004 of api has applied version 1, needs 9 or later",
+            "and 19995 more instances",
+            "expected service cron has no live instance",
+        ]
+    );
+    // Exactly five: all named, nothing counted; six: one more.
+    let five = fleet(&[
+        ("a", "1", 0),
+        ("a", "2", 0),
+        ("a", "3", 0),
+        ("a", "4", 0),
+        ("a", "5", 0),
+    ]);
+    let named = five.not_applied(Version(1), &[]);
+    assert_eq!(named.len(), 5);
+    assert!(
+        named.iter().all(|w| w.starts_with("instance ")),
+        "{named:?}"
+    );
+    let mut six = five.clone();
+    six.live.push(instance("a", "0", 0));
+    let named = six.not_applied(Version(1), &[]);
+    assert_eq!(
+        named.first().map(String::as_str),
+        Some("instance 0 of a has applied version 0, needs 1 or later")
+    );
+    assert_eq!(
+        named.last().map(String::as_str),
+        Some("and 1 more instance")
+    );
+
+    // Rule 3's refusal stays short.
+    let mut d = Driver::new(true, &[]);
+    d.ok(Operation::Record(Event::ExpandApplied));
+    d.ok(Operation::Advance);
+    d.ok(ramp(10_000));
+    let since = d.m.version.0;
+    let lagging: Vec<LiveInstance> = live
+        .into_iter()
+        .map(|i| LiveInstance {
+            applied_version: Version(since - 1),
+            ..i
+        })
+        .collect();
+    let msg = d.refused_with(
+        Operation::Record(Event::BackfillStarted),
+        &Fleet { live: lagging },
+        Rule::BackfillAfterDualWrite,
+    );
+    contains(&msg, "instance api-00004 of api");
+    contains(&msg, "and 19996 more instances");
+    assert!(!msg.contains("api-00005"), "{msg}");
+    assert!(msg.len() < 1_000, "{} bytes", msg.len());
+}
+
+#[test]
 fn rule3_stepping_back_from_100_percent_resets_the_applied_bar() {
     let mut d = Driver::new(true, &["api"]);
     let started = Operation::Record(Event::BackfillStarted);

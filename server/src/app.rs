@@ -4,7 +4,10 @@
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
-use crate::store::{Alongside, AuditRecord, Checkpoint, ClientInstance, Store, TokenRecord};
+use crate::store::{
+    Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner,
+    Registrant, Store, TokenRecord,
+};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +54,8 @@ pub struct App {
     pub client_ttl: Duration,
     /// How long per-minute traffic rollups are kept.
     pub traffic_retention: Duration,
+    /// How many live instances one token may have registered.
+    pub max_instances_per_token: u32,
     /// The contract gate's server-wide settings (soak floor, new-shape error limit).
     pub gate_policy: GatePolicy,
 }
@@ -140,6 +145,20 @@ const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// The largest audit page.
 pub const MAX_AUDIT_PAGE: u32 = 500;
+/// Instances per page of `GET /v1/clients` when the caller does not say, and at most.
+pub const DEFAULT_INSTANCE_PAGE: u32 = 1000;
+pub const MAX_INSTANCE_PAGE: u32 = 5000;
+/// Between service and instance id in an instance page's cursor: a tab, which no label may
+/// hold, so any service name (slashes included) splits back unambiguously.
+const CURSOR_SEPARATOR: char = '\t';
+
+/// A page of instances (each with whether it is live) and the cursor of the next page, if the
+/// page is full.
+#[derive(Debug, Clone)]
+pub struct InstancePage {
+    pub instances: Vec<(ClientInstance, bool)>,
+    pub next: Option<String>,
+}
 pub use switchyard_proto::limits::{
     MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS, MAX_TELEMETRY_ENTRIES,
 };
@@ -431,8 +450,17 @@ impl App {
         let service = parse_label("service name", service)?;
         let instance_id = parse_label("instance id", instance_id)?;
         if leaving {
-            // A clean shutdown: no longer live, so nothing waits for its acknowledgements.
-            self.store.forget_instance(&service, &instance_id).await?;
+            // A clean shutdown: no longer live, so nothing waits for its acknowledgements. Only
+            // the token that registered the instance may say goodbye for it, or an admin (to
+            // remove an instance by hand), so no token can shrink the fleet the rules count.
+            let any = who.role == Role::Admin;
+            if let Some(owner) = self
+                .store
+                .forget_instance(who.token_id, any, &service, &instance_id)
+                .await?
+            {
+                return Err(not_owner(who, &service, &instance_id, &owner, "remove"));
+            }
             return Ok(self.hub.snapshot().version);
         }
         if migrations.len() > MAX_REPORTED_MIGRATIONS {
@@ -456,40 +484,94 @@ impl App {
             }
         }
         let now = self.now();
-        self.store
-            .heartbeat(&service, &instance_id, applied, now)
-            .await?;
-        self.store
-            .heartbeat_migrations(&service, &instance_id, &migrations, now)
-            .await?;
+        match self
+            .store
+            .record_heartbeat(
+                Registrant {
+                    token_id: who.token_id,
+                    live_after_ms: now - self.client_ttl.as_millis() as i64,
+                    max_live: u64::from(self.max_instances_per_token),
+                },
+                &service,
+                &instance_id,
+                applied,
+                &migrations,
+                now,
+            )
+            .await?
+        {
+            HeartbeatOutcome::Recorded { unknown_migrations } => {
+                crate::metrics::record_unknown_migrations("heartbeat", unknown_migrations);
+            }
+            HeartbeatOutcome::OwnedBy(owner) => {
+                return Err(not_owner(who, &service, &instance_id, &owner, "update"));
+            }
+            HeartbeatOutcome::TooManyInstances => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "token {:?} already has {} live instances, the most one token may register \
+                     (--max-instances-per-token); instance {service}/{instance_id} is refused: \
+                     send goodbyes on shutdown, reuse instance ids, or give each deployment its \
+                     own token",
+                    who.name, self.max_instances_per_token
+                )));
+            }
+        }
         Ok(current)
     }
 
-    /// Instances seen within the last hour (optionally only those evaluating `migration`);
-    /// `live` marks those within the client TTL.
+    /// One page of the instances seen within the last hour (optionally only those evaluating
+    /// `migration`), by service and instance id after the cursor `after` (the previous page's
+    /// `next`); `live` marks those within the client TTL. Paged because a fleet of thousands
+    /// would otherwise be one answer of megabytes.
     pub async fn instances(
         &self,
         who: &Principal,
         migration: Option<&str>,
-    ) -> Result<Vec<(ClientInstance, bool)>, ApiError> {
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<InstancePage, ApiError> {
         who.require(Permission::Read)?;
+        let limit = match limit {
+            None | Some(0) => DEFAULT_INSTANCE_PAGE,
+            Some(n) if n <= MAX_INSTANCE_PAGE => n,
+            Some(n) => {
+                return Err(ApiError::invalid(format!(
+                    "page size {n} is too large: allowed 1 to {MAX_INSTANCE_PAGE}"
+                )));
+            }
+        };
+        let after = match after.filter(|a| !a.is_empty()) {
+            None => None,
+            Some(cursor) => Some(cursor.split_once(CURSOR_SEPARATOR).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "invalid cursor {cursor:?}: pass the previous page's next_after"
+                ))
+            })?),
+        };
         let now = self.now();
         let window = Duration::from_secs(3600).max(self.client_ttl);
-        let all = match migration {
-            Some(key) => {
-                let key = MigrationKey::parse(key)?;
-                self.store.instances_of(key.as_str(), now, window).await?
-            }
-            None => self.store.instances(now, window).await?,
-        };
-        let live_after = now - self.client_ttl.as_millis() as i64;
-        Ok(all
-            .into_iter()
-            .map(|i| {
-                let live = i.last_seen_ms >= live_after;
-                (i, live)
+        let key = migration.map(MigrationKey::parse).transpose()?;
+        let page = self
+            .store
+            .instances_page(key.as_ref().map(|k| k.as_str()), now, window, after, limit)
+            .await?;
+        let next = (page.len() == limit as usize)
+            .then(|| {
+                page.last()
+                    .map(|i| format!("{}{CURSOR_SEPARATOR}{}", i.service, i.instance_id))
             })
-            .collect())
+            .flatten();
+        let live_after = now - self.client_ttl.as_millis() as i64;
+        Ok(InstancePage {
+            instances: page
+                .into_iter()
+                .map(|i| {
+                    let live = i.last_seen_ms >= live_after;
+                    (i, live)
+                })
+                .collect(),
+            next,
+        })
     }
 
     /// Adds a client's per-minute counts to the rollups.
@@ -530,7 +612,8 @@ impl App {
                 valid.push((key.to_string(), minute, counts));
             }
         }
-        self.store.add_traffic(&service, &valid).await?;
+        let unknown = self.store.add_traffic(&service, &valid).await?;
+        crate::metrics::record_unknown_migrations("telemetry", unknown);
         Ok(())
     }
 
@@ -773,4 +856,24 @@ fn checkpoint_admitted(m: &Migration, run: Option<Version>) -> Result<(), Domain
         )));
     }
     Ok(())
+}
+
+/// The refusal of a heartbeat or goodbye for an instance another token registered: names the
+/// owner by name and id (never its secret) so the operator can tell which deployment collides.
+fn not_owner(
+    who: &Principal,
+    service: &str,
+    instance_id: &str,
+    owner: &InstanceOwner,
+    verb: &str,
+) -> ApiError {
+    let owner_name = owner
+        .name
+        .as_deref()
+        .map_or_else(|| "a deleted token".to_owned(), |n| format!("token {n:?}"));
+    ApiError::PermissionDenied(format!(
+        "instance {service}/{instance_id} belongs to {owner_name} (id {}), which registered it; \
+         token {:?} (id {}) may not {verb} it: give each deployment its own instance ids",
+        owner.token_id, who.name, who.token_id
+    ))
 }

@@ -41,11 +41,24 @@ fn describe() {
         "switchyard_refusals_total",
         "Mutations refused, by safety rule"
     );
+    metrics::describe_counter!(
+        "switchyard_unknown_migration_reports_total",
+        "Migration keys in heartbeats and telemetry that name no migration (ignored), by source"
+    );
 }
 
 pub fn record_refusal(rule: switchyard_domain::Rule) {
     metrics::counter!("switchyard_refusals_total", "rule" => rule.number().to_string())
         .increment(1);
+}
+
+/// Counts migration keys a client reported that name no migration: they are not stored, and a
+/// growing count points at a client built against migrations this server never had.
+pub fn record_unknown_migrations(source: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("switchyard_unknown_migration_reports_total", "source" => source)
+            .increment(count as u64);
+    }
 }
 
 /// Counts an open watch stream for as long as it lives.

@@ -30,6 +30,12 @@ pub fn document() -> Value {
     );
     // A count a runner reports; the bound is the domain's (the databases' BIGINT).
     let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
+    // The instance lists' paging (a fleet of thousands would otherwise be one huge answer).
+    let page_limit = json!({ "name": "limit", "in": "query",
+        "schema": { "type": "integer", "minimum": 1, "maximum": crate::app::MAX_INSTANCE_PAGE,
+            "default": crate::app::DEFAULT_INSTANCE_PAGE } });
+    let page_after = json!({ "name": "after", "in": "query", "schema": { "type": "string" },
+        "description": "The previous page's `next_after` (an opaque cursor); absent for the first page" });
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
     let errors = |codes: &[&str]| -> Value {
@@ -130,12 +136,13 @@ pub fn document() -> Value {
                     "requestBody": body("Heartbeat"),
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
                         "type": "object", "properties": { "snapshot_version": { "type": "integer" } } } } } },
-                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"],
+                        "403": { "description": "The instance belongs to another token (the one that registered it); an admin token may remove any instance", "content": errors(&["403"])["403"]["content"] } } }
             },
             "/v1/clients/telemetry": {
                 "post": { "summary": "A client instance reports per-minute counts per migration (batched)",
                     "requestBody": body("Telemetry"),
-                    "responses": { "204": { "description": "Added to the rollups" },
+                    "responses": { "204": { "description": "Added to the rollups (entries for keys that name no migration are ignored and counted in a metric)" },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "413": errors(&["413"])["413"] } }
             },
             "/v1/migrations/{key}/traffic": {
@@ -145,11 +152,11 @@ pub fn document() -> Value {
                     "responses": ok("Traffic", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/instances": {
-                "get": { "summary": "Client instances (last hour) whose heartbeats name this migration",
-                    "parameters": [key.clone()], "responses": { "200": { "description": "OK",
-                    "content": { "application/json": { "schema": { "type": "object", "properties": {
-                        "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
-                    "401": errors(&["401"])["401"] } }
+                "get": { "summary": "Client instances (last hour) whose heartbeats name this migration, a page at a time",
+                    "parameters": [key.clone(), page_limit.clone(), page_after.clone()],
+                    "responses": { "200": { "description": "OK",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstancePage" } } } },
+                    "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
             "/v1/migrations/{key}/gate": {
                 "get": { "summary": "The contract gate: may the old shape be dropped now? Every check with evidence and remedy",
@@ -188,13 +195,13 @@ pub fn document() -> Value {
                         "401": errors(&["401"])["401"] } }
             },
             "/v1/clients": {
-                "get": { "summary": "Client instances seen in the last hour",
+                "get": { "summary": "Client instances seen in the last hour, a page at a time (by service and instance id)",
                     "parameters": [{ "name": "migration", "in": "query", "schema": { "type": "string" },
-                        "description": "Only instances that evaluate this migration" }],
+                        "description": "Only instances that evaluate this migration" },
+                        page_limit.clone(), page_after.clone()],
                     "responses": { "200": { "description": "OK",
-                    "content": { "application/json": { "schema": { "type": "object", "properties": {
-                        "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } } } },
-                    "401": errors(&["401"])["401"] } }
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstancePage" } } } },
+                    "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
             "/v1/tokens": {
                 "get": { "summary": "List tokens (admin)", "responses": { "200": { "description": "OK" }, "403": errors(&["403"])["403"] } },
@@ -272,10 +279,14 @@ pub fn document() -> Value {
                         "actor": { "type": "string" }, "at_ms": { "type": "integer" }, "action": { "type": "string" },
                         "reason": { "type": "string" }, "before": {}, "after": {} } } },
                     "next_before_id": { "type": ["integer", "null"] } } },
+                "InstancePage": { "type": "object", "required": ["instances"], "properties": {
+                    "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } },
+                    "next_after": { "type": "string",
+                        "description": "Pass as `after` for the next page; absent on the last page" } } },
                 "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
                     "migrations": { "type": "array", "items": { "type": "string" }, "maxItems": 1000,
-                        "description": "Migrations this instance evaluates" },
+                        "description": "Migrations this instance evaluates (keys naming no migration are ignored)" },
                     "leaving": { "type": "boolean", "default": false,
                         "description": "A clean shutdown: the instance is forgotten now instead of after the client TTL" } } },
                 "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,

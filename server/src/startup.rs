@@ -81,6 +81,16 @@ pub struct ServeConfig {
     /// server from stopping).
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
+    /// How many live client instances one token may have registered: a heartbeat registering
+    /// one more is refused, so one token (a leaked reader token, a crash-looping deployment with
+    /// fresh instance ids) cannot swell the fleet the safety rules wait on.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_INSTANCES_PER_TOKEN",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_instances_per_token: u32,
 }
 
 impl Default for ServeConfig {
@@ -100,6 +110,7 @@ impl Default for ServeConfig {
             change_poll_interval: Duration::from_secs(2),
             change_notifications: true,
             shutdown_drain: Duration::from_secs(10),
+            max_instances_per_token: 1000,
         }
     }
 }
@@ -161,6 +172,7 @@ impl Server {
             clock,
             client_ttl: config.client_ttl,
             traffic_retention: config.traffic_retention,
+            max_instances_per_token: config.max_instances_per_token,
             gate_policy: GatePolicy {
                 min_soak_seconds: config.min_soak.as_secs(),
                 max_new_error_ratio: config.gate_max_new_error_ratio,

@@ -293,14 +293,21 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let who = self.caller(&request).await?;
         let r = request.into_inner();
         let migration = (!r.migration.is_empty()).then_some(r.migration.as_str());
-        match self.app.instances(&who, migration).await {
-            Ok(list) => ok(
+        let after = (!r.after.is_empty()).then_some(r.after.as_str());
+        match self
+            .app
+            .instances(&who, migration, Some(r.limit), after)
+            .await
+        {
+            Ok(page) => ok(
                 M,
                 pb::ListInstancesResponse {
-                    instances: list
+                    instances: page
+                        .instances
                         .into_iter()
                         .map(|(i, live)| convert::instance(i, live))
                         .collect(),
+                    next_after: page.next.unwrap_or_default(),
                 },
             ),
             Err(e) => Err(status(M, e)),

@@ -520,6 +520,8 @@ async fn heartbeat(
 #[serde(deny_unknown_fields)]
 struct InstancesQuery {
     migration: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
 }
 
 async fn instances(
@@ -528,22 +530,37 @@ async fn instances(
     query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<wire::Instances>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
-    let instances = app
-        .instances(&who, q.migration.as_deref())
-        .await?
-        .into_iter()
-        .map(|(i, live)| json::instance(i, live))
-        .collect();
-    Ok(axum::Json(wire::Instances { instances }))
+    let page = app
+        .instances(&who, q.migration.as_deref(), q.limit, q.after.as_deref())
+        .await?;
+    Ok(axum::Json(wire::Instances {
+        instances: page
+            .instances
+            .into_iter()
+            .map(|(i, live)| json::instance(i, live))
+            .collect(),
+        next_after: page.next,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<u32>,
+    after: Option<String>,
 }
 
 async fn migration_instances(
     state: State<Arc<App>>,
     caller: Caller,
     Path(key): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<wire::Instances>, ApiError> {
+    let Query(page) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let query = InstancesQuery {
         migration: Some(key),
+        limit: page.limit,
+        after: page.after,
     };
     instances(state, caller, Ok(Query(query))).await
 }

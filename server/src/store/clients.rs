@@ -4,12 +4,14 @@
 use super::rows::{ClientInstance, InstanceRow};
 use super::state::{counts_json, parse_counts};
 use super::{Store, StoreError, Tx};
+use std::collections::HashMap;
 use std::time::Duration;
 use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Version};
 
 impl Store {
-    /// Records that an instance is alive and which snapshot version it has applied.
+    /// Records that an instance is alive and which snapshot version it has applied, without
+    /// claiming it for a token (tools and store tests; the API uses `record_heartbeat`).
     pub async fn heartbeat(
         &self,
         service: &str,
@@ -38,24 +40,147 @@ impl Store {
         .await
     }
 
-    /// Forgets an instance that shut down cleanly (and which migrations it evaluated).
-    pub async fn forget_instance(
+    /// Records a heartbeat sent with the token `by.token_id`, and which of `migrations` (those that
+    /// exist) the instance evaluates, in one transaction. The instance belongs to the token that
+    /// registered it: a heartbeat from another token changes nothing and names the owner. An
+    /// unowned row (from before owners were recorded) or one whose token is revoked or gone is
+    /// claimed, so a rotated token takes its instances over. An instance new to the token is
+    /// refused if the token already has `by.max_live` live instances.
+    pub async fn record_heartbeat(
         &self,
+        by: Registrant,
         service: &str,
         instance_id: &str,
-    ) -> Result<(), StoreError> {
+        applied: Version,
+        migrations: &[String],
+        now_ms: i64,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let token_id = by.token_id;
         self.write(|tx| {
             Box::pin(async move {
-                for table in ["client_instance_migrations", "client_instances"] {
+                let held: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT token_id FROM client_instances WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if held != Some(Some(token_id as i64)) {
+                    // Registering (or claiming) one more: count only then, so the steady stream
+                    // of heartbeats costs no count. On Postgres the token's row is locked first,
+                    // so its concurrent registrations queue instead of all passing one count.
                     sqlx::query(&format!(
-                        "DELETE FROM {table} WHERE service = $1 AND instance_id = $2"
+                        "SELECT id FROM api_tokens WHERE id = $1{}",
+                        self.backend.for_update()
                     ))
+                    .bind(token_id as i64)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let live: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM client_instances WHERE token_id = $1 \
+                         AND last_seen_ms >= $2",
+                    )
+                    .bind(token_id as i64)
+                    .bind(by.live_after_ms)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if live as u64 >= by.max_live {
+                        return Ok(HeartbeatOutcome::TooManyInstances);
+                    }
+                }
+                let written = sqlx::query(
+                    "INSERT INTO client_instances (service, instance_id, applied_version, \
+                     first_seen_ms, last_seen_ms, token_id) VALUES ($1, $2, $3, $4, $4, $5) \
+                     ON CONFLICT (service, instance_id) DO UPDATE SET \
+                     applied_version = excluded.applied_version, \
+                     last_seen_ms = excluded.last_seen_ms, token_id = excluded.token_id \
+                     WHERE client_instances.token_id = excluded.token_id OR NOT EXISTS \
+                     (SELECT 1 FROM api_tokens t WHERE t.id = client_instances.token_id \
+                     AND t.revoked_at_ms IS NULL)",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(applied.0 as i64)
+                .bind(now_ms)
+                .bind(token_id as i64)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if written == 0 {
+                    return match owner(tx, service, instance_id).await? {
+                        Some(owner) => Ok(HeartbeatOutcome::OwnedBy(owner)),
+                        None => Err(StoreError::Corrupt(format!(
+                            "instance {service}/{instance_id}: heartbeat neither written nor owned"
+                        ))),
+                    };
+                }
+                // Keys of migrations that do not exist are not stored (a typo or a stale build
+                // would otherwise grow the table without bound); the caller counts them.
+                let mut unknown_migrations = 0;
+                for key in migrations {
+                    let stored = sqlx::query(
+                        "INSERT INTO client_instance_migrations (service, instance_id, \
+                         migration_key, last_seen_ms) SELECT $1, $2, $3, $4 \
+                         WHERE EXISTS (SELECT 1 FROM migrations WHERE key = $3) \
+                         ON CONFLICT (migration_key, service, instance_id) DO UPDATE SET \
+                         last_seen_ms = excluded.last_seen_ms",
+                    )
                     .bind(service)
                     .bind(instance_id)
+                    .bind(key)
+                    .bind(now_ms)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if stored == 0 {
+                        unknown_migrations += 1;
+                    }
                 }
-                Ok(())
+                Ok(HeartbeatOutcome::Recorded { unknown_migrations })
+            })
+        })
+        .await
+    }
+
+    /// Forgets an instance that shut down cleanly (and which migrations it evaluated), if
+    /// `token_id` owns it (or may remove any instance: `any`, an admin). Otherwise nothing
+    /// changes and the owner is returned. An instance that is not there is already forgotten.
+    pub async fn forget_instance(
+        &self,
+        token_id: u64,
+        any: bool,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceOwner>, StoreError> {
+        self.write(|tx| {
+            Box::pin(async move {
+                // One conditional statement, so a concurrent claim cannot slip in between a
+                // check and the delete.
+                let removed = sqlx::query(
+                    "DELETE FROM client_instances WHERE service = $1 AND instance_id = $2 \
+                     AND ($3 OR token_id = $4 OR NOT EXISTS (SELECT 1 FROM api_tokens t \
+                     WHERE t.id = client_instances.token_id AND t.revoked_at_ms IS NULL))",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(any)
+                .bind(token_id as i64)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if removed == 0 {
+                    if let Some(owner) = owner(tx, service, instance_id).await? {
+                        return Ok(Some(owner));
+                    }
+                }
+                sqlx::query(
+                    "DELETE FROM client_instance_migrations WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .execute(&mut **tx)
+                .await?;
+                Ok(None)
             })
         })
         .await
@@ -77,37 +202,42 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
-    /// Records which migrations an instance evaluates (as of its latest heartbeat).
-    pub async fn heartbeat_migrations(
+    /// One page of the instances seen within `window` (only those whose heartbeats name
+    /// `migration`, if given), ordered by service and instance id, starting after `after`.
+    pub async fn instances_page(
         &self,
-        service: &str,
-        instance_id: &str,
-        migrations: &[String],
+        migration: Option<&str>,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        if migrations.is_empty() {
-            return Ok(());
+        window: Duration,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ClientInstance>, StoreError> {
+        // Labels are never empty, so ("", "") is before every instance.
+        let (after_service, after_instance) = after.unwrap_or(("", ""));
+        let (join, only) = match migration {
+            Some(_) => (
+                " JOIN client_instance_migrations m ON m.service = i.service \
+                 AND m.instance_id = i.instance_id",
+                " AND m.migration_key = $5 AND m.last_seen_ms >= $1",
+            ),
+            None => ("", ""),
+        };
+        let sql = format!(
+            "SELECT i.service, i.instance_id, i.applied_version, i.first_seen_ms, \
+             i.last_seen_ms FROM client_instances i{join} WHERE i.last_seen_ms >= $1 \
+             AND (i.service > $2 OR (i.service = $2 AND i.instance_id > $3)){only} \
+             ORDER BY i.service, i.instance_id LIMIT $4"
+        );
+        let mut query = sqlx::query_as::<_, InstanceRow>(&sql)
+            .bind(now_ms - window.as_millis() as i64)
+            .bind(after_service)
+            .bind(after_instance)
+            .bind(i64::from(limit));
+        if let Some(key) = migration {
+            query = query.bind(key);
         }
-        self.write(|tx| {
-            Box::pin(async move {
-                for key in migrations {
-                    sqlx::query(
-                        "INSERT INTO client_instance_migrations (service, instance_id, \
-                         migration_key, last_seen_ms) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (migration_key, service, instance_id) DO UPDATE SET \
-                         last_seen_ms = excluded.last_seen_ms",
-                    )
-                    .bind(service)
-                    .bind(instance_id)
-                    .bind(key)
-                    .bind(now_ms)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
     /// Instances seen within `window` whose heartbeats name `key` among their migrations.
@@ -131,15 +261,38 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
-    /// Adds one service's counts to the per-minute rollups, all in one transaction.
+    /// Adds one service's counts to the per-minute rollups, all in one transaction. Entries for
+    /// keys that name no migration are not stored (rows nobody can read, growing without bound);
+    /// returns how many were ignored.
     pub async fn add_traffic(
         &self,
         service: &str,
         entries: &[(String, i64, TrafficCounts)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         self.write(|tx| {
             Box::pin(async move {
+                // Whether each key names a migration, asked once per key: a report's entries
+                // are many minutes of few migrations.
+                let mut exists: HashMap<&str, bool> = HashMap::new();
+                let mut unknown = 0;
                 for (key, minute, counts) in entries {
+                    let known = match exists.get(key.as_str()) {
+                        Some(known) => *known,
+                        None => {
+                            let n: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM migrations WHERE key = $1",
+                            )
+                            .bind(key)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                            exists.insert(key, n > 0);
+                            n > 0
+                        }
+                    };
+                    if !known {
+                        unknown += 1;
+                        continue;
+                    }
                     // Create the row if missing, then lock it (Postgres) and add to it.
                     sqlx::query(
                         "INSERT INTO traffic_minutes (migration_key, minute_ms, service, counts) \
@@ -175,7 +328,7 @@ impl Store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                Ok(())
+                Ok(unknown)
             })
         })
         .await
@@ -270,4 +423,66 @@ pub(super) async fn load_fleet(
             })
             .collect(),
     })
+}
+
+/// What a heartbeat did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Recorded; `unknown_migrations` of the keys it named are not migrations and were ignored.
+    Recorded { unknown_migrations: usize },
+    /// Another token owns the instance: nothing was written.
+    OwnedBy(InstanceOwner),
+    /// The instance is new to the token, which already has as many live instances as allowed:
+    /// nothing was written.
+    TooManyInstances,
+}
+
+/// The token a heartbeat comes with, and how many live instances (seen since `live_after_ms`)
+/// it may have registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registrant {
+    pub token_id: u64,
+    pub live_after_ms: i64,
+    pub max_live: u64,
+}
+
+/// The token that registered an instance (its id and name; never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceOwner {
+    pub token_id: u64,
+    /// `None` if the token no longer exists.
+    pub name: Option<String>,
+    /// The token exists and is not revoked: its ownership holds.
+    pub active: bool,
+}
+
+/// The owner of an instance, if it has one.
+async fn owner(
+    tx: &mut Tx<'_>,
+    service: &str,
+    instance_id: &str,
+) -> Result<Option<InstanceOwner>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct OwnerRow {
+        token_id: Option<i64>,
+        name: Option<String>,
+        found: Option<i64>,
+        revoked_at_ms: Option<i64>,
+    }
+    let row: Option<OwnerRow> = sqlx::query_as(
+        "SELECT i.token_id, t.name, t.id AS found, t.revoked_at_ms FROM client_instances i \
+         LEFT JOIN api_tokens t ON t.id = i.token_id \
+         WHERE i.service = $1 AND i.instance_id = $2",
+    )
+    .bind(service)
+    .bind(instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(InstanceOwner {
+            token_id: r.token_id? as u64,
+            active: r.found.is_some() && r.revoked_at_ms.is_none(),
+            name: r.name,
+        })
+    }))
 }

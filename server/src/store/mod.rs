@@ -36,6 +36,7 @@ use switchyard_domain::{Migration, Version};
 use tokio::sync::Mutex;
 
 pub use checkpoints::Checkpoint;
+pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
 pub use migrations::{Alongside, Mutated};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};
 
