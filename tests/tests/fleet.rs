@@ -4,7 +4,6 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchyard_domain::Version;
 use switchyard_proto::v1 as pb;
 use switchyard_tests::{CLIENT_TTL, Db, TestClock, TestDb, TestServer, both_databases, request_as};
 
@@ -170,12 +169,7 @@ async fn an_admin_removes_any_instance_and_a_revoked_owner_lets_go(db: Db) {
     assert_eq!(fleet(&srv).await.1, vec![]);
     // A row from before owners were recorded is claimed by the next token that heartbeats it.
     let now = srv.clock.clock()();
-    srv.server
-        .app
-        .store
-        .heartbeat("api", "legacy-1", Version(v), now)
-        .await
-        .unwrap();
+    legacy_instance(&srv, "api", "legacy-1", v, now).await;
     beat(&srv, Via::Grpc, &b, "legacy-1", v, &[], false)
         .await
         .unwrap();
@@ -416,3 +410,22 @@ both_databases!(
     an_admin_removes_any_instance_and_a_revoked_owner_lets_go,
     keys_that_name_no_migration_are_ignored_and_counted,
 );
+
+/// An instance row as the migration that added owners left an older one: no token.
+async fn legacy_instance(srv: &TestServer, service: &str, instance_id: &str, v: u64, now: i64) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&srv.db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO client_instances (service, instance_id, applied_version, first_seen_ms, \
+         last_seen_ms) VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind(service)
+    .bind(instance_id)
+    .bind(v as i64)
+    .bind(now)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}

@@ -17,7 +17,8 @@ use switchyard_domain::{
 };
 use switchyard_server::auth::hash_token;
 use switchyard_server::store::{
-    Alongside, AuditRecord, Checkpoint, ClientInstance, Store, StoreError, TokenRecord,
+    Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, Registrant, Store,
+    StoreError, TokenRecord,
 };
 use switchyard_tests::{Db, TestDb, both_databases};
 
@@ -83,6 +84,28 @@ fn ramp(stage: Option<Stage>, bp: u32) -> Operation {
 }
 
 /// The refusal of a mutation, and the unchanged state it carries.
+/// A heartbeat as the API records it, from one reader token with no instance bound.
+async fn beat(
+    store: &Store,
+    service: &str,
+    instance_id: &str,
+    applied: Version,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let by = Registrant {
+        token_id: 1,
+        live_after_ms: i64::MIN,
+        max_live: u64::MAX,
+    };
+    match store
+        .record_heartbeat(by, service, instance_id, applied, &[], now_ms)
+        .await?
+    {
+        HeartbeatOutcome::Recorded { .. } => Ok(()),
+        other => panic!("heartbeat of {service}/{instance_id} not recorded: {other:?}"),
+    }
+}
+
 fn refused<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (DomainError, Migration) {
     match result {
         Err(StoreError::Refused { error, current }) => (error, *current),
@@ -669,20 +692,14 @@ async fn heartbeats_and_the_live_fleet(db: Db) {
     let db = TestDb::new(db).await;
     let store = open(&db).await;
     let ttl_ms = TTL.as_millis() as i64;
-    store
-        .heartbeat("api", "api-1", Version(0), T0)
+    beat(&store, "api", "api-1", Version(0), T0).await.unwrap();
+    beat(&store, "api", "api-old", Version(0), T0 - 40_000)
         .await
         .unwrap();
-    store
-        .heartbeat("api", "api-old", Version(0), T0 - 40_000)
+    beat(&store, "worker", "w-1", Version(0), T0 - ttl_ms + 1)
         .await
         .unwrap();
-    store
-        .heartbeat("worker", "w-1", Version(0), T0 - ttl_ms + 1)
-        .await
-        .unwrap();
-    store
-        .heartbeat("worker", "w-edge", Version(0), T0 - ttl_ms - 1)
+    beat(&store, "worker", "w-edge", Version(0), T0 - ttl_ms - 1)
         .await
         .unwrap();
 
@@ -707,8 +724,7 @@ async fn heartbeats_and_the_live_fleet(db: Db) {
     );
 
     // Upsert: same (service, instance) updates applied version and last_seen, keeps first_seen.
-    store
-        .heartbeat("api", "api-1", Version(1), T0 + 500)
+    beat(&store, "api", "api-1", Version(1), T0 + 500)
         .await
         .unwrap();
     let api1: Vec<ClientInstance> = store
@@ -729,8 +745,7 @@ async fn heartbeats_and_the_live_fleet(db: Db) {
         }]
     );
     // The same instance id under another service is another instance.
-    store
-        .heartbeat("worker", "api-1", Version(0), T0)
+    beat(&store, "worker", "api-1", Version(0), T0)
         .await
         .unwrap();
     assert_eq!(
@@ -778,16 +793,14 @@ async fn heartbeats_and_the_live_fleet(db: Db) {
     let since = m.full_since[&Stage::DualWrite];
     assert_eq!(since, m.version);
     // A lagging instance that is live blocks the backfill...
-    store
-        .heartbeat("api", "api-2", Version(since.0 - 1), now)
+    beat(&store, "api", "api-2", Version(since.0 - 1), now)
         .await
         .unwrap();
     // ...one that stopped reporting more than the TTL ago does not.
-    store
-        .heartbeat("api", "api-gone", Version(0), now - ttl_ms - 1)
+    beat(&store, "api", "api-gone", Version(0), now - ttl_ms - 1)
         .await
         .unwrap();
-    store.heartbeat("worker", "w-2", since, now).await.unwrap();
+    beat(&store, "worker", "w-2", since, now).await.unwrap();
     let (rule, current) = refused_rule(
         apply(
             &store,
@@ -801,10 +814,7 @@ async fn heartbeats_and_the_live_fleet(db: Db) {
         .await,
     );
     assert_eq!((rule, &current), (Rule::BackfillAfterDualWrite, &m));
-    store
-        .heartbeat("api", "api-2", since, now + 1)
-        .await
-        .unwrap();
+    beat(&store, "api", "api-2", since, now + 1).await.unwrap();
     let started = apply(
         &store,
         key,
@@ -1066,12 +1076,10 @@ async fn committed_state_survives_close_and_reconnect(db: Db) {
         )
         .await,
     );
-    store
-        .heartbeat("api", "api-1", a.version, T0 + 5)
+    beat(&store, "api", "api-1", a.version, T0 + 5)
         .await
         .unwrap();
-    store
-        .heartbeat("worker", "w-1", Version(1), T0 + 6)
+    beat(&store, "worker", "w-1", Version(1), T0 + 6)
         .await
         .unwrap();
     let ops = store

@@ -10,36 +10,6 @@ use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Version};
 
 impl Store {
-    /// Records that an instance is alive and which snapshot version it has applied, without
-    /// claiming it for a token (tools and store tests; the API uses `record_heartbeat`).
-    pub async fn heartbeat(
-        &self,
-        service: &str,
-        instance_id: &str,
-        applied: Version,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.write(|tx| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO client_instances (service, instance_id, applied_version, \
-                     first_seen_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $4) \
-                     ON CONFLICT (service, instance_id) DO UPDATE SET \
-                     applied_version = excluded.applied_version, \
-                     last_seen_ms = excluded.last_seen_ms",
-                )
-                .bind(service)
-                .bind(instance_id)
-                .bind(applied.0 as i64)
-                .bind(now_ms)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
     /// Records a heartbeat sent with the token `by.token_id`, and which of `migrations` (those that
     /// exist) the instance evaluates, in one transaction. The instance belongs to the token that
     /// registered it: a heartbeat from another token changes nothing and names the owner. An
