@@ -152,7 +152,8 @@ impl BackfillRunner {
     {
         // The run a resumed position belongs to, read before the position: a run started again
         // in between makes the first checkpoint refused, which ends this run as cancelled.
-        let mut run = self.started_version().await?;
+        let shown = self.migration().await?;
+        let mut run = shown.backfill.started_version.map_or(0, |v| v.0);
         let progress = self.progress().await?;
         let (mut cursor, mut rows) = match progress.status {
             BackfillStatus::Complete => {
@@ -166,7 +167,10 @@ impl BackfillRunner {
             }
             BackfillStatus::NotStarted => {
                 // Rule 3 waits for every live instance, this one included: make sure the server
-                // has this client's acknowledgement of the state it runs before asking.
+                // has this client's acknowledgement of the state it runs before asking. A client
+                // that started before its first snapshot arrived (on its fallback, version 0)
+                // first applies at least the state the server just showed.
+                self.wait_for(shown.version.0).await;
                 self.acknowledge().await?;
                 let version = self.record(EventKind::BackfillStarted, 0).await?;
                 run = version;
@@ -284,18 +288,9 @@ impl BackfillRunner {
         })
     }
 
-    /// The version at which the current run was started (0: none).
-    async fn started_version<E>(&self) -> Result<u64, BackfillError<E>> {
-        Ok(self
-            .migration()
-            .await?
-            .backfill
-            .started_version
-            .map_or(0, |v| v.0))
-    }
-
     /// Reports this client's applied version to the server now (as its heartbeat does).
     async fn acknowledge<E>(&self) -> Result<(), BackfillError<E>> {
+        let _turn = self.shared.heartbeat_turn.lock().await;
         let message = heartbeat_message(&self.shared, self.shared.version(), false);
         self.call(message, |mut c, r| async move { c.heartbeat(r).await })
             .await?;

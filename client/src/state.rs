@@ -76,6 +76,11 @@ pub(crate) struct Shared {
     status: Mutex<Status>,
     /// The applied version; the heartbeat task acknowledges each new value.
     pub applied: watch::Sender<u64>,
+    /// Held while a heartbeat is in flight, and taken before its version is read, so the server
+    /// records this instance's heartbeats in the order they were decided. Otherwise a slow first
+    /// heartbeat (version 0, sent before any snapshot) could land after a later acknowledgement
+    /// and make this instance look behind: rule 3 would then refuse its own backfill runner.
+    pub heartbeat_turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -102,6 +107,7 @@ impl Shared {
                 last_error: None,
             }),
             applied: watch::channel(0).0,
+            heartbeat_turn: tokio::sync::Mutex::new(()),
         }
     }
 

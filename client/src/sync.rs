@@ -137,6 +137,7 @@ fn convert(m: pb::Migration, url: &str) -> Result<Migration, String> {
 async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut applied = shared.applied.subscribe();
     loop {
+        let turn = shared.heartbeat_turn.lock().await;
         let version = *applied.borrow_and_update();
         let message = heartbeat_message(&shared, version, false);
         let beat = |mut client: rpc::Client| {
@@ -158,6 +159,7 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 );
             }
         }
+        drop(turn);
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}

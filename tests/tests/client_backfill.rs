@@ -228,9 +228,9 @@ async fn connect_fresh(srv: &TestServer, token: &str, service: &str) -> Client {
 }
 
 /// A client as [`connect_fresh`], once the server has its acknowledgement of the version it
-/// applied. Without that wait a runner started at once is sometimes refused by rule 3 on
-/// account of its own client, whose first heartbeat (sent before any snapshot) reported
-/// version 0: see `a_runner_started_right_after_connect_is_not_refused_by_its_own_client`.
+/// applied, so what a test asserts about the fleet does not depend on when the client's first
+/// heartbeat lands (a runner started at once is covered by
+/// `a_runner_started_right_after_connect_is_not_refused_by_its_own_client`).
 async fn connect(srv: &TestServer, token: &str, service: &str) -> Client {
     let client = connect_fresh(srv, token, service).await;
     let (id, version) = (client.instance_id().to_owned(), client.version());
