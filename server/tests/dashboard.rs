@@ -246,29 +246,13 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
         ),
         (reader, "viewer", "reader", json!(["read"])),
     ] {
-        let me: Value = http
-            .get(format!("{base}/v1/whoami"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let me = get_json(&http, &format!("{base}/v1/whoami"), token).await;
         assert_eq!(me["name"], name);
         assert_eq!(me["role"], role);
         assert_eq!(me["permissions"], permissions);
     }
     // The page keeps no copy of the server's names: it draws with these.
-    let vocabulary: Value = http
-        .get(format!("{base}/v1/vocabulary"))
-        .bearer_auth(reader)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vocabulary = get_json(&http, &format!("{base}/v1/vocabulary"), reader).await;
     for part in ["stages", "events", "latency_buckets"] {
         assert!(
             vocabulary[part].as_array().is_some_and(|a| !a.is_empty()),
@@ -499,4 +483,15 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "telemetry: {}", r.status());
+}
+
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
