@@ -42,6 +42,9 @@ pub enum ApiError {
     /// HTTP only: the route exists but not with this method; the message names the allowed ones.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// HTTP only: the request body did not arrive within the server's body timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -98,6 +102,12 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; the server log has the details".to_owned(),
             other => other.to_string(),
         }
+    }
+}
+
+impl From<crate::hub::WatchesFull> for ApiError {
+    fn from(e: crate::hub::WatchesFull) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 

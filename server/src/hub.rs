@@ -54,6 +54,7 @@ pub struct Hub {
     /// When the follower last read the database successfully (ms since the hub started).
     last_refresh_ok: std::sync::atomic::AtomicU64,
     started: std::time::Instant,
+    open_watches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How the hub learns of changes committed through other replicas.
@@ -64,6 +65,18 @@ pub struct HubOptions {
     pub poll_interval: Duration,
     /// Listen for Postgres notifications.
     pub notifications: bool,
+    /// Watch streams open at once, gRPC and SSE together; one more is refused.
+    pub max_watches: usize,
+}
+
+/// A watch was refused: as many are open as the server allows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "too many watch streams are open ({max}, the server's --max-watch-streams); retry shortly, \
+     or poll /v1/snapshot with If-None-Match meanwhile"
+)]
+pub struct WatchesFull {
+    pub max: usize,
 }
 
 /// Changes buffered per watcher before it counts as lagging and is sent a fresh snapshot.
@@ -101,6 +114,7 @@ impl Hub {
             options,
             last_refresh_ok: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
+            open_watches: Arc::default(),
         });
         tokio::spawn(hub.clone().follow());
         if hub.store.backend() == Backend::Postgres && options.notifications {
@@ -167,19 +181,25 @@ impl Hub {
     /// The watch stream of the caller holding token `token_id`: never an older state than
     /// `since`, then every change exactly once in version order. Ends when the server shuts
     /// down, and with `Err(TokenRevoked)` as its last item once the token is revoked (through
-    /// this replica or, as the follower learns of it, another).
+    /// this replica or, as the follower learns of it, another). Refused when
+    /// `HubOptions::max_watches` streams are open.
     pub fn watch(
         self: &Arc<Self>,
         since: Version,
         token_id: u64,
-    ) -> impl Stream<Item = Result<WatchItem, TokenRevoked>> + Send + use<> {
+    ) -> Result<impl Stream<Item = Result<WatchItem, TokenRevoked>> + Send + use<>, WatchesFull>
+    {
+        let slot = crate::metrics::OpenWatch::take(&self.open_watches, self.options.max_watches)
+            .ok_or(WatchesFull {
+                max: self.options.max_watches,
+            })?;
         let hub = self.clone();
         let mut shutdown = self.shutdown.subscribe();
         // Subscribed before the first item: a revoke made since the caller authenticated is
         // seen at once.
         let revoked = self.revocations.revoked(token_id);
-        async_stream::stream! {
-            let _open = crate::metrics::OpenWatch::open();
+        Ok(async_stream::stream! {
+            let _open = slot;
             tokio::pin!(revoked);
             // A replica behind the caller waits until it has caught up rather than send an
             // older state.
@@ -220,7 +240,7 @@ impl Hub {
                     },
                 }
             }
-        }
+        })
     }
 
     async fn follow(self: Arc<Self>) {
@@ -318,7 +338,7 @@ impl Hub {
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it before anything else awaits.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

@@ -11,7 +11,8 @@
 //! - [`error`]: the API error both transports map.
 //! - [`http`] and [`grpc`]: the two transports; [`openapi`] describes the HTTP one. `http`
 //!   also serves the web dashboard, whose HTML/CSS/JS are compiled in from `http/dashboard/`.
-//! - [`startup`]: configuration, listeners, graceful shutdown; [`tls`] for both listeners.
+//! - [`startup`]: configuration, listeners, graceful shutdown; [`tls`] for both listeners;
+//!   [`conn`] the connection limits (timeouts, caps, file descriptors) both listeners share.
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.
 
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod conn;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -2,7 +2,8 @@
 //! recorder), installed on first use; `/metrics` renders it.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -37,6 +38,18 @@ fn describe() {
         "switchyard_snapshot_version",
         "Snapshot version held by this replica"
     );
+    metrics::describe_gauge!(
+        "switchyard_open_connections",
+        "Open connections by listener (http, grpc), watch streams included"
+    );
+    metrics::describe_counter!(
+        "switchyard_connections_closed_total",
+        "Connections the server closed, by listener and reason (header_timeout, idle_timeout, displaced)"
+    );
+    metrics::describe_counter!(
+        "switchyard_connections_refused_total",
+        "Connections refused because every open one was in use at the cap, by listener"
+    );
     metrics::describe_counter!(
         "switchyard_refusals_total",
         "Mutations refused, by safety rule"
@@ -61,18 +74,25 @@ pub fn record_unknown_migrations(source: &'static str, count: usize) {
     }
 }
 
-/// Counts an open watch stream for as long as it lives.
-pub struct OpenWatch(());
+/// One of the server's watch slots, counted (and shown as a gauge) for as long as the stream
+/// holding it lives.
+pub struct OpenWatch(Arc<AtomicUsize>);
 
 impl OpenWatch {
-    pub fn open() -> Self {
+    /// A slot from `open`, unless `max` are taken.
+    pub fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
         metrics::gauge!("switchyard_open_watches").increment(1.0);
-        Self(())
+        Some(Self(open.clone()))
     }
 }
 
 impl Drop for OpenWatch {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("switchyard_open_watches").decrement(1.0);
     }
 }

@@ -5,10 +5,11 @@
 
 use crate::app::{App, Clock};
 use crate::auth::Authenticator;
+use crate::conn::{ConnLimits, Connections, FdBudget, Tracked};
 use crate::grpc::{GrpcApi, SwitchyardServer};
 use crate::hub::{Hub, HubOptions};
 use crate::store::Store;
-use crate::tls::{TlsFiles, TlsListener};
+use crate::tls::TlsFiles;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,6 +92,45 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_instances_per_token: u32,
+    /// How long a client may take to send a request's head (from connecting, for its first
+    /// request) or a TLS handshake; a silent or slowloris connection is closed after it.
+    #[arg(long, env = "SWITCHYARD_REQUEST_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub request_header_timeout: Duration,
+    /// How long a request body may take to arrive, whole; a slower one is answered 408.
+    #[arg(long, env = "SWITCHYARD_REQUEST_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub request_body_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections per listener (HTTP, gRPC), not counting those carrying a watch stream.
+    /// At the cap a new connection displaces the oldest idle one; it is refused only when every
+    /// connection is in use. The process's open-file limit (raised to its hard limit at
+    /// start-up) bounds all connections together as well.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+    /// Watch streams (gRPC Watch and SSE /v1/watch) open at once; one more is answered
+    /// UNAVAILABLE / 503 with Retry-After.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_WATCH_STREAMS",
+        default_value_t = 20_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_watch_streams: u32,
+}
+
+/// A duration flag that must not be zero (a zero timeout would close every connection).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero (e.g. 10s)".to_owned());
+    }
+    Ok(d)
 }
 
 impl Default for ServeConfig {
@@ -111,6 +151,11 @@ impl Default for ServeConfig {
             change_notifications: true,
             shutdown_drain: Duration::from_secs(10),
             max_instances_per_token: 1000,
+            request_header_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_watch_streams: 20_000,
         }
     }
 }
@@ -162,6 +207,7 @@ impl Server {
             HubOptions {
                 poll_interval: config.change_poll_interval,
                 notifications: config.change_notifications,
+                max_watches: config.max_watch_streams as usize,
             },
         )
         .await?;
@@ -192,31 +238,34 @@ impl Server {
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let (shutdown, _) = watch::channel(false);
 
-        // A make-service hands each connection a cheap clone of the built router; serving the
-        // `Router` itself would rebuild its route table per connection (kilobytes per open
-        // watch, measured with massif).
-        let router = crate::http::router(app.clone()).into_make_service();
-        let mut stop = shutdown.subscribe();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
+        // Both listeners share the process's file descriptors; each has its own cap.
+        let budget = FdBudget::from_process_limit();
+        let limits = ConnLimits {
+            header_timeout: config.request_header_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections as usize,
         };
-        let http_task = match &tls {
-            Some(tls) => {
-                let listener = TlsListener::new(http, tls.server_config()?)?;
-                tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                        .context("HTTPS server")
-                })
-            }
-            None => tokio::spawn(async move {
-                axum::serve(http, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                    .context("HTTP server")
-            }),
+        tracing::info!(
+            file_descriptors = budget.limit(),
+            max_connections = config.max_connections,
+            max_watch_streams = config.max_watch_streams,
+            "connection limits"
+        );
+        let http_listener = crate::http::serve::Listener {
+            tcp: http,
+            tls: tls.as_ref().map(TlsFiles::acceptor).transpose()?,
+            connections: Connections::new("http", limits, true, budget.clone()),
+            body_timeout: config.request_body_timeout,
         };
+        let router = crate::http::router(app.clone());
+        let stop = shutdown.subscribe();
+        let http_task = tokio::spawn(async move {
+            crate::http::serve::serve(http_listener, router, stop)
+                .await
+                .context("HTTP server")
+        });
+        let grpc_connections = Connections::new("grpc", limits, false, budget);
+        tokio::spawn(grpc_connections.clone().sweep_until(shutdown.subscribe()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SwitchyardServer<GrpcApi>>().await;
@@ -238,12 +287,9 @@ impl Server {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(api)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
+                .serve_with_incoming_shutdown(grpc_incoming(grpc, grpc_connections), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
                 .await
                 .context("gRPC server")
         });
@@ -308,6 +354,33 @@ impl Server {
             tracing::warn!("database connections still in use after the drain period were dropped");
         }
         Ok(())
+    }
+}
+
+/// The gRPC listener's connections, registered with its connection limits. tonic serves
+/// them; a connection the sweeper closes fails its next read, which ends it.
+fn grpc_incoming(
+    listener: TcpListener,
+    connections: Arc<Connections>,
+) -> impl futures::Stream<Item = std::io::Result<Tracked<tokio::net::TcpStream>>> {
+    async_stream::stream! {
+        loop {
+            match listener.accept().await {
+                Ok((socket, _peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    // Refused: every connection is in use; dropping the socket closes it.
+                    if let Some(admitted) = connections.admit() {
+                        yield Ok(Tracked::new(socket, admitted));
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors, typically: back off instead of spinning (tonic
+                    // would end the server on an error from its incoming stream).
+                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 }
 

@@ -1,21 +1,16 @@
 //! TLS for both listeners, from a PEM certificate chain and private key (rustls with ring).
 //!
-//! gRPC gets tonic's own TLS. HTTP gets [`TlsListener`]: a task accepts TCP connections and runs
-//! each handshake in its own task (bounded by a timeout), so one slow or silent client never
-//! holds up `accept` for the others.
+//! gRPC gets tonic's own TLS. HTTP connections are handshaken in their own tasks (`http::serve`),
+//! so one slow or silent client never holds up `accept` for the others; the connection sweeper
+//! closes a handshake that takes longer than the header timeout.
 
 use anyhow::Context;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::server::TlsStream;
 
 /// A certificate chain and key read from PEM files.
 #[derive(Clone)]
@@ -55,73 +50,15 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 
+    /// The HTTP listener's handshaker.
+    pub fn acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+        Ok(TlsAcceptor::from(self.server_config()?))
+    }
+
     pub fn tonic_config(&self) -> tonic::transport::ServerTlsConfig {
         tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
             &self.cert_pem,
             &self.key_pem,
         ))
-    }
-}
-
-/// How long a client may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An `axum::serve` listener that yields connections whose TLS handshake has completed.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    // The server dropped its listener: release the port.
-                    _ = tx.closed() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, ready) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = ready.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

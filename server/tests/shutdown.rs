@@ -42,8 +42,8 @@ fn sigterm_stops_within_the_drain_period_despite_a_half_sent_request() {
     let pid = served.child.id();
     let (exited, exit) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut child = served.child;
-        let _ = exited.send(child.wait());
+        let mut served = served;
+        let _ = exited.send(served.child.wait());
     });
     let Ok(exit) = exit.recv_timeout(Duration::from_secs(20)) else {
         let _ = Command::new("kill")

@@ -40,6 +40,21 @@ impl GrpcApi {
     }
 }
 
+/// The connection a request came on (tonic hands over the listener's connect info, wrapped
+/// in TLS's when serving TLS).
+fn watched_connection<T>(request: &Request<T>) -> Option<crate::conn::ConnHandle> {
+    use crate::conn::GrpcConnectInfo;
+    let extensions = request.extensions();
+    extensions
+        .get::<GrpcConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<GrpcConnectInfo>>()
+                .map(|tls| tls.get_ref())
+        })
+        .map(|info| info.handle.clone())
+}
+
 /// The one mapping from `ApiError` to a gRPC status. `details` carries an encoded
 /// `ErrorDetail` (code, rule, current state).
 pub fn status(method: &str, e: ApiError) -> Status {
@@ -55,6 +70,8 @@ pub fn status(method: &str, e: ApiError) -> Status {
         ApiError::PayloadTooLarge(_) => Code::ResourceExhausted,
         // gRPC routes by method name; no handler returns this, but the mapping is total.
         ApiError::MethodNotAllowed(_) => Code::Unimplemented,
+        // HTTP only, like the above.
+        ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
         ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::Internal(detail) => {
             tracing::error!(%detail, method, "internal error");
@@ -235,10 +252,17 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
             .app
             .hub
             .watch(since, who.token_id)
-            .map(move |item| match item {
+            .map_err(|e| status(M, e.into()))?;
+        // The connection now carries a stream: it counts against the watch cap, not the
+        // connection cap, for as long as the stream lives.
+        let mark = watched_connection(&request).map(|c| c.mark_watch());
+        let stream = stream.map(move |item| {
+            let _carrying = &mark;
+            match item {
                 Ok(item) => Ok(pb::WatchEvent::from(item)),
                 Err(crate::hub::TokenRevoked) => Err(status(M, who.revoked())),
-            });
+            }
+        });
         ok(M, Box::pin(stream) as WatchStream)
     }
 

@@ -28,6 +28,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn rejection_to_error(rejection: JsonRejection) -> ApiError {
+    // A body that stopped arriving surfaces as a failure to buffer it, our deadline's error
+    // somewhere down the chain of sources.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(e) = source {
+        if let Some(timed_out) = e.downcast_ref::<super::serve::BodyTimedOut>() {
+            return ApiError::RequestTimeout(format!(
+                "{timed_out}; send the whole body at once (allowed up to {MAX_BODY_BYTES} bytes)"
+            ));
+        }
+        source = e.source();
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge(format!(
             "request body is too large: allowed up to {MAX_BODY_BYTES} bytes"

@@ -3,6 +3,7 @@
 
 mod dashboard;
 mod json;
+pub mod serve;
 
 use crate::app::{App, CreateMigrationInput, DEFAULT_COMPLETE_FOR_DAYS, MAX_BODY_BYTES};
 use crate::auth::Principal;
@@ -182,6 +183,7 @@ impl IntoResponse for ApiError {
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -189,11 +191,28 @@ impl IntoResponse for ApiError {
             }
         };
         let mut response = (status, axum::Json(json::error_body(&self))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -452,6 +471,7 @@ struct WatchQuery {
 async fn watch(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
+    connection: Option<axum::Extension<crate::conn::ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -463,7 +483,12 @@ async fn watch(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let since = Version(q.since.or(last_event_id).unwrap_or(0));
     app.check_since("since", since).await?;
-    let stream = app.hub.watch(since, who.token_id).map(move |item| {
+    let stream = app.hub.watch(since, who.token_id)?;
+    // The connection now carries a stream: it counts against the watch cap, not the
+    // connection cap, for as long as the stream lives.
+    let mark = connection.map(|axum::Extension(c)| c.mark_watch());
+    let stream = stream.map(move |item| {
+        let _carrying = &mark;
         let event = match item {
             // The last event: says why the stream ends, in an error body's shape.
             Err(TokenRevoked) => SseEvent::default()

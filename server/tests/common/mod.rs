@@ -17,6 +17,8 @@ pub fn postgres_admin_url() -> String {
 pub struct Served {
     pub child: Child,
     pub http: String,
+    /// The gRPC address, `host:port`.
+    pub grpc: String,
     pub token: Option<String>,
 }
 
@@ -28,7 +30,29 @@ pub fn serve(database_url: &str, admin_token: Option<&str>) -> Served {
 
 /// `serve` with extra command-line arguments (e.g. `--min-soak 0s`).
 pub fn serve_with(database_url: &str, admin_token: Option<&str>, extra: &[&str]) -> Served {
-    let mut command = Command::new(BIN);
+    serve_under(Command::new(BIN), database_url, admin_token, extra)
+}
+
+/// `serve_with` under `prlimit --nofile=<nofile>` (soft:hard), as a server on a host with a
+/// small open-file limit.
+pub fn serve_with_file_limit(
+    nofile: &str,
+    database_url: &str,
+    admin_token: Option<&str>,
+    extra: &[&str],
+) -> Served {
+    let mut prlimit = Command::new("prlimit");
+    prlimit.arg(format!("--nofile={nofile}")).arg("--").arg(BIN);
+    serve_under(prlimit, database_url, admin_token, extra)
+}
+
+/// Runs `command` (the binary, or a wrapper with the binary as its last argument) as `serve`.
+fn serve_under(
+    mut command: Command,
+    database_url: &str,
+    admin_token: Option<&str>,
+    extra: &[&str],
+) -> Served {
     command
         .args([
             "serve",
@@ -49,7 +73,7 @@ pub fn serve_with(database_url: &str, admin_token: Option<&str>, extra: &[&str])
     let mut child = command.spawn().expect("spawning switchyard serve");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut token = None;
-    let http = loop {
+    let (http, grpc) = loop {
         let line = lines
             .next()
             .expect("serve exited before announcing its address")
@@ -57,13 +81,31 @@ pub fn serve_with(database_url: &str, admin_token: Option<&str>, extra: &[&str])
         if let Some(t) = line.trim().strip_prefix("sy_") {
             token = Some(format!("sy_{t}"));
         }
+        // "switchyard serving HTTP on http://A and gRPC on B (plaintext)"
         if let Some(rest) = line.strip_prefix("switchyard serving HTTP on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            break (words[0].to_owned(), words[4].to_owned());
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    Served { child, http, token }
+    Served {
+        child,
+        http,
+        grpc,
+        token,
+    }
+}
+
+impl Drop for Served {
+    /// A test that fails before stopping its server does not leave it running (holding the
+    /// test's output pipe open, among other things).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// SIGTERM, then expects a clean exit.
