@@ -1,14 +1,40 @@
 //! The OpenAPI 3.1 document of the HTTP API, served at `/openapi.json`. Written by hand next to
-//! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears.
+//! the routes it describes; `tests/tests/ops.rs` checks that every route of the router appears,
+//! and `scripts/api-fuzz` checks with schemathesis that the server answers as it says.
 
-use crate::app::DEFAULT_COMPLETE_FOR_DAYS;
+use crate::app::{
+    App, DEFAULT_COMPLETE_FOR_DAYS, MAX_AUDIT_PAGE, MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS,
+    MAX_TELEMETRY_ENTRIES,
+};
 use serde_json::{Value, json};
-use switchyard_domain::traffic::LATENCY_BOUNDS_US;
+use switchyard_domain::migration::DEFAULT_SOAK_SECONDS;
+use switchyard_domain::traffic::{LATENCY_BOUNDS_US, minute_of};
 use switchyard_domain::types::MAX_STORED_NUMBER;
-use switchyard_domain::{EventKind, Permission, Role, Stage};
-use switchyard_proto::json::{BackfillStatus, Side};
+use switchyard_domain::{EventKind, MigrationKey, Permission, Reason, Role, Stage};
+use switchyard_proto::json::{BackfillStatus, Side, TelemetryEntry};
 
-pub fn document() -> Value {
+/// What `char::is_control` refuses (Unicode Cc), as a regex class body: the text fields' rule.
+const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
+/// Prose also takes tabs and line breaks.
+const PROSE_CONTROL: &str = r"\u0000-\u0008\u000b-\u001f\u007f-\u009f";
+/// What `str::trim` strips (Unicode White_Space): text that is only this counts as empty.
+const BLANK: &str = r"\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// The most telemetry entries an HTTP body can carry: the smallest entry (every field is
+/// required) repeated up to the body limit. The server's own entry limit is for gRPC, whose
+/// messages encode zeros in no bytes; over HTTP the body limit (413) binds first.
+fn max_telemetry_entries_per_body() -> usize {
+    let smallest = TelemetryEntry {
+        key: "a".to_owned(),
+        minute_ms: 0,
+        counts: Default::default(),
+    };
+    let entry = serde_json::to_string(&smallest).map_or(1, |t| t.len());
+    let envelope = r#"{"service":"a","instance_id":"a","entries":[]}"#.len();
+    ((MAX_BODY_BYTES - envelope) / (entry + 1)).min(MAX_TELEMETRY_ENTRIES)
+}
+
+pub fn document(app: &App) -> Value {
     // Names come from their one definition in the domain.
     let stages: Vec<&str> = Stage::ALL.into_iter().map(Stage::as_str).collect();
     let events: Vec<&str> = EventKind::ALL.into_iter().map(EventKind::as_str).collect();
@@ -30,26 +56,64 @@ pub fn document() -> Value {
     );
     // A count a runner reports; the bound is the domain's (the databases' BIGINT).
     let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
+    // The optional fields the server reads as `Option`s take null as absent.
+    let nullable_count =
+        json!({ "type": ["integer", "null"], "minimum": 0, "maximum": MAX_STORED_NUMBER });
+    let nullable = |schema: &str| json!({ "anyOf": [{ "$ref": format!("#/components/schemas/{schema}") }, { "type": "null" }] });
+    // Numbers the server reads as u64 / u32: anything else does not parse (400).
+    let uint64 = json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX });
+    let uint32 = |default: Option<u32>| {
+        let mut schema = json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX });
+        if let Some(d) = default {
+            schema["default"] = json!(d);
+        }
+        schema
+    };
+    // Free text as the server checks it (types::check_text, parse_label, parse_reason). Lengths
+    // are the server's in bytes: JSON Schema counts characters, so text beyond ASCII may be
+    // refused below these lengths.
+    let line = |max: usize| {
+        json!({ "type": "string", "maxLength": max, "pattern": format!("^[^{CONTROL}]*$"),
+            "description": format!("one line of printable text, up to {max} bytes") })
+    };
+    let solid_line = format!("^[^{CONTROL}]*[^{CONTROL}{BLANK}][^{CONTROL}]*$");
+    let label = json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": solid_line,
+        "description": "1 to 128 bytes of printable text on one line, not only spaces (trimmed)" });
+    let reason = json!({ "type": "string", "minLength": 1, "maxLength": Reason::MAX_LEN,
+        "pattern": format!("^[^{PROSE_CONTROL}]*[^{CONTROL}{BLANK}][^{PROSE_CONTROL}]*$"),
+        "description": format!("Why (rule 9): 1 to {} bytes of text, not only spaces; tabs and line breaks allowed", Reason::MAX_LEN) });
+    let key_pattern = format!("^[a-z0-9][a-z0-9._-]{{0,{}}}$", MigrationKey::MAX_LEN - 1);
+    let key_schema = json!({ "type": "string", "pattern": key_pattern });
+    // This server's soak bounds: its --min-soak, and its --traffic-retention (the gate reads
+    // the soak's telemetry).
+    let min_soak = app.gate_policy.min_soak_seconds;
+    let max_soak = app.traffic_retention.as_secs();
+    let retained_minutes = (app.traffic_retention.as_secs() / 60).max(1);
+    // The server refuses minutes after the next one; as of serving this document.
+    let newest_minute = minute_of((app.clock)()) + 60_000;
     // The instance lists' paging (a fleet of thousands would otherwise be one huge answer).
     let page_limit = json!({ "name": "limit", "in": "query",
-        "schema": { "type": "integer", "minimum": 1, "maximum": crate::app::MAX_INSTANCE_PAGE,
-            "default": crate::app::DEFAULT_INSTANCE_PAGE } });
-    let page_after = json!({ "name": "after", "in": "query", "schema": { "type": "string" },
-        "description": "The previous page's `next_after` (an opaque cursor); absent for the first page" });
+        "schema": { "type": "integer", "minimum": 0, "maximum": crate::app::MAX_INSTANCE_PAGE,
+            "default": crate::app::DEFAULT_INSTANCE_PAGE },
+        "description": "Instances per page; 0 or absent: the default (as in the gRPC API, where 0 is unset)" });
+    let page_after = json!({ "name": "after", "in": "query", "schema": { "type": "string", "pattern": "^$|\\t" },
+        "description": "The previous page's `next_after` (an opaque cursor); absent or empty for the first page" });
     let key = json!({ "name": "key", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$" } });
+        "schema": key_schema.clone(), "example": "orders.email-split" });
     let errors = |codes: &[&str]| -> Value {
         let mut map = serde_json::Map::new();
         for code in codes {
             let description = match *code {
-                "400" => "Invalid input (code invalid_argument; rule 9 for a missing reason)",
+                "400" => {
+                    "Invalid input (code invalid_argument; rule 9 for a missing reason): a body that is not the JSON described, a parameter out of range"
+                }
                 "401" => "Missing, malformed, unknown or revoked token",
                 "403" => "The token's role does not allow this",
                 "404" => "Unknown migration",
                 "409" => {
                     "Stale expected version (stale_version, rule 8, with `current`) or already exists"
                 }
-                "413" => "Body larger than 64 KiB",
+                "413" => "Body larger than 64 KiB (65536 bytes)",
                 "422" => {
                     "Refused by a safety rule (rule_refused, with `rule` and `current`) or not applicable to the current state"
                 }
@@ -100,20 +164,22 @@ pub fn document() -> Value {
                     } }
             },
             "/v1/migrations/{key}": {
-                "get": { "summary": "Get one migration", "parameters": [key], "responses": ok("Migration", &["400", "401", "403", "404"]) }
+                "get": { "summary": "Get one migration", "parameters": [key.clone()], "responses": ok("Migration", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/rollout": { "post": mutation("Move the rollout front (stage and basis points)", "SetRollout") },
             "/v1/migrations/{key}/advance": { "post": mutation("Advance to the next stage (needs 100%)", "Step") },
             "/v1/migrations/{key}/retreat": { "post": mutation("Step back to the previous stage (needs 0%)", "Step") },
             "/v1/migrations/{key}/events": { "post": mutation("Record an event (expand applied, backfill, old shape repaired, contracted)", "RecordEvent") },
             "/v1/migrations/{key}/audit": {
-                "get": { "summary": "The migration's audit log, newest first", "parameters": [key,
-                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
-                    { "name": "before_id", "in": "query", "schema": { "type": "integer", "minimum": 0 } }],
+                "get": { "summary": "The migration's audit log, newest first", "parameters": [key.clone(),
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_AUDIT_PAGE, "default": 50 },
+                      "description": "Entries per page; 0 or absent: the default" },
+                    { "name": "before_id", "in": "query", "schema": uint64.clone(),
+                      "description": "The previous page's `next_before_id`" }],
                     "responses": ok("AuditPage", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/decide": {
-                "get": { "summary": "Server-side evaluation: stage and read/write plan for one entity", "parameters": [key,
+                "get": { "summary": "Server-side evaluation: stage and read/write plan for one entity", "parameters": [key.clone(),
                     { "name": "entity_key", "in": "query", "schema": { "type": "string", "maxLength": 1024 },
                       "description": "Omit for an operation without an entity: it gets the trailing stage." }],
                     "responses": ok("Decision", &["400", "401", "403", "404"]) }
@@ -126,10 +192,10 @@ pub fn document() -> Value {
             },
             "/v1/watch": {
                 "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version; if the token is revoked, a last `error` event (an error body) and the stream ends",
-                    "parameters": [{ "name": "since", "in": "query", "schema": { "type": "integer" },
-                        "description": "Last version applied; the server never sends an older state. `Last-Event-ID` works too." }],
+                    "parameters": [{ "name": "since", "in": "query", "schema": uint64.clone(),
+                        "description": "Last version applied; the server never sends an older state, and refuses a version newer than its newest (400). `Last-Event-ID` works too." }],
                     "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } },
-                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
             },
             "/v1/clients/heartbeat": {
                 "post": { "summary": "A client instance reports it is live and which snapshot version it applied",
@@ -148,7 +214,8 @@ pub fn document() -> Value {
             "/v1/migrations/{key}/traffic": {
                 "get": { "summary": "What clients reported for the migration, per minute, summed over instances",
                     "parameters": [key.clone(), { "name": "minutes", "in": "query",
-                        "schema": { "type": "integer", "minimum": 1, "default": 60 } }],
+                        "schema": { "type": "integer", "minimum": 0, "maximum": retained_minutes, "default": 60 },
+                        "description": "How many minutes back; 0 or absent: 60. At most this server's --traffic-retention" }],
                     "responses": ok("Traffic", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/instances": {
@@ -185,18 +252,18 @@ pub fn document() -> Value {
             },
             "/v1/lifecycle": {
                 "get": { "summary": "Contracted migrations still evaluated by live clients, and migrations at complete 100% for long without being contracted",
-                    "parameters": [{ "name": "complete_for_days", "in": "query", "schema": { "type": "integer", "default": DEFAULT_COMPLETE_FOR_DAYS } }],
+                    "parameters": [{ "name": "complete_for_days", "in": "query", "schema": uint32(Some(DEFAULT_COMPLETE_FOR_DAYS)) }],
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object", "properties": {
                         "complete_for_days": { "type": "integer" },
                         "contracted_in_use": { "type": "array", "items": { "type": "object", "properties": {
                             "key": { "type": "string" }, "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } } } } },
                         "complete_not_contracted": { "type": "array", "items": { "type": "object", "properties": {
                             "key": { "type": "string" }, "complete_since_ms": { "type": "integer" } } } } } } } } },
-                        "401": errors(&["401"])["401"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
             "/v1/clients": {
                 "get": { "summary": "Client instances seen in the last hour, a page at a time (by service and instance id)",
-                    "parameters": [{ "name": "migration", "in": "query", "schema": { "type": "string" },
+                    "parameters": [{ "name": "migration", "in": "query", "schema": key_schema.clone(),
                         "description": "Only instances that evaluate this migration" },
                         page_limit.clone(), page_after.clone()],
                     "responses": { "200": { "description": "OK",
@@ -204,15 +271,18 @@ pub fn document() -> Value {
                     "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
             "/v1/tokens": {
-                "get": { "summary": "List tokens (admin)", "responses": { "200": { "description": "OK" }, "403": errors(&["403"])["403"] } },
+                "get": { "summary": "List tokens (admin)", "responses": { "200": { "description": "OK" },
+                    "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } },
                 "post": { "summary": "Create a token (admin); the secret is returned once", "requestBody": body("CreateToken"),
                     "responses": { "201": { "description": "Created: {info, token}" }, "400": errors(&["400"])["400"],
-                        "403": errors(&["403"])["403"], "409": errors(&["409"])["409"] } }
+                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"], "409": errors(&["409"])["409"],
+                        "413": errors(&["413"])["413"] } }
             },
             "/v1/tokens/{id}/revoke": {
                 "post": { "summary": "Revoke a token (admin)",
-                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
-                    "responses": { "200": { "description": "Revoked" }, "403": errors(&["403"])["403"], "404": errors(&["404"])["404"] } }
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": uint64.clone() }],
+                    "responses": { "200": { "description": "Revoked" }, "400": errors(&["400"])["400"], "401": errors(&["401"])["401"],
+                        "403": errors(&["403"])["403"], "404": { "description": "Unknown token", "content": errors(&["404"])["404"]["content"] } } }
             },
             "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } },
             "/readyz": { "get": { "summary": "Readiness (database reachable)", "security": [],
@@ -253,20 +323,28 @@ pub fn document() -> Value {
                 "Snapshot": { "type": "object", "properties": { "version": { "type": "integer" },
                     "migrations": { "type": "array", "items": { "$ref": "#/components/schemas/Migration" } } } },
                 "CreateMigration": { "type": "object", "required": ["key", "reason"], "additionalProperties": false, "properties": {
-                    "key": { "type": "string" }, "description": { "type": "string" }, "owner": { "type": "string" },
-                    "entity_kind": { "type": "string" }, "soak_seconds": { "type": "integer", "maximum": 31536000 },
-                    "expected_services": { "type": "array", "items": { "type": "string" } },
-                    "has_backfill": { "type": "boolean" }, "shadow_sample_bp": { "$ref": "#/components/schemas/BasisPoints" },
-                    "reason": { "type": "string", "minLength": 1 } } },
+                    "key": key_schema, "description": { "type": "string", "maxLength": 4000, "pattern": format!("^[^{PROSE_CONTROL}]*$"),
+                        "description": "up to 4000 bytes of text; tabs and line breaks allowed" },
+                    "owner": line(200), "entity_kind": line(200),
+                    "soak_seconds": { "type": ["integer", "null"], "minimum": min_soak, "maximum": max_soak,
+                        "description": format!("null or absent: {DEFAULT_SOAK_SECONDS} s; within this server's --min-soak and --traffic-retention") },
+                    "expected_services": { "type": "array", "items": label.clone(), "maxItems": 64,
+                        "description": "Up to 64 services (duplicates count once)" },
+                    "has_backfill": { "type": "boolean" }, "shadow_sample_bp": nullable("BasisPoints"),
+                    "reason": reason.clone() } },
                 "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
-                    "stage": { "$ref": "#/components/schemas/Stage" }, "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
-                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
+                    "stage": nullable("Stage"), "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                    "expected_version": uint64.clone(), "reason": reason.clone() } },
                 "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
-                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 } } },
-                "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false, "properties": {
+                    "expected_version": uint64.clone(), "reason": reason.clone() } },
+                "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false,
+                    "if": { "required": ["event"], "properties": { "event": { "const": EventKind::BackfillProgress.as_str() } } },
+                    "then": { "required": ["rows_done"], "properties": { "rows_done": count.clone() },
+                        "description": "backfill_progress needs rows_done (rows_total_estimate defaults to 0); other events ignore both" },
+                    "properties": {
                     "event": { "$ref": "#/components/schemas/EventName" },
-                    "expected_version": { "type": "integer" }, "reason": { "type": "string", "minLength": 1 },
-                    "rows_done": count.clone(), "rows_total_estimate": count.clone() } },
+                    "expected_version": uint64.clone(), "reason": reason,
+                    "rows_done": nullable_count.clone(), "rows_total_estimate": nullable_count } },
                 "Decision": { "type": "object", "properties": {
                     "key": { "type": "string" }, "bucket": { "type": ["integer", "null"] },
                     "stage": { "$ref": "#/components/schemas/Stage" }, "write": { "$ref": "#/components/schemas/Side" },
@@ -284,26 +362,33 @@ pub fn document() -> Value {
                     "next_after": { "type": "string",
                         "description": "Pass as `after` for the next page; absent on the last page" } } },
                 "Heartbeat": { "type": "object", "required": ["service", "instance_id", "applied_version"], "additionalProperties": false, "properties": {
-                    "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
-                    "migrations": { "type": "array", "items": { "type": "string" }, "maxItems": 1000,
+                    "service": label.clone(), "instance_id": label.clone(),
+                    "applied_version": { "type": "integer", "minimum": 0, "maximum": u64::MAX,
+                        "description": "at most the server's newest snapshot version (else 400)" },
+                    "migrations": { "type": "array", "items": key_schema.clone(), "maxItems": MAX_REPORTED_MIGRATIONS,
                         "description": "Migrations this instance evaluates (keys naming no migration are ignored)" },
                     "leaving": { "type": "boolean", "default": false,
                         "description": "A clean shutdown: the instance is forgotten now instead of after the client TTL" } } },
-                "Histogram": { "type": "array", "items": { "type": "integer" }, "minItems": 16, "maxItems": 16,
+                "Histogram": { "type": "array", "items": uint64.clone(), "minItems": 16, "maxItems": 16,
                     "description": latency_description },
-                "SideCounts": { "type": "object", "properties": {
-                    "reads": { "type": "integer" }, "writes": { "type": "integer" }, "errors": { "type": "integer" },
+                "SideCounts": { "type": "object", "required": ["reads", "writes", "errors", "latency"], "properties": {
+                    "reads": uint64.clone(), "writes": uint64.clone(), "errors": uint64.clone(),
                     "latency": { "$ref": "#/components/schemas/Histogram" } } },
-                "TrafficCounts": { "type": "object", "properties": {
+                "TrafficCounts": { "type": "object",
+                    "required": ["old", "new", "comparisons", "mismatches", "evaluations_without_entity", "fallback_evaluations"], "properties": {
                     "old": { "$ref": "#/components/schemas/SideCounts" }, "new": { "$ref": "#/components/schemas/SideCounts" },
-                    "comparisons": { "type": "integer" }, "mismatches": { "type": "integer" },
-                    "evaluations_without_entity": { "type": "integer" }, "fallback_evaluations": { "type": "integer" } } },
+                    "comparisons": uint64.clone(), "mismatches": uint64.clone(),
+                    "evaluations_without_entity": uint64.clone(), "fallback_evaluations": uint64.clone() } },
                 "Telemetry": { "type": "object", "required": ["service", "instance_id", "entries"], "properties": {
-                    "service": { "type": "string" }, "instance_id": { "type": "string" },
-                    "entries": { "type": "array", "maxItems": 5000, "items": { "allOf": [
+                    "service": label.clone(), "instance_id": label.clone(),
+                    "entries": { "type": "array", "maxItems": max_telemetry_entries_per_body(),
+                        "description": format!("As many as fit in the 64 KiB body (the smallest entries; fewer with longer keys or larger counts); the server takes up to {MAX_TELEMETRY_ENTRIES} over gRPC"),
+                        "items": { "allOf": [
                         { "$ref": "#/components/schemas/TrafficCounts" },
                         { "type": "object", "required": ["key", "minute_ms"], "properties": {
-                            "key": { "type": "string" }, "minute_ms": { "type": "integer", "description": "start of the minute, Unix ms" } } } ] } } } },
+                            "key": key_schema.clone(),
+                            "minute_ms": { "type": "integer", "multipleOf": 60000, "minimum": i64::MIN, "maximum": newest_minute,
+                                "description": "start of the minute, Unix ms; not after the server's next minute (the maximum is as of serving this document); minutes older than the retention are dropped" } } } ] } } } },
                 "Traffic": { "type": "object", "properties": {
                     "key": { "type": "string" },
                     "minutes": { "type": "array", "items": { "allOf": [ { "$ref": "#/components/schemas/TrafficCounts" },
@@ -329,12 +414,13 @@ pub fn document() -> Value {
                         "upper_bound_us": { "type": ["integer", "null"], "description": "null for the last bucket: everything slower than the largest bound" },
                         "label": { "type": "string" } } } } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
-                    "name": { "type": "string" }, "role": { "$ref": "#/components/schemas/Role" } } },
+                    "name": label.clone(), "role": { "$ref": "#/components/schemas/Role" } } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
-                    "cursor": { "type": "string", "maxLength": 4096, "description": "opaque keyset position (the last key processed): any text but NUL; empty for none" },
+                    "cursor": { "type": "string", "maxLength": 4096, "pattern": "^[^\\u0000]*$", "description": "opaque keyset position (the last key processed): any text but NUL; empty for none" },
                     "rows_done": count.clone(), "rows_total_estimate": count,
-                    "runner": { "type": "string" },
-                    "started_version": { "type": "integer", "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
+                    "runner": { "type": "string", "maxLength": 128, "pattern": format!("^[^{CONTROL}]*$"),
+                        "description": "who runs it (service/instance), up to 128 bytes of one line; empty: the token's name" },
+                    "started_version": { "type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX, "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
                 "BackfillProgress": { "type": "object", "properties": {
                     "key": { "type": "string" }, "status": { "type": "string", "enum": backfill_statuses },
                     "paused": { "type": "boolean" }, "cursor": { "type": "string" },

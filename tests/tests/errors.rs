@@ -212,6 +212,52 @@ async fn bodies_of_the_wrong_type_or_size_are_json_errors() {
     srv.stop().await;
 }
 
+/// JSON has one kind of number, and to the OpenAPI document (JSON Schema) `2.0` is the integer 2:
+/// a client whose JSON library writes whole numbers as floats must not be refused; a fraction
+/// still is, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_numbers_written_as_floats_are_integers() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let (status, body) = srv
+        .post(
+            "/v1/migrations",
+            serde_json::json!({ "key": "errors.floats", "soak_seconds": 604800.0,
+                "shadow_sample_bp": 250.0, "reason": "floats" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["soak_seconds"], 604800);
+    assert_eq!(body["shadow_sample_bp"], 250);
+
+    let (status, body) = srv
+        .post(
+            "/v1/migrations",
+            serde_json::json!({ "key": "errors.fraction", "soak_seconds": 604800.5,
+                "reason": "a fraction" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("soak_seconds"),
+        "{body}"
+    );
+
+    // Parsed exactly: the default fast float parser reads this one a quarter off, a fraction.
+    let zeros =
+        serde_json::json!({ "reads": 0, "writes": 0, "errors": 0, "latency": vec![0u64; 16] });
+    let (status, body) = srv
+        .post(
+            "/v1/clients/telemetry",
+            serde_json::json!({ "service": "errors", "instance_id": "floats", "entries": [{
+                "key": "errors.floats", "minute_ms": 0.0, "old": zeros, "new": zeros,
+                "comparisons": 1939122125615575.0, "mismatches": 0,
+                "evaluations_without_entity": 0, "fallback_evaluations": 0 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_that_are_not_json_keep_their_content_types() {
     let srv = TestServer::start(Db::Sqlite).await;

@@ -65,10 +65,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/metrics",
             get(|| async { crate::metrics::handle().render() }),
         )
-        .route(
-            "/openapi.json",
-            get(|| async { axum::Json(crate::openapi::document()) }),
-        )
+        .route("/openapi.json", get(openapi_document))
         .fallback(|| async { ApiError::NotFound(NO_SUCH_ROUTE.to_owned()) })
         .layer(axum::middleware::from_fn(count_requests))
         // One span per request (method, path); `RUST_LOG=tower_http=debug` logs each response.
@@ -252,6 +249,11 @@ async fn whoami(Caller(who): Caller) -> axum::Json<wire::Whoami> {
 /// and the latency histogram's buckets with their labels.
 async fn vocabulary(Caller(_): Caller) -> axum::Json<switchyard_proto::json::Vocabulary> {
     axum::Json(switchyard_proto::json::Vocabulary::of_domain())
+}
+
+/// The document states this server's own bounds (soak range, traffic retention).
+async fn openapi_document(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
+    axum::Json(crate::openapi::document(&app))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
