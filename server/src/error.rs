@@ -52,6 +52,23 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Every code [`ApiError::code`] can answer (the OpenAPI document's enum).
+    pub const CODES: [&'static str; 13] = [
+        "invalid_argument",
+        "not_found",
+        "already_exists",
+        "stale_version",
+        "rule_refused",
+        "not_applicable",
+        "unauthenticated",
+        "permission_denied",
+        "payload_too_large",
+        "method_not_allowed",
+        "request_timeout",
+        "unavailable",
+        "internal",
+    ];
+
     /// The stable machine-readable code of the error.
     pub fn code(&self) -> &'static str {
         match self {
@@ -102,6 +119,54 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; the server log has the details".to_owned(),
             other => other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn codes_lists_every_code_once() {
+        use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
+        let new = NewMigration {
+            key: MigrationKey::parse("a.b").unwrap(),
+            description: String::new(),
+            owner: String::new(),
+            entity_kind: String::new(),
+            soak_seconds: 0,
+            expected_services: Vec::new(),
+            has_backfill: false,
+            shadow_sample: BasisPoints::ZERO,
+        };
+        let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
+        let every = [
+            ApiError::invalid("x"),
+            ApiError::NotFound(String::new()),
+            ApiError::AlreadyExists(String::new()),
+            ApiError::Stale {
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::Refused {
+                rule: switchyard_domain::Rule::Reason,
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::NotApplicable {
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::Unauthenticated(String::new()),
+            ApiError::PermissionDenied(String::new()),
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::MethodNotAllowed(String::new()),
+            ApiError::RequestTimeout(String::new()),
+            ApiError::Unavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        let codes: Vec<&str> = every.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
     }
 }
 

@@ -113,7 +113,11 @@ pub fn document(app: &App) -> Value {
                 "409" => {
                     "Stale expected version (stale_version, rule 8, with `current`) or already exists"
                 }
+                "408" => {
+                    "The body did not arrive whole within the server's --request-body-timeout; the connection is closed"
+                }
                 "413" => "Body larger than 64 KiB (65536 bytes)",
+                "503" => "At capacity (e.g. --max-watch-streams reached); retry after `Retry-After` seconds",
                 "422" => {
                     "Refused by a safety rule (rule_refused, with `rule` and `current`) or not applicable to the current state"
                 }
@@ -140,7 +144,7 @@ pub fn document(app: &App) -> Value {
     let mutation = |summary: &str, schema: &str| {
         json!({
             "summary": summary, "parameters": [key.clone()], "requestBody": body(schema),
-            "responses": ok("Migration", &["400", "401", "403", "404", "409", "413", "422"]),
+            "responses": ok("Migration", &["400", "401", "403", "404", "408", "409", "413", "422"]),
         })
     };
     let read = ["401", "403"];
@@ -160,7 +164,7 @@ pub fn document(app: &App) -> Value {
                     "responses": {
                         "201": { "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Migration" } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
-                        "409": errors(&["409"])["409"], "413": errors(&["413"])["413"]
+                        "409": errors(&["409"])["409"], "408": errors(&["408"])["408"], "413": errors(&["413"])["413"]
                     } }
             },
             "/v1/migrations/{key}": {
@@ -195,7 +199,8 @@ pub fn document(app: &App) -> Value {
                     "parameters": [{ "name": "since", "in": "query", "schema": uint64.clone(),
                         "description": "Last version applied; the server never sends an older state, and refuses a version newer than its newest (400). `Last-Event-ID` works too." }],
                     "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } },
-                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
+                        "503": errors(&["503"])["503"] } }
             },
             "/v1/clients/heartbeat": {
                 "post": { "summary": "A client instance reports it is live and which snapshot version it applied",
@@ -203,13 +208,14 @@ pub fn document(app: &App) -> Value {
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
                         "type": "object", "properties": { "snapshot_version": { "type": "integer" } } } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"],
-                        "403": { "description": "The instance belongs to another token (the one that registered it); an admin token may remove any instance", "content": errors(&["403"])["403"]["content"] } } }
+                        "403": { "description": "The instance belongs to another token (the one that registered it); an admin token may remove any instance", "content": errors(&["403"])["403"]["content"] },
+                        "408": errors(&["408"])["408"], "413": errors(&["413"])["413"] } }
             },
             "/v1/clients/telemetry": {
                 "post": { "summary": "A client instance reports per-minute counts per migration (batched)",
                     "requestBody": body("Telemetry"),
                     "responses": { "204": { "description": "Added to the rollups (entries for keys that name no migration are ignored and counted in a metric)" },
-                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "413": errors(&["413"])["413"] } }
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "408": errors(&["408"])["408"], "413": errors(&["413"])["413"] } }
             },
             "/v1/migrations/{key}/traffic": {
                 "get": { "summary": "What clients reported for the migration, per minute, summed over instances",
@@ -236,7 +242,7 @@ pub fn document(app: &App) -> Value {
             "/v1/migrations/{key}/backfill/checkpoint": {
                 "put": { "summary": "A backfill runner saves its position after a batch (operator role)",
                     "parameters": [key.clone()], "requestBody": body("BackfillCheckpoint"),
-                    "responses": ok("BackfillProgress", &["400", "401", "403", "404", "422"]) }
+                    "responses": ok("BackfillProgress", &["400", "401", "403", "404", "408", "413", "422"]) }
             },
             "/v1/whoami": {
                 "get": { "summary": "The presented token's name and role (any role; the dashboard signs in with it)",
@@ -276,7 +282,7 @@ pub fn document(app: &App) -> Value {
                 "post": { "summary": "Create a token (admin); the secret is returned once", "requestBody": body("CreateToken"),
                     "responses": { "201": { "description": "Created: {info, token}" }, "400": errors(&["400"])["400"],
                         "401": errors(&["401"])["401"], "403": errors(&["403"])["403"], "409": errors(&["409"])["409"],
-                        "413": errors(&["413"])["413"] } }
+                        "408": errors(&["408"])["408"], "413": errors(&["413"])["413"] } }
             },
             "/v1/tokens/{id}/revoke": {
                 "post": { "summary": "Revoke a token (admin)",
@@ -437,8 +443,7 @@ pub fn document(app: &App) -> Value {
                 "Error": { "type": "object", "required": ["code", "message"],
                     "description": "The body of every error answer, with Content-Type application/json; also 404 for an unknown route and 405 (method_not_allowed, with Allow) on any route. Only a request hyper cannot parse (400/414/431) gets an empty body.",
                     "properties": {
-                    "code": { "type": "string", "enum": ["invalid_argument", "not_found", "already_exists", "stale_version", "rule_refused",
-                        "not_applicable", "unauthenticated", "permission_denied", "payload_too_large", "method_not_allowed", "unavailable", "internal"] },
+                    "code": { "type": "string", "enum": crate::error::ApiError::CODES },
                     "message": { "type": "string" }, "rule": { "type": "integer", "minimum": 1, "maximum": 9 },
                     "current": { "$ref": "#/components/schemas/Migration" } } }
             }
