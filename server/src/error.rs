@@ -122,54 +122,6 @@ impl ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ApiError;
-
-    #[test]
-    fn codes_lists_every_code_once() {
-        use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
-        let new = NewMigration {
-            key: MigrationKey::parse("a.b").unwrap(),
-            description: String::new(),
-            owner: String::new(),
-            entity_kind: String::new(),
-            soak_seconds: 0,
-            expected_services: Vec::new(),
-            has_backfill: false,
-            shadow_sample: BasisPoints::ZERO,
-        };
-        let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
-        let every = [
-            ApiError::invalid("x"),
-            ApiError::NotFound(String::new()),
-            ApiError::AlreadyExists(String::new()),
-            ApiError::Stale {
-                message: String::new(),
-                current: m(),
-            },
-            ApiError::Refused {
-                rule: switchyard_domain::Rule::Reason,
-                message: String::new(),
-                current: m(),
-            },
-            ApiError::NotApplicable {
-                message: String::new(),
-                current: m(),
-            },
-            ApiError::Unauthenticated(String::new()),
-            ApiError::PermissionDenied(String::new()),
-            ApiError::PayloadTooLarge(String::new()),
-            ApiError::MethodNotAllowed(String::new()),
-            ApiError::RequestTimeout(String::new()),
-            ApiError::Unavailable(String::new()),
-            ApiError::Internal(String::new()),
-        ];
-        let codes: Vec<&str> = every.iter().map(ApiError::code).collect();
-        assert_eq!(codes, ApiError::CODES);
-    }
-}
-
 impl From<crate::hub::WatchesFull> for ApiError {
     fn from(e: crate::hub::WatchesFull) -> Self {
         ApiError::Unavailable(e.to_string())
@@ -228,5 +180,53 @@ impl From<StoreError> for ApiError {
             }
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn codes_lists_every_code_once() {
+        use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
+        let new = NewMigration {
+            key: MigrationKey::parse("a.b").unwrap(),
+            description: String::new(),
+            owner: String::new(),
+            entity_kind: String::new(),
+            soak_seconds: 0,
+            expected_services: Vec::new(),
+            has_backfill: false,
+            shadow_sample: BasisPoints::ZERO,
+        };
+        let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
+        let every = [
+            ApiError::invalid("x"),
+            ApiError::NotFound(String::new()),
+            ApiError::AlreadyExists(String::new()),
+            ApiError::Stale {
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::Refused {
+                rule: switchyard_domain::Rule::Reason,
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::NotApplicable {
+                message: String::new(),
+                current: m(),
+            },
+            ApiError::Unauthenticated(String::new()),
+            ApiError::PermissionDenied(String::new()),
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::MethodNotAllowed(String::new()),
+            ApiError::RequestTimeout(String::new()),
+            ApiError::Unavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        let codes: Vec<&str> = every.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
     }
 }

@@ -117,7 +117,9 @@ pub fn document(app: &App) -> Value {
                     "The body did not arrive whole within the server's --request-body-timeout; the connection is closed"
                 }
                 "413" => "Body larger than 64 KiB (65536 bytes)",
-                "503" => "At capacity (e.g. --max-watch-streams reached); retry after `Retry-After` seconds",
+                "503" => {
+                    "At capacity (e.g. --max-watch-streams reached); retry after `Retry-After` seconds"
+                }
                 "422" => {
                     "Refused by a safety rule (rule_refused, with `rule` and `current`) or not applicable to the current state"
                 }
