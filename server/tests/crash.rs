@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Served, kill_hard, serve, terminate};
+use common::{kill_hard, serve, terminate};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
