@@ -129,7 +129,15 @@ pub struct Connections {
     table: Mutex<BTreeMap<u64, Arc<Conn>>>,
     /// Connections with at least one watch stream open.
     watching: AtomicUsize,
+    /// Connections told to close whose sockets are not closed yet; see [`Connections::settled`].
+    closing: AtomicUsize,
+    closed: tokio::sync::Notify,
 }
+
+/// Connections told to close may wait for their sockets to close before more are accepted:
+/// each displacement admits a newcomer before its victim's task has run, so without a bound a
+/// burst of newcomers would take descriptors faster than their victims return them.
+const MAX_PENDING_CLOSES: usize = 32;
 
 impl Connections {
     pub fn new(
@@ -148,6 +156,8 @@ impl Connections {
             next_id: AtomicU64::new(1),
             table: Mutex::new(BTreeMap::new()),
             watching: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
         })
     }
 
@@ -201,8 +211,24 @@ impl Connections {
         })
     }
 
+    /// Waits until few enough closed connections still hold their sockets (the accept loop
+    /// calls this before accepting).
+    pub async fn settled(&self) {
+        while self.closing.load(Relaxed) > MAX_PENDING_CLOSES {
+            let closed = self.closed.notified();
+            if self.closing.load(Relaxed) <= MAX_PENDING_CLOSES {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     fn close(&self, conn: &Conn, reason: CloseReason) {
-        conn.close();
+        if conn.closing.swap(true, Relaxed) {
+            return;
+        }
+        self.closing.fetch_add(1, Relaxed);
+        conn.waker.wake();
         metrics::counter!("switchyard_connections_closed_total",
             "listener" => self.listener, "reason" => reason.as_str())
         .increment(1);
@@ -264,6 +290,10 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut table = self.registry.table();
         table.remove(&self.conn.id);
+        if self.conn.closing() {
+            self.registry.closing.fetch_sub(1, Relaxed);
+            self.registry.closed.notify_waiters();
+        }
         self.registry.budget.open.fetch_sub(1, Relaxed);
         metrics::gauge!("switchyard_open_connections", "listener" => self.registry.listener)
             .set(table.len() as f64);
@@ -299,12 +329,6 @@ impl Conn {
 
     fn closing(&self) -> bool {
         self.closing.load(Relaxed)
-    }
-
-    /// Makes the socket's next read fail, which ends the connection.
-    fn close(&self) {
-        self.closing.store(true, Relaxed);
-        self.waker.wake();
     }
 
     /// A request's head has arrived; the connection is busy until the guard drops (when its

@@ -229,11 +229,9 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("creating the first admin token: {e}"))?;
 
-        let http = TcpListener::bind(config.http_addr)
-            .await
+        let http = bind(config.http_addr)
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
+        let grpc = bind(config.grpc_addr)
             .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let (shutdown, _) = watch::channel(false);
@@ -357,6 +355,25 @@ impl Server {
     }
 }
 
+/// Connections the kernel may queue before `accept`: when many clients reconnect at once (a
+/// fleet after a restart, a flood's sockets closed by the sweeper together), a short queue
+/// drops SYNs and the dropped clients wait a full second to retry. The kernel caps it at
+/// `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// The gRPC listener's connections, registered with its connection limits. tonic serves
 /// them; a connection the sweeper closes fails its next read, which ends it.
 fn grpc_incoming(
@@ -365,6 +382,7 @@ fn grpc_incoming(
 ) -> impl futures::Stream<Item = std::io::Result<Tracked<tokio::net::TcpStream>>> {
     async_stream::stream! {
         loop {
+            connections.settled().await;
             match listener.accept().await {
                 Ok((socket, _peer)) => {
                     let _ = socket.set_nodelay(true);

@@ -66,7 +66,11 @@ pub async fn serve(
     let mut stopping = stop.clone();
     loop {
         tokio::select! {
-            accepted = tcp.accept() => match accepted {
+            // Accepting pauses while displaced connections still hold their descriptors.
+            accepted = async {
+                connections.settled().await;
+                tcp.accept().await
+            } => match accepted {
                 Ok((socket, _peer)) => {
                     let _ = socket.set_nodelay(true);
                     let Some(admitted) = connections.admit() else {
