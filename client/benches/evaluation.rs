@@ -34,6 +34,7 @@ fn migration(key: &str, stage: Stage, rollout: u32, sample: u32, version: u64) -
             expected_services: vec![],
             has_backfill: false,
             shadow_sample: BasisPoints::new(sample).unwrap(),
+            database: Default::default(),
         },
         0x5eed,
         Version(version),

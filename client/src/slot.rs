@@ -305,6 +305,7 @@ mod tests {
                         expected_services: vec![],
                         has_backfill: false,
                         shadow_sample: BasisPoints::FULL,
+                        database: Default::default(),
                     },
                     salt,
                     switchyard_domain::Version(1),

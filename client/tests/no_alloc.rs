@@ -83,6 +83,7 @@ fn migration(key: &str, stage: Stage, rollout_bp: u32, version: u64) -> Migratio
             expected_services: vec![],
             has_backfill: false,
             shadow_sample: BasisPoints::FULL,
+            database: Default::default(),
         },
         0x5eed_1234,
         Version(version),

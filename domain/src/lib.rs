@@ -15,6 +15,7 @@
 //! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
 //! - [`migration`]: the migration record and its backfill state.
 //! - [`rules`]: safety rules 1–9 as pure functions over a migration and the fleet.
+//! - [`schema`]: the database a migration migrates and the old-shape objects its contract drops.
 //! - [`gate`]: the contract gate's checks (rule 7), with evidence and remedies.
 //! - [`time`]: UTC minute and span formatting for messages.
 //! - [`traffic`]: the counts clients report (per side, latency histogram) and how they add up.
@@ -26,6 +27,7 @@ pub mod front;
 pub mod gate;
 pub mod migration;
 pub mod rules;
+pub mod schema;
 pub mod stage;
 pub mod time;
 pub mod traffic;
@@ -37,5 +39,6 @@ pub use event::{Event, EventKind};
 pub use front::Front;
 pub use migration::{Backfill, BackfillStatus, Migration, NewMigration};
 pub use rules::{DomainError, Fleet, LiveInstance, Operation, Rule};
+pub use schema::{Database, SchemaObject, TargetName};
 pub use stage::{Plan, Side, Stage};
 pub use types::{BasisPoints, InvalidInput, MigrationKey, Reason, Version};

@@ -1,5 +1,6 @@
 //! The migration record: identity, settings, the traffic front and the facts the rules need.
 
+use crate::schema::Database;
 use crate::{BasisPoints, Front, MigrationKey, Stage, Version};
 use std::collections::BTreeMap;
 
@@ -56,6 +57,7 @@ pub struct NewMigration {
     pub expected_services: Vec<String>,
     pub has_backfill: bool,
     pub shadow_sample: BasisPoints,
+    pub database: Database,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct Migration {
     pub soak_seconds: u64,
     pub expected_services: Vec<String>,
     pub has_backfill: bool,
+    /// The database it migrates and the objects its contract drops (declared at creation).
+    pub database: Database,
     /// Bucketing seed, fixed at creation so the same entities lead every stage.
     pub salt: u64,
     pub shadow_sample_bp: BasisPoints,
@@ -123,6 +127,7 @@ impl Migration {
             expected_services: new.expected_services,
             backfill: Backfill::initial(new.has_backfill),
             has_backfill: new.has_backfill,
+            database: new.database,
             salt,
             shadow_sample_bp: new.shadow_sample,
             stage: Stage::Off,

@@ -103,6 +103,7 @@ impl Driver {
                     expected_services: expected_services.iter().map(|s| s.to_string()).collect(),
                     has_backfill,
                     shadow_sample: BasisPoints::FULL,
+                    database: Default::default(),
                 },
                 0x5eed,
                 Version(1),

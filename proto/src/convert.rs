@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use switchyard_domain::migration::{Backfill, BackfillStatus, Compared, Window};
 use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
 use switchyard_domain::{
-    BasisPoints, Event, EventKind, InvalidInput, Migration, MigrationKey, Operation, Role, Side,
-    Stage, Version,
+    BasisPoints, Database, Event, EventKind, InvalidInput, Migration, MigrationKey, Operation,
+    Role, Side, Stage, Version,
 };
 
 impl From<Stage> for pb::Stage {
@@ -235,6 +235,13 @@ impl From<&Migration> for pb::Migration {
                     mismatches: c.mismatches,
                 }),
             }),
+            target_database: m
+                .database
+                .target
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            old_shape: m.database.old_shape_strings(),
         }
     }
 }
@@ -266,6 +273,7 @@ impl TryFrom<pb::Migration> for Migration {
             soak_seconds: m.soak_seconds,
             expected_services: m.expected_services,
             has_backfill: m.has_backfill,
+            database: Database::from_wire(&m.target_database, &m.old_shape),
             salt: m.salt,
             shadow_sample_bp: BasisPoints::new(m.shadow_sample_bp)?,
             stage,
@@ -409,6 +417,7 @@ mod tests {
                 expected_services: vec!["api".into()],
                 has_backfill: true,
                 shadow_sample: BasisPoints::new(2_500).unwrap(),
+                database: Default::default(),
             },
             42,
             Version(3),

@@ -18,8 +18,8 @@ use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_domain::types::{TextKind, check_count, check_text, parse_label};
 use switchyard_domain::{
-    BasisPoints, Event, Migration, MigrationKey, NewMigration, Operation, Permission, Plan, Role,
-    Stage, Version,
+    BasisPoints, Database, Event, Migration, MigrationKey, NewMigration, Operation, Permission,
+    Plan, Role, Stage, TargetName, Version,
 };
 
 /// Milliseconds since the Unix epoch. Injectable so tests can move time without sleeping.
@@ -58,6 +58,9 @@ pub struct App {
     pub max_instances_per_token: u32,
     /// The contract gate's server-wide settings (soak floor, new-shape error limit).
     pub gate_policy: GatePolicy,
+    /// The names of the databases this server is configured to observe
+    /// (`--target-database NAME=URL`); their URLs stay in the configuration.
+    pub target_names: std::collections::BTreeSet<TargetName>,
 }
 
 /// Migrations whose lifecycle needs attention.
@@ -127,6 +130,8 @@ pub struct CreateMigrationInput {
     pub has_backfill: bool,
     pub shadow_sample_bp: Option<u32>,
     pub reason: String,
+    pub target_database: Option<String>,
+    pub old_shape: Vec<String>,
 }
 
 /// The answer to "what do I do with this entity?".
@@ -223,6 +228,7 @@ impl App {
                 .map(BasisPoints::new)
                 .transpose()?
                 .unwrap_or(DEFAULT_SHADOW_SAMPLE),
+            database: self.database(input.target_database.as_deref(), &input.old_shape)?,
         };
         // 53 bits so the salt survives JSON numbers in every language (JavaScript included).
         let salt = rand::rng().random::<u64>() & ((1 << 53) - 1);
@@ -234,6 +240,28 @@ impl App {
             .caught_up(created.version, READ_YOUR_WRITE_WAIT)
             .await;
         Ok(created)
+    }
+
+    /// A migration's database declaration, its target checked against this server's
+    /// configuration so a misspelled name fails at creation, not at the gate.
+    fn database(&self, target: Option<&str>, old_shape: &[String]) -> Result<Database, ApiError> {
+        let target = target.filter(|t| !t.is_empty());
+        let database = Database::new(target, old_shape)?;
+        if let Some(name) = &database.target
+            && !self.target_names.contains(name)
+        {
+            let configured: Vec<&str> = self.target_names.iter().map(TargetName::as_str).collect();
+            return Err(ApiError::invalid(format!(
+                "target database {name} is not configured on this server; configured: {} \
+                 (serve --target-database NAME=URL)",
+                if configured.is_empty() {
+                    "none".to_owned()
+                } else {
+                    configured.join(", ")
+                }
+            )));
+        }
+        Ok(database)
     }
 
     pub fn get_migration(&self, who: &Principal, key: &str) -> Result<Arc<Migration>, ApiError> {

@@ -199,6 +199,7 @@ mod tests {
             expected_services: Vec::new(),
             has_backfill: false,
             shadow_sample: BasisPoints::ZERO,
+            database: Default::default(),
         };
         let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
         let every = [

@@ -82,6 +82,18 @@ pub fn document(app: &App) -> Value {
     let reason = json!({ "type": "string", "minLength": 1, "maxLength": Reason::MAX_LEN,
         "pattern": format!("^[^{PROSE_CONTROL}]*[^{CONTROL}{BLANK}][^{PROSE_CONTROL}]*$"),
         "description": format!("Why (rule 9): 1 to {} bytes of text, not only spaces; tabs and line breaks allowed", Reason::MAX_LEN) });
+    // The databases this server may observe, by name (their URLs are never shown).
+    let mut targets: Vec<Value> = app
+        .target_names
+        .iter()
+        .map(|t| Value::from(t.as_str()))
+        .collect();
+    targets.push(Value::Null);
+    let ident = "[A-Za-z_][A-Za-z0-9_$]{0,62}";
+    let old_shape = json!({ "type": "array", "maxItems": switchyard_domain::schema::MAX_OLD_SHAPE,
+        "items": { "type": "string", "pattern": format!(
+            "^(column:({ident}\\.){{1,2}}{ident}|table:({ident}\\.)?{ident}|index:({ident}\\.)?{ident})$") },
+        "description": "Objects the contract drops: column:[schema.]table.column, table:[schema.]table, index:[schema.]index (duplicates count once)" });
     let key_pattern = format!("^[a-z0-9][a-z0-9._-]{{0,{}}}$", MigrationKey::MAX_LEN - 1);
     let key_schema = json!({ "type": "string", "pattern": key_pattern });
     // This server's soak bounds: its --min-soak, and its --traffic-retention (the gate reads
@@ -321,6 +333,8 @@ pub fn document(app: &App) -> Value {
                         "started_version": { "type": ["integer", "null"] }, "completed_version": { "type": ["integer", "null"] },
                         "paused": { "type": "boolean" } } },
                     "old_shape_stale": { "type": "boolean" },
+                    "target_database": { "type": ["string", "null"], "description": "the server's --target-database name of the database it migrates" },
+                    "old_shape": old_shape,
                     "soak_started_at_ms": { "type": ["integer", "null"], "description": "when complete reached 100% (the gate's soak start)" },
                     "live_window": { "type": ["object", "null"], "properties": {
                         "started_at_ms": { "type": "integer" }, "ended_at_ms": { "type": ["integer", "null"] } } },
@@ -339,7 +353,9 @@ pub fn document(app: &App) -> Value {
                     "expected_services": { "type": "array", "items": label.clone(), "maxItems": 64,
                         "description": "Up to 64 services (duplicates count once)" },
                     "has_backfill": { "type": "boolean" }, "shadow_sample_bp": nullable("BasisPoints"),
-                    "reason": reason.clone() } },
+                    "reason": reason.clone(),
+                    "target_database": { "enum": targets, "description": "The database it migrates: one of this server's --target-database names; null or absent: undeclared" },
+                    "old_shape": old_shape.clone() } },
                 "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "stage": nullable("Stage"), "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
                     "expected_version": uint64.clone(), "reason": reason.clone() } },

@@ -122,6 +122,51 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_watch_streams: u32,
+    /// A database migrations may name as their target, `NAME=URL` (repeat the flag; in the
+    /// environment, comma-separated). Connect with a read-only role: the server only reads
+    /// statistics views. The URL is never stored, logged or returned.
+    #[arg(
+        long = "target-database",
+        env = "SWITCHYARD_TARGET_DATABASES",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_parser = TargetDatabase::parse
+    )]
+    pub target_databases: Vec<TargetDatabase>,
+}
+
+/// A `--target-database NAME=URL`: a database the server may observe.
+#[derive(Clone)]
+pub struct TargetDatabase {
+    pub name: switchyard_domain::TargetName,
+    /// Holds a password, usually: shown only through [`redact`].
+    pub url: String,
+}
+
+impl TargetDatabase {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (name, url) = raw
+            .split_once('=')
+            .ok_or("expected NAME=URL, e.g. main=postgres://observer@db:5432/app")?;
+        let name = switchyard_domain::TargetName::parse(name.trim()).map_err(|e| e.0)?;
+        let url = url.trim();
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(format!(
+                "target database {name}: the URL must be postgres://… (only PostgreSQL is observed)"
+            ));
+        }
+        Ok(Self {
+            name,
+            url: url.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Debug for TargetDatabase {
+    /// The configuration is printed in logs and test failures: never with a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, redact(&self.url))
+    }
 }
 
 /// A duration flag that must not be zero (a zero timeout would close every connection).
@@ -156,6 +201,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_watch_streams: 20_000,
+            target_databases: Vec::new(),
         }
     }
 }
@@ -190,6 +236,15 @@ impl Server {
                 humantime::format_duration(config.traffic_retention)
             );
         }
+        let mut names = std::collections::BTreeSet::new();
+        for target in &config.target_databases {
+            if !names.insert(&target.name) {
+                anyhow::bail!(
+                    "--target-database {} is given twice: each name maps to one database",
+                    target.name
+                );
+            }
+        }
         // Read before anything else so a bad path fails start-up at once.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles::read(cert, key)?),
@@ -219,6 +274,11 @@ impl Server {
             client_ttl: config.client_ttl,
             traffic_retention: config.traffic_retention,
             max_instances_per_token: config.max_instances_per_token,
+            target_names: config
+                .target_databases
+                .iter()
+                .map(|t| t.name.clone())
+                .collect(),
             gate_policy: GatePolicy {
                 min_soak_seconds: config.min_soak.as_secs(),
                 max_new_error_ratio: config.gate_max_new_error_ratio,

@@ -184,6 +184,10 @@ fn help_never_prints_secret_values() {
             "SWITCHYARD_TARGET_DATABASE_URL",
             "postgres://app:MARK-target-password@db/app",
         ),
+        (
+            "SWITCHYARD_TARGET_DATABASES",
+            "main=postgres://observer:MARK-observer-password@db/app",
+        ),
         ("SWITCHYARD_TOKEN", "sy_MARK-token"),
         ("SWITCHYARD_ADMIN_TOKEN", "sy_MARK-admin-token"),
         ("SWITCHYARD_SERVER", "https://user:MARK-basic-password@host"),
@@ -203,6 +207,7 @@ fn help_never_prints_secret_values() {
     for name in [
         "SWITCHYARD_DATABASE_URL",
         "SWITCHYARD_ADMIN_TOKEN",
+        "SWITCHYARD_TARGET_DATABASES",
         "SWITCHYARD_TOKEN",
         "SWITCHYARD_SERVER",
     ] {

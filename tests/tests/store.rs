@@ -40,6 +40,7 @@ fn new_migration(key: &str, has_backfill: bool, services: &[&str]) -> NewMigrati
         expected_services: services.iter().map(|s| s.to_string()).collect(),
         has_backfill,
         shadow_sample: DEFAULT_SHADOW_SAMPLE,
+        database: Default::default(),
     }
 }
 

@@ -45,6 +45,12 @@ pub struct MigrationRecord {
     pub soak_started_at_ms: Option<i64>,
     #[serde(default)]
     pub live_window: Option<LiveWindow>,
+    /// The server's --target-database name of the database it migrates; null if undeclared.
+    #[serde(default)]
+    pub target_database: Option<String>,
+    /// The objects its contract drops (`column:users.username`, `table:…`, `index:…`).
+    #[serde(default)]
+    pub old_shape: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +156,8 @@ impl From<&switchyard_domain::Migration> for MigrationRecord {
                 paused: m.backfill.paused,
             },
             old_shape_stale: m.old_shape_stale,
+            target_database: m.database.target.as_ref().map(ToString::to_string),
+            old_shape: m.database.old_shape_strings(),
             full_since: m.full_since.iter().map(|(s, v)| (*s, v.0)).collect(),
             old_writes_resumed_since: m.old_writes_resumed_since.map(|v| v.0),
             soak_started_at_ms: m.soak_started_at_ms,
@@ -197,6 +205,10 @@ impl TryFrom<MigrationRecord> for switchyard_domain::Migration {
             soak_seconds: m.soak_seconds,
             expected_services: m.expected_services,
             has_backfill: m.has_backfill,
+            database: switchyard_domain::Database::from_wire(
+                m.target_database.as_deref().unwrap_or(""),
+                &m.old_shape,
+            ),
             salt: m.salt,
             stage: m.stage,
             version: Version(m.version),
@@ -288,6 +300,7 @@ mod tests {
             expected_services: vec!["api".into()],
             has_backfill: true,
             shadow_sample: BasisPoints::FULL,
+            database: Default::default(),
         };
         let mut m = switchyard_domain::Migration::create(new, 7, Version(3), 1_000);
         m.stage = Stage::Live;

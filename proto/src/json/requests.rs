@@ -21,6 +21,12 @@ pub struct CreateMigration {
     pub shadow_sample_bp: Option<u32>,
     #[serde(default)]
     pub reason: String,
+    /// A name the server is configured with (`--target-database NAME=URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_database: Option<String>,
+    /// The objects the contract drops: `column:[schema.]table.column`, `table:…`, `index:…`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_shape: Vec<String>,
 }
 
 /// `POST /v1/migrations/{key}/rollout`.

@@ -181,6 +181,8 @@ pub enum Command {
     Token(TokenCommand),
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth boxing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum MigrationCommand {
     Create {
@@ -206,6 +208,14 @@ pub enum MigrationCommand {
         shadow_sample_percent: Option<String>,
         #[arg(long)]
         reason: String,
+        /// The database it migrates: a name the server was started with
+        /// (`serve --target-database NAME=URL`).
+        #[arg(long)]
+        target_database: Option<String>,
+        /// An object the contract drops, `column:[schema.]table.column`, `table:[schema.]table`
+        /// or `index:[schema.]index` (repeatable): the old shape the database must stop using.
+        #[arg(long = "drops", value_name = "OBJECT")]
+        old_shape: Vec<String>,
     },
     Show {
         key: String,

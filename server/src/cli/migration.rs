@@ -21,6 +21,8 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
             backfill,
             shadow_sample_percent,
             reason,
+            target_database,
+            old_shape,
         } => {
             let sample = shadow_sample_percent
                 .map(|p| BasisPoints::from_percent(&p).map(|bp| bp.get()))
@@ -39,6 +41,8 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
                         has_backfill: backfill,
                         shadow_sample_bp: sample,
                         reason,
+                        target_database,
+                        old_shape,
                     },
                 )
                 .await?;

@@ -118,7 +118,7 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
         format!("{verb} {} (now version {})", m.key, m.version)
     };
     format!(
-        "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  updated          {}",
+        "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  database         {}\n  drops            {}\n  updated          {}",
         front_text(m),
         // 19: the column the values start at.
         if m.description.is_empty() {
@@ -137,6 +137,8 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
         },
         humantime::format_duration(Duration::from_secs(m.soak_seconds)),
         or_dash(&m.expected_services.join(", ")),
+        m.database.target.as_ref().map_or("-", |t| t.as_str()),
+        or_dash(&m.database.old_shape_strings().join(", ")),
         time(Some(m.updated_at_ms)),
     )
 }

@@ -22,6 +22,8 @@ impl From<pb::CreateMigrationRequest> for CreateMigrationInput {
             has_backfill: r.has_backfill,
             shadow_sample_bp: r.shadow_sample_bp,
             reason: r.reason,
+            target_database: Some(r.target_database),
+            old_shape: r.old_shape,
         }
     }
 }

@@ -289,6 +289,8 @@ async fn create_migration(
                 has_backfill: body.has_backfill,
                 shadow_sample_bp: body.shadow_sample_bp,
                 reason: body.reason,
+                target_database: body.target_database,
+                old_shape: body.old_shape,
             },
         )
         .await?;

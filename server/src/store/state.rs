@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use switchyard_domain::migration::{Compared, Window};
 use switchyard_domain::traffic::{Histogram, LATENCY_BUCKETS, SideCounts, TrafficCounts};
 use switchyard_domain::{
-    Backfill, BackfillStatus, BasisPoints, InvalidInput, Migration, MigrationKey, Stage, Version,
+    Backfill, BackfillStatus, BasisPoints, Database, InvalidInput, Migration, MigrationKey, Stage,
+    Version,
 };
 
 /// The stored JSON of a migration (its state column, an audit record).
@@ -58,6 +59,10 @@ struct StoredMigration {
     soak_started_at_ms: Option<i64>,
     #[serde(default)]
     live_window: Option<StoredWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_database: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    old_shape: Vec<String>,
 }
 
 /// Declared in stage order: `full_since` is written in this order.
@@ -134,6 +139,8 @@ impl From<&Migration> for StoredMigration {
                 paused: m.backfill.paused,
             },
             old_shape_stale: m.old_shape_stale,
+            target_database: m.database.target.as_ref().map(ToString::to_string),
+            old_shape: m.database.old_shape_strings(),
             full_since: m
                 .full_since
                 .iter()
@@ -165,6 +172,7 @@ impl TryFrom<StoredMigration> for Migration {
             soak_seconds: s.soak_seconds,
             expected_services: s.expected_services,
             has_backfill: s.has_backfill,
+            database: Database::new(s.target_database.as_deref(), &s.old_shape)?,
             salt: s.salt,
             shadow_sample_bp: BasisPoints::new(s.shadow_sample_bp)?,
             stage: s.stage.into(),

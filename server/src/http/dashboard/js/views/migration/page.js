@@ -75,6 +75,8 @@ export function migrationView(key, store) {
       ["Owner", m.owner || "—"],
       ["Entity", m.entity_kind || "—"],
       ["Services", m.expected_services.length ? m.expected_services.join(", ") : "any"],
+      ["Database", m.target_database || "—"],
+      ["Drops", m.old_shape && m.old_shape.length ? m.old_shape.join(", ") : "—"],
       ["Soak", duration(m.soak_seconds)],
       ["Version", String(m.version)],
       ["Changed", timeAgo(m.updated_at_ms)],
