@@ -1,0 +1,4 @@
+BEGIN;
+SET LOCAL lock_timeout = '5s';
+CREATE INDEX CONCURRENTLY users_email ON users (email); -- expect: SY002
+COMMIT;
