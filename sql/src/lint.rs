@@ -424,7 +424,9 @@ impl Linter<'_> {
                             }
                         }
                     }
-                    TableConstraint::PrimaryKey(_) | TableConstraint::Unique(_) => hits.add(
+                    TableConstraint::PrimaryKey(_)
+                    | TableConstraint::Unique(_)
+                    | TableConstraint::Exclude(_) => hits.add(
                         &rules::UNIQUE_BUILDS_INDEX,
                         format!("{constraint} on {table}"),
                     ),

@@ -61,9 +61,9 @@ rules! {
     LOCKS_IN_ONE_TRANSACTION = "SY013", "several lock-taking statements in one transaction",
         "Every lock taken in a transaction is held until it commits, so the second statement holds the first one's lock while it waits and runs.",
         "One lock-taking statement per transaction (or per file), each after SET lock_timeout.";
-    UNIQUE_BUILDS_INDEX = "SY014", "ADD PRIMARY KEY or UNIQUE without USING INDEX",
-        "Adding a primary key or unique constraint builds its index while holding an ACCESS EXCLUSIVE lock on the table.",
-        "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... PRIMARY KEY/UNIQUE USING INDEX.";
+    UNIQUE_BUILDS_INDEX = "SY014", "ADD PRIMARY KEY, UNIQUE or EXCLUDE without USING INDEX",
+        "Adding a primary key, unique or exclusion constraint builds its index while holding an ACCESS EXCLUSIVE lock on the table.",
+        "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... PRIMARY KEY/UNIQUE USING INDEX (EXCLUDE has no concurrent form: allow it, with a reason, only on a small or new table).";
     BAD_ALLOW = "SY015", "allow comment without a reason",
         "An allow comment must name known codes and say why, or the next reader cannot tell a reviewed hazard from a forgotten one; this one silences nothing.",
         "-- switchyard: allow SY0NN because <reason>";
