@@ -392,15 +392,20 @@ impl Visitor for Uses {
                     let written = parts(name);
                     self.factors += 1;
                     let alias = insert.table_alias.as_ref().map(|a| norm(&a.alias));
-                    self.tables.push((written.clone(), alias));
                     if insert.columns.is_empty() && insert.assignments.is_empty() {
                         self.positional_inserts.push(written.clone());
                     }
+                    // The target's columns, qualified by whichever name resolves to it.
+                    let handle = alias
+                        .clone()
+                        .unwrap_or_else(|| written.last().cloned().unwrap_or_default());
                     for column in &insert.columns {
-                        let mut q = written.clone();
-                        q.extend(parts(column).pop());
-                        self.columns.push(q);
+                        self.columns.push(vec![
+                            handle.clone(),
+                            parts(column).pop().unwrap_or_default(),
+                        ]);
                     }
+                    self.tables.push((written, alias));
                 }
                 if let Some(returning) = &insert.returning {
                     self.projection(returning);

@@ -243,6 +243,13 @@ fn references_resolve_aliases_and_single_table_columns() {
         refs("INSERT INTO users (id, username) VALUES ($1, $2)", &objects),
         [("column users.username".into(), "definite".into())]
     );
+    assert_eq!(
+        refs(
+            "INSERT INTO users AS u (id, username) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            &objects
+        ),
+        [("column users.username".into(), "definite".into())]
+    );
     let r = refs("INSERT INTO users VALUES ($1, $2)", &objects);
     assert!(r[0].1.contains("without a column list"), "{r:?}");
     assert_eq!(

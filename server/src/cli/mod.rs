@@ -1,5 +1,5 @@
-//! The `switchyard` command line: `serve` runs the server; every other command is a client of
-//! the HTTP API. Human-readable output by default, `--json` for machines.
+//! The `switchyard` command line: `serve` runs the server; `lint` reads SQL files; every other
+//! command is a client of the HTTP API. Human-readable output by default, `--json` for machines.
 //!
 //! Exit codes: 0 done; 1 refused (a safety rule, a stale version, a conflict); 2 usage error
 //! (bad arguments, unknown migration, invalid input); 3 cannot reach or authenticate (network,
