@@ -453,6 +453,7 @@ fn gate_key_refuses_the_options_of_a_migrations_folder() {
             "sqlite:///tmp/x.db",
         ],
         &["gate", PASSING, "--tool", "flyway"],
+        &["gate", PASSING, "--lint-fails"],
     ] {
         let o = Command::new(BIN)
             .args(args)

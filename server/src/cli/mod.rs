@@ -89,12 +89,14 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             key: Some(key),
             target_database_url,
             applied_list,
+            lint_fails,
             ..
         } => {
             // clap waives `requires` for options whose requirement conflicts with KEY.
-            if target_database_url.is_some() || applied_list.is_some() {
+            if target_database_url.is_some() || applied_list.is_some() || lint_fails {
                 return Err(Failure::usage(
-                    "--target-database-url and --applied-list go with --migrations-dir, not KEY",
+                    "--target-database-url, --applied-list and --lint-fails go with \
+                     --migrations-dir, not KEY",
                 ));
             }
             gate::one(client, &key).await
