@@ -230,6 +230,21 @@ fn references_resolve_aliases_and_single_table_columns() {
         r[0].1.starts_with("possible: unqualified username"),
         "{r:?}"
     );
+    let r = refs(
+        "SELECT u.* FROM users u JOIN orders o ON o.user_id = u.id",
+        &objects,
+    );
+    assert!(
+        r[0].1.starts_with("possible: * reads every column"),
+        "{r:?}"
+    );
+    assert!(
+        refs(
+            "SELECT o.* FROM users u JOIN orders o ON o.user_id = u.id",
+            &objects
+        )
+        .is_empty()
+    );
     let r = refs("SELECT * FROM users WHERE id = $1", &objects);
     assert!(
         r[0].1.starts_with("possible: * reads every column"),
