@@ -10,7 +10,7 @@ use sqlparser::ast::{
     ObjectName, ObjectNamePart, ObjectType, Reset, Set, Statement, TableConstraint, Value,
     visit_expressions,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
 /// One hazard at one statement.
@@ -168,8 +168,10 @@ impl Linter<'_> {
                 format!("`{}` cannot be parsed ({e})", short(&piece.text)),
             ),
         }
+        let mut used = BTreeSet::new();
         for (rule, what) in hits.0 {
-            if allowed.contains(rule.code) {
+            if allowed.contains_key(rule.code) {
+                used.insert(rule.code);
                 continue;
             }
             self.out.push(Finding {
@@ -180,11 +182,26 @@ impl Linter<'_> {
                 safe: rule.safe,
             });
         }
+        for (code, line) in allowed {
+            if !used.contains(code) {
+                self.out.push(Finding {
+                    code: rules::UNUSED_ALLOW.code,
+                    file: self.file.to_owned(),
+                    line,
+                    message: format!(
+                        "the statement below raises no {code}. {}",
+                        rules::UNUSED_ALLOW.why
+                    ),
+                    safe: rules::UNUSED_ALLOW.safe,
+                });
+            }
+        }
     }
 
-    /// The codes allowed for this statement; malformed allow comments become findings.
-    fn allows(&mut self, piece: &Piece) -> BTreeSet<&'static str> {
-        let mut allowed = BTreeSet::new();
+    /// The codes allowed for this statement, each with its comment's line; malformed allow
+    /// comments become findings.
+    fn allows(&mut self, piece: &Piece) -> BTreeMap<&'static str, u32> {
+        let mut allowed = BTreeMap::new();
         let first_line = piece.line - piece.comments.len() as u32;
         for (i, comment) in piece.comments.iter().enumerate() {
             let mut words = comment.split_whitespace();
@@ -207,7 +224,12 @@ impl Linter<'_> {
             let unknown: Vec<&str> = codes
                 .iter()
                 .copied()
-                .filter(|c| rules::rule(c).is_none() || *c == rules::BAD_ALLOW.code)
+                // The allow rules themselves cannot be allowed away.
+                .filter(|c| {
+                    rules::rule(c).is_none()
+                        || *c == rules::BAD_ALLOW.code
+                        || *c == rules::UNUSED_ALLOW.code
+                })
                 .collect();
             let problem = if codes.is_empty() {
                 Some("names no code".to_owned())
@@ -233,7 +255,7 @@ impl Linter<'_> {
                 None => {
                     for code in codes {
                         if let Some(rule) = rules::rule(code) {
-                            allowed.insert(rule.code);
+                            allowed.insert(rule.code, first_line + i as u32);
                         }
                     }
                 }

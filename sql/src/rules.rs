@@ -67,6 +67,9 @@ rules! {
     BAD_ALLOW = "SY015", "allow comment without a reason",
         "An allow comment must name known codes and say why, or the next reader cannot tell a reviewed hazard from a forgotten one; this one silences nothing.",
         "-- switchyard: allow SY0NN because <reason>";
+    UNUSED_ALLOW = "SY016", "allow comment that silences nothing",
+        "An allow comment for a code its statement does not raise is stale (the statement changed, or the comment sits above the wrong one) and would silently cover a hazard added later.",
+        "Remove the allow comment, or move it directly above the statement that raises the code.";
 }
 
 /// The rule with this code.
