@@ -377,6 +377,12 @@ impl Linter<'_> {
                 }
                 locks = Some(format!("TRUNCATE {list}"));
             }
+            // An explicit LOCK waits like any DDL (NOWAIT never queues); a trigger's creation
+            // takes SHARE ROW EXCLUSIVE on its table, which blocks writes while it waits.
+            Statement::Lock(lock) if !lock.nowait => locks = Some("LOCK TABLE".to_owned()),
+            Statement::CreateTrigger(trigger) => {
+                locks = Some(format!("CREATE TRIGGER {}", trigger.name));
+            }
             Statement::AlterTable(alter) => {
                 self.alter_table(alter, hits);
                 locks = Some(format!("ALTER TABLE {}", alter.name));
