@@ -453,6 +453,7 @@ fn gate_key_refuses_the_options_of_a_migrations_folder() {
             "sqlite:///tmp/x.db",
         ],
         &["gate", PASSING, "--tool", "flyway"],
+        &["gate", PASSING, "--lint-fails"],
     ] {
         let o = Command::new(BIN)
             .args(args)
@@ -546,6 +547,28 @@ fn gate_migrations_dir_checks_every_pending_contract_file() {
     assert_eq!(answer["passed"], true, "{answer}");
     assert_eq!(file_entry(&answer, DROP_AMOUNT.0)["pending"], false);
     assert_eq!(file_entry(&answer, DROP_USERNAME.0)["passed"], true);
+    // The pending file is linted: its ALTER TABLE has no lock_timeout (SY011). Reported, and
+    // fatal only with --lint-fails.
+    assert_eq!(answer["lint"][0]["code"], "SY011", "{answer}");
+    assert!(
+        out.contains("lint: 1 finding(s) in the pending files"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}:4: SY011", DROP_USERNAME.0)),
+        "{out}"
+    );
+    std::fs::write(&list, lines.join("\n")).unwrap();
+    let o = server.pipeline(&[
+        "gate",
+        "--migrations-dir",
+        path_str(&folder),
+        "--applied-list",
+        path_str(&list),
+        "--lint-fails",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert!(stdout(&o).contains("--lint-fails: the findings fail the gate"));
 
     // Everything applied: nothing pending, exit 0 (the failing gate does not matter any more).
     let all = [

@@ -141,6 +141,23 @@ pub enum Command {
             requires = "migrations_dir"
         )]
         applied_list: Option<PathBuf>,
+        /// Fail the gate (exit 1) when `lint` finds a hazard in a pending file; without it the
+        /// findings are only reported.
+        #[arg(long, requires = "migrations_dir")]
+        lint_fails: bool,
+    },
+    /// Report lock and compatibility hazards in migration SQL: `lint FILE|DIR...`. Exit 0 if
+    /// none, 1 if any, 2 if a path cannot be read. Reads files only (no server).
+    ///
+    /// A comment `-- switchyard: allow SY0NN because <reason>` directly above a statement
+    /// silences that code for that statement.
+    Lint {
+        /// SQL files, or folders whose `.sql` files are read (`.down.sql` skipped).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print SARIF 2.1.0 (for code-scanning tools) instead of text.
+        #[arg(long, conflicts_with = "json")]
+        sarif: bool,
     },
     /// A backfill's progress, and pausing, resuming or cancelling it (runners act between
     /// batches, never by killing a statement).

@@ -2,7 +2,7 @@
 
 use super::api::{Client, Failure, path_segment};
 use super::sqlfiles::{self, Phase, Tool};
-use super::{Output, render};
+use super::{Output, lint, render};
 use serde_json::json;
 use std::path::Path;
 use switchyard_proto::json;
@@ -26,6 +26,7 @@ pub(super) async fn dir(
     target: Option<&str>,
     tool: Tool,
     applied_list: Option<&Path>,
+    lint_fails: bool,
 ) -> Result<Output, Failure> {
     let files = sqlfiles::scan(dir).map_err(Failure::usage)?;
     let applied = match (target, applied_list) {
@@ -44,8 +45,13 @@ pub(super) async fn dir(
     let mut results = Vec::new();
     let mut human = String::new();
     let mut all_pass = true;
+    let mut pending_texts = Vec::new();
     for file in &files {
         let pending = applied.as_ref().is_none_or(|a| !a.contains(file));
+        if pending {
+            let path = file.path.clone();
+            pending_texts.extend(lint::read(&[path])?);
+        }
         for (phase, key) in &file.tags {
             if *phase != Phase::Contract {
                 continue;
@@ -96,13 +102,20 @@ pub(super) async fn dir(
             "(no --target-database-url or --applied-list: every contract file counted as pending)\n",
         );
     }
+    // Every pending file, expand or contract: a lock hazard is one whichever phase it is in.
+    let findings = lint::lint_all(&pending_texts);
+    human.push_str(&lint::human_block(&findings));
+    if lint_fails && !findings.is_empty() {
+        all_pass = false;
+        human.push_str("(--lint-fails: the findings fail the gate)\n");
+    }
     human.push_str(if all_pass {
         "gate passes"
     } else {
         "gate FAILS: do not apply the contract migrations"
     });
     Ok(Output {
-        json: json!({ "passed": all_pass, "files": results }),
+        json: json!({ "passed": all_pass, "files": results, "lint": findings }),
         human,
         code: if all_pass { 0 } else { 1 },
     })

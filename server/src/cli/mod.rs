@@ -1,5 +1,5 @@
-//! The `switchyard` command line: `serve` runs the server; every other command is a client of
-//! the HTTP API. Human-readable output by default, `--json` for machines.
+//! The `switchyard` command line: `serve` runs the server; `lint` reads SQL files; every other
+//! command is a client of the HTTP API. Human-readable output by default, `--json` for machines.
 //!
 //! Exit codes: 0 done; 1 refused (a safety rule, a stale version, a conflict); 2 usage error
 //! (bad arguments, unknown migration, invalid input); 3 cannot reach or authenticate (network,
@@ -10,6 +10,7 @@ mod args;
 mod backfill;
 mod gate;
 mod inspect;
+mod lint;
 mod migration;
 mod render;
 mod sqlfiles;
@@ -21,10 +22,15 @@ use serde_json::{Value, json};
 
 /// Runs a client command, printing its result; returns the exit code.
 pub async fn run(remote: Remote, command: Command) -> i32 {
-    let json_output = remote.json;
-    let result = match Client::new(remote) {
-        Ok(client) => execute(&client, command).await,
-        Err(failure) => Err(failure),
+    // SARIF is JSON: printed (and errors reported) the way `--json` prints.
+    let json_output = remote.json || matches!(command, Command::Lint { sarif: true, .. });
+    let result = match command {
+        // Reads files only: no client, so no server URL or token is needed.
+        Command::Lint { paths, sarif } => lint::run(&paths, sarif),
+        command => match Client::new(remote) {
+            Ok(client) => execute(&client, command).await,
+            Err(failure) => Err(failure),
+        },
     };
     match result {
         Ok(output) => {
@@ -77,17 +83,20 @@ impl Output {
 async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Lint { .. } => unreachable!("lint is handled by run"),
         Command::Migration(command) => migration::run(client, command).await,
         Command::Gate {
             key: Some(key),
             target_database_url,
             applied_list,
+            lint_fails,
             ..
         } => {
             // clap waives `requires` for options whose requirement conflicts with KEY.
-            if target_database_url.is_some() || applied_list.is_some() {
+            if target_database_url.is_some() || applied_list.is_some() || lint_fails {
                 return Err(Failure::usage(
-                    "--target-database-url and --applied-list go with --migrations-dir, not KEY",
+                    "--target-database-url, --applied-list and --lint-fails go with \
+                     --migrations-dir, not KEY",
                 ));
             }
             gate::one(client, &key).await
@@ -98,6 +107,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             target_database_url,
             tool,
             applied_list,
+            lint_fails,
         } => {
             let dir =
                 migrations_dir.ok_or_else(|| Failure::usage("give KEY or --migrations-dir"))?;
@@ -107,6 +117,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
                 target_database_url.as_deref(),
                 tool,
                 applied_list.as_deref(),
+                lint_fails,
             )
             .await
         }

@@ -62,6 +62,8 @@ pub fn parse_header(text: &str) -> Result<Vec<(Phase, String)>, String> {
         };
         let mut words = rest.split_whitespace();
         let phase = match words.next() {
+            // `switchyard lint`'s allow comments may stand in the header too.
+            Some("allow") => continue,
             Some("expand") => Phase::Expand,
             Some("contract") => Phase::Contract,
             other => {
@@ -84,6 +86,11 @@ pub fn parse_header(text: &str) -> Result<Vec<(Phase, String)>, String> {
 /// Every `.sql` file of `dir`, sorted by name, with its header tags. golang-migrate's
 /// `.down.sql` files are skipped (they undo; they are not what a pipeline applies).
 pub fn scan(dir: &Path) -> Result<Vec<SqlFile>, String> {
+    scan_paths(dir)?.iter().map(|path| read(path)).collect()
+}
+
+/// The paths `scan` reads, sorted by file name.
+pub fn scan_paths(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read the migrations folder {}: {e}", dir.display()))?;
     let mut files = Vec::new();
@@ -96,9 +103,9 @@ pub fn scan(dir: &Path) -> Result<Vec<SqlFile>, String> {
         if !name.ends_with(".sql") || name.ends_with(".down.sql") {
             continue;
         }
-        files.push(read(&path)?);
+        files.push(path);
     }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
 }
 
@@ -265,6 +272,10 @@ mod tests {
         );
         assert!(parse_header("-- switchyard: contract Bad_Key").is_err());
         assert!(parse_header("-- switchyard: contract").is_err());
+        assert_eq!(
+            parse_header("-- switchyard: allow SY001 because tiny\nCREATE INDEX i ON t (a);"),
+            Ok(vec![])
+        );
     }
 
     #[test]
