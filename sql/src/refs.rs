@@ -60,6 +60,55 @@ impl fmt::Display for SchemaObject {
     }
 }
 
+/// The parser's view of an object (a schema-qualified `Name` it can match against the
+/// statement's own names) and the domain's (what a migration declares and the API carries) are
+/// the same objects: these convert between them.
+impl From<&SchemaObject> for switchyard_domain::SchemaObject {
+    fn from(o: &SchemaObject) -> Self {
+        match o {
+            SchemaObject::Table { table } => switchyard_domain::SchemaObject::Table {
+                schema: table.schema.clone(),
+                table: table.name.clone(),
+            },
+            SchemaObject::Column { table, column } => switchyard_domain::SchemaObject::Column {
+                schema: table.schema.clone(),
+                table: table.name.clone(),
+                column: column.clone(),
+            },
+            SchemaObject::Index { index } => switchyard_domain::SchemaObject::Index {
+                schema: index.schema.clone(),
+                index: index.name.clone(),
+            },
+        }
+    }
+}
+
+impl From<&switchyard_domain::SchemaObject> for SchemaObject {
+    fn from(o: &switchyard_domain::SchemaObject) -> Self {
+        use switchyard_domain::SchemaObject as D;
+        let name = |schema: &Option<String>, name: &str| Name {
+            schema: schema.clone(),
+            name: name.to_owned(),
+        };
+        match o {
+            D::Table { schema, table } => SchemaObject::Table {
+                table: name(schema, table),
+            },
+            D::Column {
+                schema,
+                table,
+                column,
+            } => SchemaObject::Column {
+                table: name(schema, table),
+                column: column.clone(),
+            },
+            D::Index { schema, index } => SchemaObject::Index {
+                index: name(schema, index),
+            },
+        }
+    }
+}
+
 /// A statement the parser cannot read, with its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {

@@ -129,6 +129,57 @@ async fn declared_database_is_validated_stored_and_sent(db: Db) {
         json!(["column:prices.amount_float"])
     );
 
+    // Taken from the contract file by the SQL parser.
+    let dir = std::env::temp_dir().join(format!("switchyard-contract-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let contract = dir.join("0009_contract.sql");
+    std::fs::write(
+        &contract,
+        "-- switchyard: contract emails.lower\nSET lock_timeout = '2s';\n\
+         ALTER TABLE public.users DROP COLUMN email_raw, DROP COLUMN email_checked;\n\
+         DROP INDEX CONCURRENTLY users_email_raw_idx;\n",
+    )
+    .unwrap();
+    let code = s
+        .cli(&[
+            "migration",
+            "create",
+            "emails.lower",
+            "--reason",
+            "lowercase",
+            "--contract-sql",
+            contract.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        s.migration("emails.lower").await["old_shape"],
+        json!([
+            "column:public.users.email_checked",
+            "column:public.users.email_raw",
+            "index:users_email_raw_idx"
+        ])
+    );
+    // A file with no drop in it is refused, nothing created.
+    std::fs::write(&contract, "CREATE INDEX CONCURRENTLY i ON t (c);\n").unwrap();
+    let code = s
+        .cli(&[
+            "migration",
+            "create",
+            "other.thing",
+            "--reason",
+            "r",
+            "--contract-sql",
+            contract.to_str().unwrap(),
+        ])
+        .await;
+    assert_ne!(code, 0);
+    assert_eq!(
+        s.get("/v1/migrations/other.thing").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
     // Nothing the server answers carries the target's URL or password.
     for path in [
         "/v1/migrations",
@@ -153,6 +204,15 @@ async fn declared_database_is_validated_stored_and_sent(db: Db) {
 }
 
 both_databases!(declared_database_is_validated_stored_and_sent);
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id())
+}
 
 #[test]
 fn a_target_database_is_name_equals_postgres_url() {

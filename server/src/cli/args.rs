@@ -233,6 +233,10 @@ pub enum MigrationCommand {
         /// or `index:[schema.]index` (repeatable): the old shape the database must stop using.
         #[arg(long = "drops", value_name = "OBJECT")]
         old_shape: Vec<String>,
+        /// The contract SQL file: the tables, columns and indexes it drops are added to the old
+        /// shape (parsed, not pattern-matched; a statement it cannot parse is an error).
+        #[arg(long, value_name = "FILE")]
+        contract_sql: Option<std::path::PathBuf>,
     },
     Show {
         key: String,

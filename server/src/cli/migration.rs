@@ -22,8 +22,12 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
             shadow_sample_percent,
             reason,
             target_database,
-            old_shape,
+            mut old_shape,
+            contract_sql,
         } => {
+            if let Some(path) = contract_sql {
+                old_shape.extend(contract_objects(&path)?);
+            }
             let sample = shadow_sample_percent
                 .map(|p| BasisPoints::from_percent(&p).map(|bp| bp.get()))
                 .transpose()
@@ -235,4 +239,26 @@ fn domain(m: json::Migration) -> Result<Migration, Failure> {
 pub(super) fn output(answer: Answer<json::Migration>, verb: &str) -> Result<Output, Failure> {
     let human = render::migration(&domain(answer.body)?, verb);
     Ok(Output::ok(answer.json, human))
+}
+
+/// The objects a contract file drops, in their written form (`column:users.username`).
+fn contract_objects(path: &std::path::Path) -> Result<Vec<String>, Failure> {
+    let sql = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("reading {}: {e}", path.display())))?;
+    let drops = switchyard_sql::contract_drops(&sql).map_err(|e| {
+        Failure::usage(format!(
+            "{}: {e}; fix the statement, or list the objects with --drops",
+            path.display()
+        ))
+    })?;
+    if drops.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} drops no table, column or index: is it the contract file?",
+            path.display()
+        )));
+    }
+    Ok(drops
+        .iter()
+        .map(|o| switchyard_domain::SchemaObject::from(o).to_string())
+        .collect())
 }
