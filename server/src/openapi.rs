@@ -56,6 +56,20 @@ pub fn document(app: &App) -> Value {
     );
     // A count a runner reports; the bound is the domain's (the databases' BIGINT).
     let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
+    // A backfill's settings, as stored and returned, and as sent to change them (with `reset`).
+    let settings = json!({
+        "batch_size": { "type": "integer", "minimum": 1, "maximum": 1_000_000 },
+        "max_rows_per_second": { "type": "number", "minimum": 0, "maximum": 1e9, "description": "0: no limit" },
+        "max_replica_lag_ms": { "type": "integer", "minimum": 0, "maximum": 86_400_000u64 },
+        "max_replica_lag_bytes": { "type": "integer", "minimum": 0, "maximum": 1u64 << 40 },
+        "max_wal_bytes_per_second": { "type": "integer", "minimum": 0, "maximum": 1u64 << 40 },
+        "batch_target_ms": { "type": "integer", "minimum": 0, "maximum": 3_600_000 },
+        "yield_to_blocked_sessions": { "type": "boolean" },
+        "hold_during_autovacuum": { "type": "boolean" }
+    });
+    let mut settings_change = settings.clone();
+    settings_change["reset"] =
+        json!({ "type": "boolean", "description": "clear every stored setting first" });
     // The optional fields the server reads as `Option`s take null as absent.
     let nullable_count =
         json!({ "type": ["integer", "null"], "minimum": 0, "maximum": MAX_STORED_NUMBER });
@@ -449,18 +463,11 @@ pub fn document(app: &App) -> Value {
                         "since_ms": { "type": ["integer", "null"] }, "throttled_seconds": { "type": "number" } } },
                     "settings": { "$ref": "#/components/schemas/BackfillSettings" } } },
                 "BackfillSettings": { "type": "object",
-                    "description": "absent: the runner's own value; for thresholds 0 turns the signal off", "properties": {
-                    "batch_size": { "type": "integer", "minimum": 1, "maximum": 1000000 },
-                    "max_rows_per_second": { "type": "number", "minimum": 0, "description": "0: no limit" },
-                    "max_replica_lag_ms": { "type": "integer", "minimum": 0, "maximum": 86400000 },
-                    "max_replica_lag_bytes": { "type": "integer", "minimum": 0 },
-                    "max_wal_bytes_per_second": { "type": "integer", "minimum": 0 },
-                    "batch_target_ms": { "type": "integer", "minimum": 0, "maximum": 3600000 },
-                    "yield_to_blocked_sessions": { "type": "boolean" },
-                    "hold_during_autovacuum": { "type": "boolean" } } },
-                "BackfillSettingsChange": { "allOf": [ { "$ref": "#/components/schemas/BackfillSettings" } ],
-                    "description": "the settings given replace those stored; reset first clears them all",
-                    "properties": { "reset": { "type": "boolean" } } },
+                    "description": "absent: the runner's own value; for thresholds 0 turns the signal off",
+                    "properties": settings.clone() },
+                "BackfillSettingsChange": { "type": "object", "additionalProperties": false,
+                    "description": "the settings given replace those stored; reset first clears them all (absent: the runner's own value; for thresholds 0 turns the signal off)",
+                    "properties": settings_change },
                 "GateReport": { "type": "object", "properties": {
                     "key": { "type": "string" }, "passed": { "type": "boolean" },
                     "checks": { "type": "array", "items": { "type": "object", "properties": {

@@ -373,3 +373,18 @@ pub struct TrafficMinute {
     #[serde(flatten)]
     pub counts: TrafficCounts,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_refuses_unknown_fields() {
+        let change: BackfillSettingsChange =
+            serde_json::from_str(r#"{"reset": true, "batch_size": 5}"#).unwrap();
+        assert!(change.reset);
+        assert_eq!(change.settings.batch_size, Some(5));
+        let typo = serde_json::from_str::<BackfillSettingsChange>(r#"{"batch_sise": 5}"#);
+        assert!(typo.unwrap_err().to_string().contains("batch_sise"));
+    }
+}
