@@ -428,3 +428,97 @@ async fn a_session_blocked_by_a_batch_makes_the_runner_yield() {
         "{done}"
     );
 }
+
+/// A role that may not see the standbys' positions (no `pg_monitor`): after its grace the
+/// runner holds and says what it cannot read; with the replica thresholds turned off on the
+/// server it goes on. A WAL rate over its (tiny) threshold holds it too, until turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_signal_holds_after_the_grace_and_the_wal_rate_holds() {
+    let cluster = PgCluster::builder().with_standby().start();
+    let _ = table(&cluster, 2_000).await;
+    cluster.execute(
+        "CREATE ROLE app LOGIN; GRANT SELECT, UPDATE ON items TO app; \
+         ALTER TABLE items OWNER TO app",
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&cluster.url().replace("postgres@", "app@"))
+        .await
+        .unwrap();
+    let srv = TestServer::start(Db::Sqlite).await;
+    ready(&srv).await;
+    let client = connect(&srv).await;
+    let backfill = Arc::new(
+        PgBackfill::new(pool.clone(), "items", "id", "new = upper(old)")
+            .pending("new IS DISTINCT FROM upper(old)"),
+    );
+    let runner = client
+        .backfill(KEY)
+        .batch_size(20)
+        .pause_between_batches(Duration::from_millis(20))
+        .health_timing(Duration::from_millis(100), Duration::from_millis(300))
+        .health(backfill.health());
+    let run = {
+        let backfill = backfill.clone();
+        tokio::spawn(async move {
+            runner
+                .run(move |c, l| {
+                    let backfill = backfill.clone();
+                    async move { backfill.batch(c, l).await }
+                })
+                .await
+        })
+    };
+    eventually(
+        WAIT,
+        "the runner holding for what it cannot read",
+        || async {
+            let p = progress(&srv).await;
+            p["throttle"]["reason"].as_str().is_some_and(|r| {
+                r.contains("cannot read replica lag")
+                    && r.contains("pg_monitor")
+                    && r.contains("holding rather than guessing")
+            })
+        },
+    )
+    .await;
+    let held_rows = progress(&srv).await["rows_done"].clone();
+    assert!(held_rows.as_u64() < Some(2_000), "{held_rows}");
+
+    // Replica thresholds off, and a WAL rate no backfill stays under.
+    assert_eq!(
+        srv.cli(&[
+            "backfill",
+            "set",
+            KEY,
+            "--max-replica-lag",
+            "off",
+            "--max-replica-lag-bytes",
+            "off",
+            "--max-wal-rate",
+            "1B",
+        ])
+        .await,
+        0
+    );
+    eventually(WAIT, "the runner holding for the WAL rate", || async {
+        let p = progress(&srv).await;
+        p["throttle"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("WAL written at") && r.ends_with("> 1 B/s"))
+            && p["rows_done"] != held_rows
+    })
+    .await;
+    assert_eq!(
+        srv.cli(&["backfill", "set", KEY, "--max-wal-rate", "off"])
+            .await,
+        0
+    );
+    let outcome = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the backfill completes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, BackfillOutcome::Completed { rows: 2_000 });
+    assert_eq!(pending(&pool).await, 0);
+}
