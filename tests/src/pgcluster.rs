@@ -18,6 +18,9 @@
 //! in a directory made for and owned by that user. A missing binary or user panics with what to
 //! install: a test that needs a cluster never passes without one.
 //!
+//! The standby streams through a physical replication slot (`switchyard_standby`), so it never
+//! loses WAL it has not received, however far behind a test holds it.
+//!
 //! Dropping the cluster stops both servers (`pg_ctl stop -m immediate`: nothing there is worth
 //! a clean shutdown) and removes their directories.
 
@@ -135,6 +138,12 @@ impl PgClusterBuilder {
                     "-D",
                     path_str(&node.dir),
                     "-R",
+                    // A physical slot keeps the WAL the standby has not received yet: without
+                    // one a checkpoint on a busy primary can remove it, and the standby stops
+                    // for good ("requested WAL segment … has already been removed").
+                    "-C",
+                    "-S",
+                    "switchyard_standby",
                     "-X",
                     "stream",
                     "--no-sync",
@@ -268,6 +277,16 @@ impl PgCluster {
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The primary's server log so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.primary.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// The standby's server log so far.
+    pub fn standby_log(&self) -> String {
+        std::fs::read_to_string(self.standby_node().dir.join("server.log")).unwrap_or_default()
     }
 
     fn standby_node(&self) -> &Node {
