@@ -668,3 +668,51 @@ impl BackfillRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own() -> Pace {
+        Pace {
+            batch_size: 1_000,
+            max_rows_per_second: Some(500.0),
+            batch_target: Some(Duration::from_millis(500)),
+            thresholds: Thresholds::default(),
+        }
+    }
+
+    #[test]
+    fn no_settings_leave_the_runners_own_values() {
+        assert_eq!(own().with(&pb::BackfillSettings::default()), own());
+    }
+
+    #[test]
+    fn settings_replace_field_by_field_and_zero_turns_off() {
+        let settings = pb::BackfillSettings {
+            batch_size: Some(7),
+            max_rows_per_second: Some(0.0),
+            max_replica_lag_ms: Some(2_000),
+            max_replica_lag_bytes: Some(0),
+            batch_target_ms: Some(0),
+            hold_during_autovacuum: Some(false),
+            ..Default::default()
+        };
+        let pace = own().with(&settings);
+        assert_eq!(pace.batch_size, 7);
+        assert_eq!(pace.max_rows_per_second, None, "0: no limit");
+        assert_eq!(pace.batch_target, None, "0: off");
+        assert_eq!(
+            pace.thresholds.max_replica_lag,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(pace.thresholds.max_replica_lag_bytes, None, "0: off");
+        assert_eq!(
+            pace.thresholds.max_wal_bytes_per_second,
+            Thresholds::default().max_wal_bytes_per_second,
+            "not set: the runner's own"
+        );
+        assert!(!pace.thresholds.hold_during_autovacuum);
+        assert!(pace.thresholds.yield_to_blocked_sessions);
+    }
+}
