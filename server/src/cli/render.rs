@@ -470,3 +470,50 @@ pub(super) fn tokens(list: &json::Tokens) -> String {
 pub(super) fn revoked_token(t: &json::Token) -> String {
     format!("revoked token {} ({})", t.id, cell(&t.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_says_why_the_runner_holds_and_settings_read_as_set() {
+        let p = json::BackfillProgress {
+            key: "users.x".into(),
+            status: json::BackfillStatus::Running,
+            paused: false,
+            cursor: "keyset:10".into(),
+            rows_done: 10,
+            rows_total_estimate: 100,
+            rate_rows_per_second: 5.0,
+            eta_seconds: Some(18),
+            runner: "api/1".into(),
+            updated_at_ms: Some(1),
+            throttle: json::BackfillThrottle {
+                throttled: true,
+                reason: "replica 127.0.0.1:5433 replay lag 3.2 s > 1 s".into(),
+                since_ms: Some(1),
+                throttled_seconds: 95.0,
+            },
+            settings: json::BackfillSettings {
+                batch_size: Some(500),
+                max_replica_lag_ms: Some(0),
+                ..Default::default()
+            },
+        };
+        let line = progress(&p);
+        assert!(
+            line.ends_with(
+                ", throttled: replica 127.0.0.1:5433 replay lag 3.2 s > 1 s (held 1m 35s in all)"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            backfill_settings(&p.settings),
+            "settings: batch size 500, max replica lag off"
+        );
+        assert_eq!(
+            backfill_settings(&json::BackfillSettings::default()),
+            "settings: none set (the runner's own)"
+        );
+    }
+}
