@@ -10,6 +10,14 @@
 //! - waits between batches: a fixed pause, a rows-per-second limit, and while a release manager
 //!   has paused it (`switchyard backfill pause`, seen through the client's watch stream) — a
 //!   pause never interrupts a running batch;
+//! - holds between batches while the database's health says so (a [`HealthCheck`]: replicas'
+//!   replay lag, WAL rate, sessions waiting on the batches' locks, autovacuum on the table),
+//!   re-checking on an interval and reporting why, since when and for how long in all with its
+//!   checkpoints; a signal it cannot read holds it after a grace, rather than being guessed;
+//! - keeps batches near a target duration (default 500 ms): a slower batch shrinks the window
+//!   at once, faster ones grow it back slowly;
+//! - takes the settings stored on the server (`switchyard backfill set`: batch size, rate,
+//!   thresholds) from every checkpoint answer, so they apply from the next batch;
 //! - stops when the backfill is cancelled, and records `backfill-complete` after the batch that
 //!   says it is done;
 //! - names its run (the version at which `backfill-started` was recorded) in every checkpoint
@@ -20,9 +28,11 @@
 //! PostgreSQL tables.
 
 use crate::client::Client;
+use crate::health::{HealthCheck, Reading, Thresholds, Window};
 use crate::rpc::{self, ErrorKind, OnRefusal, ServerError, request};
 use crate::state::Shared;
 use crate::sync::heartbeat_message;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,16 +103,79 @@ struct Progress {
     /// The last checkpoint's position, if one was saved.
     cursor: Option<String>,
     rows_done: u64,
+    /// Time held for the database's health so far, over the whole backfill.
+    throttled: Duration,
+    /// The settings stored on the server.
+    settings: pb::BackfillSettings,
+}
+
+/// What the runner reports about holding, with a checkpoint.
+struct Hold<'a> {
+    reason: &'a str,
+    /// How long the current hold has lasted.
+    held: Duration,
 }
 
 /// Runs a migration's backfill; build it with [`Client::backfill`].
 pub struct BackfillRunner {
     shared: Arc<Shared>,
     key: String,
-    batch_size: u64,
+    /// The runner's own values; the server's settings replace them field by field.
+    own: Pace,
     pause: Duration,
-    max_rows_per_second: Option<f64>,
     total_estimate: u64,
+    health: Option<Arc<dyn HealthCheck>>,
+    recheck: Duration,
+    unreadable_grace: Duration,
+}
+
+/// What paces the batches: the runner's own values, or those after the server's settings.
+#[derive(Debug, Clone, PartialEq)]
+struct Pace {
+    batch_size: u64,
+    max_rows_per_second: Option<f64>,
+    batch_target: Option<Duration>,
+    thresholds: Thresholds,
+}
+
+impl Pace {
+    /// These values with each setting stored on the server in their place (0: off).
+    fn with(&self, s: &pb::BackfillSettings) -> Pace {
+        let millis = |v: Option<u64>, own: Option<Duration>| match v {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => own,
+        };
+        let amount = |v: Option<u64>, own: Option<u64>| match v {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => own,
+        };
+        let t = &self.thresholds;
+        Pace {
+            batch_size: s.batch_size.unwrap_or(self.batch_size).max(1),
+            max_rows_per_second: match s.max_rows_per_second {
+                Some(r) if r > 0.0 && r.is_finite() => Some(r),
+                Some(_) => None,
+                None => self.max_rows_per_second,
+            },
+            batch_target: millis(s.batch_target_ms, self.batch_target),
+            thresholds: Thresholds {
+                max_replica_lag: millis(s.max_replica_lag_ms, t.max_replica_lag),
+                max_replica_lag_bytes: amount(s.max_replica_lag_bytes, t.max_replica_lag_bytes),
+                max_wal_bytes_per_second: amount(
+                    s.max_wal_bytes_per_second,
+                    t.max_wal_bytes_per_second,
+                ),
+                yield_to_blocked_sessions: s
+                    .yield_to_blocked_sessions
+                    .unwrap_or(t.yield_to_blocked_sessions),
+                hold_during_autovacuum: s
+                    .hold_during_autovacuum
+                    .unwrap_or(t.hold_during_autovacuum),
+            },
+        }
+    }
 }
 
 impl Client {
@@ -111,10 +184,17 @@ impl Client {
         BackfillRunner {
             shared: self.shared().clone(),
             key: migration.to_owned(),
-            batch_size: 1_000,
+            own: Pace {
+                batch_size: 1_000,
+                max_rows_per_second: None,
+                batch_target: Some(Duration::from_millis(500)),
+                thresholds: Thresholds::default(),
+            },
             pause: Duration::ZERO,
-            max_rows_per_second: None,
             total_estimate: 0,
+            health: None,
+            recheck: Duration::from_secs(1),
+            unreadable_grace: Duration::from_secs(30),
         }
     }
 }
@@ -122,7 +202,37 @@ impl Client {
 impl BackfillRunner {
     /// Rows per batch (default 1,000). Small batches keep each transaction, and its locks, short.
     pub fn batch_size(mut self, rows: u64) -> Self {
-        self.batch_size = rows.max(1);
+        self.own.batch_size = rows.max(1);
+        self
+    }
+
+    /// Keep batches near this duration (default 500 ms; `None`: off): a batch that took longer
+    /// shrinks the next ones in proportion, faster ones grow them back by a quarter at a time,
+    /// up to the batch size.
+    pub fn batch_target(mut self, target: Option<Duration>) -> Self {
+        self.own.batch_target = target.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Hold between batches while `check` reports a signal over its threshold (e.g.
+    /// [`crate::postgres::PgBackfill::health`]). Without one, the runner never holds.
+    pub fn health(mut self, check: impl HealthCheck + 'static) -> Self {
+        self.health = Some(Arc::new(check));
+        self
+    }
+
+    /// The thresholds of the health signals (default [`Thresholds::default`]); the server's
+    /// settings (`switchyard backfill set`) replace them field by field.
+    pub fn thresholds(mut self, thresholds: Thresholds) -> Self {
+        self.own.thresholds = thresholds;
+        self
+    }
+
+    /// How often a holding runner checks the signals again and reports (default 1 s), and how
+    /// long a signal may be unreadable before the runner holds for it (default 30 s).
+    pub fn health_timing(mut self, recheck: Duration, unreadable_grace: Duration) -> Self {
+        self.recheck = recheck.max(Duration::from_millis(10));
+        self.unreadable_grace = unreadable_grace;
         self
     }
 
@@ -134,7 +244,7 @@ impl BackfillRunner {
 
     /// At most this many rows per second, averaged over the run.
     pub fn max_rows_per_second(mut self, rate: f64) -> Self {
-        self.max_rows_per_second = (rate > 0.0).then_some(rate);
+        self.own.max_rows_per_second = (rate > 0.0).then_some(rate);
         self
     }
 
@@ -185,11 +295,16 @@ impl BackfillRunner {
                 )));
             }
         };
-        // The rate limit averages over time spent running: a pause restarts it, so a long
-        // pause does not bank a burst for afterwards.
+        // The server's settings, as of the last answer; applied before each batch.
+        let mut pace = self.own.with(&progress.settings);
+        let window = Window::default();
+        let mut throttled = progress.throttled;
+        let mut unreadable: HashMap<&'static str, Instant> = HashMap::new();
+        // The rate limit averages over time spent running: a pause or a hold restarts it, so a
+        // long one does not bank a burst for afterwards.
         let mut started = Instant::now();
         let mut rows_this_run = 0u64;
-        loop {
+        'batches: loop {
             // Between batches: cancelled? paused? (Subscribe before reading, so a resume
             // applied in between is not missed.)
             let mut applied = self.shared.applied.subscribe();
@@ -215,9 +330,90 @@ impl BackfillRunner {
                 started = Instant::now();
                 rows_this_run = 0;
             }
-            let ran = batch(cursor.clone(), self.batch_size)
-                .await
-                .map_err(BackfillError::Batch)?;
+            // Between batches: is the database healthy enough for another?
+            if let Some(health) = &self.health {
+                let mut hold: Option<(Instant, String)> = None;
+                loop {
+                    let readings = health.check(&pace.thresholds).await;
+                    let Some(reason) = self.judge(readings, &mut unreadable) else {
+                        break;
+                    };
+                    let since = match &hold {
+                        Some((since, last)) if *last == reason => *since,
+                        Some((since, _)) => {
+                            tracing::info!(migration = %self.key, %reason, "backfill still holding");
+                            *since
+                        }
+                        None => {
+                            tracing::info!(migration = %self.key, %reason, "backfill holding for the database's health");
+                            Instant::now()
+                        }
+                    };
+                    hold = Some((since, reason.clone()));
+                    let held = since.elapsed();
+                    let saved = self
+                        .checkpoint(
+                            cursor.as_deref().unwrap_or(""),
+                            rows,
+                            run,
+                            throttled + held,
+                            Some(Hold {
+                                reason: &reason,
+                                held,
+                            }),
+                        )
+                        .await;
+                    if let Some(outcome) = self.cancelled_if_refused(&saved, rows, run).await {
+                        return outcome;
+                    }
+                    // New thresholds apply to the next check, so a raised one releases the hold.
+                    pace = self.apply(pace, saved?.settings, &window);
+                    // A pause or cancel while holding is handled where it always is.
+                    let paused_or_ended = self.shared.migration(&self.key).is_some_and(|m| {
+                        m.backfill.paused || m.backfill.status != BackfillStatus::Running
+                    });
+                    if paused_or_ended {
+                        throttled += since.elapsed();
+                        continue 'batches;
+                    }
+                    tokio::time::sleep(self.recheck).await;
+                }
+                if let Some((since, _)) = hold {
+                    throttled += since.elapsed();
+                    tracing::info!(migration = %self.key, held = ?since.elapsed(), "backfill resumes after holding");
+                    started = Instant::now();
+                    rows_this_run = 0;
+                }
+            }
+            let limit = window.get(pace.batch_size);
+            let began = Instant::now();
+            let ran = {
+                let batch = batch(cursor.clone(), limit);
+                match &self.health {
+                    Some(health) => {
+                        tokio::pin!(batch);
+                        let watch = health.during_batch(&pace.thresholds);
+                        tokio::select! {
+                            ran = &mut batch => ran,
+                            // A watcher that ends early watches no more; the batch goes on.
+                            () = watch => batch.await,
+                        }
+                    }
+                    None => batch.await,
+                }
+            }
+            .map_err(BackfillError::Batch)?;
+            let took = began.elapsed();
+            if let Some(target) = pace.batch_target {
+                if took > target {
+                    // In proportion: the next batch should take about the target.
+                    let rows = (limit as f64 * target.as_secs_f64() / took.as_secs_f64()) as u64;
+                    tracing::debug!(migration = %self.key, ?took, ?target, rows, "batch over its target; shrinking");
+                    window.shrink(rows.min(limit - 1));
+                } else if took.as_secs_f64() < target.as_secs_f64() * 0.8 {
+                    window.grow(limit, pace.batch_size, 1.25);
+                }
+            }
             rows += ran.rows;
             rows_this_run += ran.rows;
             if ran.last_key.is_some() {
@@ -226,12 +422,12 @@ impl BackfillRunner {
             // A cancel that arrived during the batch makes the server refuse what follows:
             // that is the cancel, not a failure.
             let saved = self
-                .checkpoint(cursor.as_deref().unwrap_or(""), rows, run)
+                .checkpoint(cursor.as_deref().unwrap_or(""), rows, run, throttled, None)
                 .await;
             if let Some(outcome) = self.cancelled_if_refused(&saved, rows, run).await {
                 return outcome;
             }
-            saved?;
+            let saved = saved?;
             if ran.done {
                 let recorded = self.record(EventKind::BackfillComplete, run).await;
                 if let Some(outcome) = self.cancelled_if_refused(&recorded, rows, run).await {
@@ -241,8 +437,15 @@ impl BackfillRunner {
                 tracing::info!(migration = %self.key, rows, "backfill complete");
                 return Ok(BackfillOutcome::Completed { rows });
             }
+            let before = pace.max_rows_per_second;
+            pace = self.apply(pace, saved.settings, &window);
+            if pace.max_rows_per_second != before {
+                // A new rate counts from now.
+                started = Instant::now();
+                rows_this_run = 0;
+            }
             let mut wait = self.pause;
-            if let Some(rate) = self.max_rows_per_second {
+            if let Some(rate) = pace.max_rows_per_second {
                 let due = Duration::from_secs_f64(rows_this_run as f64 / rate);
                 wait = wait.max(due.saturating_sub(started.elapsed()));
             }
@@ -250,6 +453,50 @@ impl BackfillRunner {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    /// The pace after the server's latest settings; a changed batch size takes effect at once
+    /// (the window starts again from it).
+    fn apply(&self, pace: Pace, settings: Option<pb::BackfillSettings>, window: &Window) -> Pace {
+        // None: a server from before settings; the runner's own values.
+        let next = self.own.with(&settings.unwrap_or_default());
+        if next != pace {
+            tracing::info!(migration = %self.key, ?next, "backfill settings changed on the server");
+        }
+        if next.batch_size != pace.batch_size {
+            window.reset();
+        }
+        next
+    }
+
+    /// Why to hold, from the unhealthy readings: every signal over its threshold, and every
+    /// signal unreadable for longer than the grace. `None`: go on.
+    fn judge(
+        &self,
+        readings: Vec<Reading>,
+        unreadable: &mut HashMap<&'static str, Instant>,
+    ) -> Option<String> {
+        let mut reasons = Vec::new();
+        let mut still_unreadable = Vec::new();
+        for reading in readings {
+            match reading {
+                Reading::Over { reason, .. } => reasons.push(reason),
+                Reading::Unreadable { signal, error } => {
+                    still_unreadable.push(signal);
+                    let since = *unreadable.entry(signal).or_insert_with(Instant::now);
+                    if since.elapsed() >= self.unreadable_grace {
+                        reasons.push(format!(
+                            "cannot read {signal} for {} ({error}); holding rather than guessing",
+                            crate::health::seconds(Duration::from_secs(since.elapsed().as_secs()))
+                        ));
+                    } else {
+                        tracing::warn!(migration = %self.key, signal, %error, "cannot read a health signal; holding if it stays unreadable for {:?}", self.unreadable_grace);
+                    }
+                }
+            }
+        }
+        unreadable.retain(|signal, _| still_unreadable.contains(signal));
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// After a refusal: if the server says this run is no longer running (cancelled, or
@@ -306,17 +553,22 @@ impl BackfillRunner {
             .await?;
         Ok(Progress {
             status: BackfillStatus::from(p.status()),
+            throttled: Duration::from_millis(p.throttle.as_ref().map_or(0, |t| t.throttled_ms)),
+            settings: p.settings.unwrap_or_default(),
             cursor: (!p.cursor.is_empty()).then_some(p.cursor),
             rows_done: p.rows_done,
         })
     }
 
+    /// Saves the position (and the throttle state); returns the server's answer.
     async fn checkpoint<E>(
         &self,
         cursor: &str,
         rows: u64,
         run: u64,
-    ) -> Result<(), BackfillError<E>> {
+        throttled: Duration,
+        hold: Option<Hold<'_>>,
+    ) -> Result<pb::BackfillProgress, BackfillError<E>> {
         let message = pb::BackfillCheckpointRequest {
             key: self.key.clone(),
             cursor: cursor.to_owned(),
@@ -327,13 +579,21 @@ impl BackfillRunner {
                 self.shared.config.service, self.shared.config.instance_id
             ),
             started_version: run,
+            throttle: Some(pb::BackfillThrottle {
+                throttled: hold.is_some(),
+                reason: hold.as_ref().map_or(String::new(), |h| h.reason.to_owned()),
+                since_ms: 0,
+                throttled_ms: throttled.as_millis() as u64,
+                held_ms: hold.as_ref().map_or(0, |h| h.held.as_millis() as u64),
+            }),
         };
-        self.call(
-            message,
-            |mut c, r| async move { c.checkpoint_backfill(r).await },
-        )
-        .await?;
-        Ok(())
+        let answer = self
+            .call(
+                message,
+                |mut c, r| async move { c.checkpoint_backfill(r).await },
+            )
+            .await?;
+        Ok(answer)
     }
 
     /// Records an event at the migration's current version (re-reading it on a conflict); with
@@ -406,5 +666,53 @@ impl BackfillRunner {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own() -> Pace {
+        Pace {
+            batch_size: 1_000,
+            max_rows_per_second: Some(500.0),
+            batch_target: Some(Duration::from_millis(500)),
+            thresholds: Thresholds::default(),
+        }
+    }
+
+    #[test]
+    fn no_settings_leave_the_runners_own_values() {
+        assert_eq!(own().with(&pb::BackfillSettings::default()), own());
+    }
+
+    #[test]
+    fn settings_replace_field_by_field_and_zero_turns_off() {
+        let settings = pb::BackfillSettings {
+            batch_size: Some(7),
+            max_rows_per_second: Some(0.0),
+            max_replica_lag_ms: Some(2_000),
+            max_replica_lag_bytes: Some(0),
+            batch_target_ms: Some(0),
+            hold_during_autovacuum: Some(false),
+            ..Default::default()
+        };
+        let pace = own().with(&settings);
+        assert_eq!(pace.batch_size, 7);
+        assert_eq!(pace.max_rows_per_second, None, "0: no limit");
+        assert_eq!(pace.batch_target, None, "0: off");
+        assert_eq!(
+            pace.thresholds.max_replica_lag,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(pace.thresholds.max_replica_lag_bytes, None, "0: off");
+        assert_eq!(
+            pace.thresholds.max_wal_bytes_per_second,
+            Thresholds::default().max_wal_bytes_per_second,
+            "not set: the runner's own"
+        );
+        assert!(!pace.thresholds.hold_during_autovacuum);
+        assert!(pace.thresholds.yield_to_blocked_sessions);
     }
 }

@@ -38,6 +38,7 @@
 //! - `slot`: per-migration evaluation state in atomics, and the lock-free name registry.
 //! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do).
 //! - `backfill`: [`BackfillRunner`], batched, checkpointed, pausable backfills.
+//! - [`health`]: the database health signals a backfill yields to ([`health::HealthCheck`]).
 //! - `telemetry`: sharded counters.
 //! - `sync`: the background tasks (watch, acknowledgements, telemetry reports).
 //! - `rpc`: calls to the servers in preference order, and the server's errors by their code.
@@ -48,7 +49,10 @@
 mod backfill;
 mod client;
 mod handle;
+pub mod health;
 mod migrator;
+#[cfg(feature = "postgres")]
+mod pg_health;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod rpc;

@@ -60,12 +60,14 @@
 //! them from user input.
 
 use crate::backfill::Batch;
+use crate::health::Window;
 use rand::Rng;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+pub use crate::pg_health::PgHealth;
 
 /// Why a Postgres backfill batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +100,8 @@ pub struct PgBackfill {
     first_retry: Duration,
     /// The key column's SQL type, read from the catalog on the first batch.
     key_type: OnceLock<String>,
-    /// The window after statement timeouts (0: the runner's limit).
-    window: AtomicU64,
+    /// The window after statement timeouts (shrunk, then grown back to the runner's limit).
+    window: Window,
 }
 
 /// Which pass a cursor is in.
@@ -129,7 +131,7 @@ impl PgBackfill {
             max_attempts: 8,
             first_retry: Duration::from_millis(50),
             key_type: OnceLock::new(),
-            window: AtomicU64::new(0),
+            window: Window::default(),
         }
     }
 
@@ -206,11 +208,7 @@ impl PgBackfill {
         let mut delay = self.first_retry;
         loop {
             attempt += 1;
-            let window = match self.window.load(Ordering::Relaxed) {
-                0 => limit,
-                shrunk => shrunk.min(limit),
-            }
-            .max(1);
+            let window = self.window.get(limit);
             let result = match self.key_type().await {
                 Ok(Ok(key_type)) => {
                     let sql = self.statement(pass, after.is_some(), &key_type);
@@ -222,11 +220,7 @@ impl PgBackfill {
             match result {
                 Ok((scanned, last, updated)) => {
                     // Grow back towards the runner's limit after a success.
-                    if window < limit {
-                        let grown = window.saturating_mul(2);
-                        self.window
-                            .store(if grown >= limit { 0 } else { grown }, Ordering::Relaxed);
-                    }
+                    self.window.grow(window, limit, 2.0);
                     let end = scanned < window;
                     tracing::debug!(table = %self.table_name, ?pass, scanned, updated, "backfill batch");
                     return Ok(match (pass, end) {
@@ -260,7 +254,7 @@ impl PgBackfill {
                         return Err(self.database(attempt, e));
                     }
                     if code == "57014" {
-                        self.window.store((window / 2).max(1), Ordering::Relaxed);
+                        self.window.shrink(window / 2);
                     }
                     tracing::warn!(
                         table = %self.table_name, attempt, error = %e,
@@ -409,14 +403,36 @@ impl PgBackfill {
 
     /// The transaction's `SET LOCAL lock_timeout` and `statement_timeout`.
     async fn set_timeouts(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        // The application name marks the batch's session for the duration of the transaction,
+        // so [`PgHealth`] can tell which sessions wait on the batch's locks.
         sqlx::query(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, \
+             true), set_config('application_name', $3, true)",
         )
         .bind(format!("{}ms", self.lock_timeout.as_millis().max(1)))
         .bind(format!("{}ms", self.statement_timeout.as_millis().max(1)))
+        .bind(self.application_name())
         .execute(&mut **tx)
         .await
         .map(drop)
+    }
+
+    /// What the batch's session is called while it runs (63 bytes at most, as PostgreSQL keeps).
+    pub fn application_name(&self) -> String {
+        let mut name = format!("switchyard-backfill {}", self.table_name);
+        while name.len() > 63 {
+            name.pop();
+        }
+        name
+    }
+
+    /// The health signals of this backfill's database, for [`crate::BackfillRunner::health`]:
+    /// replicas' replay lag and the WAL rate of the pool's server, sessions waiting on this
+    /// backfill's batches, autovacuum on its table.
+    pub fn health(&self) -> PgHealth {
+        PgHealth::new(self.pool.clone())
+            .table(&self.table_name)
+            .batch_sessions(&self.application_name())
     }
 
     fn setup(&self, message: String) -> PgBackfillError {

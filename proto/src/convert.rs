@@ -400,6 +400,36 @@ impl From<&switchyard_domain::gate::GateReport> for pb::GateReport {
     }
 }
 
+impl From<&crate::json::BackfillSettings> for pb::BackfillSettings {
+    fn from(s: &crate::json::BackfillSettings) -> Self {
+        pb::BackfillSettings {
+            batch_size: s.batch_size,
+            max_rows_per_second: s.max_rows_per_second,
+            max_replica_lag_ms: s.max_replica_lag_ms,
+            max_replica_lag_bytes: s.max_replica_lag_bytes,
+            max_wal_bytes_per_second: s.max_wal_bytes_per_second,
+            batch_target_ms: s.batch_target_ms,
+            yield_to_blocked_sessions: s.yield_to_blocked_sessions,
+            hold_during_autovacuum: s.hold_during_autovacuum,
+        }
+    }
+}
+
+impl From<&pb::BackfillSettings> for crate::json::BackfillSettings {
+    fn from(s: &pb::BackfillSettings) -> Self {
+        crate::json::BackfillSettings {
+            batch_size: s.batch_size,
+            max_rows_per_second: s.max_rows_per_second,
+            max_replica_lag_ms: s.max_replica_lag_ms,
+            max_replica_lag_bytes: s.max_replica_lag_bytes,
+            max_wal_bytes_per_second: s.max_wal_bytes_per_second,
+            batch_target_ms: s.batch_target_ms,
+            yield_to_blocked_sessions: s.yield_to_blocked_sessions,
+            hold_during_autovacuum: s.hold_during_autovacuum,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

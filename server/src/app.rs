@@ -21,6 +21,7 @@ use switchyard_domain::{
     BasisPoints, Database, Event, Migration, MigrationKey, NewMigration, Operation, Permission,
     Plan, Role, Stage, TargetName, Version,
 };
+use switchyard_proto::json::{BackfillSettings, BackfillSettingsChange};
 
 /// Milliseconds since the Unix epoch. Injectable so tests can move time without sleeping.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -43,6 +44,20 @@ pub struct RunnerPosition<'a> {
     pub runner: &'a str,
     /// The run it belongs to (`backfill.started_version`); `None`: not checked.
     pub started_version: Option<Version>,
+    /// Whether it holds between batches for the database's health; `None`: it does not.
+    pub throttle: Option<RunnerThrottle<'a>>,
+}
+
+/// A runner's throttle state, as it reports it with a checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunnerThrottle<'a> {
+    /// Why it holds; empty: it does not.
+    pub reason: &'a str,
+    /// How long the current hold has lasted (a duration, not a time: the runner's clock may
+    /// differ from the server's).
+    pub held_ms: u64,
+    /// Time held over the whole backfill.
+    pub throttled_ms: u64,
 }
 
 pub struct App {
@@ -86,10 +101,16 @@ pub struct BackfillProgress {
     pub eta_seconds: Option<u64>,
     pub runner: String,
     pub updated_at_ms: Option<i64>,
+    /// Why the runner holds between batches; empty: it does not.
+    pub throttle_reason: String,
+    pub throttled_since_ms: Option<i64>,
+    pub throttled_ms: u64,
+    /// The settings release managers set for it (`switchyard backfill set`).
+    pub settings: BackfillSettings,
 }
 
 impl BackfillProgress {
-    fn new(m: &Migration, checkpoint: Option<Checkpoint>) -> Self {
+    fn new(m: &Migration, checkpoint: Option<Checkpoint>, settings: BackfillSettings) -> Self {
         let c = checkpoint.unwrap_or(Checkpoint {
             cursor: String::new(),
             rows_done: m.backfill.rows_done,
@@ -97,7 +118,12 @@ impl BackfillProgress {
             rate_rows_per_second: 0.0,
             runner: String::new(),
             updated_at_ms: 0,
+            throttle_reason: String::new(),
+            throttled_since_ms: 0,
+            throttled_ms: 0,
         });
+        // A hold reported by a runner of a backfill that is no longer running is history.
+        let holding = m.backfill.status == BackfillStatus::Running && !c.throttle_reason.is_empty();
         let left = c.rows_total_estimate.saturating_sub(c.rows_done);
         let eta = (m.backfill.status == BackfillStatus::Running
             && c.rate_rows_per_second > 0.0
@@ -114,8 +140,72 @@ impl BackfillProgress {
             eta_seconds: eta,
             runner: c.runner,
             updated_at_ms: (c.updated_at_ms > 0).then_some(c.updated_at_ms),
+            throttle_reason: if holding {
+                c.throttle_reason
+            } else {
+                String::new()
+            },
+            throttled_since_ms: holding.then_some(c.throttled_since_ms),
+            throttled_ms: c.throttled_ms,
+            settings,
         }
     }
+}
+
+/// Checks settings a release manager sends: each within what a runner can use.
+fn check_settings(s: &BackfillSettings) -> Result<(), ApiError> {
+    fn at_most(
+        name: &str,
+        value: Option<u64>,
+        min: u64,
+        max: u64,
+        unit: &str,
+    ) -> Result<(), ApiError> {
+        match value {
+            Some(v) if v < min || v > max => Err(ApiError::invalid(format!(
+                "{name} is {v}: allowed {min} to {max} {unit}{}",
+                if min == 0 { " (0 turns it off)" } else { "" }
+            ))),
+            _ => Ok(()),
+        }
+    }
+    at_most("batch_size", s.batch_size, 1, 1_000_000, "rows")?;
+    at_most(
+        "max_replica_lag_ms",
+        s.max_replica_lag_ms,
+        0,
+        86_400_000,
+        "milliseconds",
+    )?;
+    at_most(
+        "max_replica_lag_bytes",
+        s.max_replica_lag_bytes,
+        0,
+        1 << 40,
+        "bytes",
+    )?;
+    at_most(
+        "max_wal_bytes_per_second",
+        s.max_wal_bytes_per_second,
+        0,
+        1 << 40,
+        "bytes",
+    )?;
+    at_most(
+        "batch_target_ms",
+        s.batch_target_ms,
+        0,
+        3_600_000,
+        "milliseconds",
+    )?;
+    if let Some(rate) = s.max_rows_per_second
+        && !(rate.is_finite() && (0.0..=1e9).contains(&rate))
+    {
+        return Err(ApiError::invalid(format!(
+            "max_rows_per_second is {rate}: allowed 0 (no limit) to 1000000000"
+        )));
+    }
+    Ok(())
 }
 
 /// What a release manager sends to create a migration.
@@ -743,6 +833,7 @@ impl App {
             rows_total_estimate,
             runner,
             started_version,
+            throttle,
         } = position;
         // Moving the cursor decides which rows get backfilled: an operator's act.
         who.require(Permission::Operate)?;
@@ -761,6 +852,15 @@ impl App {
         } else {
             parse_label("runner", runner)?
         };
+        let throttle = throttle.unwrap_or_default();
+        if throttle.reason.len() > 1024 {
+            return Err(ApiError::invalid(
+                "throttle.reason is too long: allowed up to 1024 bytes",
+            ));
+        }
+        check_text("throttle.reason", throttle.reason, TextKind::Opaque)?;
+        let now = self.now();
+        let holding = !throttle.reason.is_empty();
         let saved = self
             .store
             .save_checkpoint(
@@ -771,12 +871,29 @@ impl App {
                     rows_total_estimate,
                     rate_rows_per_second: 0.0,
                     runner,
-                    updated_at_ms: self.now(),
+                    updated_at_ms: now,
+                    throttle_reason: throttle.reason.to_owned(),
+                    throttled_since_ms: if holding {
+                        now - i64::try_from(throttle.held_ms).unwrap_or(i64::MAX).min(now)
+                    } else {
+                        0
+                    },
+                    throttled_ms: throttle.throttled_ms.min(i64::MAX as u64),
                 },
                 |current| checkpoint_admitted(current, started_version),
             )
             .await?;
-        Ok(BackfillProgress::new(&migration, Some(saved)))
+        crate::metrics::record_backfill_throttle(
+            migration.key.as_str(),
+            holding,
+            saved.throttled_ms,
+        );
+        let settings = self.store.backfill_settings(migration.key.as_str()).await?;
+        Ok(BackfillProgress::new(
+            &migration,
+            Some(saved),
+            settings.settings,
+        ))
     }
 
     /// Where a migration's backfill is.
@@ -788,7 +905,48 @@ impl App {
             }
             _ => None,
         };
-        Ok(BackfillProgress::new(&migration, checkpoint))
+        let settings = self.store.backfill_settings(migration.key.as_str()).await?;
+        Ok(BackfillProgress::new(
+            &migration,
+            checkpoint,
+            settings.settings,
+        ))
+    }
+
+    /// Changes a backfill's settings (thresholds, batch size, pace): its runner applies them
+    /// at its next batch, from the answer to its next checkpoint.
+    pub async fn set_backfill_settings(
+        &self,
+        who: &Principal,
+        key: &str,
+        change: &BackfillSettingsChange,
+    ) -> Result<BackfillProgress, ApiError> {
+        // The pace of a backfill is the operator's call, like pausing it.
+        who.require(Permission::Operate)?;
+        let migration = self.get_migration(who, key)?;
+        if !migration.has_backfill {
+            return Err(ApiError::invalid(format!(
+                "migration {key} has no backfill: there is nothing to set"
+            )));
+        }
+        check_settings(&change.settings)?;
+        let reset = change.reset;
+        self.store
+            .update_backfill_settings(
+                migration.key.as_str(),
+                &who.actor(),
+                self.now(),
+                |current| {
+                    let base = if reset {
+                        BackfillSettings::default()
+                    } else {
+                        current.clone()
+                    };
+                    base.merged(&change.settings)
+                },
+            )
+            .await?;
+        self.backfill(who, key).await
     }
 
     /// Removes telemetry older than the retention.

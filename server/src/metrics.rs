@@ -31,6 +31,14 @@ fn describe() {
         "gRPC requests by method and status code"
     );
     metrics::describe_gauge!(
+        "switchyard_backfill_throttled",
+        "1 while a migration's backfill runner holds between batches for the database's health (replica lag, WAL rate, blocked sessions, autovacuum), as of its last checkpoint"
+    );
+    metrics::describe_gauge!(
+        "switchyard_backfill_throttled_seconds",
+        "Seconds a migration's backfill runner has held for the database's health, over the whole backfill"
+    );
+    metrics::describe_gauge!(
         "switchyard_open_watches",
         "Open watch streams (gRPC and SSE)"
     );
@@ -58,6 +66,14 @@ fn describe() {
         "switchyard_unknown_migration_reports_total",
         "Migration keys in heartbeats and telemetry that name no migration (ignored), by source"
     );
+}
+
+/// A backfill runner's throttle state, from its last checkpoint on this replica.
+pub fn record_backfill_throttle(migration: &str, throttled: bool, throttled_ms: u64) {
+    let label = [("migration", migration.to_owned())];
+    metrics::gauge!("switchyard_backfill_throttled", &label).set(if throttled { 1.0 } else { 0.0 });
+    metrics::gauge!("switchyard_backfill_throttled_seconds", &label)
+        .set(throttled_ms as f64 / 1000.0);
 }
 
 pub fn record_refusal(rule: switchyard_domain::Rule) {

@@ -56,6 +56,20 @@ pub fn document(app: &App) -> Value {
     );
     // A count a runner reports; the bound is the domain's (the databases' BIGINT).
     let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER });
+    // A backfill's settings, as stored and returned, and as sent to change them (with `reset`).
+    let settings = json!({
+        "batch_size": { "type": "integer", "minimum": 1, "maximum": 1_000_000 },
+        "max_rows_per_second": { "type": "number", "minimum": 0, "maximum": 1e9, "description": "0: no limit" },
+        "max_replica_lag_ms": { "type": "integer", "minimum": 0, "maximum": 86_400_000u64 },
+        "max_replica_lag_bytes": { "type": "integer", "minimum": 0, "maximum": 1u64 << 40 },
+        "max_wal_bytes_per_second": { "type": "integer", "minimum": 0, "maximum": 1u64 << 40 },
+        "batch_target_ms": { "type": "integer", "minimum": 0, "maximum": 3_600_000 },
+        "yield_to_blocked_sessions": { "type": "boolean" },
+        "hold_during_autovacuum": { "type": "boolean" }
+    });
+    let mut settings_change = settings.clone();
+    settings_change["reset"] =
+        json!({ "type": "boolean", "description": "clear every stored setting first" });
     // The optional fields the server reads as `Option`s take null as absent.
     let nullable_count =
         json!({ "type": ["integer", "null"], "minimum": 0, "maximum": MAX_STORED_NUMBER });
@@ -258,6 +272,11 @@ pub fn document(app: &App) -> Value {
                     "parameters": [key.clone()], "requestBody": body("BackfillCheckpoint"),
                     "responses": ok("BackfillProgress", &["400", "401", "403", "404", "408", "413", "422"]) }
             },
+            "/v1/migrations/{key}/backfill/settings": {
+                "put": { "summary": "Change a backfill's thresholds and pace while it runs (operator role); its runner applies them at its next batch",
+                    "parameters": [key.clone()], "requestBody": body("BackfillSettingsChange"),
+                    "responses": ok("BackfillProgress", &["400", "401", "403", "404", "408", "413", "422"]) }
+            },
             "/v1/whoami": {
                 "get": { "summary": "The presented token's name and role (any role; the dashboard signs in with it)",
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
@@ -444,13 +463,27 @@ pub fn document(app: &App) -> Value {
                     "rows_done": count.clone(), "rows_total_estimate": count,
                     "runner": { "type": "string", "maxLength": 128, "pattern": format!("^[^{CONTROL}]*$"),
                         "description": "who runs it (service/instance), up to 128 bytes of one line; empty: the token's name" },
-                    "started_version": { "type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX, "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" } } },
+                    "started_version": { "type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX, "description": "the run this runner belongs to (backfill.started_version); a checkpoint from an earlier, cancelled run is refused (422)" },
+                    "throttle": { "type": ["object", "null"], "additionalProperties": false, "description": "whether the runner holds between batches for the database's health", "properties": {
+                        "reason": { "type": "string", "maxLength": 1024, "description": "why it holds; empty: it does not" },
+                        "held_ms": { "type": "integer", "minimum": 0, "description": "how long the current hold has lasted" },
+                        "throttled_ms": { "type": "integer", "minimum": 0, "description": "time held over the whole backfill" } } } } },
                 "BackfillProgress": { "type": "object", "properties": {
                     "key": { "type": "string" }, "status": { "type": "string", "enum": backfill_statuses },
                     "paused": { "type": "boolean" }, "cursor": { "type": "string" },
                     "rows_done": { "type": "integer" }, "rows_total_estimate": { "type": "integer" },
                     "rate_rows_per_second": { "type": "number" }, "eta_seconds": { "type": ["integer", "null"] },
-                    "runner": { "type": "string" }, "updated_at_ms": { "type": ["integer", "null"] } } },
+                    "runner": { "type": "string" }, "updated_at_ms": { "type": ["integer", "null"] },
+                    "throttle": { "type": "object", "description": "whether the runner holds between batches for the database's health, and why", "properties": {
+                        "throttled": { "type": "boolean" }, "reason": { "type": "string" },
+                        "since_ms": { "type": ["integer", "null"] }, "throttled_seconds": { "type": "number" } } },
+                    "settings": { "$ref": "#/components/schemas/BackfillSettings" } } },
+                "BackfillSettings": { "type": "object",
+                    "description": "absent: the runner's own value; for thresholds 0 turns the signal off",
+                    "properties": settings.clone() },
+                "BackfillSettingsChange": { "type": "object", "additionalProperties": false,
+                    "description": "the settings given replace those stored; reset first clears them all (absent: the runner's own value; for thresholds 0 turns the signal off)",
+                    "properties": settings_change },
                 "GateReport": { "type": "object", "properties": {
                     "key": { "type": "string" }, "passed": { "type": "boolean" },
                     "checks": { "type": "array", "items": { "type": "object", "properties": {

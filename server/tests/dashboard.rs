@@ -436,11 +436,22 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         .put(format!("{base}/v1/migrations/{users}/backfill/checkpoint"))
         .bearer_auth(operator)
         .json(&json!({ "cursor": "user_id>420000", "rows_done": 420_000,
-            "rows_total_estimate": 1_200_000, "runner": "backfill-1" }))
+            "rows_total_estimate": 1_200_000, "runner": "backfill-1",
+            "throttle": { "reason": "replica 10.0.0.7:5432 replay lag 3.2 s > 2 s",
+                "held_ms": 12_000, "throttled_ms": 95_000 } }))
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success(), "checkpoint: {}", r.status());
+    run(&[
+        "backfill",
+        "set",
+        users,
+        "--max-replica-lag",
+        "2s",
+        "--batch-size",
+        "500",
+    ]);
     drive(sessions, &["advance", "100"]);
     heartbeats(&[]).await;
     // A change one checkout instance has not applied yet.

@@ -6,6 +6,8 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). A Postgres test fails loudly when it cannot reach
 //! it: none is counted as passed without running.
 
+pub mod pgcluster;
+
 use anyhow::Context;
 use rand::Rng;
 use reqwest::StatusCode;

@@ -280,6 +280,7 @@ async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
             rows_total_estimate: total,
             runner: "api/worker-1".into(),
             started_version: 0,
+            throttle: None,
         };
         let status = srv
             .grpc

@@ -186,6 +186,7 @@ async fn openapi_describes_every_route() {
         ("get", "/v1/lifecycle"),
         ("get", "/v1/migrations/{key}/backfill"),
         ("put", "/v1/migrations/{key}/backfill/checkpoint"),
+        ("put", "/v1/migrations/{key}/backfill/settings"),
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens/{id}/revoke"),

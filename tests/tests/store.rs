@@ -1233,6 +1233,9 @@ async fn running_backfill(store: &Store, key: &str) -> (Migration, Checkpoint) {
                 rate_rows_per_second: 0.0,
                 runner: "api/worker-1".to_owned(),
                 updated_at_ms: T0 + 2,
+                throttle_reason: String::new(),
+                throttled_since_ms: 0,
+                throttled_ms: 0,
             },
             |_| Ok(()),
         )
@@ -1258,6 +1261,9 @@ async fn a_checkpoint_is_judged_on_the_stored_state(db: Db) {
         rate_rows_per_second: 0.0,
         runner: "api/worker-1".to_owned(),
         updated_at_ms: T0 + 3,
+        throttle_reason: String::new(),
+        throttled_since_ms: 0,
+        throttled_ms: 0,
     };
     let refused_late = store
         .save_checkpoint(key, &late, |m| {

@@ -144,6 +144,80 @@ pub struct BackfillProgress {
     pub eta_seconds: Option<u64>,
     pub runner: String,
     pub updated_at_ms: Option<i64>,
+    /// Whether the runner holds between batches for the database's health (absent from servers
+    /// before throttling: not throttled).
+    #[serde(default)]
+    pub throttle: BackfillThrottle,
+    /// The settings set on the server (`switchyard backfill set`); absent: none.
+    #[serde(default)]
+    pub settings: BackfillSettings,
+}
+
+/// A runner holding between batches while a health signal is over its threshold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackfillThrottle {
+    pub throttled: bool,
+    /// E.g. `replica 127.0.0.1:5433 replay lag 3.2 s > 1 s`; empty when not throttled.
+    pub reason: String,
+    /// When the current hold began; `None` when not throttled.
+    pub since_ms: Option<i64>,
+    /// Seconds held, over the whole backfill so far.
+    pub throttled_seconds: f64,
+}
+
+/// A backfill's settings on the server, changeable while it runs; runners apply them at the
+/// next batch. `None`: the runner's own value. For thresholds, 0 turns the signal off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u64>,
+    /// 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wal_bytes_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_target_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yield_to_blocked_sessions: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_during_autovacuum: Option<bool>,
+}
+
+impl BackfillSettings {
+    /// Each setting `other` has replaces this one's.
+    pub fn merged(&self, other: &BackfillSettings) -> BackfillSettings {
+        BackfillSettings {
+            batch_size: other.batch_size.or(self.batch_size),
+            max_rows_per_second: other.max_rows_per_second.or(self.max_rows_per_second),
+            max_replica_lag_ms: other.max_replica_lag_ms.or(self.max_replica_lag_ms),
+            max_replica_lag_bytes: other.max_replica_lag_bytes.or(self.max_replica_lag_bytes),
+            max_wal_bytes_per_second: other
+                .max_wal_bytes_per_second
+                .or(self.max_wal_bytes_per_second),
+            batch_target_ms: other.batch_target_ms.or(self.batch_target_ms),
+            yield_to_blocked_sessions: other
+                .yield_to_blocked_sessions
+                .or(self.yield_to_blocked_sessions),
+            hold_during_autovacuum: other.hold_during_autovacuum.or(self.hold_during_autovacuum),
+        }
+    }
+}
+
+/// `PUT /v1/migrations/{key}/backfill/settings`: the settings given replace those stored;
+/// `reset` first clears every stored setting (back to the runner's own values).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSettingsChange {
+    #[serde(default)]
+    pub reset: bool,
+    #[serde(flatten)]
+    pub settings: BackfillSettings,
 }
 
 /// `GET /v1/migrations/{key}/decide`: what an operation on an entity does.
@@ -298,4 +372,19 @@ pub struct TrafficMinute {
     pub minute_ms: i64,
     #[serde(flatten)]
     pub counts: TrafficCounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_change_refuses_unknown_fields() {
+        let change: BackfillSettingsChange =
+            serde_json::from_str(r#"{"reset": true, "batch_size": 5}"#).unwrap();
+        assert!(change.reset);
+        assert_eq!(change.settings.batch_size, Some(5));
+        let typo = serde_json::from_str::<BackfillSettingsChange>(r#"{"batch_sise": 5}"#);
+        assert!(typo.unwrap_err().to_string().contains("batch_sise"));
+    }
 }

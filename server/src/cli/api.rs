@@ -135,6 +135,14 @@ impl Client {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub(super) async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Answer<T>, Failure> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     pub(super) async fn migration(&self, key: &str) -> Result<Answer<json::Migration>, Failure> {
         self.get(&format!("/v1/migrations/{}", path_segment(key)?))
             .await

@@ -270,6 +270,9 @@ pub enum BackfillCommand {
         #[command(flatten)]
         change: Change,
     },
+    /// Change its thresholds and pace while it runs (operator role); the runner applies them
+    /// at its next batch.
+    Set(super::backfill::SetArgs),
     /// Stop the backfill and forget its checkpoint (it can be started again).
     Cancel {
         key: String,

@@ -338,7 +338,67 @@ pub(super) fn progress(p: &json::BackfillProgress) -> String {
         } else {
             format!(", runner {}", cell(&p.runner))
         },
-    )
+    ) + &throttle(p)
+}
+
+/// Why the runner holds, and for how long it has held in all.
+fn throttle(p: &json::BackfillProgress) -> String {
+    let t = &p.throttle;
+    let total = humantime::format_duration(Duration::from_secs(t.throttled_seconds as u64));
+    if t.throttled {
+        format!(", throttled: {} (held {total} in all)", cell(&t.reason))
+    } else if t.throttled_seconds >= 1.0 {
+        format!(", held {total} in all for the database's health")
+    } else {
+        String::new()
+    }
+}
+
+/// The settings set on the server, or that there are none.
+pub(super) fn backfill_settings(s: &json::BackfillSettings) -> String {
+    fn off_or<T: PartialEq + Default + std::fmt::Display>(v: T, unit: &str) -> String {
+        if v == T::default() {
+            "off".to_owned()
+        } else {
+            format!("{v}{unit}")
+        }
+    }
+    let mut parts = Vec::new();
+    if let Some(v) = s.batch_size {
+        parts.push(format!("batch size {v}"));
+    }
+    if let Some(v) = s.max_rows_per_second {
+        parts.push(format!("max rows/s {}", off_or(v, "")));
+    }
+    if let Some(v) = s.max_replica_lag_ms {
+        parts.push(format!("max replica lag {}", off_or(v, " ms")));
+    }
+    if let Some(v) = s.max_replica_lag_bytes {
+        parts.push(format!("max replica lag {}", off_or(v, " bytes")));
+    }
+    if let Some(v) = s.max_wal_bytes_per_second {
+        parts.push(format!("max WAL {}", off_or(v, " bytes/s")));
+    }
+    if let Some(v) = s.batch_target_ms {
+        parts.push(format!("batch target {}", off_or(v, " ms")));
+    }
+    if let Some(v) = s.yield_to_blocked_sessions {
+        parts.push(format!(
+            "yield to blocked sessions {}",
+            if v { "on" } else { "off" }
+        ));
+    }
+    if let Some(v) = s.hold_during_autovacuum {
+        parts.push(format!(
+            "hold during autovacuum {}",
+            if v { "on" } else { "off" }
+        ));
+    }
+    if parts.is_empty() {
+        "settings: none set (the runner's own)".to_owned()
+    } else {
+        format!("settings: {}", parts.join(", "))
+    }
 }
 
 pub(super) fn decision(d: &json::Decision, entity: Option<&str>) -> String {
@@ -411,4 +471,51 @@ pub(super) fn tokens(list: &json::Tokens) -> String {
 
 pub(super) fn revoked_token(t: &json::Token) -> String {
     format!("revoked token {} ({})", t.id, cell(&t.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_says_why_the_runner_holds_and_settings_read_as_set() {
+        let p = json::BackfillProgress {
+            key: "users.x".into(),
+            status: json::BackfillStatus::Running,
+            paused: false,
+            cursor: "keyset:10".into(),
+            rows_done: 10,
+            rows_total_estimate: 100,
+            rate_rows_per_second: 5.0,
+            eta_seconds: Some(18),
+            runner: "api/1".into(),
+            updated_at_ms: Some(1),
+            throttle: json::BackfillThrottle {
+                throttled: true,
+                reason: "replica 127.0.0.1:5433 replay lag 3.2 s > 1 s".into(),
+                since_ms: Some(1),
+                throttled_seconds: 95.0,
+            },
+            settings: json::BackfillSettings {
+                batch_size: Some(500),
+                max_replica_lag_ms: Some(0),
+                ..Default::default()
+            },
+        };
+        let line = progress(&p);
+        assert!(
+            line.ends_with(
+                ", throttled: replica 127.0.0.1:5433 replay lag 3.2 s > 1 s (held 1m 35s in all)"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            backfill_settings(&p.settings),
+            "settings: batch size 500, max replica lag off"
+        );
+        assert_eq!(
+            backfill_settings(&json::BackfillSettings::default()),
+            "settings: none set (the runner's own)"
+        );
+    }
 }

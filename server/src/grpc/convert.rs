@@ -36,6 +36,11 @@ impl<'a> From<&'a pb::BackfillCheckpointRequest> for RunnerPosition<'a> {
             rows_total_estimate: r.rows_total_estimate,
             runner: &r.runner,
             started_version: (r.started_version > 0).then_some(Version(r.started_version)),
+            throttle: r.throttle.as_ref().map(|t| crate::app::RunnerThrottle {
+                reason: if t.throttled { &t.reason } else { "" },
+                held_ms: t.held_ms,
+                throttled_ms: t.throttled_ms,
+            }),
         }
     }
 }
@@ -193,6 +198,14 @@ impl From<&BackfillProgress> for pb::BackfillProgress {
             eta_seconds: p.eta_seconds.unwrap_or(0),
             runner: p.runner.clone(),
             updated_at_ms: p.updated_at_ms.unwrap_or(0),
+            throttle: Some(pb::BackfillThrottle {
+                throttled: !p.throttle_reason.is_empty(),
+                reason: p.throttle_reason.clone(),
+                since_ms: p.throttled_since_ms.unwrap_or(0),
+                throttled_ms: p.throttled_ms,
+                held_ms: 0,
+            }),
+            settings: Some(pb::BackfillSettings::from(&p.settings)),
         }
     }
 }

@@ -177,6 +177,13 @@ pub fn backfill(p: BackfillProgress) -> json::BackfillProgress {
         eta_seconds: p.eta_seconds,
         runner: p.runner,
         updated_at_ms: p.updated_at_ms,
+        throttle: json::BackfillThrottle {
+            throttled: !p.throttle_reason.is_empty(),
+            reason: p.throttle_reason,
+            since_ms: p.throttled_since_ms,
+            throttled_seconds: p.throttled_ms as f64 / 1000.0,
+        },
+        settings: p.settings,
     }
 }
 

@@ -50,6 +50,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/migrations/{key}/backfill/checkpoint",
             axum::routing::put(checkpoint_backfill),
         )
+        .route(
+            "/migrations/{key}/backfill/settings",
+            axum::routing::put(set_backfill_settings),
+        )
         .route("/lifecycle", get(lifecycle))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}/revoke", post(revoke_token))
@@ -722,6 +726,34 @@ struct CheckpointBody {
     runner: String,
     /// The run this runner belongs to (`backfill.started_version`); a stale run is refused.
     started_version: Option<u64>,
+    /// Whether the runner holds between batches for the database's health.
+    #[serde(default)]
+    throttle: Option<ThrottleBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleBody {
+    /// Why it holds; empty: it does not.
+    #[serde(default)]
+    reason: String,
+    /// How long the current hold has lasted.
+    #[serde(default)]
+    held_ms: u64,
+    /// Time held over the whole backfill.
+    #[serde(default)]
+    throttled_ms: u64,
+}
+
+async fn set_backfill_settings(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<wire::BackfillSettingsChange>,
+) -> Result<axum::Json<wire::BackfillProgress>, ApiError> {
+    Ok(axum::Json(json::backfill(
+        app.set_backfill_settings(&who, &key, &body).await?,
+    )))
 }
 
 async fn checkpoint_backfill(
@@ -740,6 +772,11 @@ async fn checkpoint_backfill(
                 rows_total_estimate: body.rows_total_estimate,
                 runner: &body.runner,
                 started_version: body.started_version.map(Version),
+                throttle: body.throttle.as_ref().map(|t| crate::app::RunnerThrottle {
+                    reason: &t.reason,
+                    held_ms: t.held_ms,
+                    throttled_ms: t.throttled_ms,
+                }),
             },
         )
         .await?,

@@ -35,7 +35,7 @@ use switchyard_domain::rules::DomainError;
 use switchyard_domain::{Migration, Version};
 use tokio::sync::Mutex;
 
-pub use checkpoints::Checkpoint;
+pub use checkpoints::{Checkpoint, StoredSettings};
 pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
 pub use migrations::{Alongside, Mutated};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};

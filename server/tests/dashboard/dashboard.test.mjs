@@ -221,6 +221,10 @@ try {
   await page.getByRole("heading", { name: "users.username-to-handle" }).waitFor();
   await page.locator(".chart svg").first().waitFor();
   await page.getByText("420,000 of ~1,200,000").waitFor();
+  console.log("the runner holding for a replica, and the settings set with backfill set");
+  await page.getByText("Holding for the database: replica 10.0.0.7:5432 replay lag 3.2 s > 2 s", { exact: false }).waitFor();
+  await page.getByText("batch size 500, max replica lag 2 s").waitFor();
+  await page.getByText("1m 35s", { exact: true }).waitFor();
   await page.getByText("3 of 3 live instances applied").waitFor();
   await shot(page, "migration-backfill-1280");
 

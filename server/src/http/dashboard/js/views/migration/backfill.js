@@ -1,10 +1,38 @@
-// Backfill progress from the runners' checkpoints: status, rows, rate, ETA, and the pause or
+// Backfill progress from the runners' checkpoints: status, rows, rate, ETA, whether the runner
+// holds for the database's health (and why), the settings set on the server, and the pause or
 // resume button when the server says one applies and the token may operate.
 
 import { api } from "../../api.js";
 import { fill, h, timeAgo } from "../../dom.js";
 import { count, span } from "../../format.js";
 import { isStalled } from "../../insights.js";
+
+// The settings set with `switchyard backfill set`, as people write them; 0 turns a threshold off.
+const SETTINGS = [
+  ["batch_size", "batch size", (v) => count(v)],
+  ["max_rows_per_second", "max rows/s", (v) => (v ? count(v) : "off")],
+  ["max_replica_lag_ms", "max replica lag", (v) => (v ? `${v / 1000} s` : "off")],
+  ["max_replica_lag_bytes", "max replica lag", (v) => (v ? bytes(v) : "off")],
+  ["max_wal_bytes_per_second", "max WAL", (v) => (v ? `${bytes(v)}/s` : "off")],
+  ["batch_target_ms", "batch target", (v) => (v ? `${v} ms` : "off")],
+  ["yield_to_blocked_sessions", "yield to blocked sessions", (v) => (v ? "on" : "off")],
+  ["hold_during_autovacuum", "hold during autovacuum", (v) => (v ? "on" : "off")],
+];
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function settingsText(settings) {
+  const parts = SETTINGS.filter(([k]) => settings?.[k] != null).map(([k, label, show]) => `${label} ${show(settings[k])}`);
+  return parts.length ? parts.join(", ") : "the runner's own";
+}
 
 // What each steering event asks before it is sent.
 const STEER = {
@@ -44,11 +72,21 @@ export function backfillCard(ctx, act) {
     const pct = total > 0 ? Math.min(100, (100 * b.rows_done) / total) : b.status === "complete" ? 100 : 0;
     const status = b.status === "running" ? (b.paused ? "paused" : isStalled(m, b) ? "stalled" : "running") : b.status.replace("_", " ");
     const running = b.status === "running";
+    // Older servers send no throttle: not throttled.
+    const throttle = b.throttle ?? { throttled: false, reason: "", since_ms: null, throttled_seconds: 0 };
+    const held = running && throttle.throttled;
     steer = ctx.vocabulary.offered(m, ctx.store.can).find((e) => Object.hasOwn(STEER, e.name))?.name ?? null;
     fill(
       element,
       title,
-      h("p", {}, h("span", { class: ["badge", `bf-${status.replace(" ", "-")}`], text: status }), b.runner && h("span", { class: "muted", text: ` runner ${b.runner}` })),
+      h(
+        "p",
+        {},
+        h("span", { class: ["badge", `bf-${status.replace(" ", "-")}`], text: status }),
+        held && h("span", { class: ["badge", "bf-throttled"], text: "throttled" }),
+        b.runner && h("span", { class: "muted", text: ` runner ${b.runner}` }),
+      ),
+      held && h("p", { class: "bf-throttle-reason", text: `Holding for the database: ${throttle.reason}${throttle.since_ms ? ` (since ${new Date(throttle.since_ms).toLocaleTimeString()})` : ""}` }),
       h("label", { for: "bf-progress", class: "visually-hidden", text: "Backfill progress" }),
       h("progress", { id: "bf-progress", max: 100, value: pct.toFixed(1) }),
       h(
@@ -59,6 +97,8 @@ export function backfillCard(ctx, act) {
           ["Rate", running && b.rate_rows_per_second > 0 ? `${count(Math.round(b.rate_rows_per_second))} rows/s` : "—"],
           ["ETA", running && !b.paused && b.eta_seconds != null ? span(b.eta_seconds) : "—"],
           ["Checkpoint", b.updated_at_ms ? timeAgo(b.updated_at_ms) : "none yet"],
+          ["Held in all", throttle.throttled_seconds >= 1 ? span(throttle.throttled_seconds) : "—"],
+          ["Settings", settingsText(b.settings)],
         ].map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),
       ),
       steer && h("div", { class: "steps" }, pauseButton),
