@@ -925,9 +925,11 @@ impl App {
         who.require(Permission::Operate)?;
         let migration = self.get_migration(who, key)?;
         if !migration.has_backfill {
-            return Err(ApiError::invalid(format!(
-                "migration {key} has no backfill: there is nothing to set"
-            )));
+            // The request is well formed; the migration's state makes it meaningless.
+            return Err(ApiError::NotApplicable {
+                message: format!("migration {key} has no backfill: there is nothing to set"),
+                current: Box::new((*migration).clone()),
+            });
         }
         check_settings(&change.settings)?;
         let reset = change.reset;

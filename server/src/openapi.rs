@@ -67,7 +67,15 @@ pub fn document(app: &App) -> Value {
         "yield_to_blocked_sessions": { "type": "boolean" },
         "hold_during_autovacuum": { "type": "boolean" }
     });
+    // In a change, every setting may be null or absent: left as it is.
     let mut settings_change = settings.clone();
+    if let Some(properties) = settings_change.as_object_mut() {
+        for property in properties.values_mut() {
+            if let Some(kind) = property.get("type").cloned() {
+                property["type"] = json!([kind, "null"]);
+            }
+        }
+    }
     settings_change["reset"] =
         json!({ "type": "boolean", "description": "clear every stored setting first" });
     // The optional fields the server reads as `Option`s take null as absent.
