@@ -167,3 +167,65 @@ fn a_release_manager_session_from_the_command_line() {
     terminate(served);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server answers instance lists in pages of 1,000; the CLI follows them to the last, so
+/// a large fleet is never silently cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_lists_every_page_of_a_large_fleet() {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-pages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "cli-pages-admin-token-0123456789";
+    let served = common::serve_with(
+        &format!("sqlite://{}", dir.join("switchyard.db").display()),
+        Some(token),
+        &["--max-instances-per-token", "2000"],
+    );
+    let key = "fleet.pages";
+    let o = cli(
+        &served,
+        token,
+        &["migration", "create", key, "--reason", "paging"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    const FLEET: usize = 1_050;
+    let http = reqwest::Client::new();
+    let beats = futures::stream::iter(0..FLEET).map(|i| {
+        let (http, base) = (http.clone(), served.http.clone());
+        async move {
+            let response = http
+                .post(format!("{base}/v1/clients/heartbeat"))
+                .bearer_auth(token)
+                .json(
+                    &serde_json::json!({"service": "api", "instance_id": format!("i-{i:05}"),
+                    "applied_version": 0, "migrations": [key]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+        }
+    });
+    use futures::StreamExt;
+    beats.buffer_unordered(16).collect::<Vec<()>>().await;
+
+    for args in [
+        &["--json", "instances"][..],
+        &["--json", "instances", "--migration", key],
+    ] {
+        let o = tokio::task::block_in_place(|| cli(&served, token, args));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let instances = listed["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), FLEET, "{args:?}");
+        assert!(
+            listed.get("next_after").is_none(),
+            "{args:?}: one whole list"
+        );
+        assert_eq!(
+            instances[FLEET - 1]["instance_id"],
+            format!("i-{:05}", FLEET - 1)
+        );
+    }
+    terminate(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}

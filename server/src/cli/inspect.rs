@@ -44,12 +44,32 @@ pub(super) async fn traffic(client: &Client, key: &str, minutes: u32) -> Result<
     Ok(Output::ok(t.json, human))
 }
 
+/// Every instance: the server answers in pages (a fleet can be thousands), followed here to
+/// the last so the list is never silently cut.
 pub(super) async fn instances(client: &Client, migration: Option<&str>) -> Result<Output, Failure> {
     let path = match migration {
         Some(key) => format!("/v1/migrations/{}/instances", path_segment(key)?),
         None => "/v1/clients".to_owned(),
     };
-    let list = client.get::<json::Instances>(&path).await?;
-    let human = render::instances(&list.body);
-    Ok(Output::ok(list.json, human))
+    let mut all = json::Instances {
+        instances: Vec::new(),
+        next_after: None,
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page_path = match &after {
+            Some(cursor) => format!("{path}?after={}", url_encode(cursor)),
+            None => path.clone(),
+        };
+        let page = client.get::<json::Instances>(&page_path).await?.body;
+        all.instances.extend(page.instances);
+        match page.next_after {
+            // A cursor that does not move would loop forever: stop on it.
+            Some(next) if after.as_ref() != Some(&next) => after = Some(next),
+            _ => break,
+        }
+    }
+    let human = render::instances(&all);
+    let json = serde_json::to_value(&all).expect("instances serialise");
+    Ok(Output::ok(json, human))
 }

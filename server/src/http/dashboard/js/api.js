@@ -86,7 +86,17 @@ export const api = {
   migration: (key) => request("GET", `/migrations/${k(key)}`),
   audit: (key, beforeId) =>
     request("GET", `/migrations/${k(key)}/audit?limit=25${beforeId ? `&before_id=${beforeId}` : ""}`),
-  instances: (key) => request("GET", `/migrations/${k(key)}/instances`),
+  /** Every instance, following the server's pages (a fleet can be thousands). */
+  instances: async (key) => {
+    const all = { instances: [] };
+    let after = null;
+    for (;;) {
+      const page = await request("GET", `/migrations/${k(key)}/instances${after ? `?after=${encodeURIComponent(after)}` : ""}`);
+      all.instances.push(...page.instances);
+      if (!page.next_after || page.next_after === after) return all;
+      after = page.next_after;
+    }
+  },
   traffic: (key, minutes) => request("GET", `/migrations/${k(key)}/traffic?minutes=${minutes}`),
   gate: (key) => request("GET", `/migrations/${k(key)}/gate`),
   backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
