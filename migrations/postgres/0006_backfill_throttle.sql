@@ -11,5 +11,7 @@ CREATE TABLE backfill_settings (
     migration_key  TEXT   PRIMARY KEY,
     settings       TEXT   NOT NULL,
     updated_by     TEXT   NOT NULL,
-    updated_at_ms  BIGINT NOT NULL
+    updated_at_ms  BIGINT NOT NULL,
+    -- Why they were last changed (a change of pace is a decision like a pause).
+    reason         TEXT   NOT NULL DEFAULT ''
 );

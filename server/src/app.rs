@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot};
 use crate::store::{
     Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner,
-    Registrant, Store, TokenRecord,
+    Registrant, Store, StoredSettings, TokenRecord,
 };
 use rand::Rng;
 use std::sync::Arc;
@@ -107,10 +107,12 @@ pub struct BackfillProgress {
     pub throttled_ms: u64,
     /// The settings release managers set for it (`switchyard backfill set`).
     pub settings: BackfillSettings,
+    /// Who changed them last, when and why (`None`: never changed).
+    pub settings_changed: Option<(String, i64, String)>,
 }
 
 impl BackfillProgress {
-    fn new(m: &Migration, checkpoint: Option<Checkpoint>, settings: BackfillSettings) -> Self {
+    fn new(m: &Migration, checkpoint: Option<Checkpoint>, stored: StoredSettings) -> Self {
         let c = checkpoint.unwrap_or(Checkpoint {
             cursor: String::new(),
             rows_done: m.backfill.rows_done,
@@ -147,7 +149,12 @@ impl BackfillProgress {
             },
             throttled_since_ms: holding.then_some(c.throttled_since_ms),
             throttled_ms: c.throttled_ms,
-            settings,
+            settings: stored.settings,
+            settings_changed: (stored.updated_at_ms > 0).then_some((
+                stored.updated_by,
+                stored.updated_at_ms,
+                stored.reason,
+            )),
         }
     }
 }
@@ -889,11 +896,7 @@ impl App {
             saved.throttled_ms,
         );
         let settings = self.store.backfill_settings(migration.key.as_str()).await?;
-        Ok(BackfillProgress::new(
-            &migration,
-            Some(saved),
-            settings.settings,
-        ))
+        Ok(BackfillProgress::new(&migration, Some(saved), settings))
     }
 
     /// Where a migration's backfill is.
@@ -906,11 +909,7 @@ impl App {
             _ => None,
         };
         let settings = self.store.backfill_settings(migration.key.as_str()).await?;
-        Ok(BackfillProgress::new(
-            &migration,
-            checkpoint,
-            settings.settings,
-        ))
+        Ok(BackfillProgress::new(&migration, checkpoint, settings))
     }
 
     /// Changes a backfill's settings (thresholds, batch size, pace): its runner applies them
@@ -932,11 +931,14 @@ impl App {
             });
         }
         check_settings(&change.settings)?;
+        // A change of pace is a decision like a pause: it says why (rule 9).
+        let reason = parse_reason(&change.reason)?;
         let reset = change.reset;
         self.store
             .update_backfill_settings(
                 migration.key.as_str(),
                 &who.actor(),
+                reason.as_str(),
                 self.now(),
                 |current| {
                     let base = if reset {

@@ -104,6 +104,8 @@ pub fn document(app: &App) -> Value {
     let reason = json!({ "type": "string", "minLength": 1, "maxLength": Reason::MAX_LEN,
         "pattern": format!("^[^{PROSE_CONTROL}]*[^{CONTROL}{BLANK}][^{PROSE_CONTROL}]*$"),
         "description": format!("Why (rule 9): 1 to {} bytes of text, not only spaces; tabs and line breaks allowed", Reason::MAX_LEN) });
+    // A change of settings says why, like every change.
+    settings_change["reason"] = reason.clone();
     // The databases this server may observe, by name (their URLs are never shown).
     let mut targets: Vec<Value> = app
         .target_names
@@ -485,11 +487,14 @@ pub fn document(app: &App) -> Value {
                     "throttle": { "type": "object", "description": "whether the runner holds between batches for the database's health, and why", "properties": {
                         "throttled": { "type": "boolean" }, "reason": { "type": "string" },
                         "since_ms": { "type": ["integer", "null"] }, "throttled_seconds": { "type": "number" } } },
-                    "settings": { "$ref": "#/components/schemas/BackfillSettings" } } },
+                    "settings": { "$ref": "#/components/schemas/BackfillSettings" },
+                    "settings_changed": { "type": "object", "description": "who last changed the settings, when and why; absent if never",
+                        "required": ["by", "at_ms", "reason"], "properties": {
+                        "by": { "type": "string" }, "at_ms": { "type": "integer" }, "reason": { "type": "string" } } } } },
                 "BackfillSettings": { "type": "object",
                     "description": "absent: the runner's own value; for thresholds 0 turns the signal off",
                     "properties": settings.clone() },
-                "BackfillSettingsChange": { "type": "object", "additionalProperties": false,
+                "BackfillSettingsChange": { "type": "object", "additionalProperties": false, "required": ["reason"],
                     "description": "the settings given replace those stored; reset first clears them all (absent: the runner's own value; for thresholds 0 turns the signal off)",
                     "properties": settings_change },
                 "GateReport": { "type": "object", "properties": {

@@ -451,6 +451,8 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         "2s",
         "--batch-size",
         "500",
+        "--reason",
+        "reports replica lagging",
     ]);
     drive(sessions, &["advance", "100"]);
     heartbeats(&[]).await;

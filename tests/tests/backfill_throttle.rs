@@ -249,6 +249,8 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
             "off",
             "--batch-target",
             "off",
+            "--reason",
+            "hold on bytes only",
         ])
         .await,
         0
@@ -294,7 +296,7 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
         .call(
             reqwest::Method::PUT,
             &format!("/v1/migrations/{KEY}/backfill/settings"),
-            Some(json!({ "batch_size": 0 })),
+            Some(json!({ "batch_size": 0, "reason": "too small" })),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -316,6 +318,8 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
             "1GiB",
             "--batch-size",
             "7",
+            "--reason",
+            "the standby can take it",
         ])
         .await,
         0
@@ -327,6 +331,17 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
     .await;
     let p = progress(&srv).await;
     assert_eq!(p["settings"]["batch_size"], 7, "{p}");
+    // Who changed them and why travels with them.
+    assert_eq!(
+        p["settings_changed"]["reason"], "the standby can take it",
+        "{p}"
+    );
+    assert!(
+        p["settings_changed"]["by"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty()),
+        "{p}"
+    );
     assert_eq!(p["settings"]["max_replica_lag_bytes"], 1 << 30, "{p}");
     assert_eq!(p["settings"]["batch_target_ms"], 0, "kept: {p}");
     {
@@ -338,16 +353,46 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
     }
     // Back to the runner's own values, then let it finish.
     assert_eq!(
-        srv.cli(&["backfill", "set", KEY, "--reset", "--batch-size", "500"])
-            .await,
+        srv.cli(&[
+            "backfill",
+            "set",
+            KEY,
+            "--reset",
+            "--batch-size",
+            "500",
+            "--reason",
+            "done testing"
+        ])
+        .await,
         0
     );
     assert_eq!(
         progress(&srv).await["settings"],
         json!({ "batch_size": 500 })
     );
-    // `set` with nothing to set is refused.
-    assert_eq!(srv.cli(&["backfill", "set", KEY]).await, 2);
+    // `set` with nothing to set is refused, and so is a change that does not say why.
+    assert_eq!(
+        srv.cli(&["backfill", "set", KEY, "--reason", "nothing"])
+            .await,
+        2
+    );
+    let (status, body) = srv
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/migrations/{KEY}/backfill/settings"),
+            Some(json!({ "batch_size": 9 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("reason"),
+        "{body}"
+    );
+    assert_eq!(
+        progress(&srv).await["settings"]["batch_size"],
+        500,
+        "unchanged"
+    );
     cluster.execute_on_standby("SELECT pg_wal_replay_resume()");
     let outcome = tokio::time::timeout(WAIT, run)
         .await
@@ -497,6 +542,8 @@ async fn an_unreadable_signal_holds_after_the_grace_and_the_wal_rate_holds() {
             "off",
             "--max-wal-rate",
             "1B",
+            "--reason",
+            "any WAL holds",
         ])
         .await,
         0
@@ -510,8 +557,16 @@ async fn an_unreadable_signal_holds_after_the_grace_and_the_wal_rate_holds() {
     })
     .await;
     assert_eq!(
-        srv.cli(&["backfill", "set", KEY, "--max-wal-rate", "off"])
-            .await,
+        srv.cli(&[
+            "backfill",
+            "set",
+            KEY,
+            "--max-wal-rate",
+            "off",
+            "--reason",
+            "the WAL is fine"
+        ])
+        .await,
         0
     );
     let outcome = tokio::time::timeout(WAIT, run)

@@ -151,6 +151,17 @@ pub struct BackfillProgress {
     /// The settings set on the server (`switchyard backfill set`); absent: none.
     #[serde(default)]
     pub settings: BackfillSettings,
+    /// Who last changed the settings, when, and why; absent if they never were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_changed: Option<SettingsChanged>,
+}
+
+/// The last change of a backfill's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsChanged {
+    pub by: String,
+    pub at_ms: i64,
+    pub reason: String,
 }
 
 /// A runner holding between batches while a health signal is over its threshold.
@@ -216,6 +227,9 @@ impl BackfillSettings {
 pub struct BackfillSettingsChange {
     #[serde(default)]
     pub reset: bool,
+    /// Why (required, as for every change).
+    #[serde(default)]
+    pub reason: String,
     #[serde(flatten)]
     pub settings: BackfillSettings,
 }

@@ -77,11 +77,15 @@ pub struct SetArgs {
     /// Clear every stored setting first.
     #[arg(long)]
     pub reset: bool,
+    /// Why (shown with the settings in `backfill status` and the dashboard).
+    #[arg(long)]
+    pub reason: String,
 }
 
 async fn set(client: &Client, args: SetArgs) -> Result<Output, Failure> {
     let change = json::BackfillSettingsChange {
         reset: args.reset,
+        reason: args.reason,
         settings: json::BackfillSettings {
             batch_size: args.batch_size,
             max_rows_per_second: args.max_rows_per_second,
@@ -111,11 +115,19 @@ async fn set(client: &Client, args: SetArgs) -> Result<Output, Failure> {
     let p = client
         .put::<_, json::BackfillProgress>(&path, &change)
         .await?;
-    let line = format!(
+    let mut line = format!(
         "{}\n{}",
         render::progress(&p.body),
         render::backfill_settings(&p.body.settings)
     );
+    if let Some(c) = &p.body.settings_changed {
+        line.push_str(&format!(
+            "\nchanged by {} at {}: {}",
+            render::cell(&c.by),
+            render::time(Some(c.at_ms)),
+            render::cell(&c.reason)
+        ));
+    }
     Ok(Output::ok(p.json, line))
 }
 

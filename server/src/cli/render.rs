@@ -501,6 +501,7 @@ mod tests {
                 max_replica_lag_ms: Some(0),
                 ..Default::default()
             },
+            settings_changed: None,
         };
         let line = progress(&p);
         assert!(

@@ -206,6 +206,13 @@ impl From<&BackfillProgress> for pb::BackfillProgress {
                 held_ms: 0,
             }),
             settings: Some(pb::BackfillSettings::from(&p.settings)),
+            settings_changed: p.settings_changed.as_ref().map(|(by, at_ms, reason)| {
+                pb::BackfillSettingsChange {
+                    by: by.clone(),
+                    at_ms: *at_ms,
+                    reason: reason.clone(),
+                }
+            }),
         }
     }
 }

@@ -184,6 +184,9 @@ pub fn backfill(p: BackfillProgress) -> json::BackfillProgress {
             throttled_seconds: p.throttled_ms as f64 / 1000.0,
         },
         settings: p.settings,
+        settings_changed: p
+            .settings_changed
+            .map(|(by, at_ms, reason)| json::SettingsChanged { by, at_ms, reason }),
     }
 }
 

@@ -27,6 +27,7 @@ pub struct StoredSettings {
     pub settings: switchyard_proto::json::BackfillSettings,
     pub updated_by: String,
     pub updated_at_ms: i64,
+    pub reason: String,
 }
 
 impl Store {
@@ -110,8 +111,8 @@ impl Store {
 
     /// A backfill's settings (empty when none were ever set).
     pub async fn backfill_settings(&self, key: &str) -> Result<StoredSettings, StoreError> {
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT settings, updated_by, updated_at_ms FROM backfill_settings \
+        let row: Option<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT settings, updated_by, updated_at_ms, reason FROM backfill_settings \
              WHERE migration_key = $1",
         )
         .bind(key)
@@ -119,13 +120,14 @@ impl Store {
         .await?;
         Ok(match row {
             None => StoredSettings::default(),
-            Some((json, updated_by, updated_at_ms)) => StoredSettings {
+            Some((json, updated_by, updated_at_ms, reason)) => StoredSettings {
                 // Written by this server from the same type; a row it cannot read (a newer
                 // server's settings after a downgrade) reads as none rather than failing every
                 // checkpoint.
                 settings: serde_json::from_str(&json).unwrap_or_default(),
                 updated_by,
                 updated_at_ms,
+                reason,
             },
         })
     }
@@ -135,6 +137,7 @@ impl Store {
         &self,
         key: &str,
         actor: &str,
+        reason: &str,
         at_ms: i64,
         change: F,
     ) -> Result<StoredSettings, StoreError>
@@ -161,20 +164,23 @@ impl Store {
                 let json = serde_json::to_string(&settings).expect("settings serialise");
                 sqlx::query(
                     "INSERT INTO backfill_settings (migration_key, settings, updated_by, \
-                     updated_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (migration_key) DO \
-                     UPDATE SET settings = excluded.settings, updated_by = excluded.updated_by, \
-                     updated_at_ms = excluded.updated_at_ms",
+                     updated_at_ms, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT \
+                     (migration_key) DO UPDATE SET settings = excluded.settings, \
+                     updated_by = excluded.updated_by, updated_at_ms = excluded.updated_at_ms, \
+                     reason = excluded.reason",
                 )
                 .bind(key)
                 .bind(&json)
                 .bind(actor)
                 .bind(at_ms)
+                .bind(reason)
                 .execute(&mut **tx)
                 .await?;
                 Ok(StoredSettings {
                     settings,
                     updated_by: actor.to_owned(),
                     updated_at_ms: at_ms,
+                    reason: reason.to_owned(),
                 })
             })
         })

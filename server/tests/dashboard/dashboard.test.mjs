@@ -240,6 +240,19 @@ try {
   const events = (await apiGet("/migrations/users.username-to-handle/audit?limit=2")).entries.map((e) => `${e.action}: ${e.reason}`);
   check(events.join() === "backfill_resumed: quiet again,backfill_paused: peak hours", `backfill events audited: ${events}`);
 
+  console.log("change the backfill's settings from the card");
+  await page.getByRole("button", { name: "Change settings…" }).click();
+  await dialog.getByLabel("Batch size (rows)").fill("250");
+  await dialog.getByLabel("Hold during autovacuum").selectOption("on");
+  await dialog.getByLabel(/Reason/).fill("autovacuum on users tonight");
+  await dialog.getByRole("button", { name: "Change settings" }).click();
+  await page.getByText("batch size 250", { exact: false }).waitFor();
+  await page.getByText("autovacuum on users tonight", { exact: false }).waitFor();
+  const progress = await apiGet("/migrations/users.username-to-handle/backfill");
+  check(progress.settings.batch_size === 250 && progress.settings.hold_during_autovacuum === true, `settings stored: ${JSON.stringify(progress.settings)}`);
+  check(progress.settings.max_replica_lag_ms === 2000, "a field left empty kept its value");
+  check(progress.settings_changed.reason === "autovacuum on users tonight", "the reason is kept with the settings");
+
   console.log("a migration soaking at complete: gate checklist and countdown");
   await page.goto(`${BASE}/#/m/sessions.token-hash`);
   await page.getByText(/Soak ends in (59|60)m/).waitFor();

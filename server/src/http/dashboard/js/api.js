@@ -100,6 +100,8 @@ export const api = {
   traffic: (key, minutes) => request("GET", `/migrations/${k(key)}/traffic?minutes=${minutes}`),
   gate: (key) => request("GET", `/migrations/${k(key)}/gate`),
   backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
+  backfillSettings: (key, settings, reason) =>
+    request("PUT", `/migrations/${k(key)}/backfill/settings`, { body: { ...settings, reason } }),
   rollout: (key, rolloutBp, expectedVersion, reason) =>
     request("POST", `/migrations/${k(key)}/rollout`, {
       body: { rollout_bp: rolloutBp, expected_version: expectedVersion, reason },

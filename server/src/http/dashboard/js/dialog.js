@@ -11,7 +11,7 @@ let open = null;
  * @param {{title: string, body: (Node|string)[], confirmLabel: string, danger?: boolean}} options
  * @returns {Promise<string|null>} the reason, or null when cancelled
  */
-export function confirmChange({ title, body, confirmLabel, danger = false }) {
+export function confirmChange({ title, body, confirmLabel, danger = false, reasonLabel = "Reason (recorded in the audit log)" }) {
   open?.dialog.close("cancel");
   const reason = h("textarea", {
     id: "reason",
@@ -33,7 +33,7 @@ export function confirmChange({ title, body, confirmLabel, danger = false }) {
       h("h2", { id: "confirm-title", text: title }),
       h("div", { class: "confirm-body" }, body),
       notice,
-      h("label", { for: "reason", text: "Reason (recorded in the audit log)" }),
+      h("label", { for: "reason", text: reasonLabel }),
       reason,
       h("p", { id: "reason-help", class: "hint", text: "Required. Say why, so the next release manager understands." }),
       h(

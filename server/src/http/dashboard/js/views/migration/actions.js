@@ -29,13 +29,15 @@ export function actions(ctx, publish) {
   };
 
   /** One change: confirm with a reason, send it with the version the page shows, report the outcome. */
-  async function act({ title, body, confirmLabel, danger, send, done, after }) {
+  // `versioned: false` for a change that is not a migration version (a backfill's settings).
+  async function act({ title, body, confirmLabel, danger, send, done, after, versioned = true, reasonLabel }) {
     const expected = ctx.current().version;
     const reason = await confirmChange({
       title,
-      body: [...body, h("p", { class: "hint", text: `Expects version ${expected}: if someone changes the migration first, this change is refused (rule 8).` })],
+      body: versioned ? [...body, h("p", { class: "hint", text: `Expects version ${expected}: if someone changes the migration first, this change is refused (rule 8).` })] : body,
       confirmLabel,
       danger,
+      reasonLabel,
     });
     if (reason === null || ctx.isDestroyed()) return;
     show("busy", "Sending…");

@@ -34,6 +34,45 @@ function settingsText(settings) {
   return parts.length ? parts.join(", ") : "the runner's own";
 }
 
+// The settings form: each field left empty keeps the stored value. Raw units (rows, ms,
+// bytes) as the API takes them, named in each label.
+const FORM_NUMBERS = [
+  ["batch_size", "Batch size (rows)", 1],
+  ["max_rows_per_second", "Max rows per second (0: no limit)", 0],
+  ["max_replica_lag_ms", "Max replica lag, ms (0: off)", 0],
+  ["max_replica_lag_bytes", "Max replica lag, bytes (0: off)", 0],
+  ["max_wal_bytes_per_second", "Max WAL, bytes per second (0: off)", 0],
+  ["batch_target_ms", "Batch target, ms (0: off)", 0],
+];
+const FORM_SWITCHES = [
+  ["yield_to_blocked_sessions", "Yield to blocked sessions"],
+  ["hold_during_autovacuum", "Hold during autovacuum"],
+];
+
+function settingsForm(current) {
+  const fields = [];
+  const read = [];
+  for (const [name, label, min] of FORM_NUMBERS) {
+    const id = `bf-set-${name}`;
+    const input = h("input", { id, name, type: "number", min, step: name === "max_rows_per_second" ? "any" : 1, inputmode: "numeric", placeholder: current?.[name] != null ? String(current[name]) : "runner's own" });
+    fields.push(h("div", { class: "field" }, h("label", { for: id, text: label }), input));
+    read.push(() => (input.value === "" ? [] : [[name, Number(input.value)]]));
+  }
+  for (const [name, label] of FORM_SWITCHES) {
+    const id = `bf-set-${name}`;
+    const select = h(
+      "select",
+      { id, name },
+      h("option", { value: "", text: current?.[name] == null ? "unchanged (runner's own)" : `unchanged (${current[name] ? "on" : "off"})` }),
+      h("option", { value: "on", text: "on" }),
+      h("option", { value: "off", text: "off" }),
+    );
+    fields.push(h("div", { class: "field" }, h("label", { for: id, text: label }), select));
+    read.push(() => (select.value === "" ? [] : [[name, select.value === "on"]]));
+  }
+  return { fields, values: () => Object.fromEntries(read.flatMap((r) => r())) };
+}
+
 // What each steering event asks before it is sent.
 const STEER = {
   backfill_paused: { button: "Pause backfill…", title: "Pause the backfill?", text: "Runners stop between batches; a running statement finishes first.", confirm: "Pause" },
@@ -54,6 +93,27 @@ export function backfillCard(ctx, act) {
       confirmLabel: STEER[event].confirm,
       send: (v, reason) => api.record(ctx.key, event, v, reason),
       done: (n) => `Backfill ${n.backfill.paused ? "paused" : "resumed"} (version ${n.version}).`,
+    });
+  });
+
+  // Thresholds and pace, changed while the backfill runs: its runner applies them at its next batch.
+  const settingsButton = h("button", { type: "button", class: "btn", text: "Change settings…" });
+  settingsButton.addEventListener("click", () => {
+    const form = settingsForm(ctx.facts.backfill?.settings);
+    act({
+      title: "Change the backfill's settings?",
+      body: [h("p", { text: "Runners apply them at their next batch. Leave a field empty to keep its value." }), ...form.fields],
+      confirmLabel: "Change settings",
+      versioned: false,
+      reasonLabel: "Reason (kept with the settings)",
+      send: async (_version, reason) => {
+        const settings = form.values();
+        if (Object.keys(settings).length === 0) throw new Error("Nothing to change: give at least one setting.");
+        ctx.facts.backfill = await api.backfillSettings(ctx.key, settings, reason);
+        render();
+        return null;
+      },
+      done: () => "Backfill settings changed; runners apply them at their next batch.",
     });
   });
 
@@ -99,9 +159,12 @@ export function backfillCard(ctx, act) {
           ["Checkpoint", b.updated_at_ms ? timeAgo(b.updated_at_ms) : "none yet"],
           ["Held in all", throttle.throttled_seconds >= 1 ? span(throttle.throttled_seconds) : "—"],
           ["Settings", settingsText(b.settings)],
-        ].map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),
+          b.settings_changed && ["Settings changed", `${timeAgo(b.settings_changed.at_ms)} by ${b.settings_changed.by}: ${b.settings_changed.reason}`],
+        ]
+          .filter(Boolean)
+          .map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),
       ),
-      steer && h("div", { class: "steps" }, pauseButton),
+      (steer || ctx.store.can.operate) && h("div", { class: "steps" }, steer && pauseButton, ctx.store.can.operate && settingsButton),
     );
     if (steer) fill(pauseButton, STEER[steer].button);
   };
