@@ -455,7 +455,7 @@ fn grpc_incoming(
                     // Out of descriptors, typically: back off instead of spinning (tonic
                     // would end the server on an error from its incoming stream).
                     tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(crate::http::serve::ACCEPT_BACKOFF).await;
                 }
             }
         }

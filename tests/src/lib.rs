@@ -357,6 +357,29 @@ impl TestServer {
         body
     }
 
+    /// Creates a migration with a backfill and brings it to dual_write at 100% (expand recorded,
+    /// no clients yet, so rule 3 holds): where its backfill may run. Returns the version that
+    /// made dual_write 100%.
+    pub async fn ready_for_backfill(&self, key: &str) -> u64 {
+        self.create(key, true, &[]).await;
+        let mut version = self.version_of(key).await;
+        for (path, body) in [
+            ("events", serde_json::json!({ "event": "expand_applied" })),
+            ("advance", serde_json::json!({})),
+            ("rollout", serde_json::json!({ "rollout_bp": 10_000 })),
+        ] {
+            let mut body = body;
+            body["expected_version"] = version.into();
+            body["reason"] = "test setup".into();
+            let (status, answer) = self
+                .post(&format!("/v1/migrations/{key}/{path}"), body)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+            version = answer["version"].as_u64().unwrap();
+        }
+        version
+    }
+
     pub async fn migration(&self, key: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/migrations/{key}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -37,27 +37,9 @@ async fn progress(srv: &TestServer) -> Value {
     body
 }
 
-/// Creates the migration and brings it to dual_write at 100% (no clients: rule 3 holds).
-async fn ready(srv: &TestServer) {
-    srv.create(KEY, true, &[]).await;
-    assert_eq!(event(srv, "expand_applied").await.0, StatusCode::OK);
-    for (path, body) in [
-        ("advance", json!({})),
-        ("rollout", json!({ "rollout_bp": 10_000 })),
-    ] {
-        let mut body = body;
-        body["expected_version"] = srv.version_of(KEY).await.into();
-        body["reason"] = "test".into();
-        let (status, answer) = srv
-            .post(&format!("/v1/migrations/{KEY}/{path}"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-    }
-}
-
 async fn checkpoints_pause_resume_and_cancel(db: Db) {
     let srv = TestServer::start(db).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
 
     // Not started: nothing to checkpoint.
     let (status, body) = checkpoint(&srv, "0", 0, 1000).await;
@@ -214,7 +196,7 @@ async fn stored(srv: &TestServer) -> (Value, usize, u64, Value) {
 /// before anything is written.
 async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
     let srv = TestServer::start(db).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
     // A cursor is the last key a runner processed: a text key may hold a tab or a line break.
     assert_eq!(
@@ -348,7 +330,7 @@ both_databases!(checkpoints_and_progress_refuse_what_cannot_be_stored);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_shows_and_steers_a_backfill() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     assert_eq!(event(&srv, "backfill_started").await.0, StatusCode::OK);
     assert_eq!(checkpoint(&srv, "10", 10, 40).await.0, StatusCode::OK);
     let run = |args: &[&str]| {

@@ -17,34 +17,12 @@ use switchyard_tests::pgcluster::PgCluster;
 use switchyard_tests::{ADMIN_TOKEN, Db, TestServer, eventually};
 
 const KEY: &str = "items.backfilled";
+/// The paused-standby test's own migration: the metrics registry is the process's, shared by
+/// the tests running beside it, so its gauge must not be another test's.
+const PAUSED_KEY: &str = "items.paused-standby";
 
 /// How long anything asynchronous may take before a test fails.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The migration at dual_write 100%, ready for its backfill.
-async fn ready(srv: &TestServer) {
-    srv.create(KEY, true, &[]).await;
-    let version = srv.version_of(KEY).await;
-    let (status, body) = srv
-        .post(
-            &format!("/v1/migrations/{KEY}/events"),
-            json!({ "event": "expand_applied", "expected_version": version, "reason": "test" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    for (path, body) in [
-        ("advance", json!({})),
-        ("rollout", json!({ "rollout_bp": 10_000 })),
-    ] {
-        let mut body = body;
-        body["expected_version"] = srv.version_of(KEY).await.into();
-        body["reason"] = "test".into();
-        let (status, answer) = srv
-            .post(&format!("/v1/migrations/{KEY}/{path}"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-    }
-}
 
 async fn connect(srv: &TestServer) -> Client {
     let client = Client::builder(
@@ -60,7 +38,11 @@ async fn connect(srv: &TestServer) -> Client {
 }
 
 async fn progress(srv: &TestServer) -> Value {
-    let (status, body) = srv.get(&format!("/v1/migrations/{KEY}/backfill")).await;
+    progress_of(srv, KEY).await
+}
+
+async fn progress_of(srv: &TestServer, key: &str) -> Value {
+    let (status, body) = srv.get(&format!("/v1/migrations/{key}/backfill")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -108,7 +90,7 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
     let cluster = PgCluster::builder().with_standby().start();
     let pool = table(&cluster, 4_000).await;
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(PAUSED_KEY).await;
     let client = connect(&srv).await;
 
     let backfill = Arc::new(
@@ -116,7 +98,7 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
             .pending("new IS DISTINCT FROM upper(old)"),
     );
     let runner = client
-        .backfill(KEY)
+        .backfill(PAUSED_KEY)
         .batch_size(50)
         .batch_target(None)
         .pause_between_batches(Duration::from_millis(50))
@@ -146,31 +128,31 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
     };
 
     eventually(WAIT, "some rows copied", || async {
-        progress(&srv).await["rows_done"].as_u64() >= Some(500)
+        progress_of(&srv, PAUSED_KEY).await["rows_done"].as_u64() >= Some(500)
     })
     .await;
     cluster.execute_on_standby("SELECT pg_wal_replay_pause()");
 
     let standby = cluster.standby_name();
     eventually(WAIT, "the runner holding for the standby", || async {
-        let p = progress(&srv).await;
+        let p = progress_of(&srv, PAUSED_KEY).await;
         let reason = p["throttle"]["reason"].as_str().unwrap_or("");
         p["throttle"]["throttled"] == true
             && reason.contains(&format!("replica {standby} replay lag"))
     })
     .await;
-    let held_at = progress(&srv).await;
+    let held_at = progress_of(&srv, PAUSED_KEY).await;
     assert!(
         held_at["throttle"]["since_ms"].as_i64().is_some(),
         "{held_at}"
     );
     // Held: the server's cumulative time grows while no row is copied.
     eventually(WAIT, "a second held", || async {
-        progress(&srv).await["throttle"]["throttled_seconds"].as_f64() >= Some(1.0)
+        progress_of(&srv, PAUSED_KEY).await["throttle"]["throttled_seconds"].as_f64() >= Some(1.0)
     })
     .await;
     assert_eq!(
-        progress(&srv).await["rows_done"],
+        progress_of(&srv, PAUSED_KEY).await["rows_done"],
         held_at["rows_done"],
         "no batch ran while holding"
     );
@@ -185,7 +167,7 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
         "{over} batches began with the lag over the threshold"
     );
     // The CLI shows it too.
-    assert_eq!(srv.cli(&["backfill", "status", KEY]).await, 0);
+    assert_eq!(srv.cli(&["backfill", "status", PAUSED_KEY]).await, 0);
 
     cluster.execute_on_standby("SELECT pg_wal_replay_resume()");
     let outcome = tokio::time::timeout(WAIT, run)
@@ -195,18 +177,14 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
         .unwrap();
     assert_eq!(outcome, BackfillOutcome::Completed { rows: 4_000 });
     assert_eq!(pending(&pool).await, 0, "every row copied");
-    let done = progress(&srv).await;
+    let done = progress_of(&srv, PAUSED_KEY).await;
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(done["throttle"]["throttled"], false, "{done}");
     assert!(done["throttle"]["throttled_seconds"].as_f64() >= Some(1.0));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while cluster.try_execute_on_standby(PENDING).as_deref() != Ok("0") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the standby never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "the standby catching up", || async {
+        cluster.try_execute_on_standby(PENDING).as_deref() == Ok("0")
+    })
+    .await;
     // The gauges name the migration.
     let metrics = reqwest::get(format!("{}/metrics", srv.base))
         .await
@@ -216,7 +194,7 @@ async fn a_paused_standby_holds_the_backfill_until_it_replays() {
         .unwrap();
     assert!(
         metrics.contains(&format!(
-            "switchyard_backfill_throttled{{migration=\"{KEY}\"}} 0"
+            "switchyard_backfill_throttled{{migration=\"{PAUSED_KEY}\"}} 0"
         )),
         "{metrics}"
     );
@@ -231,7 +209,7 @@ async fn settings_changed_mid_run_apply_at_the_next_batch() {
     let cluster = PgCluster::builder().with_standby().start();
     let pool = table(&cluster, 3_000).await;
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv).await;
     let backfill = Arc::new(
         PgBackfill::new(pool.clone(), "items", "id", "new = upper(old)")
@@ -410,7 +388,7 @@ async fn a_session_blocked_by_a_batch_makes_the_runner_yield() {
     let cluster = PgCluster::start();
     let pool = table(&cluster, 400).await;
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv).await;
     // Row 150's value takes 1.5 s to compute: its batch (rows 101..=200) holds its row locks
     // that long.
@@ -491,7 +469,7 @@ async fn an_unreadable_signal_holds_after_the_grace_and_the_wal_rate_holds() {
         .await
         .unwrap();
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv).await;
     let backfill = Arc::new(
         PgBackfill::new(pool.clone(), "items", "id", "new = upper(old)")

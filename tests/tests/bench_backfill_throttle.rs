@@ -5,7 +5,6 @@
 //!
 //! cargo test -p switchyard-tests --test bench_backfill_throttle -- --ignored --nocapture
 
-use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,25 +17,6 @@ use switchyard_tests::{ADMIN_TOKEN, Db, TestServer};
 
 const ROWS: i64 = 100_000;
 const KEY: &str = "items.bench";
-
-async fn ready(srv: &TestServer) {
-    srv.create(KEY, true, &[]).await;
-    let v = srv.version_of(KEY).await;
-    srv.post(
-        &format!("/v1/migrations/{KEY}/events"),
-        json!({ "event": "expand_applied", "expected_version": v, "reason": "bench" }),
-    )
-    .await;
-    for (path, mut body) in [
-        ("advance", json!({})),
-        ("rollout", json!({ "rollout_bp": 10_000 })),
-    ] {
-        body["expected_version"] = srv.version_of(KEY).await.into();
-        body["reason"] = "bench".into();
-        srv.post(&format!("/v1/migrations/{KEY}/{path}"), body)
-            .await;
-    }
-}
 
 /// (rows/s, peak replay lag in bytes, peak replay lag in seconds, time held in seconds)
 async fn run(cluster: &Arc<PgCluster>, throttled: bool) -> (f64, i64, f64, f64) {
@@ -69,7 +49,7 @@ async fn run(cluster: &Arc<PgCluster>, throttled: bool) -> (f64, i64, f64, f64) 
         .await
         .unwrap();
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = Client::builder(
         format!("http://{}", srv.server.grpc_addr),
         ADMIN_TOKEN,

@@ -179,33 +179,6 @@ async fn progress(srv: &TestServer) -> Value {
     body
 }
 
-/// Creates the migration and brings it to dual_write at 100% (no clients yet: rule 3 holds);
-/// returns the version that made dual_write 100%.
-async fn ready(srv: &TestServer) -> u64 {
-    srv.create(KEY, true, &[]).await;
-    event(srv, "expand_applied").await;
-    let mut version = 0;
-    for (path, body) in [
-        ("advance", json!({})),
-        ("rollout", json!({ "rollout_bp": 10_000 })),
-    ] {
-        let mut body = body;
-        body["expected_version"] = srv.version_of(KEY).await.into();
-        body["reason"] = "test".into();
-        let (status, answer) = srv
-            .post(&format!("/v1/migrations/{KEY}/{path}"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        version = answer["version"].as_u64().unwrap();
-    }
-    let m = srv.migration(KEY).await;
-    assert_eq!(
-        (m["stage"].as_str(), m["rollout_bp"].as_u64()),
-        (Some("dual_write"), Some(10_000))
-    );
-    version
-}
-
 /// Ramps the migration to shadow 100%: (status, body).
 async fn to_shadow(srv: &TestServer) -> (StatusCode, Value) {
     let version = srv.version_of(KEY).await;
@@ -283,7 +256,7 @@ fn assert_not_started(p: &Value) {
 
 async fn a_run_backfills_every_row_and_unlocks_shadow(db: Db) {
     let srv = TestServer::start(db).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let (status, body) = to_shadow(&srv).await;
     assert_eq!(
         (status, body["rule"].as_u64()),
@@ -374,7 +347,7 @@ both_databases!(a_run_backfills_every_row_and_unlocks_shadow);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_run_resumes_from_the_checkpoint() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let table = Table::new(ROWS);
 
     // The 5th batch dies half-way through its rows.
@@ -480,7 +453,7 @@ async fn a_crashed_run_resumes_from_the_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_run_starts_no_batch_until_resumed() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
@@ -544,7 +517,7 @@ async fn a_paused_run_starts_no_batch_until_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_of_a_cancelled_and_restarted_run_leaves_the_new_run_alone() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     // Not waited for by the client: the runner learns of it from the server.
@@ -588,7 +561,7 @@ async fn a_runner_of_a_cancelled_and_restarted_run_leaves_the_new_run_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_a_batch_stops_the_run_at_the_boundary() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     let batches = recording_at(
@@ -623,7 +596,7 @@ async fn a_cancel_during_a_batch_stops_the_run_at_the_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_between_batches_stops_the_run_and_forgets_the_position() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(ROWS);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);
@@ -679,7 +652,7 @@ async fn a_cancel_between_batches_stops_the_run_and_forgets_the_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_3_refuses_the_start_while_a_live_client_lags() {
     let srv = TestServer::start(Db::Sqlite).await;
-    let full = ready(&srv).await;
+    let full = srv.ready_for_backfill(KEY).await;
     // A live instance that has not applied dual_write at 100%.
     srv.heartbeat("legacy-api", "legacy-1", full - 1).await;
     let before = srv.migration(KEY).await;
@@ -723,7 +696,7 @@ async fn rule_3_refuses_the_start_while_a_live_client_lags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_token_may_not_run_a_backfill() {
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let reader = srv.token_with_role("billing-api", "reader").await;
     let client = connect(&srv, &reader, "billing-api").await;
     let before = srv.migration(KEY).await;
@@ -754,7 +727,7 @@ async fn the_rate_limit_spreads_the_batches_out() {
     const N: u64 = 200;
     const RATE: f64 = 500.0;
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(N);
     let runner = client
@@ -784,7 +757,7 @@ async fn a_pause_does_not_bank_a_burst_for_afterwards() {
     const BATCH: u64 = 20;
     const RATE: f64 = 500.0;
     let srv = TestServer::start(Db::Sqlite).await;
-    ready(&srv).await;
+    srv.ready_for_backfill(KEY).await;
     let client = connect(&srv, &srv.token, "billing-worker").await;
     let table = Table::new(N);
     let (paused_tx, mut paused_rx) = watch::channel(0u64);

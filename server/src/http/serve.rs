@@ -27,7 +27,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long to wait before accepting again after `accept` failed (out of descriptors,
 /// typically): long enough not to spin, short enough that a freed descriptor is used soon.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What a client refused for lack of room reads before the socket closes (plaintext only:
 /// on TLS nothing can be said before a handshake).
