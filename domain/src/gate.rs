@@ -1,10 +1,12 @@
 //! The contract gate (rule 7): may the old shape be dropped now? Pure: the server passes the
-//! migration, the live fleet, the migration's reported traffic per minute, the time, and its
-//! policy; the answer lists every check with its evidence and what would make it pass.
+//! migration, the live fleet, the migration's reported traffic per minute, what the observer saw
+//! in its database, the time, and its policy; the answer lists every check with its evidence and
+//! what would make it pass.
 
 use crate::migration::BackfillStatus;
 use crate::time::{format_minute, format_span};
 use crate::traffic::{TrafficCounts, minute_of};
+use crate::usage::Observation;
 use crate::{Fleet, Migration, Stage};
 
 /// Server-wide gate settings.
@@ -25,6 +27,13 @@ impl Default for GatePolicy {
     }
 }
 
+impl GatePolicy {
+    /// The soak period this policy applies to `m`: its own, raised to the server's floor.
+    pub fn soak_ms(&self, m: &Migration) -> i64 {
+        (m.soak_seconds.max(self.min_soak_seconds) as i64).saturating_mul(1000)
+    }
+}
+
 /// Client reports arrive per minute, a few seconds after the operations they count; counting
 /// from this long after a window opens keeps operations from just before it out.
 pub const REPORT_GRACE_MS: i64 = 2 * 60_000;
@@ -37,11 +46,24 @@ pub enum CheckId {
     NoShadowMismatch,
     NewShapeErrors,
     Backfill,
+    /// The target database saw no statement touching the old shape during the soak.
+    DatabaseUsage,
     /// The migration is already contracted (the only check then).
     Contracted,
 }
 
 impl CheckId {
+    /// Every check `evaluate` runs, in its order (`Contracted` stands alone).
+    pub const ALL: [CheckId; 7] = [
+        CheckId::Soak,
+        CheckId::ClientsApplied,
+        CheckId::NoOldShapeTraffic,
+        CheckId::NoShadowMismatch,
+        CheckId::NewShapeErrors,
+        CheckId::Backfill,
+        CheckId::DatabaseUsage,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CheckId::Soak => "soak",
@@ -50,6 +72,7 @@ impl CheckId {
             CheckId::NoShadowMismatch => "no_shadow_mismatch",
             CheckId::NewShapeErrors => "new_shape_errors",
             CheckId::Backfill => "backfill",
+            CheckId::DatabaseUsage => "database_usage",
             CheckId::Contracted => "contracted",
         }
     }
@@ -140,12 +163,23 @@ impl Inputs<'_> {
     }
 }
 
+/// Where the soak's window for old-shape use starts for `m` now (the old-shape traffic and
+/// database checks count from it); `None` while the soak has not started.
+pub fn window_from(m: &Migration, now_ms: i64, policy: &GatePolicy) -> Option<i64> {
+    let at_full = m.stage == Stage::Complete && m.rollout_bp.is_full();
+    let soak_ms = policy.soak_ms(m);
+    m.soak_started_at_ms
+        .filter(|_| at_full)
+        .map(|start| (start + REPORT_GRACE_MS).max(now_ms - soak_ms))
+}
+
 /// Evaluates every check. `traffic` is the migration's reported counts per minute (start of
 /// minute, counts), any order.
 pub fn evaluate(
     m: &Migration,
     fleet: &Fleet,
     traffic: &[(i64, TrafficCounts)],
+    database: &Observation,
     now_ms: i64,
     policy: &GatePolicy,
 ) -> GateReport {
@@ -167,7 +201,7 @@ pub fn evaluate(
         fleet,
         traffic,
         now_ms,
-        soak_ms: (m.soak_seconds.max(policy.min_soak_seconds) as i64).saturating_mul(1000),
+        soak_ms: policy.soak_ms(m),
         at_full,
         soak_start: m.soak_started_at_ms.filter(|_| at_full),
     };
@@ -178,6 +212,7 @@ pub fn evaluate(
         no_shadow_mismatch(&inputs),
         new_shape_errors(&inputs, policy.max_new_error_ratio),
         backfill(m),
+        database_usage(&inputs, database),
     ];
     GateReport {
         key: m.key.to_string(),
@@ -424,6 +459,24 @@ fn backfill(m: &Migration) -> Check {
             ),
             "finish the backfill and record backfill-complete".to_owned(),
         ),
+    }
+}
+
+/// 7. The target database ran no statement on the old shape during the soak.
+///
+/// Counted from the same point as the old-shape traffic check, and only with the database
+/// observed without a gap all that time (see [`crate::usage::judge`]).
+fn database_usage(i: &Inputs, database: &Observation) -> Check {
+    let window_from = i.soak_start.map(|s| i.soak_traffic_from(s));
+    match crate::usage::judge(
+        database,
+        &i.m.database.old_shape_strings(),
+        window_from,
+        i.soak_ms,
+        i.now_ms,
+    ) {
+        Ok(evidence) => Check::pass(CheckId::DatabaseUsage, evidence),
+        Err((evidence, remedy)) => Check::fail(CheckId::DatabaseUsage, evidence, remedy),
     }
 }
 

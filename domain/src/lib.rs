@@ -19,6 +19,8 @@
 //! - [`gate`]: the contract gate's checks (rule 7), with evidence and remedies.
 //! - [`time`]: UTC minute and span formatting for messages.
 //! - [`traffic`]: the counts clients report (per side, latency histogram) and how they add up.
+//! - [`usage`]: what the target database's statistics show of the old shape's callers, and the
+//!   gate's reading of it.
 
 pub mod access;
 pub mod bucket;
@@ -32,6 +34,7 @@ pub mod stage;
 pub mod time;
 pub mod traffic;
 pub mod types;
+pub mod usage;
 
 pub use access::{Permission, Role};
 pub use bucket::bucket;

@@ -21,6 +21,7 @@ use switchyard_domain::migration::Window;
 use switchyard_domain::rules::{apply, contract};
 use switchyard_domain::time::format_minute;
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
+use switchyard_domain::usage::{ObjectRef, Observation, Session, StatementUse};
 use switchyard_domain::{
     BackfillStatus, BasisPoints, DomainError, Event, Fleet, LiveInstance, Migration, MigrationKey,
     NewMigration, Operation, Rule, Stage, Version,
@@ -45,13 +46,14 @@ const SOAK_END: i64 = SOAK_START + SOAK_MS;
 /// 2023-11-16T01:13Z: an hour after the soak ended.
 const AFTER: i64 = SOAK_END + HOUR;
 
-const ALL_CHECKS: [CheckId; 6] = [
+const ALL_CHECKS: [CheckId; 7] = [
     CheckId::Soak,
     CheckId::ClientsApplied,
     CheckId::NoOldShapeTraffic,
     CheckId::NoShadowMismatch,
     CheckId::NewShapeErrors,
     CheckId::Backfill,
+    CheckId::DatabaseUsage,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +282,14 @@ fn with(
 // ---------------------------------------------------------------------------------------------
 
 fn gate(m: &Migration, fleet: &Fleet, traffic: &[(i64, TrafficCounts)], now: i64) -> GateReport {
-    evaluate(m, fleet, traffic, now, &GatePolicy::default())
+    evaluate(
+        m,
+        fleet,
+        traffic,
+        &Observation::NotDeclared,
+        now,
+        &GatePolicy::default(),
+    )
 }
 
 /// The standard migration's live fleet: one `api` instance that applied the complete version.
@@ -357,8 +366,84 @@ fn a_healthy_migration_passes_every_check_with_its_evidence() {
              (0.000%, limit 0.100%)"
                 .to_owned(),
             "the backfill is recorded complete".to_owned(),
+            "the migration names no target database, so the database is not observed; only \
+             client telemetry speaks for the old shape (declare target_database and old_shape \
+             to have the database's own evidence)"
+                .to_owned(),
         ]
     );
+}
+
+/// The database's evidence counts over the same stretch as the clients' old-shape traffic: a
+/// use before it is history, one inside it fails the gate alone.
+#[test]
+fn a_statement_on_the_old_shape_in_the_soak_window_fails_the_database_check_alone() {
+    let d = Driver::completed();
+    let fleet = fleet_of(&d);
+    let reader = |at: i64| StatementUse {
+        minute_ms: minute_of(at),
+        last_seen_ms: at,
+        entry: "16384/10/42".into(),
+        statement: "SELECT username FROM users WHERE id = $1".into(),
+        role: "reports".into(),
+        objects: vec![ObjectRef {
+            object: "column:users.username".into(),
+            possible: None,
+        }],
+        calls: 9,
+        rows: 9,
+        sessions: vec![Session {
+            role: "reports".into(),
+            application_name: "nightly-report".into(),
+            client_addr: "10.1.2.3".into(),
+        }],
+    };
+    let observed = |uses: Vec<StatementUse>| Observation::Declared {
+        target: "main".into(),
+        configured: true,
+        nothing_declared: false,
+        covered_since: Some((SOAK_START - HOUR, "first observed".into())),
+        last_pass_ms: Some(AFTER - 60_000),
+        failing: None,
+        stale_after_ms: 3 * 60_000,
+        uses,
+    };
+    // One hour after the soak ended, the window is the last soak period: from SOAK_START + 1h.
+    let before_window = observed(vec![reader(SOAK_START + HOUR - 60_000)]);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &healthy(),
+        &before_window,
+        AFTER,
+        &GatePolicy::default(),
+    );
+    assert_failing(&report, &[]);
+    let inside = observed(vec![reader(SOAK_START + HOUR + 60_000)]);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &healthy(),
+        &inside,
+        AFTER,
+        &GatePolicy::default(),
+    );
+    assert_failing(&report, &[CheckId::DatabaseUsage]);
+    let c = check(&report, CheckId::DatabaseUsage);
+    assert!(
+        c.evidence
+            .contains("SELECT username FROM users WHERE id = $1"),
+        "{}",
+        c.evidence
+    );
+    assert!(c.evidence.contains("9 call(s)"), "{}", c.evidence);
+    assert!(
+        c.evidence
+            .contains("nightly-report (role reports, from 10.1.2.3)"),
+        "{}",
+        c.evidence
+    );
+    assert!(c.remedy.contains("switchyard usage"), "{}", c.remedy);
 }
 
 #[test]
@@ -829,7 +914,14 @@ fn new_shape_errors_above_the_limit_fail_alone() {
         SOAK_START + 5 * HOUR + 30 * MIN,
         new_ops(500, 0, 4),
     );
-    let report = evaluate(&d.m, &fleet, &traffic, AFTER, &loose);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &traffic,
+        &Observation::NotDeclared,
+        AFTER,
+        &loose,
+    );
     assert_failing(&report, &[]);
     assert_eq!(
         check(&report, CheckId::NewShapeErrors).evidence,
@@ -982,7 +1074,14 @@ fn the_policy_floor_raises_a_short_soak() {
         min_soak_seconds: 24 * 3600,
         ..GatePolicy::default()
     };
-    let report = evaluate(&d.m, &fleet, &healthy(), now, &floor);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &healthy(),
+        &Observation::NotDeclared,
+        now,
+        &floor,
+    );
     assert_fails_alone(
         &report,
         CheckId::Soak,
@@ -990,14 +1089,31 @@ fn the_policy_floor_raises_a_short_soak() {
         "soak ends 2023-11-16T00:13Z, in 22h 0m",
     );
     assert_eq!(report.soak_ends_at_ms, Some(SOAK_END));
-    assert_failing(&evaluate(&d.m, &fleet, &healthy(), SOAK_END, &floor), &[]);
+    assert_failing(
+        &evaluate(
+            &d.m,
+            &fleet,
+            &healthy(),
+            &Observation::NotDeclared,
+            SOAK_END,
+            &floor,
+        ),
+        &[],
+    );
 
     // The floor also widens the window old-shape traffic is looked for in: old reads half an
     // hour into the soak age out of a one-hour soak but not of a one-day one.
     let traffic = with(healthy(), SOAK_START + 30 * MIN, old_ops(1, 0));
     assert_failing(&gate(&d.m, &fleet, &traffic, now), &[]);
     assert_failing(
-        &evaluate(&d.m, &fleet, &traffic, SOAK_END, &floor),
+        &evaluate(
+            &d.m,
+            &fleet,
+            &traffic,
+            &Observation::NotDeclared,
+            SOAK_END,
+            &floor,
+        ),
         &[CheckId::NoOldShapeTraffic],
     );
 
@@ -1008,7 +1124,15 @@ fn the_policy_floor_raises_a_short_soak() {
     };
     let d = Driver::completed();
     assert_eq!(
-        evaluate(&d.m, &fleet_of(&d), &healthy(), AFTER, &low).soak_ends_at_ms,
+        evaluate(
+            &d.m,
+            &fleet_of(&d),
+            &healthy(),
+            &Observation::NotDeclared,
+            AFTER,
+            &low
+        )
+        .soak_ends_at_ms,
         Some(SOAK_END)
     );
 }

@@ -17,6 +17,7 @@ use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_domain::types::{TextKind, check_count, check_text, parse_label};
+use switchyard_domain::usage::{self, Observation, StatementSummary};
 use switchyard_domain::{
     BasisPoints, Database, Event, Migration, MigrationKey, NewMigration, Operation, Permission,
     Plan, Role, Stage, TargetName, Version,
@@ -76,6 +77,27 @@ pub struct App {
     /// The names of the databases this server is configured to observe
     /// (`--target-database NAME=URL`); their URLs stay in the configuration.
     pub target_names: std::collections::BTreeSet<TargetName>,
+    /// How often the usage observer reads the targets (the gate's staleness bound).
+    pub observe: crate::observe::ObserveConfig,
+}
+
+/// Evidence rows one usage or gate answer reads at most (newest first: a blocking use is never
+/// cut off by older ones).
+const USAGE_ROWS: u32 = 10_000;
+
+/// A migration's usage evidence, as `GET /v1/migrations/{key}/usage` answers it.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub migration: Arc<Migration>,
+    pub since_ms: i64,
+    pub window_from_ms: Option<i64>,
+    pub covered_since: Option<(i64, String)>,
+    pub last_pass_ms: Option<i64>,
+    pub last_pass_duration_ms: Option<u64>,
+    pub statements_on_target: Option<u64>,
+    pub failing: Option<(String, i64)>,
+    pub check: gate::Check,
+    pub statements: Vec<StatementSummary>,
 }
 
 /// Migrations whose lifecycle needs attention.
@@ -268,7 +290,7 @@ pub use switchyard_proto::limits::{
 pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;
 
 impl App {
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         (self.clock)()
     }
 
@@ -431,8 +453,13 @@ impl App {
         let key = MigrationKey::parse(key)?;
         let now = self.now();
         let result = if op == Operation::Record(Event::Contracted) {
-            // The gate is evaluated on the state, fleet and traffic read in the transaction
-            // that records the result: checking and recording are one step.
+            // The database's evidence comes from the observer's tables, read just before; the
+            // state, fleet and traffic are read in the transaction that records the result:
+            // checking and recording are one step.
+            let database = match self.hub.get(key.as_str()) {
+                Some(m) => self.observation(&m, now).await?,
+                None => Observation::NotDeclared,
+            };
             self.store
                 .mutate_with(
                     key.as_str(),
@@ -444,8 +471,14 @@ impl App {
                         forget_checkpoint: false,
                     },
                     |current, fleet, traffic, next_version| {
-                        let report =
-                            gate::evaluate(current, fleet, traffic, now, &self.gate_policy);
+                        let report = gate::evaluate(
+                            current,
+                            fleet,
+                            traffic,
+                            &database,
+                            now,
+                            &self.gate_policy,
+                        );
                         let (next, reason) =
                             rules::contract(current, expected, reason, &report, next_version, now)?;
                         Ok((next, reason, op.action().to_owned()))
@@ -783,13 +816,99 @@ impl App {
             .store
             .traffic(migration.key.as_str(), self.traffic_horizon(now))
             .await?;
+        let database = self.observation(&migration, now).await?;
         Ok(gate::evaluate(
             &migration,
             &fleet,
             &traffic,
+            &database,
             now,
             &self.gate_policy,
         ))
+    }
+
+    /// What the usage observer has seen of `m`'s database, with the evidence the gate's window
+    /// can reach (the last soak period, and a minute before it).
+    async fn observation(&self, m: &Migration, now: i64) -> Result<Observation, ApiError> {
+        self.observation_since(m, now - self.gate_policy.soak_ms(m) - 60_000)
+            .await
+    }
+
+    async fn observation_since(&self, m: &Migration, since: i64) -> Result<Observation, ApiError> {
+        let Some(target) = &m.database.target else {
+            return Ok(Observation::NotDeclared);
+        };
+        let status = self.store.observer_status(target.as_str()).await?;
+        let covered_since = self.store.usage_coverage(m.key.as_str()).await?;
+        let uses = self.store.usage(m.key.as_str(), since, USAGE_ROWS).await?;
+        Ok(Observation::Declared {
+            target: target.to_string(),
+            configured: self.target_names.contains(target),
+            nothing_declared: m.database.old_shape.is_empty(),
+            covered_since,
+            last_pass_ms: status.as_ref().and_then(|s| s.last_pass_ms),
+            failing: status.as_ref().and_then(|s| s.failing.clone()),
+            stale_after_ms: self.observe.stale_after().as_millis() as i64,
+            uses,
+        })
+    }
+
+    /// The usage evidence of a migration's old shape since `since_ms` (default: the last day,
+    /// or the soak period if longer), each statement with its verdict, and the gate's check.
+    pub async fn usage(
+        &self,
+        who: &Principal,
+        key: &str,
+        since_ms: Option<i64>,
+    ) -> Result<Usage, ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let now = self.now();
+        let since =
+            since_ms.unwrap_or(now - self.gate_policy.soak_ms(&migration).max(24 * 3_600_000));
+        let report = self.gate(who, key).await?;
+        let check = report
+            .checks
+            .iter()
+            .find(|c| c.id == gate::CheckId::DatabaseUsage)
+            .cloned()
+            .expect("the gate always has the database check");
+        let database = self.observation_since(&migration, since).await?;
+        let status = match &migration.database.target {
+            Some(t) => self.store.observer_status(t.as_str()).await?,
+            None => None,
+        };
+        // The gate's window, as the gate computes it: evidence in it blocks.
+        let window_from = gate::window_from(&migration, now, &self.gate_policy);
+        let fleet = self.store.fleet(now, self.client_ttl).await?;
+        let mut known: Vec<String> = fleet.live.iter().map(|i| i.service.clone()).collect();
+        known.extend(migration.expected_services.iter().cloned());
+        let (statements, covered, failing, last_pass) = match database {
+            Observation::Declared {
+                uses,
+                covered_since,
+                failing,
+                last_pass_ms,
+                ..
+            } => (
+                usage::summarize(&uses, window_from, &known),
+                covered_since,
+                failing,
+                last_pass_ms,
+            ),
+            Observation::NotDeclared => (Vec::new(), None, None, None),
+        };
+        Ok(Usage {
+            migration,
+            since_ms: since,
+            window_from_ms: window_from,
+            covered_since: covered,
+            last_pass_ms: last_pass,
+            last_pass_duration_ms: status.as_ref().map(|s| s.pass_ms),
+            statements_on_target: status.as_ref().map(|s| s.statements),
+            failing,
+            check,
+            statements,
+        })
     }
 
     /// Contracted migrations still evaluated by live clients, and migrations at complete 100%

@@ -15,6 +15,7 @@
 //!   [`conn`] the connection limits (timeouts, caps, file descriptors) both listeners share.
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.
+//! - [`observe`]: the usage observer, reading each target database's statement statistics.
 
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod observe;
 pub mod openapi;
 pub mod startup;
 pub mod store;

@@ -22,6 +22,18 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_histogram!(
+        "switchyard_observer_pass_seconds",
+        "Time one usage-observer pass took reading a target database's statistics"
+    );
+    metrics::describe_counter!(
+        "switchyard_observer_calls_total",
+        "Calls of statements touching a watched old shape, as the usage observer counted them, by target"
+    );
+    metrics::describe_counter!(
+        "switchyard_observer_failures_total",
+        "Usage-observer passes that could not read their target database, by target"
+    );
     metrics::describe_counter!(
         "switchyard_http_requests_total",
         "HTTP requests by route and status"

@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::conn::{ConnLimits, Connections, FdBudget, Tracked};
 use crate::grpc::{GrpcApi, SwitchyardServer};
 use crate::hub::{Hub, HubOptions};
+use crate::observe::ObserveConfig;
 use crate::store::Store;
 use crate::tls::TlsFiles;
 use anyhow::Context;
@@ -133,6 +134,14 @@ pub struct ServeConfig {
         value_parser = TargetDatabase::parse
     )]
     pub target_databases: Vec<TargetDatabase>,
+    /// How often the usage observer reads each target database's pg_stat_statements: the
+    /// resolution of the gate's database evidence.
+    #[arg(long, env = "SWITCHYARD_OBSERVE_INTERVAL", default_value = "60s", value_parser = positive_duration)]
+    pub observe_interval: Duration,
+    /// How often the usage observer looks in pg_stat_activity for who runs the statements that
+    /// touch an old shape (a cheap query over the target's sessions).
+    #[arg(long, env = "SWITCHYARD_OBSERVE_ACTIVITY_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub observe_activity_interval: Duration,
 }
 
 /// A `--target-database NAME=URL`: a database the server may observe.
@@ -202,6 +211,8 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             max_watch_streams: 20_000,
             target_databases: Vec::new(),
+            observe_interval: Duration::from_secs(60),
+            observe_activity_interval: Duration::from_secs(1),
         }
     }
 }
@@ -279,6 +290,10 @@ impl Server {
                 .iter()
                 .map(|t| t.name.clone())
                 .collect(),
+            observe: ObserveConfig {
+                interval: config.observe_interval,
+                activity_interval: config.observe_activity_interval,
+            },
             gate_policy: GatePolicy {
                 min_soak_seconds: config.min_soak.as_secs(),
                 max_new_error_ratio: config.gate_max_new_error_ratio,
@@ -366,6 +381,18 @@ impl Server {
             }
         });
 
+        let mut tasks = vec![http_task, grpc_task, prune_task];
+        tasks.extend(crate::observe::spawn(
+            app.clone(),
+            config
+                .target_databases
+                .iter()
+                .map(|t| (t.name.clone(), t.url.clone()))
+                .collect(),
+            app.observe,
+            shutdown.subscribe(),
+        ));
+
         tracing::info!(%http_addr, %grpc_addr, tls = tls.is_some(), "switchyard serving");
         Ok(Server {
             tls: tls.is_some(),
@@ -375,7 +402,7 @@ impl Server {
             generated_admin_token,
             shutdown,
             shutdown_drain: config.shutdown_drain,
-            tasks: vec![http_task, grpc_task, prune_task],
+            tasks,
         })
     }
 

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 pub struct PgClusterBuilder {
     standby: bool,
     settings: Vec<(String, String)>,
+    password_roles: Vec<String>,
 }
 
 impl PgClusterBuilder {
@@ -48,6 +49,13 @@ impl PgClusterBuilder {
     /// as given: `.setting("work_mem", "'8MB'")`.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Makes `role` log in over TCP with its password (SCRAM) instead of the cluster's trust,
+    /// so a test can try a wrong one.
+    pub fn password_for(mut self, role: &str) -> Self {
+        self.password_roles.push(role.to_owned());
         self
     }
 
@@ -114,9 +122,19 @@ impl PgClusterBuilder {
         }
         append(&primary_dir.join("postgresql.conf"), &conf);
         // Trust on loopback for everyone, replication included (initdb's `--auth=trust` already
-        // allows it; stated here so the cluster does not depend on that default).
+        // allows it; stated here so the cluster does not depend on that default). The roles
+        // that must give a password come first: the first matching line decides.
+        let hba_path = primary_dir.join("pg_hba.conf");
+        let defaults = std::fs::read_to_string(&hba_path).expect("PgCluster: reading pg_hba.conf");
+        let passwords: String = self
+            .password_roles
+            .iter()
+            .map(|role| format!("host all {role} 127.0.0.1/32 scram-sha-256\n"))
+            .collect();
+        std::fs::write(&hba_path, format!("{passwords}{defaults}"))
+            .expect("PgCluster: writing pg_hba.conf");
         append(
-            &primary_dir.join("pg_hba.conf"),
+            &hba_path,
             "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
         );
         cluster.start_node(false);

@@ -1,5 +1,5 @@
 //! What the server reports: the gate's verdict, the audit log, client instances, the lifecycle,
-//! backfill progress, decisions and traffic.
+//! backfill progress, decisions, traffic and the database's usage evidence.
 
 use super::BackfillStatus;
 use super::names::stage_name;
@@ -386,6 +386,103 @@ pub struct TrafficMinute {
     pub minute_ms: i64,
     #[serde(flatten)]
     pub counts: TrafficCounts,
+}
+
+/// `GET /v1/migrations/{key}/usage`: what the usage observer saw of the old shape in the
+/// migration's target database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub key: String,
+    /// The database the migration names; null: none (the database is not observed).
+    pub target_database: Option<String>,
+    pub old_shape: Vec<String>,
+    /// Evidence shown from here on.
+    pub since_ms: i64,
+    /// Where the gate's window starts (the soak's), when the soak has started.
+    pub window_from_ms: Option<i64>,
+    /// Since when the target has been observed without a gap, and why then.
+    pub covered_since_ms: Option<i64>,
+    pub coverage_reason: Option<String>,
+    pub last_pass_ms: Option<i64>,
+    /// How long the last pass took reading the target, and how many statements it saw there.
+    pub last_pass_duration_ms: Option<u64>,
+    pub statements_on_target: Option<u64>,
+    /// Why the target cannot be observed, and since when (null while it can).
+    pub failing: Option<UsageFailure>,
+    /// The gate's `database_usage` check, now.
+    pub check: GateCheck,
+    /// Statements touching the old shape, newest first.
+    pub statements: Vec<UsageStatement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageFailure {
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageStatement {
+    /// Normalized text (constants as `$n`).
+    pub statement: String,
+    pub role: String,
+    pub objects: Vec<UsageObject>,
+    pub calls: u64,
+    pub rows: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Calls inside the gate's window.
+    pub calls_in_window: u64,
+    /// `blocks` (used in the window), `expected` (a Switchyard client's, before it) or
+    /// `unexpected` (another caller's, before it: it would block).
+    pub verdict: String,
+    pub sessions: Vec<UsageSession>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageObject {
+    pub object: String,
+    /// Null: the statement names it; otherwise why it may use it.
+    pub possible: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageSession {
+    pub role: String,
+    pub application_name: String,
+    pub client_addr: String,
+}
+
+impl From<&switchyard_domain::usage::StatementSummary> for UsageStatement {
+    fn from(s: &switchyard_domain::usage::StatementSummary) -> Self {
+        Self {
+            statement: s.statement.clone(),
+            role: s.role.clone(),
+            objects: s
+                .objects
+                .iter()
+                .map(|o| UsageObject {
+                    object: o.object.clone(),
+                    possible: o.possible.clone(),
+                })
+                .collect(),
+            calls: s.calls,
+            rows: s.rows,
+            first_seen_ms: s.first_seen_ms,
+            last_seen_ms: s.last_seen_ms,
+            calls_in_window: s.calls_in_window,
+            verdict: s.verdict.as_str().to_owned(),
+            sessions: s
+                .sessions
+                .iter()
+                .map(|x| UsageSession {
+                    role: x.role.clone(),
+                    application_name: x.application_name.clone(),
+                    client_addr: x.client_addr.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -193,6 +193,15 @@ pub enum Command {
         #[arg(long, default_value_t = 15)]
         minutes: u32,
     },
+    /// Show what the migration's target database ran against its old shape: each statement
+    /// with its calls, when it was last seen, who ran it (role, application_name, address) and
+    /// whether it blocks the gate. Exit 0 if the gate's database check passes, 1 if not.
+    Usage {
+        key: String,
+        /// How far back to show evidence (default: a day, or the soak period if longer).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),

@@ -44,6 +44,28 @@ pub(super) async fn traffic(client: &Client, key: &str, minutes: u32) -> Result<
     Ok(Output::ok(t.json, human))
 }
 
+/// Exit 0 if the gate's database check passes, 1 if not (as `gate`).
+pub(super) async fn usage(
+    client: &Client,
+    key: &str,
+    since: Option<std::time::Duration>,
+) -> Result<Output, Failure> {
+    let mut path = format!("/v1/migrations/{}/usage", path_segment(key)?);
+    if let Some(since) = since {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let from = now.saturating_sub(since).as_millis();
+        path.push_str(&format!("?since_ms={from}"));
+    }
+    let u = client.get::<json::UsageReport>(&path).await?;
+    Ok(Output {
+        human: render::usage(&u.body),
+        code: if u.body.check.passed { 0 } else { 1 },
+        json: u.json,
+    })
+}
+
 /// Every instance: the server answers in pages (a fleet can be thousands), followed here to
 /// the last so the list is never silently cut.
 pub(super) async fn instances(client: &Client, migration: Option<&str>) -> Result<Output, Failure> {

@@ -151,6 +151,7 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
         Command::Audit { key, limit, before } => inspect::audit(client, &key, limit, before).await,
         Command::Decide { key, entity } => inspect::decide(client, &key, entity.as_deref()).await,
         Command::Traffic { key, minutes } => inspect::traffic(client, &key, minutes).await,
+        Command::Usage { key, since } => inspect::usage(client, &key, since).await,
         Command::Instances { migration } => inspect::instances(client, migration.as_deref()).await,
         Command::Token(command) => token::run(client, command).await,
     }

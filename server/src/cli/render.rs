@@ -270,6 +270,95 @@ pub(super) fn gate(report: &json::GateReport) -> String {
     out.trim_end().to_owned()
 }
 
+pub(super) fn usage(u: &json::UsageReport) -> String {
+    let Some(target) = &u.target_database else {
+        return format!(
+            "{}: names no target database, so its database is not observed\n  {}",
+            cell(&u.key),
+            cell(&u.check.evidence)
+        );
+    };
+    let mut out = format!(
+        "{}: database {} · old shape {}\n",
+        cell(&u.key),
+        cell(target),
+        cell(&u.old_shape.join(", "))
+    );
+    match (&u.failing, u.covered_since_ms) {
+        (Some(f), _) => out.push_str(&format!(
+            "  cannot observe since {}: {}\n",
+            time(Some(f.since_ms)),
+            cell(&f.reason)
+        )),
+        (None, Some(since)) => out.push_str(&format!(
+            "  observed without a gap since {} ({}); last pass {}, {} ms over {} statement(s)\n",
+            time(Some(since)),
+            cell(u.coverage_reason.as_deref().unwrap_or("")),
+            time(u.last_pass_ms),
+            u.last_pass_duration_ms.unwrap_or(0),
+            u.statements_on_target.unwrap_or(0)
+        )),
+        (None, None) => out.push_str("  not observed yet\n"),
+    }
+    out.push_str(&format!(
+        "  [{}] {}: {}\n",
+        if u.check.passed { "ok" } else { "no" },
+        cell(&u.check.id),
+        cell(&u.check.evidence)
+    ));
+    if !u.check.passed {
+        out.push_str(&format!("       → {}\n", cell(&u.check.remedy)));
+    }
+    if u.statements.is_empty() {
+        out.push_str(&format!(
+            "  no statement touched the old shape since {}\n",
+            time(Some(u.since_ms))
+        ));
+    }
+    for st in &u.statements {
+        let objects: Vec<String> = st
+            .objects
+            .iter()
+            .map(|o| match &o.possible {
+                None => o.object.clone(),
+                Some(why) => format!("possibly {} ({why})", o.object),
+            })
+            .collect();
+        out.push_str(&format!(
+            "\n  {:<10} {}\n             {} call(s), {} row(s), {} in the gate's window; first {}, last {}\n             role {} · {}\n",
+            st.verdict.to_uppercase(),
+            cell(&st.statement.split_whitespace().collect::<Vec<_>>().join(" ")),
+            st.calls,
+            st.rows,
+            st.calls_in_window,
+            time(Some(st.first_seen_ms)),
+            time(Some(st.last_seen_ms)),
+            cell(&st.role),
+            cell(&objects.join("; "))
+        ));
+        if st.sessions.is_empty() {
+            out.push_str("             no session seen running it\n");
+        }
+        for session in &st.sessions {
+            out.push_str(&format!(
+                "             seen: {} (role {}{})\n",
+                cell(if session.application_name.is_empty() {
+                    "no application_name"
+                } else {
+                    &session.application_name
+                }),
+                cell(&session.role),
+                if session.client_addr.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", cell(&session.client_addr))
+                }
+            ));
+        }
+    }
+    out.trim_end().to_owned()
+}
+
 pub(super) fn lifecycle(v: &json::Lifecycle) -> String {
     if v.contracted_in_use.is_empty() && v.complete_not_contracted.is_empty() {
         return format!(

@@ -1,7 +1,7 @@
 //! JSON bodies of the HTTP API: the extractor that turns malformed JSON into our error, the
 //! conversions from the server's records to the typed bodies of `switchyard_proto::json`.
 
-use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES};
+use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES, Usage};
 use crate::error::ApiError;
 use crate::hub::Snapshot;
 use crate::store::{AuditRecord, ClientInstance, TokenRecord};
@@ -162,6 +162,32 @@ pub fn traffic(
             })
             .collect(),
         total: (&total).into(),
+    }
+}
+
+pub fn usage(u: Usage) -> json::UsageReport {
+    let m = &u.migration;
+    json::UsageReport {
+        key: m.key.to_string(),
+        target_database: m.database.target.as_ref().map(ToString::to_string),
+        old_shape: m.database.old_shape_strings(),
+        since_ms: u.since_ms,
+        window_from_ms: u.window_from_ms,
+        covered_since_ms: u.covered_since.as_ref().map(|c| c.0),
+        coverage_reason: u.covered_since.map(|c| c.1),
+        last_pass_ms: u.last_pass_ms,
+        last_pass_duration_ms: u.last_pass_duration_ms,
+        statements_on_target: u.statements_on_target,
+        failing: u
+            .failing
+            .map(|(reason, since_ms)| json::UsageFailure { reason, since_ms }),
+        check: json::GateCheck {
+            id: u.check.id.as_str().to_owned(),
+            passed: u.check.passed,
+            evidence: u.check.evidence,
+            remedy: u.check.remedy,
+        },
+        statements: u.statements.iter().map(Into::into).collect(),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/migrations/{key}/instances", get(migration_instances))
         .route("/migrations/{key}/traffic", get(traffic))
         .route("/migrations/{key}/gate", get(gate))
+        .route("/migrations/{key}/usage", get(usage))
         .route("/migrations/{key}/backfill", get(backfill))
         .route(
             "/migrations/{key}/backfill/checkpoint",
@@ -635,6 +636,24 @@ async fn traffic(
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let (minutes, total) = app.traffic(&who, &key, q.minutes).await?;
     Ok(axum::Json(json::traffic(key, minutes, total)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    since_ms: Option<i64>,
+}
+
+async fn usage(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<wire::UsageReport>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    Ok(axum::Json(json::usage(
+        app.usage(&who, &key, q.since_ms).await?,
+    )))
 }
 
 async fn create_token(

@@ -328,6 +328,8 @@ impl Store {
                 let mut removed = 0;
                 for sql in [
                     "DELETE FROM traffic_minutes WHERE minute_ms < $1",
+                    // The database's evidence is kept as long as the clients' own.
+                    "DELETE FROM usage_statements WHERE minute_ms < $1",
                     "DELETE FROM client_instance_migrations WHERE last_seen_ms < $1",
                     "DELETE FROM client_instances WHERE last_seen_ms < $1",
                 ] {

@@ -16,7 +16,8 @@
 //! refusal or error before the mutex is released.
 //!
 //! Layout, by table family: `migrations` (migrations and their audit log), `clients` (client
-//! instances and their traffic), `checkpoints` (backfill positions), `tokens` (API tokens);
+//! instances and their traffic), `checkpoints` (backfill positions), `tokens` (API tokens),
+//! `usage` (the usage observer's leases, baselines and evidence);
 //! `rows` and `state` hold the row types and the stored form of a migration.
 
 mod checkpoints;
@@ -25,6 +26,7 @@ mod migrations;
 mod rows;
 mod state;
 mod tokens;
+mod usage;
 
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -39,6 +41,7 @@ pub use checkpoints::{Checkpoint, StoredSettings};
 pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
 pub use migrations::{Alongside, Mutated};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};
+pub use usage::{PassOutcome, PassRead, Relevant, TargetStatus};
 
 /// The transaction every write and consistent read runs in.
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
