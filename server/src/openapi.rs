@@ -7,6 +7,7 @@ use crate::app::{
     MAX_TELEMETRY_ENTRIES,
 };
 use serde_json::{Value, json};
+use switchyard_domain::gate::CheckId;
 use switchyard_domain::migration::DEFAULT_SOAK_SECONDS;
 use switchyard_domain::traffic::{LATENCY_BOUNDS_US, minute_of};
 use switchyard_domain::types::MAX_STORED_NUMBER;
@@ -113,6 +114,43 @@ pub fn document(app: &App) -> Value {
         .map(|t| Value::from(t.as_str()))
         .collect();
     targets.push(Value::Null);
+    let mut check_ids: Vec<&str> = CheckId::ALL.iter().map(|c| c.as_str()).collect();
+    check_ids.push(CheckId::Contracted.as_str());
+    let usage_report = json!({ "type": "object",
+                    "required": ["key", "target_database", "old_shape", "since_ms", "window_from_ms", "covered_since_ms",
+                        "coverage_reason", "last_pass_ms", "last_pass_duration_ms", "statements_on_target", "failing", "check", "statements"],
+                    "properties": {
+                    "key": { "type": "string" },
+                    "target_database": { "type": ["string", "null"], "description": "null: the migration names no database, which is then not observed" },
+                    "old_shape": { "type": "array", "items": { "type": "string" } },
+                    "since_ms": { "type": "integer", "description": "evidence shown from here on" },
+                    "window_from_ms": { "type": ["integer", "null"], "description": "where the gate's window (the soak's) starts; null before the soak" },
+                    "covered_since_ms": { "type": ["integer", "null"], "description": "since when the target has been observed without a gap (a statistics reset or eviction restarts it)" },
+                    "coverage_reason": { "type": ["string", "null"] },
+                    "last_pass_ms": { "type": ["integer", "null"] },
+                    "last_pass_duration_ms": { "type": ["integer", "null"] },
+                    "statements_on_target": { "type": ["integer", "null"], "description": "statements of the target database in pg_stat_statements at the last pass" },
+                    "failing": { "type": ["object", "null"], "required": ["reason", "since_ms"],
+                        "description": "why the target cannot be observed (unreachable, authentication, pg_stat_statements missing, permission); null while it can",
+                        "properties": { "reason": { "type": "string" }, "since_ms": { "type": "integer" } } },
+                    "check": { "$ref": "#/components/schemas/GateCheck" },
+                    "statements": { "type": "array", "description": "statements touching the old shape, newest first",
+                        "items": { "type": "object",
+                        "required": ["statement", "role", "objects", "calls", "rows", "first_seen_ms", "last_seen_ms", "calls_in_window", "verdict", "sessions"],
+                        "properties": {
+                        "statement": { "type": "string", "description": "normalized text: constants as $n" },
+                        "role": { "type": "string" },
+                        "objects": { "type": "array", "items": { "type": "object", "required": ["object", "possible"], "properties": {
+                            "object": { "type": "string" },
+                            "possible": { "type": ["string", "null"], "description": "null: the statement names the object; otherwise why it may use it (SELECT *, an unqualified name)" } } } },
+                        "calls": { "type": "integer" }, "rows": { "type": "integer" },
+                        "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" },
+                        "calls_in_window": { "type": "integer", "description": "calls inside the gate's window: any fails the check" },
+                        "verdict": { "type": "string", "enum": ["blocks", "expected", "unexpected"],
+                            "description": "blocks: used in the gate's window; expected: before it, by Switchyard clients only (the migrator's old side, a backfill); unexpected: before it, by another caller" },
+                        "sessions": { "type": "array", "description": "sessions seen with it as their current or last statement (sampled)",
+                            "items": { "type": "object", "required": ["role", "application_name", "client_addr"], "properties": {
+                            "role": { "type": "string" }, "application_name": { "type": "string" }, "client_addr": { "type": "string" } } } } } } } } });
     let ident = "[A-Za-z_][A-Za-z0-9_$]{0,62}";
     let old_shape = json!({ "type": "array", "maxItems": switchyard_domain::schema::MAX_OLD_SHAPE,
         "items": { "type": "string", "pattern": format!(
@@ -272,6 +310,12 @@ pub fn document(app: &App) -> Value {
             "/v1/migrations/{key}/gate": {
                 "get": { "summary": "The contract gate: may the old shape be dropped now? Every check with evidence and remedy",
                     "parameters": [key.clone()], "responses": ok("GateReport", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/usage": {
+                "get": { "summary": "What the migration's target database ran against its old shape (from pg_stat_statements and pg_stat_activity), with the gate's database check",
+                    "parameters": [key.clone(), { "name": "since_ms", "in": "query", "schema": { "type": "integer" },
+                        "description": "Evidence from this time on (Unix ms); absent: the last day, or the soak period if longer" }],
+                    "responses": ok("UsageReport", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/backfill": {
                 "get": { "summary": "The backfill's progress: status, paused, rows done, estimated total, rate, ETA, runner",
@@ -499,11 +543,13 @@ pub fn document(app: &App) -> Value {
                     "properties": settings_change },
                 "GateReport": { "type": "object", "properties": {
                     "key": { "type": "string" }, "passed": { "type": "boolean" },
-                    "checks": { "type": "array", "items": { "type": "object", "properties": {
-                        "id": { "type": "string", "enum": ["soak", "clients_applied", "no_old_shape_traffic", "no_shadow_mismatch", "new_shape_errors", "backfill"] },
-                        "passed": { "type": "boolean" }, "evidence": { "type": "string" },
-                        "remedy": { "type": "string", "description": "what would make it pass; empty when it passes" } } } },
+                    "checks": { "type": "array", "items": { "$ref": "#/components/schemas/GateCheck" } },
                     "soak_ends_at_ms": { "type": ["integer", "null"] }, "evaluated_at_ms": { "type": "integer" } } },
+                "GateCheck": { "type": "object", "required": ["id", "passed", "evidence", "remedy"], "properties": {
+                    "id": { "type": "string", "enum": check_ids },
+                    "passed": { "type": "boolean" }, "evidence": { "type": "string" },
+                    "remedy": { "type": "string", "description": "what would make it pass; empty when it passes" } } },
+                "UsageReport": usage_report,
                 "Error": { "type": "object", "required": ["code", "message"],
                     "description": "The body of every error answer, with Content-Type application/json; also 404 for an unknown route and 405 (method_not_allowed, with Allow) on any route. Only a request hyper cannot parse (400/414/431) gets an empty body.",
                     "properties": {

@@ -183,6 +183,7 @@ async fn openapi_describes_every_route() {
         ("get", "/v1/migrations/{key}/traffic"),
         ("get", "/v1/migrations/{key}/instances"),
         ("get", "/v1/migrations/{key}/gate"),
+        ("get", "/v1/migrations/{key}/usage"),
         ("get", "/v1/lifecycle"),
         ("get", "/v1/migrations/{key}/backfill"),
         ("put", "/v1/migrations/{key}/backfill/checkpoint"),
