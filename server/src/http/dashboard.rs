@@ -64,6 +64,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/views/migration/backfill.js", JS),
     asset!("js/views/migration/instances.js", JS),
     asset!("js/views/migration/traffic.js", JS),
+    asset!("js/views/migration/usage.js", JS),
     asset!("js/views/migration/audit.js", JS),
 ];
 

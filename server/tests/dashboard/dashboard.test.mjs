@@ -154,6 +154,10 @@ try {
   await page.getByRole("heading", { name: BILLING }).waitFor();
   // A server string with markup characters is shown as text, not parsed.
   await page.getByText("Move invoices.currency to a <currency> lookup table & back-fill").waitFor();
+  // Created without a target database: the Database usage card says it is not observed.
+  const usageCard = page.getByRole("region", { name: "Database usage" });
+  await usageCard.getByText("not observed", { exact: true }).waitFor();
+  await usageCard.getByText("names no target database, so the database is not observed", { exact: false }).waitFor();
   await page.getByRole("button", { name: "Advance to dual write…" }).click();
   const dialog = page.getByRole("dialog");
   await dialog.getByLabel(/Reason/).fill("try it before the DDL");
@@ -257,6 +261,7 @@ try {
   await page.goto(`${BASE}/#/m/sessions.token-hash`);
   await page.getByText(/Soak ends in (59|60)m/).waitFor();
   await page.getByText("✗ Fails: the old shape must not be dropped yet").waitFor();
+  await page.locator(".checklist .check-name", { hasText: "Database saw no old-shape statement" }).first().waitFor();
   await shot(page, "migration-soak-1280");
 
   console.log("phone width");

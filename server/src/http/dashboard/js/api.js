@@ -99,6 +99,8 @@ export const api = {
   },
   traffic: (key, minutes) => request("GET", `/migrations/${k(key)}/traffic?minutes=${minutes}`),
   gate: (key) => request("GET", `/migrations/${k(key)}/gate`),
+  /** What the target database saw of the old shape (pg_stat_statements), and the gate's check on it. */
+  usage: (key) => request("GET", `/migrations/${k(key)}/usage`),
   backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
   backfillSettings: (key, settings, reason) =>
     request("PUT", `/migrations/${k(key)}/backfill/settings`, { body: { ...settings, reason } }),

@@ -4,11 +4,13 @@
 import { fill, h, timeAgo } from "../../dom.js";
 import { span } from "../../format.js";
 
-// The server identifies checks and gives their evidence and remedy; the names are the dashboard's.
-const CHECK_LABELS = {
+// The server identifies checks and gives their evidence and remedy; the names are the dashboard's
+// (the Database usage card names its check with them too).
+export const CHECK_LABELS = {
   soak: "Soak period at complete 100%",
   clients_applied: "Every live client on this state",
   no_old_shape_traffic: "No old-shape reads or writes",
+  database_usage: "Database saw no old-shape statement",
   no_shadow_mismatch: "No shadow mismatch in the last live window",
   new_shape_errors: "New-shape errors under the limit",
   backfill: "Backfill complete",

@@ -1,12 +1,13 @@
 // One migration's page: the header and alerts, then one card each for the stage track, the
 // controls (ramp, advance, step back, record), the gate's checklist with the soak countdown,
-// backfill progress (pause/resume), client instances, traffic charts and the audit log.
+// backfill progress (pause/resume), client instances, traffic charts, what the target database
+// saw of the old shape, and the audit log.
 //
 // The migration record comes from the live feed, so the track, the controls and the version a
 // change expects follow every change without a reload. The rest (instances, traffic, backfill
-// checkpoints, gate, audit) is not in the feed: it is fetched when the migration changes and
-// polled. Each card is built once and refilled by its render(), so an update replaces content
-// without moving keyboard focus.
+// checkpoints, gate, database usage, audit) is not in the feed: it is fetched when the
+// migration changes and polled. Each card is built once and refilled by its render(), so an
+// update replaces content without moving keyboard focus.
 
 import { api } from "../../api.js";
 import { announce, fill, h, timeAgo } from "../../dom.js";
@@ -21,6 +22,7 @@ import { gateCard } from "./gate.js";
 import { instancesCard } from "./instances.js";
 import { trackCard } from "./track.js";
 import { trafficCard } from "./traffic.js";
+import { usageCard } from "./usage.js";
 
 const POLL_MS = 10_000;
 
@@ -35,7 +37,7 @@ export function migrationView(key, store) {
     store,
     vocabulary: store.vocabulary,
     current: () => store.migrations.get(key),
-    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, audit: null },
+    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, usage: null, audit: null },
     isDestroyed: () => destroyed,
   };
   const { facts, current } = ctx;
@@ -52,6 +54,7 @@ export function migrationView(key, store) {
   const backfill = backfillCard(ctx, changes.act);
   const instances = instancesCard(ctx);
   const traffic = trafficCard(ctx, () => loadTraffic());
+  const usage = usageCard(ctx);
   const audit = auditCard(ctx);
 
   const head = h("div", { class: "page-head" });
@@ -63,7 +66,7 @@ export function migrationView(key, store) {
     // phone they stack in this order, so the gate comes before the long traffic and audit.
     h("div", { class: "col-top" }, track.element, controls.element),
     h("div", { class: "col-side" }, gate.element, backfill.element, instances.element),
-    h("div", { class: "col-bottom" }, traffic.element, audit.element),
+    h("div", { class: "col-bottom" }, traffic.element, usage.element, audit.element),
   );
   const element = h("article", { class: "page migration-page" }, h("a", { href: "#/", class: "back", text: "← All migrations" }), head, alertBox, columns);
 
@@ -102,7 +105,7 @@ export function migrationView(key, store) {
     fill(alertBox, list.length > 0 && h("ul", { class: "alerts alerts-page", "aria-label": "Alerts" }, list.map((a) => h("li", { class: `alert-${a.level}`, text: a.text }))));
   };
   // What each fact redraws when it arrives.
-  const sections = { gate: gate.render, backfill: backfill.render, instances: instances.render, audit: audit.render, alerts: renderAlerts };
+  const sections = { gate: gate.render, usage: usage.render, backfill: backfill.render, instances: instances.render, audit: audit.render, alerts: renderAlerts };
 
   const render = () => {
     const m = current();
@@ -137,7 +140,8 @@ export function migrationView(key, store) {
       if (!facts[name] || e.status === 404) facts[name] = undefined;
     }
     // An unchanged answer redraws nothing, so a poll does not take keyboard focus or reset what
-    // the user opened (the gate's evaluation time changes on every call and does not count).
+    // the user opened (the gate's evaluation time and the usage report's default start change on
+    // every call and do not count).
     if (destroyed) return;
     if (sameFacts(before, facts[name])) {
       if (name === "gate") gate.reevaluated();
@@ -156,6 +160,7 @@ export function migrationView(key, store) {
   };
   const loadRecordFacts = () => {
     load("gate", () => api.gate(key));
+    load("usage", () => api.usage(key));
     load("instances", () => api.instances(key));
     if (current()?.has_backfill) load("backfill", () => api.backfill(key));
   };
@@ -202,6 +207,11 @@ export function migrationView(key, store) {
 }
 
 function sameFacts(a, b) {
-  const strip = (v) => (v && typeof v === "object" && "evaluated_at_ms" in v ? { ...v, evaluated_at_ms: 0 } : v);
+  const strip = (v) => {
+    if (!v || typeof v !== "object") return v;
+    if ("evaluated_at_ms" in v) return { ...v, evaluated_at_ms: 0 };
+    if ("since_ms" in v && "statements" in v) return { ...v, since_ms: 0 };
+    return v;
+  };
   return a !== null && a !== undefined && JSON.stringify(strip(a)) === JSON.stringify(strip(b));
 }
