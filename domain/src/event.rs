@@ -26,6 +26,10 @@ pub enum Event {
     /// Stops the backfill and forgets its progress: it can be started again from the start.
     BackfillCancelled,
     OldShapeRepaired,
+    /// The old shape was made unusable but recoverable (renamed): the drop waits a probation.
+    Retired,
+    /// The retired old shape was given back its names.
+    Restored,
     Contracted,
 }
 
@@ -40,12 +44,14 @@ pub enum EventKind {
     BackfillResumed,
     BackfillCancelled,
     OldShapeRepaired,
+    Retired,
+    Restored,
     Contracted,
 }
 
 impl EventKind {
     /// Every event, in the order a migration usually meets them.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::ExpandApplied,
         EventKind::BackfillStarted,
         EventKind::BackfillProgress,
@@ -54,6 +60,8 @@ impl EventKind {
         EventKind::BackfillResumed,
         EventKind::BackfillCancelled,
         EventKind::OldShapeRepaired,
+        EventKind::Retired,
+        EventKind::Restored,
         EventKind::Contracted,
     ];
 
@@ -67,6 +75,8 @@ impl EventKind {
             EventKind::BackfillResumed => "backfill_resumed",
             EventKind::BackfillCancelled => "backfill_cancelled",
             EventKind::OldShapeRepaired => "old_shape_repaired",
+            EventKind::Retired => "retired",
+            EventKind::Restored => "restored",
             EventKind::Contracted => "contracted",
         }
     }
@@ -82,6 +92,8 @@ impl EventKind {
             EventKind::BackfillResumed => "Backfill resumed",
             EventKind::BackfillCancelled => "Backfill cancelled",
             EventKind::OldShapeRepaired => "Old shape repaired (reverse backfill)",
+            EventKind::Retired => "Old shape retired (renamed, recoverable)",
+            EventKind::Restored => "Old shape restored (retire undone)",
             EventKind::Contracted => "Contracted (old shape dropped)",
         }
     }
@@ -96,6 +108,8 @@ impl EventKind {
                 | EventKind::BackfillStarted
                 | EventKind::BackfillComplete
                 | EventKind::OldShapeRepaired
+                | EventKind::Retired
+                | EventKind::Restored
                 | EventKind::Contracted
         )
     }
@@ -116,6 +130,12 @@ impl EventKind {
             EventKind::BackfillPaused => running && !backfill.paused,
             EventKind::BackfillResumed => running && backfill.paused,
             EventKind::OldShapeRepaired => m.old_shape_stale,
+            EventKind::Retired => {
+                m.retire_probation_seconds.is_some()
+                    && m.stage == Stage::Complete
+                    && m.retired_at_ms.is_none()
+            }
+            EventKind::Restored => m.retired_at_ms.is_some() && m.stage != Stage::Contracted,
             EventKind::Contracted => m.stage == Stage::Complete,
         }
     }
@@ -144,6 +164,8 @@ impl EventKind {
             EventKind::BackfillResumed => Event::BackfillResumed,
             EventKind::BackfillCancelled => Event::BackfillCancelled,
             EventKind::OldShapeRepaired => Event::OldShapeRepaired,
+            EventKind::Retired => Event::Retired,
+            EventKind::Restored => Event::Restored,
             EventKind::Contracted => Event::Contracted,
         })
     }
@@ -192,6 +214,8 @@ impl Event {
             Event::BackfillResumed => EventKind::BackfillResumed,
             Event::BackfillCancelled => EventKind::BackfillCancelled,
             Event::OldShapeRepaired => EventKind::OldShapeRepaired,
+            Event::Retired => EventKind::Retired,
+            Event::Restored => EventKind::Restored,
             Event::Contracted => EventKind::Contracted,
         }
     }

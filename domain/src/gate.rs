@@ -48,13 +48,15 @@ pub enum CheckId {
     Backfill,
     /// The target database saw no statement touching the old shape during the soak.
     DatabaseUsage,
+    /// Retire before drop: the old shape retired for its probation, nothing failing on it.
+    RetireProbation,
     /// The migration is already contracted (the only check then).
     Contracted,
 }
 
 impl CheckId {
     /// Every check `evaluate` runs, in its order (`Contracted` stands alone).
-    pub const ALL: [CheckId; 7] = [
+    pub const ALL: [CheckId; 8] = [
         CheckId::Soak,
         CheckId::ClientsApplied,
         CheckId::NoOldShapeTraffic,
@@ -62,6 +64,7 @@ impl CheckId {
         CheckId::NewShapeErrors,
         CheckId::Backfill,
         CheckId::DatabaseUsage,
+        CheckId::RetireProbation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl CheckId {
             CheckId::NewShapeErrors => "new_shape_errors",
             CheckId::Backfill => "backfill",
             CheckId::DatabaseUsage => "database_usage",
+            CheckId::RetireProbation => "retire_probation",
             CheckId::Contracted => "contracted",
         }
     }
@@ -101,9 +105,19 @@ pub struct GateReport {
 impl GateReport {
     /// The failing checks' remedies, for a refusal message.
     pub fn failures(&self) -> String {
+        self.failing_remedies(None)
+    }
+
+    /// As [`GateReport::failures`], leaving out one check (`retired` needs every check but the
+    /// retire probation, which only starts with it).
+    pub fn failures_but(&self, but: CheckId) -> String {
+        self.failing_remedies(Some(but))
+    }
+
+    fn failing_remedies(&self, but: Option<CheckId>) -> String {
         self.checks
             .iter()
-            .filter(|c| !c.passed)
+            .filter(|c| !c.passed && Some(c.id) != but)
             .map(|c| format!("{}: {}", c.id.as_str(), c.remedy))
             .collect::<Vec<_>>()
             .join("; ")
@@ -213,6 +227,7 @@ pub fn evaluate(
         new_shape_errors(&inputs, policy.max_new_error_ratio),
         backfill(m),
         database_usage(&inputs, database),
+        retire_probation(&inputs, database),
     ];
     GateReport {
         key: m.key.to_string(),
@@ -477,6 +492,35 @@ fn database_usage(i: &Inputs, database: &Observation) -> Check {
     ) {
         Ok(evidence) => Check::pass(CheckId::DatabaseUsage, evidence),
         Err((evidence, remedy)) => Check::fail(CheckId::DatabaseUsage, evidence, remedy),
+    }
+}
+
+/// 8. Retire before drop (when the migration chose it): retired for the whole probation, the
+/// database showing the old names gone, no statement failing on them, no restore since.
+fn retire_probation(i: &Inputs, database: &Observation) -> Check {
+    let m = i.m;
+    let Some(probation_s) = m.retire_probation_seconds else {
+        return Check::pass(
+            CheckId::RetireProbation,
+            "the migration drops its old shape without retiring it first".to_owned(),
+        );
+    };
+    let probation_ms = (probation_s as i64).saturating_mul(1000);
+    let Some(retired_at) = m.retired_at_ms else {
+        return Check::fail(
+            CheckId::RetireProbation,
+            "the old shape is not retired".to_owned(),
+            format!(
+                "once every other check passes, apply the retire SQL (`switchyard retire-sql \
+                 {}`) and record `retired`; the drop then waits a probation of {}",
+                m.key,
+                format_span(probation_ms)
+            ),
+        );
+    };
+    match crate::usage::judge_retire(database, retired_at, probation_ms, i.now_ms) {
+        Ok(evidence) => Check::pass(CheckId::RetireProbation, evidence),
+        Err((evidence, remedy)) => Check::fail(CheckId::RetireProbation, evidence, remedy),
     }
 }
 

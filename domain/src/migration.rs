@@ -58,6 +58,9 @@ pub struct NewMigration {
     pub has_backfill: bool,
     pub shadow_sample: BasisPoints,
     pub database: Database,
+    /// Retire before drop: the probation (seconds) the retired old shape must hold before
+    /// `contracted`; `None`: the contract drops it directly.
+    pub retire_probation_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,11 @@ pub struct Migration {
     pub soak_started_at_ms: Option<i64>,
     /// The last period the stage was `live`, whose shadow comparisons the gate checks.
     pub live_window: Option<Window>,
+    /// Retire before drop (opt-in at creation): how long the old shape must stay retired,
+    /// with no statement failing on it and no restore, before `contracted`.
+    pub retire_probation_seconds: Option<u64>,
+    /// When `retired` was recorded (the current retire); `restored` clears it.
+    pub retired_at_ms: Option<i64>,
 }
 
 /// The period some entities were at `live`; `ended_at_ms` is `None` while it lasts.
@@ -141,6 +149,8 @@ impl Migration {
             old_writes_resumed_since: None,
             soak_started_at_ms: None,
             live_window: None,
+            retire_probation_seconds: new.retire_probation_seconds,
+            retired_at_ms: None,
         }
     }
 

@@ -202,6 +202,14 @@ pub fn apply(
     now_ms: i64,
 ) -> Result<(Migration, Reason), DomainError> {
     let reason = admit(current, expected, reason)?;
+    if current.retired_at_ms.is_some() && !matches!(op, Operation::Record(_)) {
+        // Every front but complete at 100% has some entity read or write the old shape,
+        // which the database no longer has under its names.
+        return Err(refuse(
+            Rule::ContractGate,
+            "the old shape is retired (renamed in the database), so the front stays at              complete 100%: apply the restore SQL (`switchyard restore-sql KEY`) and record              `restored` first",
+        ));
+    }
     let mut next = current.clone();
     match *op {
         Operation::SetRollout { stage, rollout } => {
@@ -486,9 +494,19 @@ fn record(
                 Ok(())
             }
         }
-        Event::Contracted => Err(refuse(
+        Event::Restored => match current.retired_at_ms {
+            Some(_) => {
+                next.retired_at_ms = None;
+                Ok(())
+            }
+            None => Err(DomainError::NotApplicable(
+                "the old shape is not retired, so there is nothing to restore".to_owned(),
+            )),
+        },
+        Event::Contracted | Event::Retired => Err(refuse(
             Rule::ContractGate,
-            "recording `contracted` needs the contract gate's verdict: use `rules::contract`",
+            "recording `contracted` or `retired` needs the contract gate's verdict: use \
+             `rules::contract`",
         )),
     }
 }
@@ -639,6 +657,44 @@ pub fn contract(
     next.full_since
         .entry(Stage::Contracted)
         .or_insert(next_version);
+    next.version = next_version;
+    next.updated_at_ms = now_ms;
+    Ok((next, reason))
+}
+
+/// Records `retired` (rule 7, retire before drop): the migration chose to retire its old shape
+/// first, it is not retired already, and every check of the gate but the retire probation
+/// passes: the same evidence a direct drop would need.
+pub fn retire(
+    current: &Migration,
+    expected: Version,
+    reason: &str,
+    gate: &crate::gate::GateReport,
+    next_version: Version,
+    now_ms: i64,
+) -> Result<(Migration, Reason), DomainError> {
+    let reason = admit(current, expected, reason)?;
+    if current.retire_probation_seconds.is_none() {
+        return Err(DomainError::NotApplicable(format!(
+            "migration {} drops its old shape without retiring it first (it was created \
+             without a retire probation)",
+            current.key
+        )));
+    }
+    if current.retired_at_ms.is_some() {
+        return Err(DomainError::NotApplicable(
+            "the old shape is already retired".to_owned(),
+        ));
+    }
+    let failures = gate.failures_but(crate::gate::CheckId::RetireProbation);
+    if !failures.is_empty() {
+        return Err(refuse(
+            Rule::ContractGate,
+            format!("the contract gate fails, so the old shape may not be retired yet: {failures}"),
+        ));
+    }
+    let mut next = current.clone();
+    next.retired_at_ms = Some(now_ms);
     next.version = next_version;
     next.updated_at_ms = now_ms;
     Ok((next, reason))

@@ -97,6 +97,101 @@ impl SchemaObject {
             SchemaObject::Index { .. } => "index",
         }
     }
+
+    /// The name a retire gives it (`username` → `username__retired`), within PostgreSQL's 63
+    /// bytes; `None` for an index, which no statement names and so is never retired.
+    pub fn retired_name(&self) -> Option<String> {
+        let name = match self {
+            SchemaObject::Column { column, .. } => column,
+            SchemaObject::Table { table, .. } => table,
+            SchemaObject::Index { .. } => return None,
+        };
+        let keep = MAX_IDENTIFIER - RETIRED_SUFFIX.len();
+        let base: String = name.chars().take(keep).collect();
+        Some(format!("{base}{RETIRED_SUFFIX}"))
+    }
+}
+
+/// What a retire appends to a name: the old shape stays, unusable under its name.
+pub const RETIRED_SUFFIX: &str = "__retired";
+
+/// The SQL that retires `objects` (renames each column and table to its retired name), headed
+/// for the deploy pipeline. Columns of a table retired with them are left to the table's
+/// rename. Unqualified names are as the application writes them (resolved by `search_path`).
+pub fn retire_sql(key: &str, objects: &[SchemaObject]) -> String {
+    rename_sql(key, "retire", objects, true)
+}
+
+/// The SQL that undoes [`retire_sql`], in reverse order.
+pub fn restore_sql(key: &str, objects: &[SchemaObject]) -> String {
+    rename_sql(key, "restore", objects, false)
+}
+
+fn rename_sql(key: &str, phase: &str, objects: &[SchemaObject], retire: bool) -> String {
+    let qualified = |schema: &Option<String>, name: &str| match schema {
+        Some(s) => format!("{s}.{name}"),
+        None => name.to_owned(),
+    };
+    let retired_tables: Vec<(&Option<String>, &str)> = objects
+        .iter()
+        .filter_map(|o| match o {
+            SchemaObject::Table { schema, table } => Some((schema, table.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut statements = Vec::new();
+    for o in objects {
+        let Some(retired) = o.retired_name() else {
+            continue;
+        };
+        match o {
+            SchemaObject::Column {
+                schema,
+                table,
+                column,
+            } => {
+                if retired_tables.contains(&(schema, table.as_str())) {
+                    continue;
+                }
+                let (from, to) = if retire {
+                    (column.as_str(), retired.as_str())
+                } else {
+                    (retired.as_str(), column.as_str())
+                };
+                statements.push(format!(
+                    "ALTER TABLE {} RENAME COLUMN {from} TO {to};",
+                    qualified(schema, table)
+                ));
+            }
+            SchemaObject::Table { schema, table } => {
+                let (from, to) = if retire {
+                    (table.as_str(), retired.as_str())
+                } else {
+                    (retired.as_str(), table.as_str())
+                };
+                statements.push(format!(
+                    "ALTER TABLE {} RENAME TO {to};",
+                    qualified(schema, from)
+                ));
+            }
+            SchemaObject::Index { .. } => {}
+        }
+    }
+    if !retire {
+        statements.reverse();
+    }
+    let why = if retire {
+        "makes the old shape unusable under its names, keeping its data: a caller still using it \
+         fails, and `restore` brings it back at once"
+    } else {
+        "gives the retired old shape its names back"
+    };
+    format!(
+        "-- switchyard: {phase} {key}\n-- {why}.\n-- A rename takes a brief ACCESS EXCLUSIVE \
+         lock: wait at most 2 s for it rather than queue the application behind it.\n\
+         SET lock_timeout = '2s';\nBEGIN;\n{}\nCOMMIT;\n",
+        statements.join("\n")
+    )
 }
 
 fn identifier(part: &str, whole: &str) -> Result<String, InvalidInput> {
@@ -280,6 +375,46 @@ mod tests {
         }
         let long = format!("table:{}", "x".repeat(64));
         assert!(long.parse::<SchemaObject>().is_err());
+    }
+
+    #[test]
+    fn retire_and_restore_rename_columns_and_tables_and_undo_each_other() {
+        let objects: Vec<SchemaObject> = [
+            "column:users.username",
+            "table:billing.legacy_orders",
+            "column:billing.legacy_orders.total",
+            "index:users_username_idx",
+        ]
+        .iter()
+        .map(|o| o.parse().unwrap())
+        .collect();
+        let retire = retire_sql("users.handle", &objects);
+        assert!(
+            retire.starts_with("-- switchyard: retire users.handle\n"),
+            "{retire}"
+        );
+        assert!(retire.contains("ALTER TABLE users RENAME COLUMN username TO username__retired;"));
+        assert!(
+            retire.contains("ALTER TABLE billing.legacy_orders RENAME TO legacy_orders__retired;")
+        );
+        // The column of a retired table goes with it; an index is never retired.
+        assert!(!retire.contains("total"), "{retire}");
+        assert!(!retire.contains("idx"), "{retire}");
+        let restore = restore_sql("users.handle", &objects);
+        assert!(
+            restore.starts_with("-- switchyard: restore users.handle\n"),
+            "{restore}"
+        );
+        assert!(restore.contains("ALTER TABLE users RENAME COLUMN username__retired TO username;"));
+        assert!(
+            restore.contains("ALTER TABLE billing.legacy_orders__retired RENAME TO legacy_orders;")
+        );
+        let long = SchemaObject::Column {
+            schema: None,
+            table: "t".into(),
+            column: "c".repeat(63),
+        };
+        assert_eq!(long.retired_name().unwrap().len(), 63);
     }
 
     #[test]

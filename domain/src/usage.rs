@@ -79,7 +79,40 @@ pub enum Observation {
         /// A pass older than this is stale evidence.
         stale_after_ms: i64,
         uses: Vec<StatementUse>,
+        /// What the observer saw of the current retire, if it has looked since it.
+        retire: Option<RetireEvidence>,
+        /// Why the target's server log (where failing statements are) cannot be read.
+        log_failing: Option<String>,
     },
+}
+
+/// What the observer saw of a retired old shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetireEvidence {
+    /// The retire it belongs to (the migration's `retired_at_ms`).
+    pub retired_at_ms: i64,
+    /// The first pass that looked after the retire: failing statements count from there.
+    pub watched_since_ms: i64,
+    /// Whether the last catalog check found every old name gone and its retired name present.
+    pub in_effect: bool,
+    /// What the catalog check found, in words.
+    pub detail: String,
+    pub checked_at_ms: i64,
+    /// Statements that failed on a retired object, from the target's server log.
+    pub failures: Vec<FailedStatement>,
+}
+
+/// A statement the target refused because it names a retired object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedStatement {
+    /// When the observer read it.
+    pub seen_at_ms: i64,
+    /// The server log's own timestamp.
+    pub logged_at: String,
+    pub sqlstate: String,
+    pub message: String,
+    pub statement: String,
+    pub session: Session,
 }
 
 /// What the gate and `switchyard usage` say about one statement.
@@ -206,6 +239,7 @@ pub fn judge(
         failing,
         stale_after_ms,
         uses,
+        ..
     } = obs
     else {
         return Ok(
@@ -332,6 +366,135 @@ pub fn judge(
     ))
 }
 
+/// The retire probation's verdict: `Ok(evidence)` or `Err((evidence, remedy))`.
+pub fn judge_retire(
+    obs: &Observation,
+    retired_at: i64,
+    probation_ms: i64,
+    now_ms: i64,
+) -> Result<String, (String, String)> {
+    let Observation::Declared {
+        target,
+        configured,
+        last_pass_ms,
+        failing,
+        stale_after_ms,
+        retire,
+        log_failing,
+        ..
+    } = obs
+    else {
+        return Err((
+            "a retire is checked in its database, and the migration names none".to_owned(),
+            "retire before drop needs target_database and old_shape declared".to_owned(),
+        ));
+    };
+    let restore = "restore the old shape (`switchyard restore-sql KEY`, then record `restored`), \
+                   move the caller to the new shape, and retire again";
+    if !configured {
+        return Err((
+            format!("this server is not configured to observe database {target}"),
+            format!("start the server with --target-database {target}=postgres://…"),
+        ));
+    }
+    if let Some((reason, since)) = failing {
+        return Err((
+            format!(
+                "database {target} cannot be observed since {}: {reason}",
+                format_minute(*since)
+            ),
+            "fix what the reason names; the probation never passes without the database's \
+             evidence"
+                .to_owned(),
+        ));
+    }
+    if let Some(reason) = log_failing {
+        return Err((
+            format!("statements failing on the retired shape cannot be seen: {reason}"),
+            "give the observer's role access to the server log (GRANT pg_monitor and \
+             pg_read_server_files; logging_collector = on, log_destination including jsonlog)"
+                .to_owned(),
+        ));
+    }
+    let fresh = last_pass_ms.is_some_and(|t| now_ms - t <= *stale_after_ms);
+    let Some(r) = retire
+        .as_ref()
+        .filter(|r| r.retired_at_ms == retired_at && fresh)
+    else {
+        return Err((
+            format!(
+                "the observer has not looked at database {target} since the retire at {}",
+                format_minute(retired_at)
+            ),
+            "wait for the next observer pass (--observe-interval)".to_owned(),
+        ));
+    };
+    if !r.in_effect {
+        return Err((
+            format!(
+                "database {target} does not show the old shape retired: {}",
+                r.detail
+            ),
+            "apply the retire SQL (`switchyard retire-sql KEY`), or record `restored` if it was \
+             undone"
+                .to_owned(),
+        ));
+    }
+    if !r.failures.is_empty() {
+        let named: Vec<String> = r
+            .failures
+            .iter()
+            .take(NAMED_STATEMENTS)
+            .map(|f| {
+                format!(
+                    "`{}` failed at {} ({} {}) in {}",
+                    shorten(&f.statement, 200),
+                    f.logged_at,
+                    f.sqlstate,
+                    f.message,
+                    f.session
+                )
+            })
+            .collect();
+        return Err((
+            format!(
+                "{} statement(s) failed on the retired shape since {}: {}",
+                r.failures.len(),
+                format_minute(r.watched_since_ms),
+                named.join("; ")
+            ),
+            restore.to_owned(),
+        ));
+    }
+    // Failures are seen from the first pass after the retire: the probation counts from there
+    // if the observer was late.
+    let from = retired_at.max(r.watched_since_ms);
+    let ends = from.saturating_add(probation_ms);
+    if now_ms < ends {
+        return Err((
+            format!(
+                "retired since {} ({} of a {} probation); {}; no statement has failed on it",
+                format_minute(from),
+                format_span(now_ms - from),
+                format_span(probation_ms),
+                r.detail
+            ),
+            format!(
+                "probation ends {}, in {}",
+                format_minute(ends),
+                format_span(ends - now_ms)
+            ),
+        ));
+    }
+    Ok(format!(
+        "retired since {} ({}, probation {}); {}; no statement failed on it",
+        format_minute(from),
+        format_span(now_ms - from),
+        format_span(probation_ms),
+        r.detail
+    ))
+}
+
 /// `SELECT username FROM users WHERE id = $1` (column:users.username) 1204 call(s), last seen
 /// 12:40Z, by report-cron (role app, from 10.0.0.5)
 fn describe(s: &StatementSummary) -> String {
@@ -412,6 +575,8 @@ mod tests {
             failing: None,
             stale_after_ms: 3 * MIN,
             uses,
+            retire: None,
+            log_failing: None,
         }
     }
 
@@ -491,6 +656,8 @@ mod tests {
             failing: Some(("pg_stat_statements is not installed".into(), T0 + 6 * MIN)),
             stale_after_ms: 3 * MIN,
             uses: vec![],
+            retire: None,
+            log_failing: None,
         };
         let (evidence, _) = judge(&failing, &shape(), from, MIN, now).unwrap_err();
         assert!(
@@ -520,6 +687,8 @@ mod tests {
             failing: None,
             stale_after_ms: 3 * MIN,
             uses: vec![],
+            retire: None,
+            log_failing: None,
         };
         assert!(judge(&never, &shape(), from, MIN, now).is_err());
         // An undeclared migration is not the database's to judge.

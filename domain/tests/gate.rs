@@ -46,15 +46,7 @@ const SOAK_END: i64 = SOAK_START + SOAK_MS;
 /// 2023-11-16T01:13Z: an hour after the soak ended.
 const AFTER: i64 = SOAK_END + HOUR;
 
-const ALL_CHECKS: [CheckId; 7] = [
-    CheckId::Soak,
-    CheckId::ClientsApplied,
-    CheckId::NoOldShapeTraffic,
-    CheckId::NoShadowMismatch,
-    CheckId::NewShapeErrors,
-    CheckId::Backfill,
-    CheckId::DatabaseUsage,
-];
+const ALL_CHECKS: [CheckId; 8] = CheckId::ALL;
 
 // ---------------------------------------------------------------------------------------------
 // Building migrations with the rules
@@ -106,6 +98,7 @@ impl Driver {
                     has_backfill,
                     shadow_sample: BasisPoints::FULL,
                     database: Default::default(),
+                    retire_probation_seconds: None,
                 },
                 0x5eed,
                 Version(1),
@@ -370,6 +363,7 @@ fn a_healthy_migration_passes_every_check_with_its_evidence() {
              client telemetry speaks for the old shape (declare target_database and old_shape \
              to have the database's own evidence)"
                 .to_owned(),
+            "the migration drops its old shape without retiring it first".to_owned(),
         ]
     );
 }
@@ -407,6 +401,8 @@ fn a_statement_on_the_old_shape_in_the_soak_window_fails_the_database_check_alon
         failing: None,
         stale_after_ms: 3 * 60_000,
         uses,
+        retire: None,
+        log_failing: None,
     };
     // One hour after the soak ended, the window is the last soak period: from SOAK_START + 1h.
     let before_window = observed(vec![reader(SOAK_START + HOUR - 60_000)]);

@@ -32,6 +32,7 @@ fn new_migration(has_backfill: bool, expected_services: &[&str]) -> Migration {
             has_backfill,
             shadow_sample: BasisPoints::FULL,
             database: Default::default(),
+            retire_probation_seconds: None,
         },
         0x5eed_cafe,
         Version(1),
@@ -1267,7 +1268,10 @@ fn expect(
                     }
                     next_model.stale = false;
                 }
-                Event::Contracted => return refuse(vec![Rule::ContractGate]),
+                // The model's migrations never retire (no probation chosen): retiring needs
+                // the gate, and there is nothing to restore.
+                Event::Contracted | Event::Retired => return refuse(vec![Rule::ContractGate]),
+                Event::Restored => return na(),
             }
             next.old_shape_stale = next_model.stale;
             return (Want::Accept(Box::new(next)), next_model);
@@ -1399,6 +1403,7 @@ fn run_sequence(
             has_backfill,
             shadow_sample: bp(500),
             database: Default::default(),
+            retire_probation_seconds: None,
         },
         salt,
         Version(1),

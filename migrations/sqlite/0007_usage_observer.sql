@@ -16,7 +16,12 @@ CREATE TABLE observer_targets (
     error_since_ms  BIGINT  NOT NULL DEFAULT 0,
     -- The last pass's cost and size, for `switchyard usage` and the benchmark.
     pass_ms         BIGINT  NOT NULL DEFAULT 0,
-    statements      BIGINT  NOT NULL DEFAULT 0
+    statements      BIGINT  NOT NULL DEFAULT 0,
+    -- Where reading the server log (jsonlog) for statements failing on a retired shape got to,
+    -- and why it cannot be read ('' when it can).
+    log_file        TEXT    NOT NULL DEFAULT '',
+    log_offset      BIGINT  NOT NULL DEFAULT 0,
+    log_error       TEXT    NOT NULL DEFAULT ''
 );
 
 -- The counters of every statement that touches a watched object, as last read: the next pass
@@ -55,3 +60,33 @@ CREATE TABLE usage_statements (
     PRIMARY KEY (migration_key, minute_ms, entry)
 );
 CREATE INDEX usage_statements_by_minute ON usage_statements (minute_ms);
+
+-- Retire before drop: per migration and retire (its retired_at_ms), what the observer found in
+-- the catalog (old names gone, retired names present) and how many statements failed on it.
+CREATE TABLE retire_checks (
+    migration_key     TEXT    NOT NULL,
+    retired_at_ms     BIGINT  NOT NULL,
+    -- The first pass after the retire: failing statements count from there.
+    watched_since_ms  BIGINT  NOT NULL,
+    in_effect         BIGINT  NOT NULL,
+    detail            TEXT    NOT NULL,
+    checked_at_ms     BIGINT  NOT NULL,
+    failures_total    BIGINT  NOT NULL DEFAULT 0,
+    PRIMARY KEY (migration_key, retired_at_ms)
+);
+
+-- The statements that failed on a retired shape, from the target's server log (the first 100
+-- per retire; retire_checks counts them all).
+CREATE TABLE retire_failures (
+    migration_key     TEXT    NOT NULL,
+    retired_at_ms     BIGINT  NOT NULL,
+    seen_at_ms        BIGINT  NOT NULL,
+    logged_at         TEXT    NOT NULL,
+    sqlstate          TEXT    NOT NULL,
+    message           TEXT    NOT NULL,
+    statement         TEXT    NOT NULL,
+    role              TEXT    NOT NULL,
+    application_name  TEXT    NOT NULL,
+    client_addr       TEXT    NOT NULL
+);
+CREATE INDEX retire_failures_by_retire ON retire_failures (migration_key, retired_at_ms);

@@ -102,6 +102,8 @@ impl From<EventKind> for pb::EventKind {
             EventKind::BackfillResumed => pb::EventKind::BackfillResumed,
             EventKind::BackfillCancelled => pb::EventKind::BackfillCancelled,
             EventKind::OldShapeRepaired => pb::EventKind::OldShapeRepaired,
+            EventKind::Retired => pb::EventKind::Retired,
+            EventKind::Restored => pb::EventKind::Restored,
             EventKind::Contracted => pb::EventKind::Contracted,
         }
     }
@@ -120,6 +122,8 @@ impl TryFrom<pb::EventKind> for EventKind {
             pb::EventKind::BackfillResumed => EventKind::BackfillResumed,
             pb::EventKind::BackfillCancelled => EventKind::BackfillCancelled,
             pb::EventKind::OldShapeRepaired => EventKind::OldShapeRepaired,
+            pb::EventKind::Retired => EventKind::Retired,
+            pb::EventKind::Restored => EventKind::Restored,
             pb::EventKind::Contracted => EventKind::Contracted,
             pb::EventKind::Unspecified => return Err(invalid_event(e as i32)),
         })
@@ -242,6 +246,8 @@ impl From<&Migration> for pb::Migration {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             old_shape: m.database.old_shape_strings(),
+            retire_probation_seconds: m.retire_probation_seconds,
+            retired_at_ms: m.retired_at_ms.unwrap_or(0),
         }
     }
 }
@@ -293,6 +299,8 @@ impl TryFrom<pb::Migration> for Migration {
             old_shape_stale: m.old_shape_stale,
             full_since,
             soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
+            retire_probation_seconds: m.retire_probation_seconds,
+            retired_at_ms: (m.retired_at_ms != 0).then_some(m.retired_at_ms),
             old_writes_resumed_since: version(m.old_writes_resumed_since),
             live_window: m.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,

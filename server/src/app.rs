@@ -251,7 +251,12 @@ pub struct CreateMigrationInput {
     pub reason: String,
     pub target_database: Option<String>,
     pub old_shape: Vec<String>,
+    /// Retire before drop: the probation after `retired`, in seconds (`None`: drop directly).
+    pub retire_probation_seconds: Option<u64>,
 }
+
+/// The longest retire probation: a retired shape is meant to be dropped soon, not kept.
+const MAX_RETIRE_PROBATION_SECONDS: u64 = 90 * 24 * 3600;
 
 /// The answer to "what do I do with this entity?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,7 +353,30 @@ impl App {
                 .transpose()?
                 .unwrap_or(DEFAULT_SHADOW_SAMPLE),
             database: self.database(input.target_database.as_deref(), &input.old_shape)?,
+            retire_probation_seconds: input.retire_probation_seconds,
         };
+        if let Some(probation) = new.retire_probation_seconds {
+            if probation == 0 || probation > MAX_RETIRE_PROBATION_SECONDS {
+                return Err(ApiError::invalid(format!(
+                    "retire probation of {probation} s is out of range: allowed 1 to \
+                     {MAX_RETIRE_PROBATION_SECONDS} s (90 days)"
+                )));
+            }
+            // The retire is checked in the database: its catalog (the names gone) and its log
+            // (statements failing on them). Indexes are never named by statements, so a shape
+            // of indexes alone has nothing to retire.
+            let retirable = new
+                .database
+                .old_shape
+                .iter()
+                .any(|o| !matches!(o, switchyard_domain::SchemaObject::Index { .. }));
+            if new.database.target.is_none() || !retirable {
+                return Err(ApiError::invalid(
+                    "retire before drop needs target_database and an old_shape with at least \
+                     one column or table (indexes are not retired: nothing names them)",
+                ));
+            }
+        }
         // 53 bits so the salt survives JSON numbers in every language (JavaScript included).
         let salt = rand::rng().random::<u64>() & ((1 << 53) - 1);
         let created = self
@@ -452,7 +480,11 @@ impl App {
         who.require(op.permission())?;
         let key = MigrationKey::parse(key)?;
         let now = self.now();
-        let result = if op == Operation::Record(Event::Contracted) {
+        let gated = matches!(
+            op,
+            Operation::Record(Event::Contracted) | Operation::Record(Event::Retired)
+        );
+        let result = if gated {
             // The database's evidence comes from the observer's tables, read just before; the
             // state, fleet and traffic are read in the transaction that records the result:
             // checking and recording are one step.
@@ -479,8 +511,13 @@ impl App {
                             now,
                             &self.gate_policy,
                         );
+                        let decide = if op == Operation::Record(Event::Retired) {
+                            rules::retire
+                        } else {
+                            rules::contract
+                        };
                         let (next, reason) =
-                            rules::contract(current, expected, reason, &report, next_version, now)?;
+                            decide(current, expected, reason, &report, next_version, now)?;
                         Ok((next, reason, op.action().to_owned()))
                     },
                 )
@@ -841,6 +878,14 @@ impl App {
         let status = self.store.observer_status(target.as_str()).await?;
         let covered_since = self.store.usage_coverage(m.key.as_str()).await?;
         let uses = self.store.usage(m.key.as_str(), since, USAGE_ROWS).await?;
+        let retire = match m.retired_at_ms {
+            Some(at) => self.store.retire_evidence(m.key.as_str(), at).await?,
+            None => None,
+        };
+        let log_failing = status
+            .as_ref()
+            .filter(|s| m.retired_at_ms.is_some() && !s.log_error.is_empty())
+            .map(|s| s.log_error.clone());
         Ok(Observation::Declared {
             target: target.to_string(),
             configured: self.target_names.contains(target),
@@ -850,6 +895,8 @@ impl App {
             failing: status.as_ref().and_then(|s| s.failing.clone()),
             stale_after_ms: self.observe.stale_after().as_millis() as i64,
             uses,
+            retire,
+            log_failing,
         })
     }
 

@@ -121,7 +121,46 @@ struct Observer {
 struct Watched {
     key: String,
     objects: Vec<(SchemaObject, String)>,
+    /// The domain's form of the objects (for the retire's catalog check).
+    declared: Vec<switchyard_domain::SchemaObject>,
+    /// When its old shape was retired, if it is.
+    retired_at: Option<i64>,
 }
+
+/// Where to read the server log from, and which retires were watched before this pass.
+struct LogState {
+    file: String,
+    offset: i64,
+    /// Retires (key, retired_at) the observer had looked at before: a log line read now is
+    /// theirs; a retire seen for the first time starts its watch at this pass.
+    known: HashSet<(String, i64)>,
+}
+
+/// An error line of the server log: a statement the target refused.
+#[derive(serde::Deserialize)]
+struct LogLine {
+    #[serde(default)]
+    timestamp: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    dbname: String,
+    #[serde(default)]
+    remote_host: String,
+    #[serde(default)]
+    error_severity: String,
+    #[serde(default)]
+    state_code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    statement: String,
+    #[serde(default)]
+    application_name: String,
+}
+
+/// How much of the server log one pass reads at most.
+const LOG_CHUNK: i64 = 16 << 20;
 
 impl Observer {
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -169,6 +208,8 @@ impl Observer {
                     .iter()
                     .map(|o| (SchemaObject::from(o), o.to_string()))
                     .collect(),
+                declared: m.database.old_shape.clone(),
+                retired_at: m.retired_at_ms,
             })
             .collect()
     }
@@ -202,8 +243,15 @@ impl Observer {
                 return;
             }
         }
+        let log = match self.log_state(&watched).await {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::warn!(target_database = %self.name, error = %e, "reading the observer's state failed");
+                return;
+            }
+        };
         let started = Instant::now();
-        let read = self.read(&watched).await;
+        let read = self.read(&watched, log.as_ref()).await;
         let store = &self.app.store;
         match read {
             Ok(mut read) => {
@@ -288,8 +336,41 @@ impl Observer {
         Ok(Connected { conn, db_oid })
     }
 
+    /// Where the server log was left and which retires were already watched; `None` when no
+    /// watched migration is retired (the log is not read).
+    async fn log_state(
+        &self,
+        watched: &[Watched],
+    ) -> Result<Option<LogState>, crate::store::StoreError> {
+        if watched.iter().all(|w| w.retired_at.is_none()) {
+            return Ok(None);
+        }
+        let store = &self.app.store;
+        let status = store.observer_status(self.name.as_str()).await?;
+        let mut known = HashSet::new();
+        for w in watched {
+            if let Some(at) = w.retired_at
+                && store.retire_evidence(&w.key, at).await?.is_some()
+            {
+                known.insert((w.key.clone(), at));
+            }
+        }
+        Ok(Some(LogState {
+            file: status
+                .as_ref()
+                .map(|s| s.log_file.clone())
+                .unwrap_or_default(),
+            offset: status.as_ref().map_or(0, |s| s.log_offset),
+            known,
+        }))
+    }
+
     /// Reads the statistics and resolves which statements touch a watched object.
-    async fn read(&mut self, watched: &[Watched]) -> Result<PassRead, String> {
+    async fn read(
+        &mut self,
+        watched: &[Watched],
+        log: Option<&LogState>,
+    ) -> Result<PassRead, String> {
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
         }
@@ -445,6 +526,10 @@ impl Observer {
                     .unwrap_or_default(),
             });
         }
+        let (retires, log) = match log {
+            None => (Vec::new(), None),
+            Some(state) => self.read_retires(watched, state).await?,
+        };
         Ok(PassRead {
             stats_reset,
             dealloc,
@@ -453,7 +538,82 @@ impl Observer {
             pass_ms: 0,
             watched: watched.iter().map(|w| w.key.clone()).collect(),
             relevant,
+            retires,
+            log,
         })
+    }
+
+    /// For each retired migration: whether the catalog shows its old names gone and retired
+    /// names present, and the statements the server log shows failing on them since the last
+    /// pass. A log that cannot be read is reported, not an error of the pass: usage evidence
+    /// does not depend on it.
+    async fn read_retires(
+        &mut self,
+        watched: &[Watched],
+        state: &LogState,
+    ) -> Result<
+        (
+            Vec<crate::store::RetireRead>,
+            Option<Result<(String, i64), String>>,
+        ),
+        String,
+    > {
+        let Connected { conn, .. } = self.conn.as_mut().expect("connected");
+        let database: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| explain(&e))?;
+        let mut retires = Vec::new();
+        for w in watched {
+            let Some(retired_at) = w.retired_at else {
+                continue;
+            };
+            let (in_effect, detail) = catalog_state(conn, &w.declared).await?;
+            retires.push(crate::store::RetireRead {
+                key: w.key.clone(),
+                retired_at_ms: retired_at,
+                in_effect,
+                detail,
+                failures: Vec::new(),
+            });
+        }
+        let log = match read_log(conn, &state.file, state.offset).await {
+            Ok((lines, position)) => {
+                for line in lines {
+                    if line.error_severity != "ERROR"
+                        || !matches!(line.state_code.as_str(), "42703" | "42P01")
+                        || line.dbname != database
+                    {
+                        continue;
+                    }
+                    for (r, w) in retires
+                        .iter_mut()
+                        .zip(watched.iter().filter(|w| w.retired_at.is_some()))
+                    {
+                        if !state.known.contains(&(r.key.clone(), r.retired_at_ms)) {
+                            continue;
+                        }
+                        if w.declared.iter().any(|o| names(&line.message, o)) {
+                            r.failures.push(switchyard_domain::usage::FailedStatement {
+                                seen_at_ms: 0,
+                                logged_at: line.timestamp.clone(),
+                                sqlstate: line.state_code.clone(),
+                                message: line.message.clone(),
+                                statement: line.statement.clone(),
+                                session: Session {
+                                    role: line.user.clone(),
+                                    application_name: line.application_name.clone(),
+                                    client_addr: line.remote_host.clone(),
+                                },
+                            });
+                        }
+                    }
+                }
+                Some(Ok(position))
+            }
+            Err(why) => Some(Err(why)),
+        };
+        Ok((retires, log))
     }
 
     /// Who is running (or last ran) a relevant statement: `pg_stat_activity` shows each
@@ -515,5 +675,184 @@ fn explain(e: &sqlx::Error) -> String {
         sqlx::Error::Tls(_) => "the TLS handshake with the target failed".to_owned(),
         sqlx::Error::PoolTimedOut => "timed out".to_owned(),
         other => format!("{other}"),
+    }
+}
+
+/// Whether a refusal message (`column "username" does not exist`, `column u.username does not
+/// exist`, `relation "legacy" does not exist`) names the old name of a retired object.
+fn names(message: &str, object: &switchyard_domain::SchemaObject) -> bool {
+    use switchyard_domain::SchemaObject as O;
+    let message = message.to_lowercase();
+    match object {
+        O::Column { column, .. } => {
+            let column = column.to_lowercase();
+            message.starts_with("column ")
+                && (message.contains(&format!("\"{column}\""))
+                    || message.contains(&format!(".{column} does not exist")))
+        }
+        O::Table { schema, table } => {
+            let table = table.to_lowercase();
+            message.starts_with("relation ")
+                && (message.contains(&format!("\"{table}\""))
+                    || schema.as_ref().is_some_and(|s| {
+                        message.contains(&format!("\"{}.{table}\"", s.to_lowercase()))
+                    }))
+        }
+        O::Index { .. } => false,
+    }
+}
+
+/// `"schema"."name"` as `to_regclass` reads it (names fold to lower case, as unquoted SQL does).
+fn regclass(schema: &Option<String>, name: &str) -> String {
+    let schema = schema.as_deref().unwrap_or("public").to_lowercase();
+    format!("\"{schema}\".\"{}\"", name.to_lowercase())
+}
+
+/// Whether every column and table of the old shape is gone under its name and present under
+/// its retired one, with what was found for each.
+async fn catalog_state(
+    conn: &mut PgConnection,
+    objects: &[switchyard_domain::SchemaObject],
+) -> Result<(bool, String), String> {
+    use switchyard_domain::SchemaObject as O;
+    let tables: Vec<(&Option<String>, &str)> = objects
+        .iter()
+        .filter_map(|o| match o {
+            O::Table { schema, table } => Some((schema, table.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut all = true;
+    let mut found = Vec::new();
+    for o in objects {
+        let Some(retired) = o.retired_name() else {
+            continue;
+        };
+        let (old, new): (bool, bool) = match o {
+            O::Column {
+                schema,
+                table,
+                column,
+            } => {
+                if tables.contains(&(schema, table.as_str())) {
+                    continue;
+                }
+                sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                     AND attname = $2 AND NOT attisdropped), EXISTS (SELECT 1 FROM pg_attribute \
+                     WHERE attrelid = to_regclass($1) AND attname = $3 AND NOT attisdropped)",
+                )
+                .bind(regclass(schema, table))
+                .bind(column.to_lowercase())
+                .bind(retired.to_lowercase())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| explain(&e))?
+            }
+            O::Table { schema, table } => {
+                sqlx::query_as("SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                    .bind(regclass(schema, table))
+                    .bind(regclass(schema, &retired))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| explain(&e))?
+            }
+            O::Index { .. } => continue,
+        };
+        let written = o.to_string();
+        found.push(match (old, new) {
+            (false, true) => format!("{written} is renamed to {retired}"),
+            (true, _) => {
+                all = false;
+                format!("{written} still exists under its name")
+            }
+            (false, false) => {
+                all = false;
+                format!("{written} is gone and no {retired} exists (dropped?)")
+            }
+        });
+    }
+    Ok((all, found.join("; ")))
+}
+
+/// The complete lines of the server's jsonlog from `file` at `offset` on (the rest of a rotated
+/// file first), and where the next read starts. With no position yet, it starts at the current
+/// end: what was logged before the observer looked is not a retire's.
+async fn read_log(
+    conn: &mut PgConnection,
+    file: &str,
+    offset: i64,
+) -> Result<(Vec<LogLine>, (String, i64)), String> {
+    let current: Option<String> = sqlx::query_scalar("SELECT pg_current_logfile('jsonlog')")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| log_error(&e))?;
+    let Some(current) = current else {
+        return Err(
+            "the target writes no jsonlog: set logging_collector = on and add jsonlog \
+                    to log_destination (PostgreSQL 15 or later)"
+                .to_owned(),
+        );
+    };
+    if file.is_empty() {
+        let end = file_size(conn, &current).await?.unwrap_or(0);
+        return Ok((Vec::new(), (current, end)));
+    }
+    let mut reads = Vec::new();
+    if file != current {
+        reads.push((file.to_owned(), offset));
+        reads.push((current.clone(), 0));
+    } else {
+        reads.push((current.clone(), offset));
+    }
+    let mut lines = Vec::new();
+    let mut position = (current.clone(), 0);
+    for (path, from) in reads {
+        let Some(len) = file_size(conn, &path).await? else {
+            // Rotated away and removed before it was read to its end.
+            position = (current.clone(), 0);
+            continue;
+        };
+        let want = (len - from).clamp(0, LOG_CHUNK);
+        let bytes: Vec<u8> = if want == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT pg_read_binary_file($1, $2, $3, true)")
+                .bind(&path)
+                .bind(from)
+                .bind(want)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| log_error(&e))?
+        };
+        // Only whole lines: a line still being written is read next time.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in bytes[..whole].split(|b| *b == b'\n') {
+            if let Ok(parsed) = serde_json::from_slice::<LogLine>(line) {
+                lines.push(parsed);
+            }
+        }
+        position = (path, from + whole as i64);
+    }
+    Ok((lines, position))
+}
+
+/// A file's size in the target's data directory; `None` if it no longer exists.
+async fn file_size(conn: &mut PgConnection, path: &str) -> Result<Option<i64>, String> {
+    sqlx::query_scalar("SELECT (pg_stat_file($1, true)).size")
+        .bind(path)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| log_error(&e))
+}
+
+fn log_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => format!(
+            "permission denied reading the server log ({}): GRANT pg_monitor and \
+             pg_read_server_files to the observer's role",
+            db.message()
+        ),
+        other => format!("reading the server log: {}", explain(other)),
     }
 }

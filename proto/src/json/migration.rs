@@ -51,6 +51,12 @@ pub struct MigrationRecord {
     /// The objects its contract drops (`column:users.username`, `table:…`, `index:…`).
     #[serde(default)]
     pub old_shape: Vec<String>,
+    /// Retire before drop: the probation after `retired`, in seconds; null: it drops directly.
+    #[serde(default)]
+    pub retire_probation_seconds: Option<u64>,
+    /// When `retired` was recorded (the old shape is renamed in the database); null: not retired.
+    #[serde(default)]
+    pub retired_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +164,8 @@ impl From<&switchyard_domain::Migration> for MigrationRecord {
             old_shape_stale: m.old_shape_stale,
             target_database: m.database.target.as_ref().map(ToString::to_string),
             old_shape: m.database.old_shape_strings(),
+            retire_probation_seconds: m.retire_probation_seconds,
+            retired_at_ms: m.retired_at_ms,
             full_since: m.full_since.iter().map(|(s, v)| (*s, v.0)).collect(),
             old_writes_resumed_since: m.old_writes_resumed_since.map(|v| v.0),
             soak_started_at_ms: m.soak_started_at_ms,
@@ -231,6 +239,8 @@ impl TryFrom<MigrationRecord> for switchyard_domain::Migration {
                 .collect(),
             old_writes_resumed_since: m.old_writes_resumed_since.map(Version),
             soak_started_at_ms: m.soak_started_at_ms,
+            retire_probation_seconds: m.retire_probation_seconds,
+            retired_at_ms: m.retired_at_ms,
             live_window: m.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,
                 ended_at_ms: w.ended_at_ms,

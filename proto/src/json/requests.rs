@@ -27,6 +27,9 @@ pub struct CreateMigration {
     /// The objects the contract drops: `column:[schema.]table.column`, `table:…`, `index:…`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub old_shape: Vec<String>,
+    /// Retire before drop: the probation after `retired`, in seconds (absent: drop directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_probation_seconds: Option<u64>,
 }
 
 /// `POST /v1/migrations/{key}/rollout`.

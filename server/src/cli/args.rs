@@ -246,6 +246,11 @@ pub enum MigrationCommand {
         /// shape (parsed, not pattern-matched; a statement it cannot parse is an error).
         #[arg(long, value_name = "FILE")]
         contract_sql: Option<std::path::PathBuf>,
+        /// Retire before drop: once the gate passes, the old shape is renamed (`retire-sql`,
+        /// then `record retired`), and the drop waits this long with nothing failing on it
+        /// (e.g. `3d`). Needs --target-database and a column or table in the old shape.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        retire_probation: Option<Duration>,
     },
     Show {
         key: String,

@@ -24,6 +24,7 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
             target_database,
             mut old_shape,
             contract_sql,
+            retire_probation,
         } => {
             if let Some(path) = contract_sql {
                 old_shape.extend(contract_objects(&path)?);
@@ -47,6 +48,7 @@ pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Ou
                         reason,
                         target_database,
                         old_shape,
+                        retire_probation_seconds: retire_probation.map(|d| d.as_secs()),
                     },
                 )
                 .await?;

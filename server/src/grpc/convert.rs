@@ -24,6 +24,7 @@ impl From<pb::CreateMigrationRequest> for CreateMigrationInput {
             reason: r.reason,
             target_database: Some(r.target_database),
             old_shape: r.old_shape,
+            retire_probation_seconds: r.retire_probation_seconds,
         }
     }
 }

@@ -296,6 +296,7 @@ async fn create_migration(
                 reason: body.reason,
                 target_database: body.target_database,
                 old_shape: body.old_shape,
+                retire_probation_seconds: body.retire_probation_seconds,
             },
         )
         .await?;

@@ -41,7 +41,7 @@ pub use checkpoints::{Checkpoint, StoredSettings};
 pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
 pub use migrations::{Alongside, Mutated};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};
-pub use usage::{PassOutcome, PassRead, Relevant, TargetStatus};
+pub use usage::{PassOutcome, PassRead, Relevant, RetireRead, TargetStatus};
 
 /// The transaction every write and consistent read runs in.
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;

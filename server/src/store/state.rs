@@ -63,6 +63,10 @@ struct StoredMigration {
     target_database: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     old_shape: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retire_probation_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired_at_ms: Option<i64>,
 }
 
 /// Declared in stage order: `full_since` is written in this order.
@@ -141,6 +145,8 @@ impl From<&Migration> for StoredMigration {
             old_shape_stale: m.old_shape_stale,
             target_database: m.database.target.as_ref().map(ToString::to_string),
             old_shape: m.database.old_shape_strings(),
+            retire_probation_seconds: m.retire_probation_seconds,
+            retired_at_ms: m.retired_at_ms,
             full_since: m
                 .full_since
                 .iter()
@@ -197,6 +203,8 @@ impl TryFrom<StoredMigration> for Migration {
                 .collect(),
             old_writes_resumed_since: s.old_writes_resumed_since.map(Version),
             soak_started_at_ms: s.soak_started_at_ms,
+            retire_probation_seconds: s.retire_probation_seconds,
+            retired_at_ms: s.retired_at_ms,
             live_window: s.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,
                 ended_at_ms: w.ended_at_ms,

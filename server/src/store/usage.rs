@@ -6,7 +6,7 @@ use super::{Store, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use switchyard_domain::traffic::minute_of;
-use switchyard_domain::usage::{ObjectRef, Session, StatementUse};
+use switchyard_domain::usage::{FailedStatement, ObjectRef, RetireEvidence, Session, StatementUse};
 
 /// What one pass read from a target.
 #[derive(Debug, Clone, Default)]
@@ -25,7 +25,26 @@ pub struct PassRead {
     pub watched: Vec<String>,
     /// The statements that touch a watched object.
     pub relevant: Vec<Relevant>,
+    /// What this pass found of each retired migration's shape.
+    pub retires: Vec<RetireRead>,
+    /// Where reading the server log got to (file, offset), or why it cannot be read; `None`
+    /// when no migration on the target is retired (the log is not read).
+    pub log: Option<Result<(String, i64), String>>,
 }
+
+/// A retired migration's shape as one pass found it.
+#[derive(Debug, Clone)]
+pub struct RetireRead {
+    pub key: String,
+    pub retired_at_ms: i64,
+    pub in_effect: bool,
+    pub detail: String,
+    /// Statements that failed on it in the log read this pass.
+    pub failures: Vec<FailedStatement>,
+}
+
+/// Failing statements kept per retire (all are counted).
+const KEPT_FAILURES: i64 = 100;
 
 /// A statement touching at least one watched object, as read in a pass.
 #[derive(Debug, Clone)]
@@ -62,6 +81,11 @@ pub struct TargetStatus {
     pub pass_ms: u64,
     pub statements: u64,
     pub stats_reset: String,
+    /// Where reading the server log got to.
+    pub log_file: String,
+    pub log_offset: i64,
+    /// Why the server log cannot be read ('' when it can).
+    pub log_error: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -278,6 +302,30 @@ impl Store {
                     .execute(&mut **tx)
                     .await?;
                 }
+                for r in &pass.retires {
+                    record_retire(tx, now_ms, r).await?;
+                }
+                match &pass.log {
+                    Some(Ok((file, offset))) => {
+                        sqlx::query(
+                            "UPDATE observer_targets SET log_file = $2, log_offset = $3, \
+                             log_error = '' WHERE target = $1",
+                        )
+                        .bind(target)
+                        .bind(file)
+                        .bind(offset)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    Some(Err(why)) => {
+                        sqlx::query("UPDATE observer_targets SET log_error = $2 WHERE target = $1")
+                            .bind(target)
+                            .bind(why)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    None => {}
+                }
                 if let Some(why) = &gap {
                     sqlx::query(
                         "UPDATE usage_coverage SET since_ms = $2, why = $3 WHERE target = $1",
@@ -335,16 +383,41 @@ impl Store {
     }
 
     pub async fn observer_status(&self, target: &str) -> Result<Option<TargetStatus>, StoreError> {
-        type Row = (String, i64, i64, String, i64, i64, i64, String);
+        type Row = (
+            String,
+            i64,
+            i64,
+            String,
+            i64,
+            i64,
+            i64,
+            String,
+            String,
+            i64,
+            String,
+        );
         let row: Option<Row> = sqlx::query_as(
             "SELECT holder, lease_until_ms, last_pass_ms, error, error_since_ms, pass_ms, \
-             statements, stats_reset FROM observer_targets WHERE target = $1",
+             statements, stats_reset, log_file, log_offset, log_error FROM observer_targets \
+             WHERE target = $1",
         )
         .bind(target)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(
-            |(holder, lease_until_ms, last, error, error_since, pass_ms, statements, reset)| {
+            |(
+                holder,
+                lease_until_ms,
+                last,
+                error,
+                error_since,
+                pass_ms,
+                statements,
+                reset,
+                log_file,
+                log_offset,
+                log_error,
+            )| {
                 TargetStatus {
                     holder,
                     lease_until_ms,
@@ -353,9 +426,67 @@ impl Store {
                     pass_ms: pass_ms.max(0) as u64,
                     statements: statements.max(0) as u64,
                     stats_reset: reset,
+                    log_file,
+                    log_offset,
+                    log_error,
                 }
             },
         ))
+    }
+
+    /// What the observer found of a migration's retire at `retired_at_ms`, if it has looked.
+    pub async fn retire_evidence(
+        &self,
+        key: &str,
+        retired_at_ms: i64,
+    ) -> Result<Option<RetireEvidence>, StoreError> {
+        let row: Option<(i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT watched_since_ms, in_effect, detail, checked_at_ms FROM retire_checks \
+             WHERE migration_key = $1 AND retired_at_ms = $2",
+        )
+        .bind(key)
+        .bind(retired_at_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((watched_since_ms, in_effect, detail, checked_at_ms)) = row else {
+            return Ok(None);
+        };
+        type Failure = (i64, String, String, String, String, String, String, String);
+        let failures: Vec<Failure> = sqlx::query_as(
+            "SELECT seen_at_ms, logged_at, sqlstate, message, statement, role, \
+             application_name, client_addr FROM retire_failures WHERE migration_key = $1 \
+             AND retired_at_ms = $2 ORDER BY seen_at_ms",
+        )
+        .bind(key)
+        .bind(retired_at_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(RetireEvidence {
+            retired_at_ms,
+            watched_since_ms,
+            in_effect: in_effect != 0,
+            detail,
+            checked_at_ms,
+            failures: failures
+                .into_iter()
+                .map(
+                    |(seen_at_ms, logged_at, sqlstate, message, statement, role, app, addr)| {
+                        FailedStatement {
+                            seen_at_ms,
+                            logged_at,
+                            sqlstate,
+                            message,
+                            statement,
+                            session: Session {
+                                role,
+                                application_name: app,
+                                client_addr: addr,
+                            },
+                        }
+                    },
+                )
+                .collect(),
+        }))
     }
 
     /// Since when a migration's objects have been watched without a gap, and why then.
@@ -430,6 +561,57 @@ impl Store {
             )
             .collect())
     }
+}
+
+/// Records what a pass found of a retire: the catalog check, and the failing statements (the
+/// first [`KEPT_FAILURES`] kept). The first pass after a retire starts its watch.
+async fn record_retire(tx: &mut Tx<'_>, now_ms: i64, r: &RetireRead) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO retire_checks (migration_key, retired_at_ms, watched_since_ms, in_effect, \
+         detail, checked_at_ms, failures_total) VALUES ($1, $2, $3, $4, $5, $3, $6) \
+         ON CONFLICT (migration_key, retired_at_ms) DO UPDATE SET in_effect = excluded.in_effect, \
+         detail = excluded.detail, checked_at_ms = excluded.checked_at_ms, \
+         failures_total = retire_checks.failures_total + excluded.failures_total",
+    )
+    .bind(&r.key)
+    .bind(r.retired_at_ms)
+    .bind(now_ms)
+    .bind(i64::from(r.in_effect))
+    .bind(&r.detail)
+    .bind(r.failures.len() as i64)
+    .execute(&mut **tx)
+    .await?;
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM retire_failures WHERE migration_key = $1 AND retired_at_ms = $2",
+    )
+    .bind(&r.key)
+    .bind(r.retired_at_ms)
+    .fetch_one(&mut **tx)
+    .await?;
+    for f in r
+        .failures
+        .iter()
+        .take((KEPT_FAILURES - kept).max(0) as usize)
+    {
+        sqlx::query(
+            "INSERT INTO retire_failures (migration_key, retired_at_ms, seen_at_ms, logged_at, \
+             sqlstate, message, statement, role, application_name, client_addr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&r.key)
+        .bind(r.retired_at_ms)
+        .bind(now_ms)
+        .bind(&f.logged_at)
+        .bind(&f.sqlstate)
+        .bind(&f.message)
+        .bind(&f.statement)
+        .bind(&f.session.role)
+        .bind(&f.session.application_name)
+        .bind(&f.session.client_addr)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Merges the sessions of `s` into its latest row for the migration, if it has one.
