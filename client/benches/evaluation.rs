@@ -35,6 +35,7 @@ fn migration(key: &str, stage: Stage, rollout: u32, sample: u32, version: u64) -
             has_backfill: false,
             shadow_sample: BasisPoints::new(sample).unwrap(),
             database: Default::default(),
+            retire_probation_seconds: None,
         },
         0x5eed,
         Version(version),

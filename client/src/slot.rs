@@ -306,6 +306,7 @@ mod tests {
                         has_backfill: false,
                         shadow_sample: BasisPoints::FULL,
                         database: Default::default(),
+                        retire_probation_seconds: None,
                     },
                     salt,
                     switchyard_domain::Version(1),

@@ -84,6 +84,7 @@ fn migration(key: &str, stage: Stage, rollout_bp: u32, version: u64) -> Migratio
             has_backfill: false,
             shadow_sample: BasisPoints::FULL,
             database: Default::default(),
+            retire_probation_seconds: None,
         },
         0x5eed_1234,
         Version(version),

@@ -456,6 +456,7 @@ mod tests {
                 has_backfill: true,
                 shadow_sample: BasisPoints::new(2_500).unwrap(),
                 database: Default::default(),
+                retire_probation_seconds: None,
             },
             42,
             Version(3),

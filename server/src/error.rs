@@ -200,6 +200,7 @@ mod tests {
             has_backfill: false,
             shadow_sample: BasisPoints::ZERO,
             database: Default::default(),
+            retire_probation_seconds: None,
         };
         let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
         let every = [

@@ -41,6 +41,7 @@ fn new_migration(key: &str, has_backfill: bool, services: &[&str]) -> NewMigrati
         has_backfill,
         shadow_sample: DEFAULT_SHADOW_SAMPLE,
         database: Default::default(),
+        retire_probation_seconds: None,
     }
 }
 

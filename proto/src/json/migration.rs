@@ -311,6 +311,7 @@ mod tests {
             has_backfill: true,
             shadow_sample: BasisPoints::FULL,
             database: Default::default(),
+            retire_probation_seconds: None,
         };
         let mut m = switchyard_domain::Migration::create(new, 7, Version(3), 1_000);
         m.stage = Stage::Live;
