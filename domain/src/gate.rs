@@ -495,8 +495,10 @@ fn database_usage(i: &Inputs, database: &Observation) -> Check {
     }
 }
 
-/// 8. Retire before drop (when the migration chose it): retired for the whole probation, the
-/// database showing the old names gone, no statement failing on them, no restore since.
+/// 8. Retire before drop, when the migration chose it.
+///
+/// Retired for the whole probation, the database showing the old names gone, no statement
+/// failing on them, no restore since (see [`crate::usage::judge_retire`]).
 fn retire_probation(i: &Inputs, database: &Observation) -> Check {
     let m = i.m;
     let Some(probation_s) = m.retire_probation_seconds else {

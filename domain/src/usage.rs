@@ -59,6 +59,8 @@ pub struct StatementUse {
 }
 
 /// Whether the observer can vouch for a migration's database, and since when.
+// One is built per gate answer and none is stored, so the size of `Declared` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     /// The migration names no target database: only client telemetry speaks for the old shape.
@@ -411,8 +413,9 @@ pub fn judge_retire(
     if let Some(reason) = log_failing {
         return Err((
             format!("statements failing on the retired shape cannot be seen: {reason}"),
-            "give the observer's role access to the server log (GRANT pg_monitor and \
-             pg_read_server_files; logging_collector = on, log_destination including jsonlog)"
+            "make the failures visible: the target needs logging_collector = on and jsonlog in \
+             log_destination, and the observer's role EXECUTE on pg_current_logfile(text), \
+             pg_stat_file(text, boolean) and pg_read_binary_file(text, bigint, bigint, boolean)"
                 .to_owned(),
         ));
     }
@@ -693,6 +696,105 @@ mod tests {
         assert!(judge(&never, &shape(), from, MIN, now).is_err());
         // An undeclared migration is not the database's to judge.
         assert!(judge(&Observation::NotDeclared, &[], from, MIN, now).is_ok());
+    }
+
+    fn retired(evidence: Option<RetireEvidence>, log_failing: Option<&str>) -> Observation {
+        let mut obs = observed(T0, T0 + 20 * MIN, vec![]);
+        if let Observation::Declared {
+            retire,
+            log_failing: log,
+            ..
+        } = &mut obs
+        {
+            *retire = evidence;
+            *log = log_failing.map(str::to_owned);
+        }
+        obs
+    }
+
+    fn evidence(in_effect: bool, failures: Vec<FailedStatement>) -> RetireEvidence {
+        RetireEvidence {
+            retired_at_ms: T0,
+            watched_since_ms: T0 + MIN,
+            in_effect,
+            detail: "column:users.username is renamed to username__retired".into(),
+            checked_at_ms: T0 + 19 * MIN,
+            failures,
+        }
+    }
+
+    #[test]
+    fn a_retire_passes_only_in_effect_with_nothing_failing_after_its_probation() {
+        let now = T0 + 20 * MIN;
+        let probation = 10 * MIN;
+        // Counted from the first pass after the retire; passes at the end, not before.
+        let ok = judge_retire(
+            &retired(Some(evidence(true, vec![])), None),
+            T0,
+            probation,
+            now,
+        );
+        assert!(ok.unwrap().contains("no statement failed on it"));
+        let (early, remedy) = judge_retire(
+            &retired(Some(evidence(true, vec![])), None),
+            T0,
+            probation,
+            T0 + 10 * MIN,
+        )
+        .unwrap_err();
+        assert!(early.contains("of a 10m probation"), "{early}");
+        assert!(remedy.contains(&format_minute(T0 + 11 * MIN)), "{remedy}");
+
+        let failed = FailedStatement {
+            seen_at_ms: T0 + 5 * MIN,
+            logged_at: "2026-12-01 10:05:00 UTC".into(),
+            sqlstate: "42703".into(),
+            message: "column \"username\" does not exist".into(),
+            statement: "SELECT username FROM users".into(),
+            session: session("report-cron"),
+        };
+        let (e, remedy) = judge_retire(
+            &retired(Some(evidence(true, vec![failed])), None),
+            T0,
+            probation,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("1 statement(s) failed") && e.contains("report-cron"),
+            "{e}"
+        );
+        assert!(remedy.contains("restore"), "{remedy}");
+
+        let (e, _) = judge_retire(
+            &retired(Some(evidence(false, vec![])), None),
+            T0,
+            probation,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("does not show the old shape retired"), "{e}");
+        // No evidence of failures (log unreadable) or none since this retire: never a pass.
+        let (e, remedy) = judge_retire(
+            &retired(Some(evidence(true, vec![])), Some("permission denied")),
+            T0,
+            probation,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("cannot be seen: permission denied"), "{e}");
+        assert!(remedy.contains("pg_read_binary_file"), "{remedy}");
+        assert!(judge_retire(&retired(None, None), T0, probation, now).is_err());
+        assert!(
+            judge_retire(
+                &retired(Some(evidence(true, vec![])), None),
+                T0 - 1,
+                probation,
+                now
+            )
+            .is_err(),
+            "evidence of an earlier retire does not count"
+        );
     }
 
     #[test]

@@ -159,6 +159,12 @@ struct LogLine {
     application_name: String,
 }
 
+/// What the observer's role needs to read the server log (superusers only, by default); the
+/// files read are the log files in the data directory, nothing else.
+pub const LOG_GRANT: &str = "GRANT EXECUTE ON FUNCTION pg_current_logfile(text), \
+    pg_stat_file(text, boolean), pg_read_binary_file(text, bigint, bigint, boolean) TO the \
+    observer's role";
+
 /// How much of the server log one pass reads at most.
 const LOG_CHUNK: i64 = 16 << 20;
 
@@ -849,8 +855,7 @@ async fn file_size(conn: &mut PgConnection, path: &str) -> Result<Option<i64>, S
 fn log_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => format!(
-            "permission denied reading the server log ({}): GRANT pg_monitor and \
-             pg_read_server_files to the observer's role",
+            "permission denied reading the server log ({}): {LOG_GRANT}",
             db.message()
         ),
         other => format!("reading the server log: {}", explain(other)),
