@@ -113,11 +113,14 @@ impl Role {
 }
 
 impl EventKind {
-    /// Pipelines record what they applied (expand, contract); every other event is a release
-    /// manager's.
+    /// Pipelines record what they applied (expand, retire, restore, contract); every other
+    /// event is a release manager's.
     pub fn permission(self) -> Permission {
         match self {
-            EventKind::ExpandApplied | EventKind::Contracted => Permission::RecordSchema,
+            EventKind::ExpandApplied
+            | EventKind::Retired
+            | EventKind::Restored
+            | EventKind::Contracted => Permission::RecordSchema,
             _ => Permission::Operate,
         }
     }

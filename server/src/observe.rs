@@ -304,7 +304,12 @@ impl Observer {
         let options = PgConnectOptions::from_str(&self.url)
             .map_err(|_| "the target's URL cannot be parsed".to_owned())?
             .application_name(APPLICATION_NAME)
-            .options([("statement_timeout", "10s")])
+            // A safety belt under the read-only role the configuration should name: whatever
+            // the role may do, the observer's own sessions cannot write.
+            .options([
+                ("statement_timeout", "10s"),
+                ("default_transaction_read_only", "on"),
+            ])
             .disable_statement_logging();
         let mut conn = tokio::time::timeout(TARGET_TIMEOUT, options.connect())
             .await
@@ -319,6 +324,13 @@ impl Observer {
         .fetch_one(&mut conn)
         .await
         .map_err(|e| explain(&e))?;
+        if superuser {
+            tracing::warn!(
+                target_database = %self.name,
+                role = %user,
+                "the observer connects as a superuser: give it a role with pg_read_all_stats only"
+            );
+        }
         if !superuser && !read_all {
             return Err(format!(
                 "permission denied: role {user} sees only its own statements in \

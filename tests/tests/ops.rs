@@ -107,7 +107,7 @@ async fn the_server_sends_its_vocabulary() {
         ])
     );
     let events = vocabulary["events"].as_array().unwrap();
-    assert_eq!(events.len(), 9);
+    assert_eq!(events.len(), switchyard_domain::EventKind::ALL.len());
     assert_eq!(
         events[0],
         json!({"name": "expand_applied", "label": "Expand DDL applied",
