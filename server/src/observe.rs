@@ -593,10 +593,22 @@ impl Observer {
                 in_effect,
                 detail,
                 failures: Vec::new(),
+                restart_watch: false,
             });
         }
         let log = match read_log(conn, &state.file, state.offset).await {
-            Ok((lines, position)) => {
+            Ok(LogRead {
+                lines,
+                position,
+                lost,
+            }) => {
+                if lost {
+                    // A statement may have failed unseen: every retire's watch (and so its
+                    // probation) starts again from this pass.
+                    for r in &mut retires {
+                        r.restart_watch = true;
+                    }
+                }
                 for line in lines {
                     if line.error_severity != "ERROR"
                         || !matches!(line.state_code.as_str(), "42703" | "42P01")
@@ -793,14 +805,19 @@ async fn catalog_state(
     Ok((all, found.join("; ")))
 }
 
+/// What one read of the server log found.
+struct LogRead {
+    lines: Vec<LogLine>,
+    /// Where the next read starts.
+    position: (String, i64),
+    /// A file was removed before it was read to its end: failures in it are unknown.
+    lost: bool,
+}
+
 /// The complete lines of the server's jsonlog from `file` at `offset` on (the rest of a rotated
 /// file first), and where the next read starts. With no position yet, it starts at the current
 /// end: what was logged before the observer looked is not a retire's.
-async fn read_log(
-    conn: &mut PgConnection,
-    file: &str,
-    offset: i64,
-) -> Result<(Vec<LogLine>, (String, i64)), String> {
+async fn read_log(conn: &mut PgConnection, file: &str, offset: i64) -> Result<LogRead, String> {
     let current: Option<String> = sqlx::query_scalar("SELECT pg_current_logfile('jsonlog')")
         .fetch_one(&mut *conn)
         .await
@@ -814,7 +831,11 @@ async fn read_log(
     };
     if file.is_empty() {
         let end = file_size(conn, &current).await?.unwrap_or(0);
-        return Ok((Vec::new(), (current, end)));
+        return Ok(LogRead {
+            lines: Vec::new(),
+            position: (current, end),
+            lost: false,
+        });
     }
     let mut reads = Vec::new();
     if file != current {
@@ -825,9 +846,11 @@ async fn read_log(
     }
     let mut lines = Vec::new();
     let mut position = (current.clone(), 0);
+    let mut lost = false;
     for (path, from) in reads {
         let Some(len) = file_size(conn, &path).await? else {
             // Rotated away and removed before it was read to its end.
+            lost = true;
             position = (current.clone(), 0);
             continue;
         };
@@ -852,7 +875,11 @@ async fn read_log(
         }
         position = (path, from + whole as i64);
     }
-    Ok((lines, position))
+    Ok(LogRead {
+        lines,
+        position,
+        lost,
+    })
 }
 
 /// A file's size in the target's data directory; `None` if it no longer exists.

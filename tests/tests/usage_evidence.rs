@@ -326,9 +326,15 @@ async fn replicas_count_each_call_once() {
     let b = TestServer::start_configured(pg.clone(), clock.clone(), configure).await;
     let key = "users.replicated";
     create(&a, key, "main").await;
-    eventually(Duration::from_secs(20), "coverage to start", || async {
-        usage(&b, key).await["covered_since_ms"].is_i64()
-    })
+    // Replica b learns of the migration through the store's notification or its poll.
+    eventually(
+        Duration::from_secs(20),
+        "coverage to start, seen from b",
+        || async {
+            let (status, body) = b.get(&format!("/v1/migrations/{key}/usage")).await;
+            status == StatusCode::OK && body["covered_since_ms"].is_i64()
+        },
+    )
     .await;
     next_pass(&a, key).await;
     let mut hidden = session(&cluster, "reports", "nightly-report").await;

@@ -41,6 +41,8 @@ pub struct RetireRead {
     pub detail: String,
     /// Statements that failed on it in the log read this pass.
     pub failures: Vec<FailedStatement>,
+    /// Part of the log was lost unread: the watch (and the probation) starts again now.
+    pub restart_watch: bool,
 }
 
 /// Failing statements kept per retire (all are counted).
@@ -571,7 +573,9 @@ async fn record_retire(tx: &mut Tx<'_>, now_ms: i64, r: &RetireRead) -> Result<(
          detail, checked_at_ms, failures_total) VALUES ($1, $2, $3, $4, $5, $3, $6) \
          ON CONFLICT (migration_key, retired_at_ms) DO UPDATE SET in_effect = excluded.in_effect, \
          detail = excluded.detail, checked_at_ms = excluded.checked_at_ms, \
-         failures_total = retire_checks.failures_total + excluded.failures_total",
+         failures_total = retire_checks.failures_total + excluded.failures_total, \
+         watched_since_ms = CASE WHEN $7 THEN excluded.watched_since_ms \
+         ELSE retire_checks.watched_since_ms END",
     )
     .bind(&r.key)
     .bind(r.retired_at_ms)
@@ -579,6 +583,7 @@ async fn record_retire(tx: &mut Tx<'_>, now_ms: i64, r: &RetireRead) -> Result<(
     .bind(i64::from(r.in_effect))
     .bind(&r.detail)
     .bind(r.failures.len() as i64)
+    .bind(r.restart_watch)
     .execute(&mut **tx)
     .await?;
     let kept: i64 = sqlx::query_scalar(
