@@ -541,14 +541,11 @@ impl Linter<'_> {
                 AlterTableOperation::RenameColumn {
                     old_column_name,
                     new_column_name,
-                } => {
-                    if !self.gated_rename(&norm(old_column_name), &norm(new_column_name)) {
-                        hits.add(
-                            &rules::RENAME,
-                            format!("RENAME COLUMN {table}.{old_column_name} TO {new_column_name}"),
-                        )
-                    }
-                }
+                } if !self.gated_rename(&norm(old_column_name), &norm(new_column_name)) => hits
+                    .add(
+                        &rules::RENAME,
+                        format!("RENAME COLUMN {table}.{old_column_name} TO {new_column_name}"),
+                    ),
                 AlterTableOperation::RenameTable { table_name } => {
                     let (RenameTableNameKind::To(new) | RenameTableNameKind::As(new)) = table_name;
                     let new_key = last(new).unwrap_or_default();
