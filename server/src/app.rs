@@ -256,7 +256,7 @@ pub struct CreateMigrationInput {
 }
 
 /// The longest retire probation: a retired shape is meant to be dropped soon, not kept.
-const MAX_RETIRE_PROBATION_SECONDS: u64 = 90 * 24 * 3600;
+pub const MAX_RETIRE_PROBATION_SECONDS: u64 = 90 * 24 * 3600;
 
 /// The answer to "what do I do with this entity?".
 #[derive(Debug, Clone, PartialEq, Eq)]

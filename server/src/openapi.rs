@@ -4,7 +4,7 @@
 
 use crate::app::{
     App, DEFAULT_COMPLETE_FOR_DAYS, MAX_AUDIT_PAGE, MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS,
-    MAX_TELEMETRY_ENTRIES,
+    MAX_RETIRE_PROBATION_SECONDS, MAX_TELEMETRY_ENTRIES,
 };
 use serde_json::{Value, json};
 use switchyard_domain::gate::CheckId;
@@ -408,6 +408,10 @@ pub fn document(app: &App) -> Value {
                     "old_shape_stale": { "type": "boolean" },
                     "target_database": { "type": ["string", "null"], "description": "the server's --target-database name of the database it migrates" },
                     "old_shape": old_shape,
+                    "retire_probation_seconds": { "type": ["integer", "null"], "minimum": 1, "maximum": MAX_RETIRE_PROBATION_SECONDS,
+                        "description": "retire before drop: how long the old shape stays retired (renamed in the database), with no statement failing on it and no restore, before `contracted`; null: the contract drops it directly" },
+                    "retired_at_ms": { "type": ["integer", "null"],
+                        "description": "when `retired` was recorded (the old shape renamed out of use; the front is held at complete 100%); null: not retired, or `restored` since" },
                     "soak_started_at_ms": { "type": ["integer", "null"], "description": "when complete reached 100% (the gate's soak start)" },
                     "live_window": { "type": ["object", "null"], "properties": {
                         "started_at_ms": { "type": "integer" }, "ended_at_ms": { "type": ["integer", "null"] } } },
@@ -428,7 +432,9 @@ pub fn document(app: &App) -> Value {
                     "has_backfill": { "type": "boolean" }, "shadow_sample_bp": nullable("BasisPoints"),
                     "reason": reason.clone(),
                     "target_database": { "enum": targets, "description": "The database it migrates: one of this server's --target-database names; null or absent: undeclared" },
-                    "old_shape": old_shape.clone() } },
+                    "old_shape": old_shape.clone(),
+                    "retire_probation_seconds": { "type": ["integer", "null"], "minimum": 1, "maximum": MAX_RETIRE_PROBATION_SECONDS,
+                        "description": format!("Retire before drop: once every other gate check passes the old shape is renamed (`switchyard retire-sql`, then record `retired`), and `contracted` waits this many seconds with nothing failing on it. Needs target_database and a column or table in old_shape; at most {} days; null or absent: the contract drops the old shape directly", MAX_RETIRE_PROBATION_SECONDS / 86_400) } } },
                 "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "stage": nullable("Stage"), "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
                     "expected_version": uint64.clone(), "reason": reason.clone() } },

@@ -502,7 +502,7 @@ fn gate_migrations_dir_checks_every_pending_contract_file() {
         "FAIL    20260401000000_drop_amount.sql: contracts orders.amount-to-cents",
         "orders.amount-to-cents: the contract gate fails",
         "→ ramp complete to 100%",
-        "gate FAILS: do not apply the contract migrations",
+        "gate FAILS: do not apply the contract or retire migrations",
     ] {
         assert!(out.contains(expected), "{expected:?} missing:\n{out}");
     }
@@ -599,7 +599,7 @@ fn gate_migrations_dir_checks_every_pending_contract_file() {
     let o = gate(None, false);
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     assert!(
-        stdout(&o).contains("every contract file counted as pending"),
+        stdout(&o).contains("every contract, retire and restore file counted as pending"),
         "{}",
         both(&o)
     );
@@ -680,7 +680,7 @@ fn gate_migrations_dir_checks_every_pending_contract_file() {
         (
             "bad-phase",
             "-- switchyard: drop users.username-to-handle\nSELECT 1;\n",
-            "allowed `-- switchyard: expand KEY`",
+            "one of expand, contract, retire, restore",
         ),
         (
             "bad-key",
@@ -1118,7 +1118,7 @@ fn record_sql_file_records_what_the_header_names() {
     let o = record(CREATE.0);
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(
-        stderr(&o).contains("has no `-- switchyard: expand KEY`"),
+        stderr(&o).contains("has no `-- switchyard: expand|contract|retire|restore KEY`"),
         "{}",
         both(&o)
     );

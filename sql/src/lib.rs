@@ -7,7 +7,7 @@ mod refs;
 pub mod rules;
 mod split;
 
-pub use lint::{Finding, is_contract, lint};
+pub use lint::{Finding, is_contract, is_retire_or_restore, lint};
 pub use refs::{Certainty, Name, ParseError, Reference, SchemaObject, contract_drops, references};
 pub use rules::{RULES, Rule};
 

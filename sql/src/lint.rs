@@ -7,11 +7,12 @@ use serde::Serialize;
 use sqlparser::ast::{
     AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption,
     ContextModifier, DataType, DropBehavior, Expr, GeneratedAs, GeneratedExpressionMode, Ident,
-    ObjectName, ObjectNamePart, ObjectType, Reset, Set, Statement, TableConstraint, Value,
-    visit_expressions,
+    ObjectName, ObjectNamePart, ObjectType, RenameTableNameKind, Reset, Set, Statement,
+    TableConstraint, Value, visit_expressions,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
+use switchyard_domain::schema::RETIRED_SUFFIX;
 
 /// One hazard at one statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,6 +81,7 @@ pub fn lint(file: &str, sql: &str) -> Vec<Finding> {
     let mut linter = Linter {
         file,
         contract: is_contract(sql),
+        retire_or_restore: is_retire_or_restore(sql),
         ..Linter::default()
     };
     match split::split(sql) {
@@ -107,6 +109,17 @@ pub fn lint(file: &str, sql: &str) -> Vec<Finding> {
 /// Whether the header (the comment lines before the first statement) says
 /// `-- switchyard: contract KEY`, the convention `switchyard gate --migrations-dir` reads.
 pub fn is_contract(sql: &str) -> bool {
+    header_says(sql, &["contract"])
+}
+
+/// Whether the header says `-- switchyard: retire KEY` or `-- switchyard: restore KEY`: the
+/// file renames the old shape out of use (or back) through the gate, as `switchyard retire-sql`
+/// and `restore-sql` write it.
+pub fn is_retire_or_restore(sql: &str) -> bool {
+    header_says(sql, &["retire", "restore"])
+}
+
+fn header_says(sql: &str, phases: &[&str]) -> bool {
     for line in sql.lines() {
         let line = line.trim();
         if line.is_empty() {
@@ -119,7 +132,7 @@ pub fn is_contract(sql: &str) -> bool {
         if words
             .next()
             .is_some_and(|w| w.eq_ignore_ascii_case("switchyard:"))
-            && words.next() == Some("contract")
+            && words.next().is_some_and(|w| phases.contains(&w))
             && words.next().is_some()
         {
             return true;
@@ -132,6 +145,8 @@ pub fn is_contract(sql: &str) -> bool {
 struct Linter<'a> {
     file: &'a str,
     contract: bool,
+    /// A retire or restore file: its renames to or from a retired name are the gated ones.
+    retire_or_restore: bool,
     in_transaction: bool,
     locks_in_transaction: u32,
     lock_timeout: bool,
@@ -526,16 +541,44 @@ impl Linter<'_> {
                 AlterTableOperation::RenameColumn {
                     old_column_name,
                     new_column_name,
-                } => hits.add(
-                    &rules::RENAME,
-                    format!("RENAME COLUMN {table}.{old_column_name} TO {new_column_name}"),
-                ),
+                } if !self.gated_rename(&norm(old_column_name), &norm(new_column_name)) => hits
+                    .add(
+                        &rules::RENAME,
+                        format!("RENAME COLUMN {table}.{old_column_name} TO {new_column_name}"),
+                    ),
                 AlterTableOperation::RenameTable { table_name } => {
-                    hits.add(&rules::RENAME, format!("RENAME TABLE {table} {table_name}"))
+                    let (RenameTableNameKind::To(new) | RenameTableNameKind::As(new)) = table_name;
+                    let new_key = last(new).unwrap_or_default();
+                    if !self.gated_rename(&key, &new_key) {
+                        hits.add(&rules::RENAME, format!("RENAME TABLE {table} {table_name}"))
+                    }
                 }
                 _ => {}
             }
         }
+    }
+}
+
+impl Linter<'_> {
+    /// A rename in a retire or restore file between a name and its retired name (`username`
+    /// and `username__retired`, the name cut to fit 63 bytes): the old shape renamed out of use
+    /// once the gate allows it, or given back. Any other rename there breaks running code like
+    /// anywhere else.
+    fn gated_rename(&self, from: &str, to: &str) -> bool {
+        let (name, retired) = if to.ends_with(RETIRED_SUFFIX) {
+            (from, to)
+        } else {
+            (to, from)
+        };
+        // The domain's own rule for the retired name, so the two never disagree.
+        let column = switchyard_domain::SchemaObject::Column {
+            schema: None,
+            table: String::new(),
+            column: name.to_owned(),
+        };
+        self.retire_or_restore
+            && !name.ends_with(RETIRED_SUFFIX)
+            && column.retired_name().as_deref() == Some(retired)
     }
 }
 

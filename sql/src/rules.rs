@@ -45,7 +45,7 @@ rules! {
         "Add a column of the new type, dual-write and backfill it, switch readers, then drop the old column (expand/contract). Only text, unbounded varchar or a longer varchar(n), without USING, are changed in place.";
     RENAME = "SY008", "RENAME of a column or table",
         "Running code still uses the old name, so every deployed reader and writer fails the moment the rename commits.",
-        "Add the new column (or a view for a table), dual-write, move readers, then drop the old name in a contract file.";
+        "Add the new column (or a view for a table), dual-write, move readers, then drop the old name in a contract file. Renaming the old shape out of use before the drop (retire before drop) belongs in a file headed `-- switchyard: retire KEY`, as `switchyard retire-sql KEY` writes it.";
     DROP_OUTSIDE_CONTRACT = "SY009", "DROP outside a contract file",
         "Dropping a column, table or index breaks code that still uses it; Switchyard only lets that happen through the contract gate.",
         "Move the DROP to a file headed `-- switchyard: contract KEY` and apply it once `switchyard gate` passes.";

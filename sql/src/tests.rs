@@ -303,3 +303,71 @@ fn references_resolve_aliases_and_single_table_columns() {
             .contains("search_path")
     );
 }
+
+#[test]
+fn the_retire_and_restore_sql_switchyard_writes_lint_clean() {
+    use switchyard_domain::schema::{restore_sql, retire_sql};
+    let one: Vec<switchyard_domain::SchemaObject> = ["column:users.username", "index:users_u"]
+        .iter()
+        .map(|o| o.parse().unwrap())
+        .collect();
+    for sql in [
+        retire_sql("users.handle", &one),
+        restore_sql("users.handle", &one),
+    ] {
+        assert_eq!(codes(&sql), [], "{sql}");
+    }
+    // The corpus's safe twins are this output, kept in step with it.
+    let key = "users.username-to-handle";
+    assert_eq!(
+        include_str!("../tests/corpus/sy008_retire_rename_safe.sql"),
+        retire_sql(key, &one)
+    );
+    assert_eq!(
+        include_str!("../tests/corpus/sy008_restore_rename_safe.sql"),
+        restore_sql(key, &one)
+    );
+    // A long name is cut to fit 63 bytes: its rename is still the gated one.
+    let long = format!("column:users.{}", "c".repeat(63));
+    let long = [long.parse().unwrap()];
+    assert_eq!(codes(&retire_sql("users.handle", &long)), []);
+    assert_eq!(codes(&restore_sql("users.handle", &long)), []);
+    // A table, quoted or schema-qualified.
+    let table = ["table:billing.legacy_orders".parse().unwrap()];
+    assert_eq!(codes(&retire_sql("billing.legacy", &table)), []);
+    assert_eq!(codes(&restore_sql("billing.legacy", &table)), []);
+}
+
+#[test]
+fn only_the_retired_rename_is_allowed_and_only_under_its_header() {
+    let retire = "-- switchyard: retire users.handle\nSET lock_timeout = '2s';\n";
+    // Any other rename in a retire file is a rename like any other.
+    for other in [
+        "ALTER TABLE users RENAME COLUMN username TO handle;",
+        "ALTER TABLE users RENAME COLUMN username TO other__retired;",
+        "ALTER TABLE users RENAME COLUMN a__retired TO b__retired;",
+        "ALTER TABLE users RENAME COLUMN username TO user__retired;",
+        "ALTER TABLE users RENAME COLUMN username__retired TO username__retired__retired;",
+        "ALTER TABLE users RENAME TO accounts;",
+    ] {
+        assert_eq!(
+            codes(&format!("{retire}{other}")),
+            [(3, "SY008")],
+            "{other}"
+        );
+    }
+    // The retired rename outside a retire or restore file (here an expand) is reported.
+    let expand = "-- switchyard: expand users.handle\nSET lock_timeout = '2s';\n\
+                  ALTER TABLE users RENAME COLUMN username TO username__retired;";
+    assert_eq!(codes(expand), [(3, "SY008")]);
+    assert!(is_retire_or_restore(retire));
+    assert!(is_retire_or_restore(
+        "-- switchyard: restore users.handle\nBEGIN;"
+    ));
+    assert!(!is_retire_or_restore(
+        "-- switchyard: contract users.handle\nBEGIN;"
+    ));
+    assert!(!is_retire_or_restore(
+        "BEGIN;\n-- switchyard: retire users.handle"
+    ));
+}

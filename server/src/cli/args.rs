@@ -86,8 +86,10 @@ pub enum Command {
     /// Record a schema or data event.
     ///
     /// `record KEY EVENT`, or `record --sql-file FILE` after applying a migration file headed
-    /// `-- switchyard: expand KEY` (records expand-applied; already recorded is fine) or
-    /// `-- switchyard: contract KEY` (records contracted, through the gate).
+    /// `-- switchyard: expand KEY` (records expand-applied; already recorded is fine),
+    /// `-- switchyard: contract KEY` (records contracted, through the gate),
+    /// `-- switchyard: retire KEY` (records retired, through the gate but its retire probation)
+    /// or `-- switchyard: restore KEY` (records restored).
     Record {
         #[arg(required_unless_present = "sql_file")]
         key: Option<String>,
@@ -111,7 +113,9 @@ pub enum Command {
     /// `gate KEY` checks one migration; `gate --migrations-dir DIR` checks every pending SQL
     /// file headed `-- switchyard: contract KEY` (pending according to the target database's
     /// migration table, or to --applied-list) and fails if any names an unknown migration or
-    /// one whose gate fails.
+    /// one whose gate fails. A pending file headed `-- switchyard: retire KEY` needs every
+    /// check but retire_probation (which starts with the retire); one headed
+    /// `-- switchyard: restore KEY` always passes.
     Gate {
         #[arg(required_unless_present = "migrations_dir")]
         key: Option<String>,
@@ -146,6 +150,16 @@ pub enum Command {
         #[arg(long, requires = "migrations_dir")]
         lint_fails: bool,
     },
+    /// Print the SQL that retires a migration's old shape: each column and table of its
+    /// `--drops` renamed to NAME__retired, in one transaction, headed
+    /// `-- switchyard: retire KEY`. Only for a migration created with --retire-probation.
+    ///
+    /// Apply it once every gate check but retire_probation passes, then
+    /// `record KEY retired`; the drop then waits the probation.
+    RetireSql { key: String },
+    /// Print the SQL that undoes `retire-sql` (the retired names given back), headed
+    /// `-- switchyard: restore KEY`; apply it, then `record KEY restored`.
+    RestoreSql { key: String },
     /// Report lock and compatibility hazards in migration SQL: `lint FILE|DIR...`. Exit 0 if
     /// none, 1 if any, 2 if a path cannot be read. Reads files only (no server).
     ///

@@ -1,4 +1,5 @@
-//! Migration commands: create, show, list, ramp, advance, retreat, record.
+//! Migration commands: create, show, list, ramp, advance, retreat, record, and the retire and
+//! restore SQL.
 
 use super::api::{Answer, Client, Failure, path_segment};
 use super::args::{Change, MigrationCommand};
@@ -6,7 +7,7 @@ use super::sqlfiles::{self, Phase};
 use super::{Output, render};
 use serde_json::Value;
 use std::path::Path;
-use switchyard_domain::{BasisPoints, EventKind, Migration, Stage};
+use switchyard_domain::{BasisPoints, EventKind, Migration, SchemaObject, Stage, schema};
 use switchyard_proto::json;
 
 pub(super) async fn run(client: &Client, command: MigrationCommand) -> Result<Output, Failure> {
@@ -160,6 +161,55 @@ pub(super) async fn record(
     output(m, &format!("recorded {event}"))
 }
 
+/// Which of the two renames `rename_sql` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rename {
+    Retire,
+    Restore,
+}
+
+/// `retire-sql KEY` and `restore-sql KEY`: the SQL file, from the old shape the server has for
+/// the migration, so the file renames exactly what the gate and the observer check.
+pub(super) async fn rename_sql(
+    client: &Client,
+    key: &str,
+    which: Rename,
+) -> Result<Output, Failure> {
+    let m = client.migration(key).await?.body.record;
+    if m.retire_probation_seconds.is_none() {
+        return Err(Failure::usage(format!(
+            "migration {key} was created without --retire-probation, so its old shape is \
+             dropped directly, not retired: the contract file drops it once `switchyard gate \
+             {key}` passes"
+        )));
+    }
+    let objects = m
+        .old_shape
+        .iter()
+        .map(|o| o.parse::<SchemaObject>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure {
+            code: 3,
+            message: format!("the server sent an invalid old shape: {}", e.0),
+            body: None,
+        })?;
+    if !objects.iter().any(|o| o.retired_name().is_some()) {
+        return Err(Failure::usage(format!(
+            "migration {key} has no column or table in its old shape (--drops), so there is \
+             nothing to rename"
+        )));
+    }
+    let sql = match which {
+        Rename::Retire => schema::retire_sql(&m.key, &objects),
+        Rename::Restore => schema::restore_sql(&m.key, &objects),
+    };
+    Ok(Output::ok(
+        serde_json::json!({ "key": m.key, "sql": sql }),
+        // Printed as is: redirected into the migrations folder, the file is the output.
+        sql.trim_end().to_owned(),
+    ))
+}
+
 /// Records what a just-applied migration file's header names.
 pub(super) async fn record_sql_file(
     client: &Client,
@@ -169,7 +219,7 @@ pub(super) async fn record_sql_file(
     let file = sqlfiles::read(path).map_err(Failure::usage)?;
     if file.tags.is_empty() {
         return Err(Failure::usage(format!(
-            "{} has no `-- switchyard: expand KEY` or `-- switchyard: contract KEY` header",
+            "{} has no `-- switchyard: expand|contract|retire|restore KEY` header",
             file.name
         )));
     }
@@ -179,6 +229,8 @@ pub(super) async fn record_sql_file(
         let event = match phase {
             Phase::Expand => EventKind::ExpandApplied,
             Phase::Contract => EventKind::Contracted,
+            Phase::Retire => EventKind::Retired,
+            Phase::Restore => EventKind::Restored,
         };
         let version = client
             .expected_version(key, change.expected_version)
@@ -226,6 +278,10 @@ fn already_recorded(phase: Phase, failure: &Failure) -> bool {
     match phase {
         Phase::Expand => current.record.expand_applied,
         Phase::Contract => current.record.stage == Stage::Contracted,
+        // Retire and restore undo each other, so only the present state is known: a file
+        // recorded again after a later restore (or retire) would be refused here, not skipped.
+        Phase::Retire => current.record.retired_at_ms.is_some(),
+        Phase::Restore => current.record.retired_at_ms.is_none(),
     }
 }
 

@@ -18,6 +18,7 @@ mod token;
 
 pub use api::{Client, Failure};
 pub use args::{BackfillCommand, Change, Cli, Command, MigrationCommand, Remote, TokenCommand};
+use migration::Rename;
 use serde_json::{Value, json};
 
 /// Runs a client command, printing its result; returns the exit code.
@@ -147,6 +148,8 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
             };
             migration::record(client, &key, event, (rows_done, rows_total), change).await
         }
+        Command::RetireSql { key } => migration::rename_sql(client, &key, Rename::Retire).await,
+        Command::RestoreSql { key } => migration::rename_sql(client, &key, Rename::Restore).await,
         Command::Backfill(command) => backfill::run(client, command).await,
         Command::Audit { key, limit, before } => inspect::audit(client, &key, limit, before).await,
         Command::Decide { key, entity } => inspect::decide(client, &key, entity.as_deref()).await,

@@ -1,7 +1,8 @@
 //! Reads a folder of SQL migration files for `switchyard gate --migrations-dir` and
 //! `switchyard record --sql-file`: which files name a Switchyard migration in their header
-//! (`-- switchyard: contract users.username-to-handle`), and which of them the target database
-//! has already applied, according to the migration tool's own table.
+//! (`-- switchyard: contract users.username-to-handle`, or `expand`, `retire`, `restore`), and
+//! which of them the target database has already applied, according to the migration tool's
+//! own table.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,14 +11,39 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Expand,
+    /// Drops the old shape: the whole contract gate.
     Contract,
+    /// Renames the old shape out of use (`switchyard retire-sql`): the gate but its retire
+    /// probation, which only starts with the retire.
+    Retire,
+    /// Gives the retired old shape its names back (`switchyard restore-sql`): always allowed.
+    Restore,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 4] = [
+        Phase::Expand,
+        Phase::Contract,
+        Phase::Retire,
+        Phase::Restore,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Expand => "expand",
             Phase::Contract => "contract",
+            Phase::Retire => "retire",
+            Phase::Restore => "restore",
+        }
+    }
+
+    /// What a file of this phase does to its migration, for the gate's lines ("contracts KEY").
+    pub fn verb(self) -> &'static str {
+        match self {
+            Phase::Expand => "expands",
+            Phase::Contract => "contracts",
+            Phase::Retire => "retires",
+            Phase::Restore => "restores",
         }
     }
 }
@@ -42,7 +68,7 @@ pub enum Tool {
 }
 
 /// The header tags of a file: leading comment lines of the form
-/// `-- switchyard: expand|contract KEY`. Reading stops at the first statement.
+/// `-- switchyard: expand|contract|retire|restore KEY`. Reading stops at the first statement.
 pub fn parse_header(text: &str) -> Result<Vec<(Phase, String)>, String> {
     let mut tags = Vec::new();
     for line in text.lines() {
@@ -61,18 +87,18 @@ pub fn parse_header(text: &str) -> Result<Vec<(Phase, String)>, String> {
             continue;
         };
         let mut words = rest.split_whitespace();
-        let phase = match words.next() {
-            // `switchyard lint`'s allow comments may stand in the header too.
-            Some("allow") => continue,
-            Some("expand") => Phase::Expand,
-            Some("contract") => Phase::Contract,
-            other => {
-                return Err(format!(
-                    "unknown switchyard header {:?}: allowed `-- switchyard: expand KEY` or \
-                     `-- switchyard: contract KEY`",
-                    other.unwrap_or("")
-                ));
-            }
+        let word = words.next();
+        // `switchyard lint`'s allow comments may stand in the header too.
+        if word == Some("allow") {
+            continue;
+        }
+        let Some(phase) = Phase::ALL.into_iter().find(|p| Some(p.as_str()) == word) else {
+            return Err(format!(
+                "unknown switchyard header {:?}: allowed `-- switchyard: PHASE KEY` with PHASE \
+                 one of {}",
+                word.unwrap_or(""),
+                Phase::ALL.map(Phase::as_str).join(", ")
+            ));
         };
         let key = words
             .next()
@@ -269,6 +295,17 @@ mod tests {
             parse_header("-- switchyard: drop x")
                 .unwrap_err()
                 .contains("allowed")
+        );
+        assert_eq!(
+            parse_header(
+                "-- switchyard: retire users.username-to-handle\n\
+                 -- switchyard: restore orders.amount\nBEGIN;"
+            )
+            .unwrap(),
+            vec![
+                (Phase::Retire, "users.username-to-handle".to_owned()),
+                (Phase::Restore, "orders.amount".to_owned()),
+            ]
         );
         assert!(parse_header("-- switchyard: contract Bad_Key").is_err());
         assert!(parse_header("-- switchyard: contract").is_err());

@@ -262,6 +262,12 @@ try {
   await page.getByText(/Soak ends in (59|60)m/).waitFor();
   await page.getByText("✗ Fails: the old shape must not be dropped yet").waitFor();
   await page.locator(".checklist .check-name", { hasText: "Database saw no old-shape statement" }).first().waitFor();
+  await page.locator(".checklist .check-name", { hasText: "Retired old shape held its probation" }).first().waitFor();
+  // Created without a retire probation: both retire fields say so.
+  for (const term of ["Retire probation", "Retired"]) {
+    const value = await page.locator(".meta div", { has: page.locator("dt", { hasText: new RegExp(`^${term}$`) }) }).locator("dd").textContent();
+    check(value === "—", `${term} is — without a retire probation: ${value}`);
+  }
   await shot(page, "migration-soak-1280");
 
   console.log("phone width");

@@ -14,6 +14,7 @@ export const CHECK_LABELS = {
   no_shadow_mismatch: "No shadow mismatch in the last live window",
   new_shape_errors: "New-shape errors under the limit",
   backfill: "Backfill complete",
+  retire_probation: "Retired old shape held its probation",
   contracted: "Contracted",
 };
 

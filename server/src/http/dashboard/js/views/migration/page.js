@@ -81,6 +81,10 @@ export function migrationView(key, store) {
       ["Database", m.target_database || "—"],
       ["Drops", m.old_shape && m.old_shape.length ? m.old_shape.join(", ") : "—"],
       ["Soak", duration(m.soak_seconds)],
+      // Retire before drop: chosen at creation; while retired the old shape is renamed in the
+      // database and the front is held.
+      ["Retire probation", m.retire_probation_seconds ? duration(m.retire_probation_seconds) : "—"],
+      ["Retired", m.retired_at_ms ? timeAgo(m.retired_at_ms) : "—"],
       ["Version", String(m.version)],
       ["Changed", timeAgo(m.updated_at_ms)],
     ];
