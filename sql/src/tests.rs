@@ -336,6 +336,24 @@ fn the_retire_and_restore_sql_switchyard_writes_lint_clean() {
     let table = ["table:billing.legacy_orders".parse().unwrap()];
     assert_eq!(codes(&retire_sql("billing.legacy", &table)), []);
     assert_eq!(codes(&restore_sql("billing.legacy", &table)), []);
+    // Several objects: their renames share one transaction (half a retire would be an
+    // inconsistent shape) without counting as several lock-taking statements.
+    let several: Vec<switchyard_domain::SchemaObject> = [
+        "column:users.username",
+        "column:orders.amount",
+        "table:billing.legacy_orders",
+    ]
+    .iter()
+    .map(|o| o.parse().unwrap())
+    .collect();
+    assert_eq!(codes(&retire_sql("split", &several)), []);
+    assert_eq!(codes(&restore_sql("split", &several)), []);
+    // Any other lock-taking statement beside them still counts.
+    let mixed = retire_sql("split", &several).replace(
+        "COMMIT;",
+        "ALTER TABLE users ADD COLUMN note text;\nALTER TABLE orders ADD COLUMN note text;\nCOMMIT;",
+    );
+    assert!(codes(&mixed).iter().any(|(_, c)| *c == "SY013"), "{mixed}");
 }
 
 #[test]

@@ -317,6 +317,55 @@ fn contract_objects(path: &std::path::Path) -> Result<Vec<String>, Failure> {
     }
     Ok(drops
         .iter()
-        .map(|o| switchyard_domain::SchemaObject::from(o).to_string())
+        .map(|o| live_name(switchyard_domain::SchemaObject::from(o)).to_string())
         .collect())
+}
+
+/// A contract written for a retire drops the retired names (`username__retired`); the old
+/// shape the observer watches is the name callers use, before the retire.
+fn live_name(o: switchyard_domain::SchemaObject) -> switchyard_domain::SchemaObject {
+    use switchyard_domain::SchemaObject as O;
+    use switchyard_domain::schema::RETIRED_SUFFIX;
+    let strip = |name: String| match name.strip_suffix(RETIRED_SUFFIX) {
+        Some(live) if !live.is_empty() => live.to_owned(),
+        _ => name,
+    };
+    match o {
+        O::Column {
+            schema,
+            table,
+            column,
+        } => O::Column {
+            schema,
+            table,
+            column: strip(column),
+        },
+        O::Table { schema, table } => O::Table {
+            schema,
+            table: strip(table),
+        },
+        index => index,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_name;
+
+    #[test]
+    fn a_contract_written_for_a_retire_declares_the_live_names() {
+        for (dropped, declared) in [
+            ("column:users.username__retired", "column:users.username"),
+            ("table:billing.legacy__retired", "table:billing.legacy"),
+            ("column:users.username", "column:users.username"),
+            ("column:users.__retired", "column:users.__retired"),
+            ("index:users_u__retired", "index:users_u__retired"),
+        ] {
+            assert_eq!(
+                live_name(dropped.parse().unwrap()).to_string(),
+                declared,
+                "{dropped}"
+            );
+        }
+    }
 }
