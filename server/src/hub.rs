@@ -53,6 +53,8 @@ pub struct Hub {
     options: HubOptions,
     /// When the follower last read the database successfully (ms since the hub started).
     last_refresh_ok: std::sync::atomic::AtomicU64,
+    /// Successful reads by the follower (see [`Hub::refreshes`]).
+    refreshes: std::sync::atomic::AtomicU64,
     started: std::time::Instant,
     open_watches: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -113,6 +115,7 @@ impl Hub {
             revocations: Arc::new(Revocations::default()),
             options,
             last_refresh_ok: std::sync::atomic::AtomicU64::new(0),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             open_watches: Arc::default(),
         });
@@ -165,6 +168,13 @@ impl Hub {
         self.started
             .elapsed()
             .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// How many times the follower has read the database successfully. The first read, right
+    /// after start-up, covers changes committed between loading the snapshot and listening for
+    /// notifications; a test that needs a replica to stop learning waits for it.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The longest `since_last_refresh` of a ready replica.
@@ -255,10 +265,14 @@ impl Hub {
                 tracing::warn!(error = %e, "reading revoked tokens failed; retrying");
             }
             match self.refresh().await {
-                Ok(()) => self.last_refresh_ok.store(
-                    self.started.elapsed().as_millis() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                ),
+                Ok(()) => {
+                    self.last_refresh_ok.store(
+                        self.started.elapsed().as_millis() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    self.refreshes
+                        .fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
                 Err(e) => tracing::warn!(error = %e, "reading new changes failed; retrying"),
             }
             tokio::select! {

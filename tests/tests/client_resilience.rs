@@ -773,11 +773,19 @@ switchyard_tests::both_databases!(
 
 /// A replica that learns of changes only when something is committed through it.
 async fn lagging_replica(of: &TestServer) -> TestServer {
-    TestServer::start_configured(of.db.clone(), TestClock::new(), |c| {
+    let replica = TestServer::start_configured(of.db.clone(), TestClock::new(), |c| {
         c.change_notifications = false;
         c.change_poll_interval = Duration::from_secs(3600);
     })
-    .await
+    .await;
+    // Its follower reads once at start-up; only after that read does it stop learning.
+    eventually(
+        Duration::from_secs(10),
+        "the replica's first read",
+        || async { replica.server.app.hub.refreshes() > 0 },
+    )
+    .await;
+    replica
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ETAG, IF_NONE_MATCH};
 use std::time::Duration;
 use switchyard_proto::v1 as pb;
-use switchyard_tests::{Db, TestClock, TestServer, both_databases, grpc_detail};
+use switchyard_tests::{Db, TestClock, TestServer, both_databases, eventually, grpc_detail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_replica_answers_an_etag_poll_with_the_pollers_version_or_newer() {
@@ -15,6 +15,11 @@ async fn a_lagging_replica_answers_an_etag_poll_with_the_pollers_version_or_newe
     let b = TestServer::start_configured(a.db.clone(), TestClock::new(), |c| {
         c.change_notifications = false;
         c.change_poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    // Its follower reads once at start-up; only after that read does it stop learning.
+    eventually(Duration::from_secs(10), "B's first read", || async {
+        b.server.app.hub.refreshes() > 0
     })
     .await;
     a.create("replicas.etag", false, &[]).await;
