@@ -371,10 +371,14 @@ impl App {
                 .iter()
                 .any(|o| !matches!(o, switchyard_domain::SchemaObject::Index { .. }));
             if new.database.target.is_none() || !retirable {
-                return Err(ApiError::invalid(
-                    "retire before drop needs target_database and an old_shape with at least \
-                     one column or table (indexes are not retired: nothing names them)",
-                ));
+                // Each field is valid; together they ask for something that cannot be done.
+                return Err(ApiError::NotApplicable {
+                    message: "retire before drop needs target_database and an old_shape with \
+                              at least one column or table (indexes are not retired: nothing \
+                              names them)"
+                        .to_owned(),
+                    current: None,
+                });
             }
         }
         // 53 bits so the salt survives JSON numbers in every language (JavaScript included).
@@ -1093,7 +1097,7 @@ impl App {
             // The request is well formed; the migration's state makes it meaningless.
             return Err(ApiError::NotApplicable {
                 message: format!("migration {key} has no backfill: there is nothing to set"),
-                current: Box::new((*migration).clone()),
+                current: Some(Box::new((*migration).clone())),
             });
         }
         check_settings(&change.settings)?;

@@ -27,11 +27,12 @@ pub enum ApiError {
         message: String,
         current: Box<Migration>,
     },
-    /// The operation does not apply to the current state.
+    /// The operation does not apply to the current state (or, with no migration yet, the
+    /// request's fields do not apply together).
     #[error("{message}")]
     NotApplicable {
         message: String,
-        current: Box<Migration>,
+        current: Option<Box<Migration>>,
     },
     #[error("{0}")]
     Unauthenticated(String),
@@ -99,9 +100,8 @@ impl ApiError {
 
     pub fn current(&self) -> Option<&Migration> {
         match self {
-            ApiError::Stale { current, .. }
-            | ApiError::Refused { current, .. }
-            | ApiError::NotApplicable { current, .. } => Some(current),
+            ApiError::Stale { current, .. } | ApiError::Refused { current, .. } => Some(current),
+            ApiError::NotApplicable { current, .. } => current.as_deref(),
             _ => None,
         }
     }
@@ -172,7 +172,10 @@ impl From<StoreError> for ApiError {
                     message: error.to_string(),
                     current,
                 },
-                DomainError::NotApplicable(message) => ApiError::NotApplicable { message, current },
+                DomainError::NotApplicable(message) => ApiError::NotApplicable {
+                    message,
+                    current: Some(current),
+                },
                 DomainError::Invalid(e) => e.into(),
             },
             unavailable if unavailable.is_unavailable() => {
@@ -218,7 +221,7 @@ mod tests {
             },
             ApiError::NotApplicable {
                 message: String::new(),
-                current: m(),
+                current: Some(m()),
             },
             ApiError::Unauthenticated(String::new()),
             ApiError::PermissionDenied(String::new()),

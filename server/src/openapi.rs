@@ -240,7 +240,9 @@ pub fn document(app: &App) -> Value {
                     "responses": {
                         "201": { "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Migration" } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
-                        "409": errors(&["409"])["409"], "408": errors(&["408"])["408"], "413": errors(&["413"])["413"]
+                        "409": errors(&["409"])["409"], "408": errors(&["408"])["408"], "413": errors(&["413"])["413"],
+                        "422": { "description": "not_applicable: valid fields that do not apply together (a retire probation without a target database and a column or table to retire)",
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
                     } }
             },
             "/v1/migrations/{key}": {

@@ -129,7 +129,8 @@ async fn a_retired_shape_fails_hidden_callers_restores_intact_and_holds_the_drop
             json!({"key": "a.b", "reason": "r", "retire_probation_seconds": 60}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "not_applicable");
     assert!(
         body["message"]
             .as_str()
