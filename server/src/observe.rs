@@ -71,6 +71,8 @@ pub fn spawn(
                 relevant: HashMap::new(),
                 sessions: HashMap::new(),
                 holding: false,
+                failing: None,
+                warned_superuser: false,
             };
             tokio::spawn(observer.run(stop.clone()))
         })
@@ -115,6 +117,10 @@ struct Observer {
     /// Sessions seen since the last pass, per (role oid, query id).
     sessions: HashMap<(i64, i64), BTreeSet<Session>>,
     holding: bool,
+    /// The reason the last pass failed: a failure logs a warning when it starts or changes,
+    /// not on every pass.
+    failing: Option<String>,
+    warned_superuser: bool,
 }
 
 /// A watched migration: its key and old-shape objects.
@@ -261,6 +267,9 @@ impl Observer {
         let store = &self.app.store;
         match read {
             Ok(mut read) => {
+                if self.failing.take().is_some() {
+                    tracing::info!(target_database = %self.name, "observing the target database works again");
+                }
                 read.pass_ms = started.elapsed().as_millis() as u64;
                 self.sessions.clear();
                 let now = self.app.now();
@@ -286,7 +295,12 @@ impl Observer {
             Err(reason) => {
                 // Reconnect next time: the connection may be what failed.
                 self.conn = None;
-                tracing::warn!(target_database = %self.name, %reason, "observing the target database failed");
+                if self.failing.as_ref() != Some(&reason) {
+                    tracing::warn!(target_database = %self.name, %reason, "observing the target database failed");
+                } else {
+                    tracing::debug!(target_database = %self.name, %reason, "observing the target database still fails");
+                }
+                self.failing = Some(reason.clone());
                 metrics::counter!("switchyard_observer_failures_total", "target" => self.name.to_string())
                     .increment(1);
                 let now = self.app.now();
@@ -300,7 +314,7 @@ impl Observer {
         }
     }
 
-    async fn connect(&self) -> Result<Connected, String> {
+    async fn connect(&mut self) -> Result<Connected, String> {
         let options = PgConnectOptions::from_str(&self.url)
             .map_err(|_| "the target's URL cannot be parsed".to_owned())?
             .application_name(APPLICATION_NAME)
@@ -324,7 +338,8 @@ impl Observer {
         .fetch_one(&mut conn)
         .await
         .map_err(|e| explain(&e))?;
-        if superuser {
+        if superuser && !self.warned_superuser {
+            self.warned_superuser = true;
             tracing::warn!(
                 target_database = %self.name,
                 role = %user,

@@ -118,7 +118,7 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
         format!("{verb} {} (now version {})", m.key, m.version)
     };
     format!(
-        "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  database         {}\n  drops            {}\n  updated          {}",
+        "{head}\n  front            {}\n  description      {}\n  owner            {}\n  entity kind      {}\n  expand applied   {}\n  backfill         {}\n  old shape stale  {}\n  soak             {}\n  expected         {}\n  database         {}\n  drops            {}\n  retire first     {}\n  updated          {}",
         front_text(m),
         // 19: the column the values start at.
         if m.description.is_empty() {
@@ -139,6 +139,18 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
         or_dash(&m.expected_services.join(", ")),
         m.database.target.as_ref().map_or("-", |t| t.as_str()),
         or_dash(&m.database.old_shape_strings().join(", ")),
+        match (m.retire_probation_seconds, m.retired_at_ms) {
+            (None, _) => "no (the contract drops the old shape directly)".to_owned(),
+            (Some(p), None) => format!(
+                "yes, probation {} (not retired yet)",
+                humantime::format_duration(Duration::from_secs(p))
+            ),
+            (Some(p), Some(at)) => format!(
+                "yes, probation {}; retired {}",
+                humantime::format_duration(Duration::from_secs(p)),
+                time(Some(at))
+            ),
+        },
         time(Some(m.updated_at_ms)),
     )
 }
@@ -310,10 +322,15 @@ pub(super) fn usage(u: &json::UsageReport) -> String {
         out.push_str(&format!("       → {}\n", cell(&u.check.remedy)));
     }
     if u.statements.is_empty() {
-        out.push_str(&format!(
-            "  no statement touched the old shape since {}\n",
-            time(Some(u.since_ms))
-        ));
+        // Only evidence is worth a "none": an unobserved target says nothing either way.
+        if u.failing.is_none() && u.covered_since_ms.is_some() {
+            out.push_str(&format!(
+                "  no statement touched the old shape since {}\n",
+                time(Some(u.since_ms.max(u.covered_since_ms.unwrap_or(0))))
+            ));
+        } else {
+            out.push_str("  no evidence: the target has not been read\n");
+        }
     }
     for st in &u.statements {
         let objects: Vec<String> = st
