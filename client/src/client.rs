@@ -19,6 +19,11 @@ use tokio::task::JoinHandle;
 pub enum ClientError {
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// Every server refused this client for a reason retrying cannot fix; the message says
+    /// what to change. (Unreachable servers are not this: the client starts from its saved
+    /// state and keeps trying.)
+    #[error("switchyard refused this client: {0}")]
+    Refused(String),
 }
 
 /// Builds a [`Client`].
@@ -142,11 +147,22 @@ impl ClientBuilder {
             stop,
             handles: Mutex::new(handles),
         });
-        let reached = tokio::time::timeout(shared.config.startup_timeout, first.wait_for(|s| *s))
-            .await
-            .is_ok();
-        if !reached {
-            shared.start_offline();
+        let mut refused = shared.refused.subscribe();
+        let outcome = tokio::time::timeout(shared.config.startup_timeout, async {
+            tokio::select! {
+                _ = first.wait_for(|s| *s) => None,
+                why = refused.wait_for(Option::is_some) => why.ok().and_then(|w| w.clone()),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                // Dropping the tasks' handle stops them: nothing keeps retrying behind an error.
+                drop(tasks);
+                return Err(ClientError::Refused(why));
+            }
+            Err(_) => shared.start_offline(),
         }
         let status = shared.status();
         tracing::info!(

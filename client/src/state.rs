@@ -81,6 +81,10 @@ pub(crate) struct Shared {
     /// heartbeat (version 0, sent before any snapshot) could land after a later acknowledgement
     /// and make this instance look behind: rule 3 would then refuse its own backfill runner.
     pub heartbeat_turn: tokio::sync::Mutex<()>,
+    /// Set when every server refused this client for a reason retrying cannot fix (a wrong
+    /// token, a token that may not read, an address that is not the gRPC API) before it ever
+    /// received a snapshot: `connect` returns it as an error.
+    pub refused: watch::Sender<Option<String>>,
 }
 
 #[derive(Default)]
@@ -108,6 +112,7 @@ impl Shared {
             }),
             applied: watch::channel(0).0,
             heartbeat_turn: tokio::sync::Mutex::new(()),
+            refused: watch::channel(None).0,
         }
     }
 

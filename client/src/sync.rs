@@ -43,6 +43,9 @@ fn backoff(shared: &Shared, attempt: u32) -> Duration {
 async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut attempt = 0u32;
     let mut server = 0usize;
+    // Per server, why it refused this client for good (until a stream delivers something).
+    let mut refusals: Vec<Option<String>> = vec![None; shared.config.servers.len()];
+    let mut delivered = false;
     loop {
         let url = shared.config.servers[server].clone();
         let mut client = rpc::Client::new(shared.channels[server].clone());
@@ -54,11 +57,23 @@ async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         shared.update_status(|s| s.connected = false);
         match outcome {
             // Something was received: the next failure starts the backoff afresh.
-            Ok(()) => attempt = 0,
-            Err(e) => {
-                tracing::warn!(server = %url, error = %e, "watch stream lost; keeping the last state");
-                shared.update_status(|s| s.last_error = Some(e));
+            Ok(()) => {
+                attempt = 0;
+                delivered = true;
+            }
+            Err(StreamError { message, permanent }) => {
+                tracing::warn!(server = %url, error = %message, "watch stream lost; keeping the last state");
+                shared.update_status(|s| s.last_error = Some(message));
                 attempt = attempt.saturating_add(1);
+                refusals[server] = permanent;
+                // Before the first snapshot, a refusal from every server is a configuration
+                // mistake: `connect` reports it instead of starting on fallbacks. Once running,
+                // the client keeps its state and retries (a token revoked later must not stop
+                // the application).
+                if !delivered && refusals.iter().all(Option::is_some) {
+                    let reasons: Vec<String> = refusals.iter().flatten().cloned().collect();
+                    shared.refused.send_replace(Some(reasons.join("; ")));
+                }
             }
         }
         server = (server + 1) % shared.config.servers.len();
@@ -69,13 +84,59 @@ async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Why a stream failed; `permanent` says what to fix when retrying cannot help.
+struct StreamError {
+    message: String,
+    permanent: Option<String>,
+}
+
+impl From<String> for StreamError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            permanent: None,
+        }
+    }
+}
+
+/// What is wrong, and how to fix it, when a server's answer means this client is misconfigured
+/// rather than the server unreachable: a refused token, a role that may not read, or an address
+/// that does not serve the Switchyard gRPC API.
+fn misconfiguration(url: &str, status: &tonic::Status) -> Option<String> {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::Unauthenticated => Some(format!(
+            "{url} refused the token ({message}): give Client::builder a valid Switchyard API \
+             token (`switchyard token create NAME --role reader`)"
+        )),
+        tonic::Code::PermissionDenied => Some(format!(
+            "{url} does not let this token read migrations ({message}): use a token whose role \
+             can read (reader, or the role your runner needs)"
+        )),
+        // A server with no such method: an HTTP listener routing gRPC paths to its 404, or
+        // another gRPC service altogether.
+        tonic::Code::Unimplemented => Some(format!(
+            "{url} does not serve the Switchyard gRPC API ({message}): is it the HTTP address? \
+             the client needs the server's gRPC address (`serve --grpc-addr`, port 50051 by \
+             default)"
+        )),
+        _ if message.contains("content-type") || message.contains("protocol error") => {
+            Some(format!(
+                "{url} does not speak gRPC ({message}): the client needs the server's gRPC \
+                 address (`serve --grpc-addr`, port 50051 by default), not its HTTP one"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Follows one stream until it ends. `Ok` if it delivered anything before ending.
 async fn stream(
     shared: &Shared,
     client: &mut rpc::Client,
     url: &str,
     since: u64,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let mut stream = client
         .watch(request(
             shared,
@@ -84,7 +145,10 @@ async fn stream(
             },
         ))
         .await
-        .map_err(|s| format!("{}: {}", url, s.message()))?
+        .map_err(|s| StreamError {
+            message: format!("{}: {}", url, s.message()),
+            permanent: misconfiguration(url, &s),
+        })?
         .into_inner();
     shared.update_status(|s| s.server = Some(url.to_owned()));
     let mut received = false;
@@ -92,12 +156,17 @@ async fn stream(
         let event = match stream.message().await {
             Ok(Some(event)) => event,
             Ok(None) if received => return Ok(()),
-            Ok(None) => return Err(format!("{url} ended the stream")),
+            Ok(None) => return Err(format!("{url} ended the stream").into()),
             Err(status) if received => {
                 tracing::info!(server = %url, error = %status.message(), "watch stream ended");
                 return Ok(());
             }
-            Err(status) => return Err(format!("{url}: {}", status.message())),
+            Err(status) => {
+                return Err(StreamError {
+                    message: format!("{url}: {}", status.message()),
+                    permanent: misconfiguration(url, &status),
+                });
+            }
         };
         if !received {
             received = true;
@@ -112,12 +181,13 @@ async fn stream(
                     .migrations
                     .into_iter()
                     .map(|m| convert(m, url))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StreamError::from)?;
                 shared.apply_snapshot(s.version, migrations, Source::Server);
                 shared.update_status(|s| s.last_error = None);
             }
             Some(pb::watch_event::Event::Change(m)) => {
-                shared.apply_change(convert(m, url)?);
+                shared.apply_change(convert(m, url).map_err(StreamError::from)?);
             }
             None => {}
         }
