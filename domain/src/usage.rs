@@ -234,12 +234,8 @@ pub fn judge(
 ) -> Result<String, (String, String)> {
     let Observation::Declared {
         target,
-        configured,
         nothing_declared,
         covered_since,
-        last_pass_ms,
-        failing,
-        stale_after_ms,
         uses,
         ..
     } = obs
@@ -259,43 +255,7 @@ pub fn judge(
                 .to_owned(),
         ));
     }
-    if !configured {
-        return Err((
-            format!("this server is not configured to observe database {target}"),
-            format!(
-                "start the server with --target-database {target}=postgres://… (a read-only role \
-                 with pg_read_all_stats)"
-            ),
-        ));
-    }
-    if let Some((reason, since)) = failing {
-        let last = last_pass_ms.map_or("never read it".to_owned(), |t| {
-            format!("last read it at {}", format_minute(t))
-        });
-        return Err((
-            format!(
-                "database {target} cannot be observed since {}: {reason}; the observer {last}",
-                format_minute(*since)
-            ),
-            "fix what the reason names; the check never passes without the database's evidence"
-                .to_owned(),
-        ));
-    }
-    let Some(last) = last_pass_ms.filter(|t| now_ms - *t <= *stale_after_ms) else {
-        return Err((
-            match last_pass_ms {
-                Some(t) => format!(
-                    "database {target} was last observed at {} ({} ago)",
-                    format_minute(*t),
-                    format_span(now_ms - *t)
-                ),
-                None => format!("database {target} has not been observed yet"),
-            },
-            "the observer passes every --observe-interval; check that a server replica \
-             configured with this target is running, and its log"
-                .to_owned(),
-        ));
-    };
+    let last = readable(obs, now_ms)?;
     let Some(from) = window_from else {
         return Err((
             "the soak has not started".to_owned(),
@@ -368,6 +328,64 @@ pub fn judge(
     ))
 }
 
+/// Whether the observer vouches for the target now: configured here, not failing, and read
+/// within the staleness bound. `Ok(last pass)`, or why not with what to do. Both checks stand
+/// on it: neither passes without a readable target.
+fn readable(obs: &Observation, now_ms: i64) -> Result<i64, (String, String)> {
+    let Observation::Declared {
+        target,
+        configured,
+        last_pass_ms,
+        failing,
+        stale_after_ms,
+        ..
+    } = obs
+    else {
+        return Err((
+            "the migration names no target database".to_owned(),
+            "declare target_database and old_shape".to_owned(),
+        ));
+    };
+    if !configured {
+        return Err((
+            format!("this server is not configured to observe database {target}"),
+            format!(
+                "start the server with --target-database {target}=postgres://… (a read-only role \
+                 with pg_read_all_stats)"
+            ),
+        ));
+    }
+    if let Some((reason, since)) = failing {
+        let last = last_pass_ms.map_or("never read it".to_owned(), |t| {
+            format!("last read it at {}", format_minute(t))
+        });
+        return Err((
+            format!(
+                "database {target} cannot be observed since {}: {reason}; the observer {last}",
+                format_minute(*since)
+            ),
+            "fix what the reason names; the check never passes without the database's evidence"
+                .to_owned(),
+        ));
+    }
+    match last_pass_ms.filter(|t| now_ms - *t <= *stale_after_ms) {
+        Some(last) => Ok(last),
+        None => Err((
+            match last_pass_ms {
+                Some(t) => format!(
+                    "database {target} was last observed at {} ({} ago)",
+                    format_minute(*t),
+                    format_span(now_ms - *t)
+                ),
+                None => format!("database {target} has not been observed yet"),
+            },
+            "the observer passes every --observe-interval; check that a server replica \
+             configured with this target is running, and its log"
+                .to_owned(),
+        )),
+    }
+}
+
 /// The retire probation's verdict: `Ok(evidence)` or `Err((evidence, remedy))`.
 pub fn judge_retire(
     obs: &Observation,
@@ -377,10 +395,6 @@ pub fn judge_retire(
 ) -> Result<String, (String, String)> {
     let Observation::Declared {
         target,
-        configured,
-        last_pass_ms,
-        failing,
-        stale_after_ms,
         retire,
         log_failing,
         ..
@@ -393,23 +407,7 @@ pub fn judge_retire(
     };
     let restore = "restore the old shape (`switchyard restore-sql KEY`, then record `restored`), \
                    move the caller to the new shape, and retire again";
-    if !configured {
-        return Err((
-            format!("this server is not configured to observe database {target}"),
-            format!("start the server with --target-database {target}=postgres://…"),
-        ));
-    }
-    if let Some((reason, since)) = failing {
-        return Err((
-            format!(
-                "database {target} cannot be observed since {}: {reason}",
-                format_minute(*since)
-            ),
-            "fix what the reason names; the probation never passes without the database's \
-             evidence"
-                .to_owned(),
-        ));
-    }
+    readable(obs, now_ms)?;
     if let Some(reason) = log_failing {
         return Err((
             format!("statements failing on the retired shape cannot be seen: {reason}"),
@@ -419,11 +417,7 @@ pub fn judge_retire(
                 .to_owned(),
         ));
     }
-    let fresh = last_pass_ms.is_some_and(|t| now_ms - t <= *stale_after_ms);
-    let Some(r) = retire
-        .as_ref()
-        .filter(|r| r.retired_at_ms == retired_at && fresh)
-    else {
+    let Some(r) = retire.as_ref().filter(|r| r.retired_at_ms == retired_at) else {
         return Err((
             format!(
                 "the observer has not looked at database {target} since the retire at {}",

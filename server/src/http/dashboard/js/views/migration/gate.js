@@ -18,6 +18,22 @@ export const CHECK_LABELS = {
   contracted: "Contracted",
 };
 
+/** One check of the gate as a checklist item: its verdict, name, evidence and remedy. */
+export function checkItem(c) {
+  return h(
+    "li",
+    { class: c.passed ? "check-pass" : "check-fail" },
+    h("span", { class: "check-icon", "aria-hidden": "true", text: c.passed ? "✓" : "✗" }),
+    h(
+      "div",
+      {},
+      h("span", { class: "check-name" }, h("span", { class: "visually-hidden", text: c.passed ? "Passed: " : "Failed: " }), CHECK_LABELS[c.id] ?? c.id),
+      h("p", { class: "evidence", text: c.evidence }),
+      c.remedy && h("p", { class: "remedy", text: `→ ${c.remedy}` }),
+    ),
+  );
+}
+
 export function gateCard(ctx) {
   const element = h("section", { class: "card", "aria-labelledby": "gate-title" });
   const soakText = h("span", { "aria-live": "off" });
@@ -33,20 +49,7 @@ export function gateCard(ctx) {
     const checklist = h(
       "ul",
       { class: "checklist" },
-      g.checks.map((c) =>
-        h(
-          "li",
-          { class: c.passed ? "check-pass" : "check-fail" },
-          h("span", { class: "check-icon", "aria-hidden": "true", text: c.passed ? "✓" : "✗" }),
-          h(
-            "div",
-            {},
-            h("span", { class: "check-name" }, h("span", { class: "visually-hidden", text: c.passed ? "Passed: " : "Failed: " }), CHECK_LABELS[c.id] ?? c.id),
-            h("p", { class: "evidence", text: c.evidence }),
-            c.remedy && h("p", { class: "remedy", text: `→ ${c.remedy}` }),
-          ),
-        ),
-      ),
+      g.checks.map(checkItem),
     );
     fill(
       element,

@@ -6,7 +6,7 @@
 
 import { fill, h, timeAgo } from "../../dom.js";
 import { count } from "../../format.js";
-import { CHECK_LABELS } from "./gate.js";
+import { checkItem } from "./gate.js";
 
 // The server's verdict on a statement: used inside the gate's window (it blocks), or before it
 // by a Switchyard client (expected) or by another caller (unexpected: it would block).
@@ -87,24 +87,12 @@ export function usageCard(ctx) {
         : u.covered_since_ms
           ? h("p", { class: "ok" }, "Observed without a gap since ", timeAgo(u.covered_since_ms), u.coverage_reason && ` (${u.coverage_reason})`)
           : h("p", { class: "muted", text: "Not observed yet." }),
-      h(
-        "ul",
-        { class: "checklist" },
-        h(
-          "li",
-          { class: c.passed ? "check-pass" : "check-fail" },
-          h("span", { class: "check-icon", "aria-hidden": "true", text: c.passed ? "✓" : "✗" }),
-          h(
-            "div",
-            {},
-            h("span", { class: "check-name" }, h("span", { class: "visually-hidden", text: c.passed ? "Passed: " : "Failed: " }), CHECK_LABELS[c.id] ?? c.id),
-            h("p", { class: "evidence", text: c.evidence }),
-            c.remedy && h("p", { class: "remedy", text: `→ ${c.remedy}` }),
-          ),
-        ),
-      ),
+      h("ul", { class: "checklist" }, checkItem(c)),
       u.statements.length === 0
-        ? h("p", { class: "muted" }, "No statement touched the old shape since ", timeAgo(u.since_ms), ".")
+        ? // Only evidence is worth a "none": an unread target says nothing either way.
+          u.failing || !u.covered_since_ms
+          ? h("p", { class: "muted", text: "No evidence: the target has not been read." })
+          : h("p", { class: "muted" }, "No statement touched the old shape since ", timeAgo(Math.max(u.since_ms, u.covered_since_ms)), ".")
         : h(
             "div",
             { class: "table-wrap" },
