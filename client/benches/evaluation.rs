@@ -4,8 +4,10 @@
 //! measured thread. Keys rotate through 4,096 precomputed entity keys so the hash really runs.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
+use switchyard_client::atomic::{BeginTransaction, WriteTransaction};
 use switchyard_client::{Client, MigrationHandle, Migrator};
 use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Stage, Version};
 use switchyard_proto::json;
@@ -147,5 +149,70 @@ fn migrator_read_live_with_comparison(bencher: divan::Bencher) {
             || async { Ok::<u64, Infallible>(1) },
             || async { Ok::<u64, Infallible>(1) },
         ))
+    });
+}
+
+/// A `live` write through the migrator: the authoritative side, then the other.
+#[divan::bench]
+fn migrator_write_live(bencher: divan::Bencher) {
+    let f = fixture();
+    bencher.bench_local(|| {
+        futures::executor::block_on(f.compare_none.write(
+            divan::black_box("user-42"),
+            || async { Ok::<u64, Infallible>(1) },
+            || async { Ok::<u64, Infallible>(1) },
+        ))
+    });
+}
+
+/// A transaction whose every statement is done at once: what is left of a transactional write
+/// is the migrator's own work (the handle, its locks, the savepoint calls, counting).
+struct NoDb;
+
+impl WriteTransaction for NoDb {
+    type Error = Infallible;
+
+    fn savepoint(&mut self) -> impl Future<Output = Result<(), Infallible>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn release_savepoint(&mut self) -> impl Future<Output = Result<(), Infallible>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<(), Infallible>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn commit(self) -> impl Future<Output = Result<(), Infallible>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn rollback(self) -> impl Future<Output = Result<(), Infallible>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl BeginTransaction for NoDb {
+    type Transaction = NoDb;
+
+    fn begin(&self) -> impl Future<Output = Result<NoDb, Infallible>> + Send {
+        std::future::ready(Ok(NoDb))
+    }
+}
+
+/// A `live` transactional write: begin, the authoritative side, the other in a savepoint,
+/// commit; database time zero.
+#[divan::bench(args = [false, true])]
+fn migrator_write_atomic_live(bencher: divan::Bencher, strict: bool) {
+    let migrator = fixture().compare_none.clone().strict_writes(strict);
+    bencher.bench_local(|| {
+        futures::executor::block_on(migrator.write_atomic(
+            &NoDb,
+            divan::black_box("user-42"),
+            |_tx| async { Ok::<u64, Infallible>(1) },
+            |_tx| async { Ok::<u64, Infallible>(1) },
+        ))
+        .map(|w| w.value)
     });
 }

@@ -179,8 +179,11 @@ impl Pace {
 }
 
 impl Client {
-    /// A backfill runner for `migration` (its token needs the operator role).
+    /// A backfill runner for `migration` (its token needs the `backfill` role, or `operator`).
     pub fn backfill(&self, migration: &str) -> BackfillRunner {
+        // The runner's heartbeats name the migration, so lists of the migration's instances
+        // show it beside the services that evaluate it.
+        self.shared().registry.slot(migration).mark_used();
         BackfillRunner {
             shared: self.shared().clone(),
             key: migration.to_owned(),

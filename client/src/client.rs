@@ -245,7 +245,11 @@ impl Client {
     }
 
     #[inline]
-    fn eval(&self, migration: &str, entity_key: Option<&[u8]>) -> (Stage, crate::slot::State) {
+    pub(crate) fn eval(
+        &self,
+        migration: &str,
+        entity_key: Option<&[u8]>,
+    ) -> (Stage, crate::slot::State) {
         match self
             .shared
             .registry

@@ -36,7 +36,9 @@
 //! - `state`: what the background tasks keep current and handles read: the applied snapshot,
 //!   [`Status`] and its [`Source`], the configuration.
 //! - `slot`: per-migration evaluation state in atomics, and the lock-free name registry.
-//! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do).
+//! - `migrator`: [`Migrator`], the read/write runner (and why writes behave as they do, and
+//!   which write to use); [`atomic`]: what a database driver provides for transactional writes.
+//! - `logs`: the migrator's rate-limited mismatch and failure logs.
 //! - `backfill`: [`BackfillRunner`], batched, checkpointed, pausable backfills.
 //! - [`health`]: the database health signals a backfill yields to ([`health::HealthCheck`]).
 //! - `telemetry`: sharded counters.
@@ -46,11 +48,15 @@
 //! - [`postgres`] (feature `postgres`): [`postgres::PgBackfill`], the backfill's batch function
 //!   for a PostgreSQL table (short transactions, `SKIP LOCKED`, lock-timeout retries).
 
+pub mod atomic;
 mod backfill;
 mod client;
 mod handle;
 pub mod health;
+mod logs;
 mod migrator;
+#[cfg(feature = "openfeature")]
+pub mod openfeature;
 #[cfg(feature = "postgres")]
 mod pg_health;
 #[cfg(feature = "postgres")]
@@ -65,7 +71,7 @@ mod telemetry;
 pub use backfill::{BackfillError, BackfillOutcome, BackfillRunner, Batch};
 pub use client::{Client, ClientBuilder, ClientError};
 pub use handle::MigrationHandle;
-pub use migrator::Migrator;
+pub use migrator::{Migrator, MigratorStats, OtherSide, SideStats, Written};
 pub use snapshot_file::SnapshotFile;
 pub use state::{Source, Status};
 pub use switchyard_domain::{Plan, Side, Stage};

@@ -1,6 +1,10 @@
 //! The PostgreSQL flavour of the backfill (feature `postgres`): a ready batch function for
-//! [`crate::BackfillRunner::run`], given a table, its key column, a `SET` expression and the
-//! predicate of rows still to do.
+//! [`crate::BackfillRunner::run`], given a table, its key column, the work to do on each batch
+//! of its rows, and the predicate of rows still to do. The work is a `SET` expression
+//! ([`PgBackfill::new`]: `UPDATE <table> SET …`) or any data-modifying statement over the
+//! batch's keys ([`PgBackfill::statement`]: an insert into a new table that links back, a copy
+//! with a transformation, a default filled before a constraint is validated), and either way
+//! the batches get the same transactions, timeouts, retries, window and sweep.
 //!
 //! ```no_run
 //! # async fn example(client: switchyard_client::Client, pool: sqlx::PgPool)
@@ -21,11 +25,21 @@
 //! Each batch is its own short transaction:
 //! 1. `set_config('lock_timeout', …, true)` and `statement_timeout` (the `SET LOCAL` of the
 //!    transaction), so a batch never queues behind, or holds up, the application for long;
-//! 2. the next `limit` keys after the cursor (a window of the key index), then the window's rows
-//!    that match the pending predicate, `FOR NO KEY UPDATE SKIP LOCKED`, then `UPDATE … SET`
-//!    on those;
-//! 3. commit. The cursor moves to the window's last key whatever the predicate matched, so a
+//! 2. the next `limit` keys after the cursor (a window of the key index), and the window's rows
+//!    that match the pending predicate locked `FOR NO KEY UPDATE SKIP LOCKED`;
+//! 3. the work on the locked rows: the `SET`, or the statement, which reads their keys as the
+//!    relation `switchyard_batch (switchyard_key)` (a `WITH` query placed before the
+//!    statement's own);
+//! 4. commit. The cursor moves to the window's last key whatever the predicate matched, so a
 //!    batch's cost is bounded by `limit` even where few rows are still pending.
+//!
+//! Locking the table's rows before the work writes anything is also the lock order: a writer
+//! that, like a dual write, locks the source row before it writes the new shape waits for the
+//! batch or the batch for it, and they never deadlock.
+//!
+//! [`PgBackfill::repair`] runs the same work for given keys only (entities found to differ,
+//! from `switchyard mismatches KEY --keys-only`), in batch transactions with the same
+//! timeouts and retries.
 //!
 //! # Two passes
 //! `SKIP LOCKED` keeps the backfill from waiting on the application, but it also passes over
@@ -43,7 +57,7 @@
 //! into child tables do not conflict with (`SET` must not change the key).
 //!
 //! Rows reported to the runner: rows examined in the keyset pass (so progress against the
-//! table's size is accurate), rows updated in the sweep. The rows-per-second limit therefore
+//! table's size is accurate), rows the work affected in the sweep. The rows-per-second limit therefore
 //! paces the keyset pass; the sweep is paced by `pause_between_batches`.
 //!
 //! # Failures
@@ -51,19 +65,20 @@
 //! after a jittered, doubling delay. A statement timeout does the same with half the window, and
 //! the window grows back after batches that succeed. After `max_attempts` the error goes to the
 //! runner, whose checkpoint lets a new run resume at the last committed batch. Every batch is
-//! idempotent as long as the `SET` expression is (`new = f(old)`), which is what makes
-//! re-running a rolled-back or uncheckpointed batch safe.
+//! idempotent as long as the work is (`new = f(old)`; `ON CONFLICT` for an insert), which is
+//! what makes re-running a rolled-back or uncheckpointed batch safe.
 //!
 //! The table and key column are identifiers (quoted here, so give them as the catalog spells
-//! them: lower case unless created quoted). The `SET` expression and the predicate are SQL
-//! written by the application's developers, placed into the statement as they are: never build
-//! them from user input.
+//! them: lower case unless created quoted). The `SET` expression, the statement and the
+//! predicate are SQL written by the application's developers, placed into the statements as
+//! they are: never build them from user input.
 
 use crate::backfill::Batch;
 use crate::health::Window;
 use rand::Rng;
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
+use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -92,7 +107,7 @@ pub struct PgBackfill {
     table_name: String,
     table: String,
     key: String,
-    set: String,
+    apply: Apply,
     pending: Option<String>,
     lock_timeout: Duration,
     statement_timeout: Duration,
@@ -102,6 +117,15 @@ pub struct PgBackfill {
     key_type: OnceLock<String>,
     /// The window after statement timeouts (shrunk, then grown back to the runner's limit).
     window: Window,
+}
+
+/// What a batch does to the rows it locked.
+#[derive(Debug, Clone)]
+enum Apply {
+    /// `UPDATE <table> SET <expression>` on them.
+    Set(String),
+    /// The application's data-modifying statement, reading their keys from `switchyard_batch`.
+    Statement(String),
 }
 
 /// Which pass a cursor is in.
@@ -124,7 +148,7 @@ impl PgBackfill {
                 .collect::<Vec<_>>()
                 .join("."),
             key: quote_ident(key_column),
-            set: set.to_owned(),
+            apply: Apply::Set(set.to_owned()),
             pending: None,
             lock_timeout: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(10),
@@ -133,6 +157,32 @@ impl PgBackfill {
             key_type: OnceLock::new(),
             window: Window::default(),
         }
+    }
+
+    /// A backfill of `table` in the order of `key_column` (as [`PgBackfill::new`]) whose batches
+    /// run `statement`, any data-modifying SQL (`INSERT`, `UPDATE`, `DELETE`, `MERGE`, with
+    /// its own `WITH` if need be), over the batch: the keys the batch locked are the relation
+    /// `switchyard_batch`, one column `switchyard_key` of the key column's type. For a table
+    /// split, the new table's rows from the old, each linking back:
+    ///
+    /// ```text
+    /// INSERT INTO shipments (order_id, address)
+    /// SELECT o.id, o.ship_address FROM orders o
+    /// JOIN switchyard_batch b ON b.switchyard_key = o.id
+    /// ON CONFLICT (order_id) DO UPDATE SET address = EXCLUDED.address
+    /// ```
+    ///
+    /// The statement runs in the batch's transaction after the batch's rows of `table` are
+    /// locked `FOR NO KEY UPDATE`, so writers that lock the source row first (as a dual write
+    /// updating it does) and the backfill never deadlock; rows reported in the sweep are the
+    /// statement's affected rows. It must be idempotent (`ON CONFLICT`, `IS DISTINCT FROM`), as
+    /// a batch may run again; the configuration check refuses one that does not plan, does not
+    /// read `switchyard_batch` (it would touch the whole table on every batch) or modifies
+    /// nothing.
+    pub fn statement(pool: PgPool, table: &str, key_column: &str, statement: &str) -> PgBackfill {
+        let mut backfill = PgBackfill::new(pool, table, key_column, "");
+        backfill.apply = Apply::Statement(statement.to_owned());
+        backfill
     }
 
     /// The rows still to do, e.g. `handle IS DISTINCT FROM username`. Needed for the sweep pass
@@ -204,80 +254,119 @@ impl PgBackfill {
                 done: true,
             });
         }
-        let mut attempt = 0;
+        let (window, (scanned, last, affected)) = self
+            .retrying(limit, |key_type, window| {
+                self.run_once(pass, after, window, key_type)
+            })
+            .await?;
+        let end = scanned < window;
+        tracing::debug!(table = %self.table_name, ?pass, scanned, affected, "backfill batch");
+        Ok(match (pass, end) {
+            (Pass::Keyset, false) => Batch {
+                rows: scanned,
+                last_key: Some(format!("keyset:{}", last.unwrap_or_default())),
+                done: false,
+            },
+            (Pass::Keyset, true) if self.pending.is_some() => Batch {
+                rows: scanned,
+                last_key: Some("sweep".to_owned()),
+                done: false,
+            },
+            (Pass::Keyset, true) => Batch {
+                rows: scanned,
+                last_key: last.map(|k| format!("keyset:{k}")),
+                done: true,
+            },
+            (Pass::Sweep, _) => Batch {
+                rows: affected,
+                last_key: last.map(|k| format!("sweep:{k}")),
+                done: end,
+            },
+        })
+    }
+
+    /// Runs the batch's work for the given keys only, whatever the pending predicate says: to
+    /// repair entities found to differ, e.g. those `switchyard mismatches KEY --keys-only`
+    /// lists. Keys are taken in chunks of 500, each a batch transaction with its locks, timeouts
+    /// and retries; keys naming no row are skipped. Returns the rows the work affected. Like the
+    /// backfill it copies from the old shape, so repair while the old shape is authoritative
+    /// (before `live`).
+    pub async fn repair(&self, keys: &[String]) -> Result<u64, PgBackfillError> {
+        let mut affected = 0;
+        for chunk in keys.chunks(500) {
+            let (_, n) = self
+                .retrying(chunk.len() as u64, |key_type, _| {
+                    self.repair_once(chunk, key_type)
+                })
+                .await?;
+            affected += n;
+        }
+        Ok(affected)
+    }
+
+    /// The retry loop every batch transaction runs in: the configuration checked (once), then
+    /// `attempt(key type, window)` until it succeeds, retrying the errors worth retrying after
+    /// a jittered, doubling delay, a statement timeout with half the window. Returns the window
+    /// used and what the attempt returned.
+    async fn retrying<'a, T, F, Fut>(
+        &'a self,
+        limit: u64,
+        mut attempt: F,
+    ) -> Result<(u64, T), PgBackfillError>
+    where
+        F: FnMut(&'a str, u64) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut attempts = 0;
         let mut delay = self.first_retry;
         loop {
-            attempt += 1;
+            attempts += 1;
             let window = self.window.get(limit);
             let result = match self.key_type().await {
-                Ok(Ok(key_type)) => {
-                    let sql = self.statement(pass, after.is_some(), &key_type);
-                    self.run_once(&sql, after, window).await
-                }
+                Ok(Ok(key_type)) => attempt(key_type, window).await,
                 Ok(Err(message)) => return Err(self.setup(message)),
                 Err(e) => Err(e),
             };
-            match result {
-                Ok((scanned, last, updated)) => {
+            let e = match result {
+                Ok(value) => {
                     // Grow back towards the runner's limit after a success.
                     self.window.grow(window, limit, 2.0);
-                    let end = scanned < window;
-                    tracing::debug!(table = %self.table_name, ?pass, scanned, updated, "backfill batch");
-                    return Ok(match (pass, end) {
-                        (Pass::Keyset, false) => Batch {
-                            rows: scanned,
-                            last_key: Some(format!("keyset:{}", last.unwrap_or_default())),
-                            done: false,
-                        },
-                        (Pass::Keyset, true) if self.pending.is_some() => Batch {
-                            rows: scanned,
-                            last_key: Some("sweep".to_owned()),
-                            done: false,
-                        },
-                        (Pass::Keyset, true) => Batch {
-                            rows: scanned,
-                            last_key: last.map(|k| format!("keyset:{k}")),
-                            done: true,
-                        },
-                        (Pass::Sweep, _) => Batch {
-                            rows: updated,
-                            last_key: last.map(|k| format!("sweep:{k}")),
-                            done: end,
-                        },
-                    });
+                    return Ok((window, value));
                 }
-                Err(e) => {
-                    let Some(code) = retryable(&e) else {
-                        return Err(self.database(attempt, e));
-                    };
-                    if attempt >= self.max_attempts {
-                        return Err(self.database(attempt, e));
-                    }
-                    if code == "57014" {
-                        self.window.shrink(window / 2);
-                    }
-                    tracing::warn!(
-                        table = %self.table_name, attempt, error = %e,
-                        "backfill batch rolled back; retrying after {delay:?}"
-                    );
-                    let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.0));
-                    tokio::time::sleep(jittered).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                Err(e) => e,
+            };
+            let Some(code) = retryable(&e) else {
+                return Err(self.database(attempts, e));
+            };
+            if attempts >= self.max_attempts {
+                return Err(self.database(attempts, e));
             }
+            if code == "57014" {
+                self.window.shrink(window / 2);
+            }
+            tracing::warn!(
+                table = %self.table_name, attempt = attempts, error = %e,
+                "backfill batch rolled back; retrying after {delay:?}"
+            );
+            let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.0));
+            tokio::time::sleep(jittered).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// One batch transaction: (keys in the window, the window's last key, rows updated).
+    /// One batch transaction: the window's keys, its pending rows locked, the work applied to
+    /// them. Returns (keys in the window, the window's last key, rows the work affected).
     async fn run_once(
         &self,
-        sql: &str,
+        pass: Pass,
         after: Option<&str>,
         window: u64,
+        key_type: &str,
     ) -> Result<(u64, Option<String>, u64), sqlx::Error> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
         self.set_timeouts(&mut tx).await?;
-        let mut query = sqlx::query(sql);
+        let sql = self.window_statement(pass, after.is_some(), key_type);
+        let mut query = sqlx::query(&sql);
         if let Some(after) = after {
             query = query.bind(after);
         }
@@ -285,15 +374,54 @@ impl PgBackfill {
             .bind(i64::try_from(window).unwrap_or(i64::MAX))
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
         let scanned: i64 = row.try_get(0)?;
         let last: Option<String> = row.try_get(1)?;
-        let updated: i64 = row.try_get(2)?;
-        Ok((scanned as u64, last, updated as u64))
+        let locked: Vec<String> = row.try_get(2)?;
+        let affected = self.apply_to(&mut tx, &locked, key_type).await?;
+        tx.commit().await?;
+        Ok((scanned as u64, last, affected))
     }
 
-    /// The batch statement: the window of keys, the pending rows in it locked, those updated.
-    fn statement(&self, pass: Pass, has_cursor: bool, key_type: &str) -> String {
+    /// One repair transaction: the given keys' rows locked (waiting up to the lock timeout),
+    /// the work applied to them.
+    async fn repair_once(&self, keys: &[String], key_type: &str) -> Result<u64, sqlx::Error> {
+        let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
+        self.set_timeouts(&mut tx).await?;
+        let (table, key) = (&self.table, &self.key);
+        let locked: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT coalesce(array_agg(l.switchyard_key::text), '{{}}') FROM ( \
+                 SELECT {key} AS switchyard_key FROM {table} \
+                 WHERE {key} = ANY($1::text[]::{key_type}[]) ORDER BY {key} FOR NO KEY UPDATE \
+             ) l"
+        ))
+        .bind(keys)
+        .fetch_one(&mut *tx)
+        .await?;
+        let affected = self.apply_to(&mut tx, &locked, key_type).await?;
+        tx.commit().await?;
+        Ok(affected)
+    }
+
+    /// The work on the rows `locked` (their keys as text): rows affected.
+    async fn apply_to(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        locked: &[String],
+        key_type: &str,
+    ) -> Result<u64, sqlx::Error> {
+        if locked.is_empty() {
+            return Ok(0);
+        }
+        let result = sqlx::query(&self.apply_statement(key_type))
+            .bind(locked)
+            .execute(&mut **tx)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// The window of keys after the cursor, and the window's pending rows locked: (keys in the
+    /// window, its last key, the locked keys as text).
+    fn window_statement(&self, pass: Pass, has_cursor: bool, key_type: &str) -> String {
         let (table, key) = (&self.table, &self.key);
         let (after, limit) = if has_cursor {
             (format!("WHERE {key} > $1::text::{key_type}"), "$2")
@@ -316,40 +444,61 @@ impl PgBackfill {
         format!(
             "WITH switchyard_window AS ( \
                  SELECT {key} AS switchyard_key FROM {table} {after} ORDER BY {key} LIMIT {limit} \
-             ), switchyard_batch AS ( \
+             ), switchyard_locked AS ( \
                  SELECT {key} AS switchyard_key FROM {table} \
                  WHERE {key} IN (SELECT switchyard_key FROM switchyard_window) {pending} \
                  FOR NO KEY UPDATE {skip} \
-             ), switchyard_updated AS ( \
-                 UPDATE {table} SET {set} \
-                 WHERE {key} IN (SELECT switchyard_key FROM switchyard_batch) \
-                 RETURNING 1 \
              ) \
              SELECT (SELECT count(*) FROM switchyard_window), \
                     (SELECT w.switchyard_key::text AS last_key FROM switchyard_window w \
                      ORDER BY w.switchyard_key DESC LIMIT 1), \
-                    (SELECT count(*) FROM switchyard_updated)",
-            set = self.set,
+                    (SELECT coalesce(array_agg(l.switchyard_key::text), '{{}}') \
+                     FROM switchyard_locked l)"
         )
+    }
+
+    /// The work, with the locked keys (`$1`, text) as the relation `switchyard_batch`.
+    fn apply_statement(&self, key_type: &str) -> String {
+        let batch =
+            format!("switchyard_batch (switchyard_key) AS (SELECT unnest($1::text[])::{key_type})");
+        match &self.apply {
+            Apply::Set(set) => format!(
+                "WITH {batch} UPDATE {table} SET {set} \
+                 WHERE {key} IN (SELECT switchyard_key FROM switchyard_batch)",
+                table = self.table,
+                key = self.key,
+            ),
+            Apply::Statement(statement) => {
+                // The application's own WITH list goes on after ours, at the top level where
+                // PostgreSQL requires data-modifying WITH queries to be.
+                let trimmed = statement.trim_start();
+                match strip_keyword(trimmed, "WITH") {
+                    Some(rest) => match strip_keyword(rest.trim_start(), "RECURSIVE") {
+                        Some(rest) => format!("WITH RECURSIVE {batch}, {rest}"),
+                        None => format!("WITH {batch}, {rest}"),
+                    },
+                    None => format!("WITH {batch} {trimmed}"),
+                }
+            }
+        }
     }
 
     /// The key column's type (for comparing the text cursor), read once. `Ok(Err(message))`
     /// is a misconfiguration; `Err` a database error (a lock timeout is retried like a batch).
-    async fn key_type(&self) -> Result<Result<String, String>, sqlx::Error> {
+    async fn key_type(&self) -> Result<Result<&str, String>, sqlx::Error> {
         if let Some(known) = self.key_type.get() {
-            return Ok(Ok(known.clone()));
+            return Ok(Ok(known));
         }
-        let checked = self.check_configuration().await?;
-        if let Ok(key_type) = &checked {
-            let _ = self.key_type.set(key_type.clone());
-        }
-        Ok(checked)
+        Ok(match self.check_configuration().await? {
+            Ok(key_type) => Ok(self.key_type.get_or_init(|| key_type)),
+            Err(message) => Err(message),
+        })
     }
 
     /// Reads the key type and checks that the batch statements plan: a typo in the SET
-    /// expression or the predicate fails here, clearly, before anything runs. Planning takes
-    /// the table's lock, so it runs under the same lock timeout as a batch (a migration's DDL
-    /// holding the table must not leave the backfill hanging).
+    /// expression, the statement or the predicate fails here, clearly, before anything runs.
+    /// Planning takes the table's lock, so it runs under the same lock timeout as a batch (a
+    /// migration's DDL holding the table must not leave the backfill hanging).
     async fn check_configuration(&self) -> Result<Result<String, String>, sqlx::Error> {
         let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
         self.set_timeouts(&mut tx).await?;
@@ -379,8 +528,32 @@ impl PgBackfill {
                 unquote(&self.key)
             )));
         }
+        let what = match &self.apply {
+            Apply::Set(set) => format!("the SET expression {set:?}"),
+            Apply::Statement(statement) => {
+                // Without it every batch would run the work on the whole table.
+                if !statement.to_ascii_lowercase().contains("switchyard_batch") {
+                    return Ok(Err(format!(
+                        "the statement {statement:?} does not read switchyard_batch, the \
+                         relation of the batch's keys (column switchyard_key); it would run on \
+                         every row at every batch"
+                    )));
+                }
+                format!("the statement {statement:?}")
+            }
+        };
+        let predicate = self.pending.as_deref().unwrap_or("");
+        let does_not_plan = |e: &sqlx::Error| {
+            format!(
+                "the batch statement does not plan (check {what} and the predicate \
+                 {predicate:?}): {e}"
+            )
+        };
         for (pass, has_cursor) in [(Pass::Keyset, true), (Pass::Sweep, false)] {
-            let explain = format!("EXPLAIN {}", self.statement(pass, has_cursor, &key_type));
+            let explain = format!(
+                "EXPLAIN {}",
+                self.window_statement(pass, has_cursor, &key_type)
+            );
             let mut query = sqlx::query(&explain);
             if has_cursor {
                 query = query.bind(None::<String>);
@@ -389,13 +562,29 @@ impl PgBackfill {
                 if retryable(&e).is_some() {
                     return Err(e);
                 }
-                return Ok(Err(format!(
-                    "the batch statement does not plan (check the SET expression {:?} and the \
-                     predicate {:?}): {e}",
-                    self.set,
-                    self.pending.as_deref().unwrap_or("")
-                )));
+                return Ok(Err(does_not_plan(&e)));
             }
+        }
+        let explain = format!("EXPLAIN {}", self.apply_statement(&key_type));
+        let plan: Vec<String> = match sqlx::query_scalar(&explain)
+            .bind(Vec::<String>::new())
+            .fetch_all(&mut *tx)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(e) if retryable(&e).is_some() => return Err(e),
+            Err(e) => return Ok(Err(does_not_plan(&e))),
+        };
+        // A plan that modifies a table has a ModifyTable node, printed as "Insert on", etc.
+        let modifies = plan.iter().any(|line| {
+            ["Insert on ", "Update on ", "Delete on ", "Merge on "]
+                .iter()
+                .any(|node| line.contains(node))
+        });
+        if !modifies {
+            return Ok(Err(format!(
+                "{what} modifies nothing: give an INSERT, UPDATE, DELETE or MERGE"
+            )));
         }
         tx.rollback().await?;
         Ok(Ok(key_type))
@@ -488,6 +677,13 @@ fn parse_cursor(cursor: Option<&str>) -> (Pass, Option<&str>) {
     }
 }
 
+/// `sql` after its leading keyword `keyword` (any case, followed by a space or line break).
+fn strip_keyword<'s>(sql: &'s str, keyword: &str) -> Option<&'s str> {
+    let head = sql.get(..keyword.len())?;
+    let rest = &sql[keyword.len()..];
+    (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace)).then_some(rest)
+}
+
 /// An identifier quoted for SQL: `"name"`, with embedded quotes doubled.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -513,6 +709,18 @@ mod tests {
         assert_eq!(parse_cursor(Some("sweep:7")), (Pass::Sweep, Some("7")));
         // A bare key (a checkpoint written by a custom batch function) is a keyset position.
         assert_eq!(parse_cursor(Some("42")), (Pass::Keyset, Some("42")));
+    }
+
+    #[test]
+    fn a_statements_with_list_follows_the_batch() {
+        assert_eq!(
+            strip_keyword("WITH x AS (SELECT 1) INSERT", "WITH"),
+            Some(" x AS (SELECT 1) INSERT")
+        );
+        assert_eq!(strip_keyword("with\nx", "WITH"), Some("\nx"));
+        assert_eq!(strip_keyword("WITHOUT", "WITH"), None);
+        assert_eq!(strip_keyword("INSERT", "WITH"), None);
+        assert_eq!(strip_keyword("WI", "WITH"), None);
     }
 
     #[test]

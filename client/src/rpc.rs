@@ -5,7 +5,6 @@ use crate::state::{Config, Shared};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -141,7 +140,7 @@ impl ErrorKind {
 
 impl From<tonic::Status> for ServerError {
     fn from(status: tonic::Status) -> Self {
-        let detail: pb::ErrorDetail = prost::Message::decode(status.details()).unwrap_or_default();
+        let detail = switchyard_proto::status::error_detail(&status).unwrap_or_default();
         let kind = match detail.code.as_str() {
             "stale_version" => ErrorKind::StaleVersion,
             "rule_refused" => ErrorKind::RuleRefused(detail.rule),
@@ -173,6 +172,7 @@ impl From<tonic::Status> for ServerError {
 mod tests {
     use super::*;
     use prost::Message;
+    use switchyard_proto::v1 as pb;
 
     fn status(code: tonic::Code, detail_code: &str, rule: u32) -> tonic::Status {
         let detail = pb::ErrorDetail {

@@ -78,6 +78,8 @@ pub(crate) struct Slot {
     /// Set once the application resolved or evaluated the migration; heartbeats list these.
     used: AtomicBool,
     pub counters: Counters,
+    /// What the migrator counts and logs beyond the traffic counters.
+    pub events: crate::migrator::Events,
 }
 
 impl Slot {
@@ -89,6 +91,7 @@ impl Slot {
             version: AtomicU64::new(0),
             used: AtomicBool::new(false),
             counters: Counters::default(),
+            events: Default::default(),
         }
     }
 

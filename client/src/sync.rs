@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_domain::Migration;
-use switchyard_domain::traffic::{TrafficCounts, minute_of};
+use switchyard_domain::traffic::{MismatchSample, TrafficCounts, minute_of};
 use switchyard_proto::convert::telemetry_to_wire;
-use switchyard_proto::limits::{MAX_BODY_BYTES, MAX_TELEMETRY_ENTRIES};
+use switchyard_proto::limits::{MAX_BODY_BYTES, MAX_MISMATCH_SAMPLES, MAX_TELEMETRY_ENTRIES};
 use switchyard_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -259,41 +259,47 @@ pub(crate) fn heartbeat_message(
 }
 
 /// Sends counts every telemetry interval, keeping unsent ones (bounded) for the next try, and
-/// once more on shutdown.
+/// once more on shutdown. An interval with nothing to count still sends an empty report: each
+/// report tells the server the instance has reported everything it did until then, which the
+/// gate waits for before it judges a soak (an idle instance must not hold it up).
 async fn report(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut pending: BTreeMap<(i64, String), TrafficCounts> = BTreeMap::new();
+    let mut pending: BTreeMap<(i64, String), Pending> = BTreeMap::new();
     loop {
         let last = tokio::select! {
             _ = tokio::time::sleep(shared.config.telemetry_interval) => false,
             _ = stopped(&mut stop) => true,
         };
         collect(&shared, &mut pending);
-        if !pending.is_empty() {
-            if last {
-                // Bounded, so shutdown never hangs on an unreachable server.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), send(&shared, &mut pending)).await;
-            } else {
-                send(&shared, &mut pending).await;
-            }
-        }
         if last {
+            // Bounded, so shutdown never hangs on an unreachable server.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&shared, &mut pending)).await;
             return;
         }
+        send(&shared, &mut pending).await;
     }
+}
+
+/// One migration-minute waiting to be reported.
+#[derive(Default)]
+struct Pending {
+    counts: TrafficCounts,
+    samples: Vec<MismatchSample>,
 }
 
 /// Moves the counters into `pending`, attributed to the current minute, dropping the oldest
 /// minutes beyond the cap.
-fn collect(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCounts>) {
+fn collect(shared: &Shared, pending: &mut BTreeMap<(i64, String), Pending>) {
     let minute = minute_of(now_ms());
     for slot in shared.registry.slots() {
+        slot.events.flush_logs(&slot.key);
         let counts = slot.counters.take();
-        if !counts.is_empty() {
-            pending
-                .entry((minute, slot.key.to_string()))
-                .or_default()
-                .add(&counts);
+        let samples = slot.events.take_samples();
+        if !counts.is_empty() || !samples.is_empty() {
+            let entry = pending.entry((minute, slot.key.to_string())).or_default();
+            entry.counts.add(&counts);
+            // A minute's entry keeps the first samples the server takes per entry.
+            let room = MAX_MISMATCH_SAMPLES.saturating_sub(entry.samples.len());
+            entry.samples.extend(samples.into_iter().take(room));
         }
     }
     let mut dropped = 0;
@@ -310,7 +316,7 @@ fn collect(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCounts>
 }
 
 /// Sends what is pending; entries the server accepted leave `pending`.
-async fn send(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCounts>) {
+async fn send(shared: &Shared, pending: &mut BTreeMap<(i64, String), Pending>) {
     let reports = reports(shared, pending);
     // Reports accepted so far, by any server: the next server goes on from there.
     let accepted = AtomicUsize::new(0);
@@ -341,14 +347,14 @@ async fn send(shared: &Shared, pending: &mut BTreeMap<(i64, String), TrafficCoun
 /// 5,000 entries) however long the backlog, each with the keys it carries.
 fn reports(
     shared: &Shared,
-    pending: &BTreeMap<(i64, String), TrafficCounts>,
+    pending: &BTreeMap<(i64, String), Pending>,
 ) -> Vec<(Vec<(i64, String)>, pb::ReportTelemetryRequest)> {
     let mut reports = Vec::new();
     let mut keys = Vec::new();
     let mut entries = Vec::new();
     let mut bytes = 0;
-    for (k, counts) in pending {
-        let entry = telemetry_to_wire(&k.1, k.0, counts);
+    for (k, p) in pending {
+        let entry = telemetry_to_wire(&k.1, k.0, &p.counts, &p.samples);
         let size = prost::Message::encoded_len(&entry) + 4;
         if !entries.is_empty()
             && (bytes + size > MAX_REPORT_BYTES || entries.len() >= MAX_TELEMETRY_ENTRIES)
@@ -363,7 +369,8 @@ fn reports(
         keys.push(k.clone());
         entries.push(entry);
     }
-    if !entries.is_empty() {
+    // Nothing pending is still a report (see `report`).
+    if !entries.is_empty() || reports.is_empty() {
         reports.push((keys, report_message(shared, entries)));
     }
     reports

@@ -1,8 +1,10 @@
 //! Counting without contention: every counter is striped over cache-line-padded shards, and a
 //! thread always adds to the same shard, so threads on different cores never write one line.
-//! The background reporter swaps each shard's counters to zero and sums them.
+//! The background reporter swaps each shard's counters to zero and sums them, and keeps what it
+//! took as running totals so [`Counters::totals`] (the migrator's `stats()`) counts since start.
 
 use std::cell::Cell;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use switchyard_domain::traffic::{
     Histogram, LATENCY_BUCKETS, SideCounts, TrafficCounts, latency_bucket,
@@ -40,15 +42,23 @@ struct SideAtomics {
 }
 
 impl SideAtomics {
-    fn take(&self) -> SideCounts {
+    /// The counts, swapped to zero (`take`) or left as they are.
+    fn read(&self, take: bool) -> SideCounts {
+        let get = |a: &AtomicU64| {
+            if take {
+                a.swap(0, Relaxed)
+            } else {
+                a.load(Relaxed)
+            }
+        };
         let mut latency = Histogram::default();
         for (slot, a) in latency.0.iter_mut().zip(&self.latency) {
-            *slot = a.swap(0, Relaxed);
+            *slot = get(a);
         }
         SideCounts {
-            reads: self.reads.swap(0, Relaxed),
-            writes: self.writes.swap(0, Relaxed),
-            errors: self.errors.swap(0, Relaxed),
+            reads: get(&self.reads),
+            writes: get(&self.writes),
+            errors: get(&self.errors),
             latency,
         }
     }
@@ -82,12 +92,16 @@ pub enum Kind {
 /// One migration's counters.
 pub struct Counters {
     shards: Box<[Shard]>,
+    /// Everything taken so far. The lock is held while shards are swapped and added here, so
+    /// [`Counters::totals`] never sees counts that left the shards but did not arrive yet.
+    taken: Mutex<TrafficCounts>,
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            taken: Mutex::new(TrafficCounts::default()),
         }
     }
 }
@@ -136,15 +150,37 @@ impl Counters {
 
     /// Everything counted since the last call, leaving the counters at zero.
     pub fn take(&self) -> TrafficCounts {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let delta = self.sum(true);
+        taken.add(&delta);
+        delta
+    }
+
+    /// Everything counted since the counters were made, taken or not.
+    pub fn totals(&self) -> TrafficCounts {
+        let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = self.sum(false);
+        total.add(&taken);
+        total
+    }
+
+    fn sum(&self, take: bool) -> TrafficCounts {
+        let get = |a: &AtomicU64| {
+            if take {
+                a.swap(0, Relaxed)
+            } else {
+                a.load(Relaxed)
+            }
+        };
         let mut total = TrafficCounts::default();
         for shard in self.shards.iter() {
             total.add(&TrafficCounts {
-                old: shard.old.take(),
-                new: shard.new.take(),
-                comparisons: shard.comparisons.swap(0, Relaxed),
-                mismatches: shard.mismatches.swap(0, Relaxed),
-                evaluations_without_entity: shard.without_entity.swap(0, Relaxed),
-                fallback_evaluations: shard.fallback.swap(0, Relaxed),
+                old: shard.old.read(take),
+                new: shard.new.read(take),
+                comparisons: get(&shard.comparisons),
+                mismatches: get(&shard.mismatches),
+                evaluations_without_entity: get(&shard.without_entity),
+                fallback_evaluations: get(&shard.fallback),
             });
         }
         total
@@ -181,5 +217,17 @@ mod tests {
         assert_eq!(c.comparisons, 4000);
         assert_eq!(c.mismatches, 10);
         assert!(counters.take().is_empty(), "take leaves zero");
+        counters.operation(Side::Old, Kind::Read, true, 1);
+        let totals = counters.totals();
+        assert_eq!(
+            totals.old.reads, 4001,
+            "totals count taken and untaken alike"
+        );
+        assert_eq!(totals.mismatches, 10);
+        assert_eq!(
+            counters.take().old.reads,
+            1,
+            "totals leave the counters as they are"
+        );
     }
 }

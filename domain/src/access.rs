@@ -5,8 +5,10 @@
 
 use crate::event::EventKind;
 use crate::rules::Operation;
+use crate::types::{InvalidInput, MigrationKey};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -16,6 +18,9 @@ pub enum Role {
     Operator,
     /// Deploy pipelines: read, and record schema events (expand applied, contracted).
     Gate,
+    /// Backfill runners: read, heartbeat, save checkpoints, record `backfill-started` and
+    /// `backfill-complete`; nothing that moves a front or pauses a backfill.
+    Backfill,
     /// Token management, plus everything an operator can.
     Admin,
 }
@@ -27,17 +32,26 @@ pub enum Permission {
     /// Record a schema event a pipeline observes (expand applied, contracted).
     RecordSchema,
     Operate,
+    /// Run a backfill: save its checkpoints, record its start and completion.
+    RunBackfill,
     ManageTokens,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Reader, Role::Operator, Role::Gate, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Reader,
+        Role::Operator,
+        Role::Gate,
+        Role::Backfill,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Reader => "reader",
             Role::Operator => "operator",
             Role::Gate => "gate",
+            Role::Backfill => "backfill",
             Role::Admin => "admin",
         }
     }
@@ -56,8 +70,9 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Operator => matches!(permission, Read | RecordSchema | Operate),
+            Role::Operator => matches!(permission, Read | RecordSchema | Operate | RunBackfill),
             Role::Gate => matches!(permission, Read | RecordSchema),
+            Role::Backfill => matches!(permission, Read | RunBackfill),
             Role::Reader => matches!(permission, Read),
         }
     }
@@ -78,10 +93,11 @@ impl FromStr for Role {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::Read,
         Permission::RecordSchema,
         Permission::Operate,
+        Permission::RunBackfill,
         Permission::ManageTokens,
     ];
 
@@ -90,6 +106,7 @@ impl Permission {
             Permission::Read => "read",
             Permission::RecordSchema => "record_schema",
             Permission::Operate => "operate",
+            Permission::RunBackfill => "run_backfill",
             Permission::ManageTokens => "manage_tokens",
         }
     }
@@ -100,6 +117,10 @@ impl Permission {
             Permission::Read => "read",
             Permission::RecordSchema => "record schema events (needs gate or operator)",
             Permission::Operate => "change migrations (needs operator or admin)",
+            Permission::RunBackfill => {
+                "run a backfill: checkpoint it, record its start and completion (needs backfill \
+                 or operator)"
+            }
             Permission::ManageTokens => "manage tokens (needs admin)",
         }
     }
@@ -113,14 +134,16 @@ impl Role {
 }
 
 impl EventKind {
-    /// Pipelines record what they applied (expand, retire, restore, contract); every other
-    /// event is a release manager's.
+    /// Pipelines record what they applied (expand, retire, restore, contract), backfill runners
+    /// their backfill's start and completion; every other event is a release manager's.
     pub fn permission(self) -> Permission {
         match self {
             EventKind::ExpandApplied
             | EventKind::Retired
             | EventKind::Restored
             | EventKind::Contracted => Permission::RecordSchema,
+            // A runner's own steps; pausing, resuming and cancelling stay a release manager's.
+            EventKind::BackfillStarted | EventKind::BackfillComplete => Permission::RunBackfill,
             _ => Permission::Operate,
         }
     }
@@ -135,6 +158,124 @@ impl Operation {
     }
 }
 
+/// The migrations a token may see and act on: every one (unscoped), or those matching one of
+/// its patterns. A pattern is a migration key (`orders.split-shipments`) or a key prefix ending
+/// in `*` (`orders.*`: every key that starts with `orders.`). Admin tokens are never scoped:
+/// they manage the tokens that scopes restrict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Scope(Arc<[KeyPattern]>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyPattern {
+    /// Exactly this key.
+    Key(String),
+    /// Every key starting with this text (the pattern without its `*`).
+    Prefix(String),
+}
+
+impl KeyPattern {
+    pub fn parse(raw: &str) -> Result<KeyPattern, InvalidInput> {
+        let allowed = "a scope pattern is a migration key (orders.split-shipments) or a key prefix \
+                       followed by one '*' at the end (orders.*)";
+        let raw = raw.trim();
+        match raw.strip_suffix('*') {
+            // The prefix must itself be a key's start: checked as a key (a prefix is one too).
+            Some(prefix) if !prefix.contains('*') && MigrationKey::parse(prefix).is_ok() => {
+                Ok(KeyPattern::Prefix(prefix.to_owned()))
+            }
+            Some(_) => Err(InvalidInput(format!(
+                "invalid scope pattern {raw:?}: {allowed}"
+            ))),
+            None => MigrationKey::parse(raw)
+                .map(|key| KeyPattern::Key(key.as_str().to_owned()))
+                .map_err(|e| {
+                    InvalidInput(format!("invalid scope pattern {raw:?}: {allowed} ({e})"))
+                }),
+        }
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyPattern::Key(k) => k == key,
+            KeyPattern::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+
+    /// The stored and displayed form: the key, or the prefix and `*`.
+    pub fn text(&self) -> String {
+        match self {
+            KeyPattern::Key(k) => k.clone(),
+            KeyPattern::Prefix(p) => format!("{p}*"),
+        }
+    }
+}
+
+impl Scope {
+    /// At most this many patterns per token: a scope is meant to be read at a glance.
+    pub const MAX_PATTERNS: usize = 32;
+
+    /// Every migration.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    /// A scope from its patterns; none means every migration.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Scope, InvalidInput> {
+        if patterns.len() > Self::MAX_PATTERNS {
+            return Err(InvalidInput(format!(
+                "a scope of {} patterns is too long: allowed up to {}",
+                patterns.len(),
+                Self::MAX_PATTERNS
+            )));
+        }
+        let mut parsed = patterns
+            .iter()
+            .map(|p| KeyPattern::parse(p.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        parsed.sort_by_key(KeyPattern::text);
+        parsed.dedup();
+        Ok(Scope(parsed.into()))
+    }
+
+    /// Whether the token may see and act on migration `key`.
+    pub fn covers(&self, key: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| p.matches(key))
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn patterns(&self) -> &[KeyPattern] {
+        &self.0
+    }
+
+    /// The patterns as text (`orders.*`), empty for every migration.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(KeyPattern::text).collect()
+    }
+
+    /// Admin tokens manage the tokens scopes restrict, so they cannot be scoped.
+    pub fn check_for(&self, role: Role) -> Result<(), InvalidInput> {
+        if role == Role::Admin && !self.is_all() {
+            return Err(InvalidInput(format!(
+                "an admin token cannot be scoped (asked for {self}): scope a reader, operator, \
+                 gate or backfill token instead"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_all() {
+            return f.write_str("every migration");
+        }
+        f.write_str(&self.texts().join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,19 +283,69 @@ mod tests {
     #[test]
     fn roles_grant_what_the_design_says() {
         use Permission::*;
-        let grants = |r: Role| {
-            [Read, RecordSchema, Operate, ManageTokens]
-                .into_iter()
-                .filter(|p| r.allows(*p))
-                .collect::<Vec<_>>()
-        };
+        let grants = |r: Role| r.permissions().collect::<Vec<_>>();
         assert_eq!(grants(Role::Reader), [Read]);
         assert_eq!(grants(Role::Gate), [Read, RecordSchema]);
-        assert_eq!(grants(Role::Operator), [Read, RecordSchema, Operate]);
+        assert_eq!(grants(Role::Backfill), [Read, RunBackfill]);
+        assert_eq!(
+            grants(Role::Operator),
+            [Read, RecordSchema, Operate, RunBackfill]
+        );
         assert_eq!(
             grants(Role::Admin),
-            [Read, RecordSchema, Operate, ManageTokens]
+            [Read, RecordSchema, Operate, RunBackfill, ManageTokens]
         );
+        // A runner records its own steps and nothing else.
+        let events = |p: Permission| {
+            EventKind::ALL
+                .into_iter()
+                .filter(|e| e.permission() == p)
+                .map(EventKind::as_str)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            events(RunBackfill),
+            ["backfill_started", "backfill_complete"]
+        );
+    }
+
+    #[test]
+    fn scopes_cover_their_keys_and_prefixes_only() {
+        let scope = Scope::parse(&["orders.*", "users.email", "orders.*"]).unwrap();
+        assert_eq!(scope.texts(), ["orders.*", "users.email"]);
+        assert!(scope.covers("orders.split"));
+        assert!(scope.covers("users.email"));
+        assert!(!scope.covers("users.email-2"));
+        assert!(!scope.covers("order.x"));
+        assert!(!scope.covers("ordersx"));
+        assert!(Scope::parse::<&str>(&[]).unwrap().covers("anything"));
+        assert_eq!(scope.to_string(), "orders.*, users.email");
+
+        for bad in ["", "*", "Orders.*", "orders.*.x", "orders**", "a b"] {
+            let e = Scope::parse(&[bad]).unwrap_err();
+            assert!(e.0.contains("invalid scope pattern"), "{bad:?}: {e:?}");
+            assert!(
+                e.0.contains("orders.*"),
+                "{bad:?}: says what is allowed: {e:?}"
+            );
+        }
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}")).collect();
+        assert!(
+            Scope::parse(&many)
+                .unwrap_err()
+                .0
+                .contains("allowed up to 32")
+        );
+
+        assert!(scope.check_for(Role::Operator).is_ok());
+        assert!(
+            scope
+                .check_for(Role::Admin)
+                .unwrap_err()
+                .0
+                .contains("cannot be scoped")
+        );
+        assert!(Scope::all().check_for(Role::Admin).is_ok());
     }
 
     #[test]
@@ -165,7 +356,7 @@ mod tests {
         assert!(
             Role::parse("root")
                 .unwrap_err()
-                .contains("reader, operator, gate, admin")
+                .contains("reader, operator, gate, backfill, admin")
         );
     }
 }

@@ -4,7 +4,7 @@
 //! what would make it pass.
 
 use crate::migration::BackfillStatus;
-use crate::time::{format_minute, format_span};
+use crate::time::{format_minute, format_second, format_span};
 use crate::traffic::{TrafficCounts, minute_of};
 use crate::usage::Observation;
 use crate::{Fleet, Migration, Stage};
@@ -34,9 +34,48 @@ impl GatePolicy {
     }
 }
 
-/// Client reports arrive per minute, a few seconds after the operations they count; counting
-/// from this long after a window opens keeps operations from just before it out.
+/// The database's evidence is counted per minute, each observer pass a minute or so after the
+/// statements it counts; counting from this long after the soak starts keeps statements from
+/// just before it (the migrator's own, before the switch) out of the database check's window.
+/// Client telemetry needs no such grace: its checks start from each instance's reports (see
+/// [`Reports`]).
 pub const REPORT_GRACE_MS: i64 = 2 * 60_000;
+
+/// What the live client instances reported, by the server's clock: the evidence the soak's
+/// traffic checks need before they can say anything.
+///
+/// A client reports every few seconds (an empty report when it did nothing), and each report
+/// covers the operations since its previous one. So an instance whose latest report's interval
+/// began after `complete` reached 100% has told the server everything it did since; until every
+/// live instance has, the traffic checks fail with "no reports yet" rather than pass on no data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reports {
+    pub instances: Vec<InstanceReport>,
+    /// For the migration judged: each instance's latest report with old-shape operations.
+    pub old_use: Vec<OldUse>,
+}
+
+/// One instance's last two reports (server receipt times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceReport {
+    pub service: String,
+    pub instance_id: String,
+    pub reported_ms: Option<i64>,
+    pub previous_reported_ms: Option<i64>,
+}
+
+/// An instance's latest report of old-shape operations for a migration: they happened between
+/// `since_ms` (its previous report, or the start of the earliest minute they were counted in,
+/// whichever is later) and `until_ms` (the report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldUse {
+    pub service: String,
+    pub instance_id: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub reads: u64,
+    pub writes: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CheckId {
@@ -150,6 +189,7 @@ struct Inputs<'a> {
     m: &'a Migration,
     fleet: &'a Fleet,
     traffic: &'a [(i64, TrafficCounts)],
+    reports: &'a Reports,
     now_ms: i64,
     soak_ms: i64,
     /// `complete` at 100%: the state the gate is about.
@@ -170,15 +210,61 @@ impl Inputs<'_> {
         total
     }
 
-    /// Where the soak's traffic checks start counting: the soak's start plus the reporting
-    /// grace, and no earlier than one soak period ago.
-    fn soak_traffic_from(&self, start: i64) -> i64 {
+    /// Where the database's window starts: the soak's start plus the observer's grace, and no
+    /// earlier than one soak period ago.
+    fn database_from(&self, start: i64) -> i64 {
         (start + REPORT_GRACE_MS).max(self.now_ms - self.soak_ms)
+    }
+
+    /// Live instances whose reports do not yet cover everything since `start` (their latest
+    /// report's interval began before it, or they never reported), by service and id.
+    fn not_reported_since(&self, start: i64) -> Vec<String> {
+        self.fleet
+            .live
+            .iter()
+            .filter(|live| {
+                !self.reports.instances.iter().any(|r| {
+                    r.service == live.service
+                        && r.instance_id == live.instance_id
+                        && r.previous_reported_ms.is_some_and(|p| p >= start)
+                })
+            })
+            .map(|live| format!("{}/{}", live.service, live.instance_id))
+            .collect()
+    }
+
+    /// The "no reports yet" failure of a traffic check, or `None` when every live instance has
+    /// reported since `start`. With no live instance there is nobody to wait for: the expected
+    /// services (the clients_applied check) say who must be running, and a migration of a
+    /// database used by non-Switchyard callers has the database's own evidence.
+    fn no_reports_yet(&self, id: CheckId, start: i64) -> Option<Check> {
+        let waiting = self.not_reported_since(start);
+        let live = self.fleet.live.len();
+        let evidence = if waiting.is_empty() {
+            return None;
+        } else {
+            format!(
+                "no reports yet: {} of {live} live instance(s) have not reported since complete \
+                 reached 100% at {} ({}{})",
+                waiting.len(),
+                format_second(start),
+                waiting[..waiting.len().min(3)].join(", "),
+                if waiting.len() > 3 { ", …" } else { "" }
+            )
+        };
+        Some(Check::fail(
+            id,
+            evidence,
+            "wait for the instances' next telemetry reports (a running client reports every few \
+             seconds, idle or not); one that cannot report blocks the gate until it is fixed or \
+             stops and its client TTL passes"
+                .to_owned(),
+        ))
     }
 }
 
-/// Where the soak's window for old-shape use starts for `m` now (the old-shape traffic and
-/// database checks count from it); `None` while the soak has not started.
+/// Where the soak's window for the database's evidence starts for `m` now; `None` while the
+/// soak has not started.
 pub fn window_from(m: &Migration, now_ms: i64, policy: &GatePolicy) -> Option<i64> {
     let at_full = m.stage == Stage::Complete && m.rollout_bp.is_full();
     let soak_ms = policy.soak_ms(m);
@@ -193,6 +279,7 @@ pub fn evaluate(
     m: &Migration,
     fleet: &Fleet,
     traffic: &[(i64, TrafficCounts)],
+    reports: &Reports,
     database: &Observation,
     now_ms: i64,
     policy: &GatePolicy,
@@ -214,6 +301,7 @@ pub fn evaluate(
         m,
         fleet,
         traffic,
+        reports,
         now_ms,
         soak_ms: policy.soak_ms(m),
         at_full,
@@ -320,7 +408,8 @@ fn clients_applied(i: &Inputs) -> Check {
     )
 }
 
-/// 3. No old-shape reads or writes during the soak period (its last `soak` stretch).
+/// 3. No old-shape reads or writes during the soak period (its last `soak` stretch), with
+///    every live instance's reports covering all of it.
 fn no_old_shape_traffic(i: &Inputs) -> Check {
     let Some(start) = i.soak_start else {
         return Check::fail(
@@ -329,48 +418,63 @@ fn no_old_shape_traffic(i: &Inputs) -> Check {
             "ramp complete to 100%; old-shape traffic is checked over the soak period".to_owned(),
         );
     };
-    let from = i.soak_traffic_from(start);
-    let last_old = i
-        .traffic
+    let from = start.max(i.now_ms - i.soak_ms);
+    // Old-shape operations reported in an interval wholly after the switch (an interval that
+    // began before it may hold operations from before it), and not aged out of the soak.
+    let mut blocking: Vec<&OldUse> = i
+        .reports
+        .old_use
         .iter()
-        .filter(|(minute, c)| {
-            *minute >= minute_of(from) && *minute <= i.now_ms && c.old.operations() > 0
-        })
-        .map(|(minute, _)| *minute)
-        .max();
-    let Some(last) = last_old else {
-        return Check::pass(
+        .filter(|u| u.since_ms >= start && u.until_ms > i.now_ms - i.soak_ms)
+        .collect();
+    blocking.sort_by_key(|u| std::cmp::Reverse(u.until_ms));
+    if let Some(last) = blocking.first() {
+        let key = &i.m.key;
+        let others = blocking.len() - 1;
+        return Check::fail(
             CheckId::NoOldShapeTraffic,
-            if from > i.now_ms {
-                format!(
-                    "the soak is under two minutes old; old-shape traffic counts from {}",
-                    format_minute(from)
-                )
-            } else {
-                format!(
-                    "no old-shape read or write reported since {}",
-                    format_minute(from)
-                )
-            },
+            format!(
+                "{}/{} reported {} old-shape read(s) and {} write(s) between {} and {}{}",
+                last.service,
+                last.instance_id,
+                last.reads,
+                last.writes,
+                format_second(last.since_ms),
+                format_second(last.until_ms),
+                if others > 0 {
+                    format!(", and {others} other instance(s) used the old shape too")
+                } else {
+                    String::new()
+                }
+            ),
+            format!(
+                "find what still uses the old shape (`switchyard traffic {key}` and `switchyard \
+                 instances --migration {key}`); the check passes once none is reported for the \
+                 soak period, at the earliest {}",
+                format_second(last.until_ms + i.soak_ms)
+            ),
         );
-    };
-    let old = i.sum(from, i.now_ms).old;
-    let key = &i.m.key;
-    Check::fail(
+    }
+    if let Some(waiting) = i.no_reports_yet(CheckId::NoOldShapeTraffic, start) {
+        return waiting;
+    }
+    Check::pass(
         CheckId::NoOldShapeTraffic,
-        format!(
-            "{} old-shape read(s) and {} write(s) reported since {}, the last in the minute of {}",
-            old.reads,
-            old.writes,
-            format_minute(from),
-            format_minute(last)
-        ),
-        format!(
-            "find what still uses the old shape (`switchyard traffic {key}` and `switchyard \
-             instances --migration {key}`); the check passes once none is reported for the soak \
-             period, at the earliest {}",
-            format_minute(last + 60_000 + i.soak_ms)
-        ),
+        if i.fleet.live.is_empty() {
+            format!(
+                "no old-shape read or write reported since {}; no live client instance reports \
+                 (the expected services and the database's evidence speak for who else may use \
+                 the old shape)",
+                format_second(from)
+            )
+        } else {
+            format!(
+                "no old-shape read or write reported since {}; all {} live instance(s) \
+                 reported since complete reached 100%",
+                format_second(from),
+                i.fleet.live.len()
+            )
+        },
     )
 }
 
@@ -392,16 +496,23 @@ fn no_shadow_mismatch(i: &Inputs) -> Check {
         comparisons: retained.comparisons.max(recorded.comparisons),
         mismatches: retained.mismatches.max(recorded.mismatches),
     };
+    // Telemetry is kept per minute: the whole minutes the live window touched are counted,
+    // so comparisons made at shadow in its first minute (or after it in its last) are too,
+    // and the message says so.
     let window = format!(
-        "{} to {}",
+        "the last live window, {} to {} (counted in whole reported minutes, {} to {}, so \
+         comparisons in those minutes just outside it count too)",
+        format_second(w.started_at_ms),
+        w.ended_at_ms
+            .map_or_else(|| "now".to_owned(), format_second),
         format_minute(w.started_at_ms),
-        format_minute(end)
+        format_minute(end),
     );
     if c.mismatches == 0 {
         Check::pass(
             CheckId::NoShadowMismatch,
             format!(
-                "{} shadow comparison(s), no mismatch, in the last live window ({window})",
+                "{} shadow comparison(s), no mismatch, in {window}",
                 c.comparisons
             ),
         )
@@ -409,7 +520,7 @@ fn no_shadow_mismatch(i: &Inputs) -> Check {
         Check::fail(
             CheckId::NoShadowMismatch,
             format!(
-                "{} of {} shadow comparison(s) mismatched in the last live window ({window})",
+                "{} of {} shadow comparison(s) mismatched in {window}",
                 c.mismatches, c.comparisons
             ),
             "fix the new shape's data or code, step back to live and run it again without \
@@ -423,7 +534,13 @@ fn no_shadow_mismatch(i: &Inputs) -> Check {
 fn new_shape_errors(i: &Inputs, limit: f64) -> Check {
     let from = i
         .soak_start
-        .map_or(i.now_ms - i.soak_ms, |s| i.soak_traffic_from(s));
+        .map_or(i.now_ms - i.soak_ms, |s| s.max(i.now_ms - i.soak_ms));
+    if let Some(start) = i.soak_start {
+        if let Some(waiting) = i.no_reports_yet(CheckId::NewShapeErrors, start) {
+            return waiting;
+        }
+    }
+    // Counted per reported minute, from the minute holding `from`.
     let new = i.sum(from, i.now_ms).new;
     let ops = new.operations();
     let ratio = if ops == 0 {
@@ -432,7 +549,7 @@ fn new_shape_errors(i: &Inputs, limit: f64) -> Check {
         new.errors as f64 / ops as f64
     };
     let evidence = format!(
-        "{} of {} new-shape operation(s) failed since {} ({:.3}%, limit {:.3}%)",
+        "{} of {} new-shape operation(s) failed in the minutes since {} ({:.3}%, limit {:.3}%)",
         new.errors,
         ops,
         format_minute(from),
@@ -482,7 +599,7 @@ fn backfill(m: &Migration) -> Check {
 /// Counted from the same point as the old-shape traffic check, and only with the database
 /// observed without a gap all that time (see [`crate::usage::judge`]).
 fn database_usage(i: &Inputs, database: &Observation) -> Check {
-    let window_from = i.soak_start.map(|s| i.soak_traffic_from(s));
+    let window_from = i.soak_start.map(|s| i.database_from(s));
     match crate::usage::judge(
         database,
         &i.m.database.old_shape_strings(),

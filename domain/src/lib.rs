@@ -15,6 +15,9 @@
 //! - [`bucket`]: the portable bucketing hash (xxh3-64 with the migration's salt as seed).
 //! - [`migration`]: the migration record and its backfill state.
 //! - [`rules`]: safety rules 1–9 as pure functions over a migration and the fleet.
+//! - [`plan`]: the steps a migration takes by itself, and which one follows its front now.
+//! - [`guardrail`]: what halts a plan (mismatches, new-shape errors and latency, lagging
+//!   instances).
 //! - [`schema`]: the database a migration migrates and the old-shape objects its contract drops.
 //! - [`gate`]: the contract gate's checks (rule 7), with evidence and remedies.
 //! - [`time`]: UTC minute and span formatting for messages.
@@ -27,7 +30,9 @@ pub mod bucket;
 pub mod event;
 pub mod front;
 pub mod gate;
+pub mod guardrail;
 pub mod migration;
+pub mod plan;
 pub mod rules;
 pub mod schema;
 pub mod stage;
@@ -36,7 +41,7 @@ pub mod traffic;
 pub mod types;
 pub mod usage;
 
-pub use access::{Permission, Role};
+pub use access::{KeyPattern, Permission, Role, Scope};
 pub use bucket::bucket;
 pub use event::{Event, EventKind};
 pub use front::Front;

@@ -97,6 +97,9 @@ pub struct Migration {
     pub old_writes_resumed_since: Option<Version>,
     /// When `complete` reached 100% (this time: any step back clears it): the soak's start.
     pub soak_started_at_ms: Option<i64>,
+    /// When the front entered its current stage (by advancing or stepping back; ramps within
+    /// the stage keep it): how long a migration has sat where it is.
+    pub stage_since_ms: i64,
     /// The last period the stage was `live`, whose shadow comparisons the gate checks.
     pub live_window: Option<Window>,
     /// Retire before drop (opt-in at creation): how long the old shape must stay retired,
@@ -148,6 +151,7 @@ impl Migration {
             full_since: BTreeMap::from([(Stage::Off, version)]),
             old_writes_resumed_since: None,
             soak_started_at_ms: None,
+            stage_since_ms: now_ms,
             live_window: None,
             retire_probation_seconds: new.retire_probation_seconds,
             retired_at_ms: None,

@@ -61,6 +61,10 @@ pub enum DomainError {
     /// The operation does not apply to the migration's current state (no rule is involved).
     #[error("{0}")]
     NotApplicable(String),
+    /// The migration already is what the operation asks for: nothing is written (no version,
+    /// no audit record), and the caller is told so rather than refused.
+    #[error("{0}")]
+    Unchanged(String),
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
 }
@@ -160,6 +164,12 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Whether it moves the traffic front (a ramp, an advance, a step back), as opposed to
+    /// recording an event.
+    pub fn moves_front(&self) -> bool {
+        !matches!(self, Operation::Record(_))
+    }
+
     /// The audit log's name for the operation.
     pub fn action(&self) -> &'static str {
         match self {
@@ -210,6 +220,17 @@ pub fn apply(
             "the old shape is retired (renamed in the database), so the front stays at              complete 100%: apply the restore SQL (`switchyard restore-sql KEY`) and record              `restored` first",
         ));
     }
+    if let Operation::SetRollout { stage, rollout } = *op {
+        let target = stage.unwrap_or(current.stage);
+        // `off` has no front, so "ramping" it stays an error that says so (in `next_front`).
+        if target == current.stage && rollout == current.rollout_bp && target != Stage::Off {
+            return Err(DomainError::Unchanged(format!(
+                "already at {}; nothing changed (still version {})",
+                describe(current.front()),
+                current.version
+            )));
+        }
+    }
     let mut next = current.clone();
     match *op {
         Operation::SetRollout { stage, rollout } => {
@@ -222,6 +243,9 @@ pub fn apply(
     check_front(current, &mut next, fleet, next_version, now_ms)?;
     next.version = next_version;
     next.updated_at_ms = now_ms;
+    if next.stage != current.stage {
+        next.stage_since_ms = now_ms;
+    }
     Ok((next, reason))
 }
 
@@ -659,6 +683,9 @@ pub fn contract(
         .or_insert(next_version);
     next.version = next_version;
     next.updated_at_ms = now_ms;
+    if next.stage != current.stage {
+        next.stage_since_ms = now_ms;
+    }
     Ok((next, reason))
 }
 
@@ -697,5 +724,8 @@ pub fn retire(
     next.retired_at_ms = Some(now_ms);
     next.version = next_version;
     next.updated_at_ms = now_ms;
+    if next.stage != current.stage {
+        next.stage_since_ms = now_ms;
+    }
     Ok((next, reason))
 }

@@ -13,16 +13,41 @@ pub fn format_minute(ms: i64) -> String {
     )
 }
 
-/// `3d 4h`, `4h 5m`, `5m`, or `42s` under a minute, for a non-negative span.
+/// `2026-12-01T10:00:42Z` (UTC, to the second) for Unix milliseconds: for exact windows.
+pub fn format_second(ms: i64) -> String {
+    let minute = format_minute(ms);
+    format!(
+        "{}:{:02}Z",
+        &minute[..minute.len() - 1],
+        ms.div_euclid(1000).rem_euclid(60)
+    )
+}
+
+/// A non-negative span the one way Switchyard prints spans everywhere (CLI, messages,
+/// dashboard): its largest unit and the next one, zero parts left out: `7d`, `3d 4h`, `4h 5m`,
+/// `5m 12s`, `42s`. It parses back with the duration options (`--soak 3d4h`).
 pub fn format_span(ms: i64) -> String {
-    let minutes = ms.max(0) / 60_000;
-    let (d, h, m) = (minutes / 1440, (minutes % 1440) / 60, minutes % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{}s", ms.max(0) / 1000),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
+    let seconds = ms.max(0) / 1000;
+    let parts = [
+        (seconds / 86_400, 'd'),
+        ((seconds % 86_400) / 3600, 'h'),
+        ((seconds % 3600) / 60, 'm'),
+        (seconds % 60, 's'),
+    ];
+    let Some(first) = parts.iter().position(|&(n, _)| n > 0) else {
+        return "0s".to_owned();
+    };
+    parts[first..(first + 2).min(parts.len())]
+        .iter()
+        .filter(|&&(n, _)| n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// [`format_span`] for a [`std::time::Duration`] (settings such as the soak period).
+pub fn format_duration(d: std::time::Duration) -> String {
+    format_span(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
@@ -57,8 +82,26 @@ mod tests {
     fn spans_read_naturally() {
         assert_eq!(format_span(30_000), "30s");
         assert_eq!(format_span(5 * 60_000), "5m");
+        assert_eq!(format_span(5 * 60_000 + 12_000), "5m 12s");
         assert_eq!(format_span((4 * 60 + 5) * 60_000), "4h 5m");
         assert_eq!(format_span(((3 * 24 + 4) * 60 + 59) * 60_000), "3d 4h");
+        assert_eq!(format_span(7 * 86_400_000), "7d");
+        assert_eq!(format_span(7 * 86_400_000 + 59_000), "7d");
+        assert_eq!(format_span(3_600_000), "1h");
         assert_eq!(format_span(-5), "0s");
+        assert_eq!(format_span(999), "0s");
+    }
+
+    #[test]
+    fn printed_spans_parse_back_as_durations() {
+        for secs in [1, 59, 60, 61, 3600, 3660, 86_400, 90_000, 7 * 86_400] {
+            let printed = format_duration(std::time::Duration::from_secs(secs));
+            let compact = printed.replace(' ', "");
+            assert_eq!(
+                humantime::parse_duration(&compact).map(|d| d.as_secs()),
+                Ok(secs),
+                "{printed}"
+            );
+        }
     }
 }

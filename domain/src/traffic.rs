@@ -192,3 +192,14 @@ mod tests {
         assert_eq!(labels[15], "> 2.5 s");
     }
 }
+
+/// A shadow read whose old and new values differed, as a client reported it: the entity, so an
+/// operator can find and repair it, and what the application's comparison said differed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MismatchSample {
+    pub entity_key: String,
+    /// Empty when the comparison gave no description.
+    pub description: String,
+    /// When (the client's clock, Unix ms).
+    pub observed_at_ms: i64,
+}

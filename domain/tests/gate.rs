@@ -16,7 +16,9 @@
 //! | 2023-11-16T00:13Z  | the soak ends                                   |
 //! | 2023-11-16T01:13Z  | `AFTER`: when the healthy migration passes      |
 
-use switchyard_domain::gate::{Check, CheckId, GatePolicy, GateReport, REPORT_GRACE_MS, evaluate};
+use switchyard_domain::gate::{
+    Check, CheckId, GatePolicy, GateReport, InstanceReport, OldUse, Reports, evaluate,
+};
 use switchyard_domain::migration::Window;
 use switchyard_domain::rules::{apply, contract};
 use switchyard_domain::time::format_minute;
@@ -279,10 +281,46 @@ fn gate(m: &Migration, fleet: &Fleet, traffic: &[(i64, TrafficCounts)], now: i64
         m,
         fleet,
         traffic,
+        &reports(fleet, traffic, now),
         &Observation::NotDeclared,
         now,
         &GatePolicy::default(),
     )
+}
+
+/// What the server would know of the reports behind `traffic` at `now`: every live instance
+/// reported a moment ago (so its reports cover everything until then), and the store's
+/// latest old-shape use is the latest minute with old-shape operations, reported by `api-1`
+/// in an interval that began just before that minute (so the minute complete reached 100%
+/// in began before the switch, as a real report's would).
+fn reports(fleet: &Fleet, traffic: &[(i64, TrafficCounts)], now: i64) -> Reports {
+    let latest_old = traffic
+        .iter()
+        .filter(|(minute, c)| *minute <= now && c.old.operations() > 0)
+        .max_by_key(|(minute, _)| *minute);
+    Reports {
+        instances: fleet
+            .live
+            .iter()
+            .map(|i| InstanceReport {
+                service: i.service.clone(),
+                instance_id: i.instance_id.clone(),
+                reported_ms: Some(now),
+                previous_reported_ms: Some(now - 1),
+            })
+            .collect(),
+        old_use: latest_old
+            .map(|(minute, c)| OldUse {
+                service: "api".into(),
+                instance_id: "api-1".into(),
+                since_ms: minute - 1,
+                until_ms: (minute + MIN).min(now),
+                reads: c.old.reads,
+                writes: c.old.writes,
+            })
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// The standard migration's live fleet: one `api` instance that applied the complete version.
@@ -348,14 +386,17 @@ fn a_healthy_migration_passes_every_check_with_its_evidence() {
     assert_eq!(
         evidence,
         [
-            "complete at 100% since 2023-11-15T00:13Z (1d 1h), soak 1d 0h".to_owned(),
+            "complete at 100% since 2023-11-15T00:13Z (1d 1h), soak 1d".to_owned(),
             format!("1 live instance(s) applied version {v} or later; expected services live: api"),
             // The last soak-long stretch: from an hour after the soak started.
-            "no old-shape read or write reported since 2023-11-15T01:13Z".to_owned(),
-            "500 shadow comparison(s), no mismatch, in the last live window \
-             (2023-11-14T22:23Z to 2023-11-14T23:13Z)"
+            "no old-shape read or write reported since 2023-11-15T01:13:00Z; all 1 live \
+             instance(s) reported since complete reached 100%"
                 .to_owned(),
-            "0 of 2500 new-shape operation(s) failed since 2023-11-15T01:13Z \
+            "500 shadow comparison(s), no mismatch, in the last live window, 2023-11-14T22:23:00Z \
+             to 2023-11-14T23:13:00Z (counted in whole reported minutes, 2023-11-14T22:23Z to \
+             2023-11-14T23:13Z, so comparisons in those minutes just outside it count too)"
+                .to_owned(),
+            "0 of 2500 new-shape operation(s) failed in the minutes since 2023-11-15T01:13Z \
              (0.000%, limit 0.100%)"
                 .to_owned(),
             "the backfill is recorded complete".to_owned(),
@@ -410,6 +451,7 @@ fn a_statement_on_the_old_shape_in_the_soak_window_fails_the_database_check_alon
         &d.m,
         &fleet,
         &healthy(),
+        &reports(&fleet, &healthy(), AFTER),
         &before_window,
         AFTER,
         &GatePolicy::default(),
@@ -420,6 +462,7 @@ fn a_statement_on_the_old_shape_in_the_soak_window_fails_the_database_check_alon
         &d.m,
         &fleet,
         &healthy(),
+        &reports(&fleet, &healthy(), AFTER),
         &inside,
         AFTER,
         &GatePolicy::default(),
@@ -450,22 +493,30 @@ fn the_soak_passes_at_the_exact_end_and_not_a_millisecond_before() {
     assert_failing(&at_end, &[]);
     assert_eq!(
         check(&at_end, CheckId::Soak).evidence,
-        "complete at 100% since 2023-11-15T00:13Z (1d 0h), soak 1d 0h"
+        "complete at 100% since 2023-11-15T00:13Z (1d), soak 1d"
     );
     let just_before = gate(&d.m, &fleet, &healthy(), SOAK_END - 1);
     assert_fails_alone(
         &just_before,
         CheckId::Soak,
-        "complete at 100% since 2023-11-15T00:13Z (23h 59m of a 1d 0h soak)",
+        "complete at 100% since 2023-11-15T00:13Z (23h 59m of a 1d soak)",
         "soak ends 2023-11-16T00:13Z, in 0s",
     );
 }
 
 #[test]
 fn a_migration_without_backfill_or_expected_services_and_no_live_instance_passes() {
+    // Nobody is running, and nobody is expected to: no report is missing. (Expected services
+    // demand presence; the database's evidence speaks for callers that are not clients.)
     let d = Driver::standard(SOAK_SECONDS, false, &[]);
     let report = gate(&d.m, &Fleet::default(), &healthy(), AFTER);
     assert_failing(&report, &[]);
+    assert_eq!(
+        check(&report, CheckId::NoOldShapeTraffic).evidence,
+        "no old-shape read or write reported since 2023-11-15T01:13:00Z; no live client \
+         instance reports (the expected services and the database's evidence speak for who else \
+         may use the old shape)"
+    );
     assert_eq!(
         check(&report, CheckId::ClientsApplied).evidence,
         format!(
@@ -479,9 +530,47 @@ fn a_migration_without_backfill_or_expected_services_and_no_live_instance_passes
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Each check failing alone
-// ---------------------------------------------------------------------------------------------
+#[test]
+fn before_every_live_instance_reported_since_the_switch_the_traffic_checks_fail() {
+    let d = Driver::completed();
+    let v = d.complete_version();
+    let fleet = Fleet {
+        live: vec![instance("api", "api-1", v), instance("api", "api-2", v)],
+    };
+    let mut reports = reports(&fleet, &healthy(), AFTER);
+    // api-2's latest report covers an interval that began before complete reached 100%.
+    reports.instances[1].previous_reported_ms = Some(SOAK_START - 1);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &healthy(),
+        &reports,
+        &Observation::NotDeclared,
+        AFTER,
+        &GatePolicy::default(),
+    );
+    assert_failing(
+        &report,
+        &[CheckId::NoOldShapeTraffic, CheckId::NewShapeErrors],
+    );
+    assert_eq!(
+        check(&report, CheckId::NoOldShapeTraffic).evidence,
+        "no reports yet: 1 of 2 live instance(s) have not reported since complete reached 100% \
+         at 2023-11-15T00:13:00Z (api/api-2)"
+    );
+    // Reported since: both pass.
+    reports.instances[1].previous_reported_ms = Some(SOAK_START);
+    let report = evaluate(
+        &d.m,
+        &fleet,
+        &healthy(),
+        &reports,
+        &Observation::NotDeclared,
+        AFTER,
+        &GatePolicy::default(),
+    );
+    assert_failing(&report, &[]);
+}
 
 #[test]
 fn soak_not_elapsed_fails_alone_and_says_when_it_ends() {
@@ -491,7 +580,7 @@ fn soak_not_elapsed_fails_alone_and_says_when_it_ends() {
     assert_fails_alone(
         &report,
         CheckId::Soak,
-        "complete at 100% since 2023-11-15T00:13Z (22h 30m of a 1d 0h soak)",
+        "complete at 100% since 2023-11-15T00:13Z (22h 30m of a 1d soak)",
         "soak ends 2023-11-16T00:13Z, in 1h 30m",
     );
     assert_eq!(report.soak_ends_at_ms, Some(SOAK_END));
@@ -533,7 +622,7 @@ fn a_front_not_at_complete_100_fails_the_soak_and_the_checks_that_hang_on_it() {
     );
     assert_eq!(
         soak.remedy,
-        "ramp complete to 100%; the soak (1d 0h) starts then, and any step back restarts it"
+        "ramp complete to 100%; the soak (1d) starts then, and any step back restarts it"
     );
     let clients = check(&report, CheckId::ClientsApplied);
     assert_eq!(
@@ -553,7 +642,7 @@ fn a_front_not_at_complete_100_fails_the_soak_and_the_checks_that_hang_on_it() {
     assert!(
         report
             .failures()
-            .starts_with("soak: ramp complete to 100%; the soak (1d 0h) starts then"),
+            .starts_with("soak: ramp complete to 100%; the soak (1d) starts then"),
         "{}",
         report.failures()
     );
@@ -684,11 +773,11 @@ fn old_shape_traffic_during_the_soak_fails_alone() {
     assert_fails_alone(
         &report,
         CheckId::NoOldShapeTraffic,
-        "3 old-shape read(s) and 2 write(s) reported since 2023-11-15T01:13Z, the last in the \
-         minute of 2023-11-15T03:13Z",
+        "api/api-1 reported 1 old-shape read(s) and 2 write(s) between 2023-11-15T03:12:59Z and \
+         2023-11-15T03:14:00Z",
         "find what still uses the old shape (`switchyard traffic users.username-to-handle` and \
          `switchyard instances --migration users.username-to-handle`); the check passes once \
-         none is reported for the soak period, at the earliest 2023-11-16T03:14Z",
+         none is reported for the soak period, at the earliest 2023-11-16T03:14:00Z",
     );
     // Writes alone count as much as reads.
     let traffic = with(healthy(), SOAK_START + 5 * HOUR, old_ops(0, 1));
@@ -697,37 +786,48 @@ fn old_shape_traffic_during_the_soak_fails_alone() {
 }
 
 #[test]
-fn old_shape_traffic_from_before_the_soak_start_plus_the_report_grace_is_ignored() {
-    assert_eq!(REPORT_GRACE_MS, 2 * MIN);
+fn old_shape_use_reported_in_an_interval_that_began_before_the_switch_is_ignored() {
     let d = Driver::completed();
     let now = SOAK_START + 10 * HOUR; // inside the soak: the window starts at the soak start
-    // Rampdown dual-writes, the minute complete reached 100% and the minute after still carry
-    // reports of operations from before it.
-    let traffic = with(
-        with(
-            with(healthy(), SOAK_START - 30 * MIN, old_ops(500, 500)),
-            SOAK_START,
-            old_ops(10, 10),
-        ),
-        SOAK_START + MIN,
-        old_ops(3, 3),
-    );
-    let report = gate(&d.m, &fleet_of(&d), &traffic, now);
+    let fleet = fleet_of(&d);
+    let judged = |old_use: OldUse| {
+        let mut reports = reports(&fleet, &healthy(), now);
+        reports.old_use = vec![old_use];
+        evaluate(
+            &d.m,
+            &fleet,
+            &healthy(),
+            &reports,
+            &Observation::NotDeclared,
+            now,
+            &GatePolicy::default(),
+        )
+    };
+    let used = |since_ms: i64, until_ms: i64| OldUse {
+        service: "api".into(),
+        instance_id: "api-1".into(),
+        since_ms,
+        until_ms,
+        reads: 3,
+        writes: 0,
+    };
+    // A report whose interval straddles the switch may hold operations from before it (the
+    // dual writes of rampdown, reads before the change reached the instance).
+    let report = judged(used(SOAK_START - 1, SOAK_START + 4_000));
     assert_failing(&report, &[CheckId::Soak]);
-    let old = check(&report, CheckId::NoOldShapeTraffic);
-    assert!(old.passed);
     assert_eq!(
-        old.evidence,
-        "no old-shape read or write reported since 2023-11-15T00:15Z"
+        check(&report, CheckId::NoOldShapeTraffic).evidence,
+        "no old-shape read or write reported since 2023-11-15T00:13:00Z; all 1 live \
+         instance(s) reported since complete reached 100%"
     );
-    // The first minute the grace no longer covers counts.
-    let traffic = with(traffic, SOAK_START + REPORT_GRACE_MS, old_ops(1, 0));
-    let report = gate(&d.m, &fleet_of(&d), &traffic, now);
+    // One whose interval began at the switch or after holds only operations after it: exact
+    // times, no grace.
+    let report = judged(used(SOAK_START, SOAK_START + 4_000));
     assert_failing(&report, &[CheckId::Soak, CheckId::NoOldShapeTraffic]);
     assert_eq!(
         check(&report, CheckId::NoOldShapeTraffic).evidence,
-        "1 old-shape read(s) and 0 write(s) reported since 2023-11-15T00:15Z, the last in the \
-         minute of 2023-11-15T00:15Z"
+        "api/api-1 reported 3 old-shape read(s) and 0 write(s) between 2023-11-15T00:13:00Z and \
+         2023-11-15T00:13:04Z"
     );
 }
 
@@ -745,14 +845,15 @@ fn old_shape_traffic_older_than_the_soak_period_ages_out() {
     assert!(
         check(&report, CheckId::NoOldShapeTraffic)
             .remedy
-            .ends_with("at the earliest 2023-11-16T03:14Z"),
+            .ends_with("at the earliest 2023-11-16T03:14:00Z"),
         "{report:#?}"
     );
     let report = gate(&d.m, &fleet, &traffic, passes_at);
     assert_failing(&report, &[]);
     assert_eq!(
         check(&report, CheckId::NoOldShapeTraffic).evidence,
-        "no old-shape read or write reported since 2023-11-15T03:14Z"
+        "no old-shape read or write reported since 2023-11-15T03:14:00Z; all 1 live \
+         instance(s) reported since complete reached 100%"
     );
 }
 
@@ -764,8 +865,9 @@ fn a_shadow_mismatch_in_the_last_live_window_fails_alone() {
     assert_fails_alone(
         &report,
         CheckId::NoShadowMismatch,
-        "3 of 520 shadow comparison(s) mismatched in the last live window (2023-11-14T22:23Z \
-         to 2023-11-14T23:13Z)",
+        "3 of 520 shadow comparison(s) mismatched in the last live window, 2023-11-14T22:23:00Z to 2023-11-14T23:13:00Z (counted in whole \
+         reported minutes, 2023-11-14T22:23Z to 2023-11-14T23:13Z, so comparisons in those \
+         minutes just outside it count too)",
         "fix the new shape's data or code, step back to live and run it again without \
          mismatches",
     );
@@ -786,8 +888,9 @@ fn a_shadow_mismatch_outside_the_last_live_window_is_ignored() {
     assert_failing(&report, &[]);
     assert_eq!(
         check(&report, CheckId::NoShadowMismatch).evidence,
-        "500 shadow comparison(s), no mismatch, in the last live window (2023-11-14T22:23Z to \
-         2023-11-14T23:13Z)"
+        "500 shadow comparison(s), no mismatch, in the last live window, 2023-11-14T22:23:00Z to 2023-11-14T23:13:00Z (counted in whole \
+         reported minutes, 2023-11-14T22:23Z to 2023-11-14T23:13Z, so comparisons in those \
+         minutes just outside it count too)"
     );
 
     // An earlier live window: live, mismatches, a step back to shadow to fix them, live again.
@@ -885,7 +988,7 @@ fn new_shape_errors_above_the_limit_fail_alone() {
     assert_fails_alone(
         &report,
         CheckId::NewShapeErrors,
-        "4 of 3000 new-shape operation(s) failed since 2023-11-15T01:13Z (0.133%, limit 0.100%)",
+        "4 of 3000 new-shape operation(s) failed in the minutes since 2023-11-15T01:13Z (0.133%, limit 0.100%)",
         "bring new-shape errors under the limit; they are measured over the soak period",
     );
     // Exactly at the limit passes.
@@ -898,7 +1001,7 @@ fn new_shape_errors_above_the_limit_fail_alone() {
     assert_failing(&report, &[]);
     assert_eq!(
         check(&report, CheckId::NewShapeErrors).evidence,
-        "3 of 3000 new-shape operation(s) failed since 2023-11-15T01:13Z (0.100%, limit 0.100%)"
+        "3 of 3000 new-shape operation(s) failed in the minutes since 2023-11-15T01:13Z (0.100%, limit 0.100%)"
     );
     // A looser policy lets the 4 errors through.
     let loose = GatePolicy {
@@ -914,6 +1017,7 @@ fn new_shape_errors_above_the_limit_fail_alone() {
         &d.m,
         &fleet,
         &traffic,
+        &reports(&fleet, &traffic, AFTER),
         &Observation::NotDeclared,
         AFTER,
         &loose,
@@ -921,7 +1025,7 @@ fn new_shape_errors_above_the_limit_fail_alone() {
     assert_failing(&report, &[]);
     assert_eq!(
         check(&report, CheckId::NewShapeErrors).evidence,
-        "4 of 3000 new-shape operation(s) failed since 2023-11-15T01:13Z (0.133%, limit 1.000%)"
+        "4 of 3000 new-shape operation(s) failed in the minutes since 2023-11-15T01:13Z (0.133%, limit 1.000%)"
     );
     // Errors from before the soak window (rampdown, the grace minutes) do not count.
     let traffic = with(
@@ -978,7 +1082,7 @@ fn every_failing_check_is_listed_with_its_remedy() {
     let failures = report.failures();
     let parts: Vec<&str> = failures.split("; ").collect();
     assert!(
-        parts[0].starts_with("soak: soak ends 2023-11-16T00:13Z, in 22h 0m"),
+        parts[0].starts_with("soak: soak ends 2023-11-16T00:13Z, in 22h"),
         "{failures}"
     );
     for id in [
@@ -999,8 +1103,11 @@ fn every_failing_check_is_listed_with_its_remedy() {
 fn a_step_back_restarts_the_soak() {
     let mut d = Driver::completed();
     let first_version = d.complete_version();
-    // Re-ramping complete to 100% without stepping back keeps the soak.
-    d.at(SOAK_START + 10 * HOUR, ramp(10_000));
+    // Re-ramping complete to 100% without stepping back changes nothing, the soak included.
+    assert!(matches!(
+        d.try_at(SOAK_START + 10 * HOUR, ramp(10_000)),
+        Err(switchyard_domain::rules::DomainError::Unchanged(_))
+    ));
     assert_eq!(d.m.soak_started_at_ms, Some(SOAK_START));
     assert_eq!(d.complete_version(), first_version);
 
@@ -1024,8 +1131,8 @@ fn a_step_back_restarts_the_soak() {
     assert_fails_alone(
         &report,
         CheckId::Soak,
-        "complete at 100% since 2023-11-15T21:13Z (4h 0m of a 1d 0h soak)",
-        "soak ends 2023-11-16T21:13Z, in 20h 0m",
+        "complete at 100% since 2023-11-15T21:13Z (4h of a 1d soak)",
+        "soak ends 2023-11-16T21:13Z, in 20h",
     );
     assert_eq!(report.soak_ends_at_ms, Some(restart + SOAK_MS));
     // Instances must apply the new complete state too.
@@ -1074,6 +1181,7 @@ fn the_policy_floor_raises_a_short_soak() {
         &d.m,
         &fleet,
         &healthy(),
+        &reports(&fleet, &healthy(), now),
         &Observation::NotDeclared,
         now,
         &floor,
@@ -1081,8 +1189,8 @@ fn the_policy_floor_raises_a_short_soak() {
     assert_fails_alone(
         &report,
         CheckId::Soak,
-        "complete at 100% since 2023-11-15T00:13Z (2h 0m of a 1d 0h soak)",
-        "soak ends 2023-11-16T00:13Z, in 22h 0m",
+        "complete at 100% since 2023-11-15T00:13Z (2h of a 1d soak)",
+        "soak ends 2023-11-16T00:13Z, in 22h",
     );
     assert_eq!(report.soak_ends_at_ms, Some(SOAK_END));
     assert_failing(
@@ -1090,6 +1198,7 @@ fn the_policy_floor_raises_a_short_soak() {
             &d.m,
             &fleet,
             &healthy(),
+            &reports(&fleet, &healthy(), SOAK_END),
             &Observation::NotDeclared,
             SOAK_END,
             &floor,
@@ -1106,6 +1215,7 @@ fn the_policy_floor_raises_a_short_soak() {
             &d.m,
             &fleet,
             &traffic,
+            &reports(&fleet, &traffic, SOAK_END),
             &Observation::NotDeclared,
             SOAK_END,
             &floor,
@@ -1124,6 +1234,7 @@ fn the_policy_floor_raises_a_short_soak() {
             &d.m,
             &fleet_of(&d),
             &healthy(),
+            &reports(&fleet_of(&d), &healthy(), AFTER),
             &Observation::NotDeclared,
             AFTER,
             &low

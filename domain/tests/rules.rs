@@ -327,10 +327,13 @@ fn rule3_backfill_needs_every_live_instance_and_expected_service() {
     d.ok(ramp(10_000));
     let since = d.m.version.0;
     assert_eq!(d.m.full_since.get(&Stage::DualWrite), Some(&Version(since)));
-    // Unrelated later changes do not move the bar.
-    d.ok(ramp(10_000));
+    // A ramp to where the front is changes nothing, the bar included.
+    assert!(matches!(
+        d.try_op(ramp(10_000), &d.caught_up_fleet()),
+        Err(DomainError::Unchanged(_))
+    ));
     let v = d.m.version.0;
-    assert!(v > since);
+    assert_eq!(v, since);
 
     // An api instance lags behind and worker has no live instance.
     let msg = d.refused_with(
@@ -1469,6 +1472,23 @@ fn run_sequence(
             continue;
         }
 
+        // A ramp to the front it is at changes nothing, and says so (after the checks above,
+        // and the retire hold: `retired` refuses every front change).
+        if let Operation::SetRollout { stage, rollout } = op {
+            if stage.unwrap_or(m.stage) == m.stage
+                && rollout == m.rollout_bp
+                && !matches!(m.stage, Stage::Off | Stage::Contracted)
+                && m.retired_at_ms.is_none()
+            {
+                prop_assert!(
+                    matches!(result, Err(DomainError::Unchanged(_))),
+                    "step {}: a ramp to the current front gave {:?}",
+                    i,
+                    result
+                );
+                continue;
+            }
+        }
         let (want, next_model) = expect(&m, &model, &op, &fleet, next_version, now);
         match (want, result) {
             (Want::Accept(mut want), Ok((next, got_reason))) => {
@@ -1479,6 +1499,9 @@ fn run_sequence(
                 check_one_step(m.front(), next.front())?;
                 want.version = next_version;
                 want.updated_at_ms = now;
+                if want.stage != m.stage {
+                    want.stage_since_ms = now;
+                }
                 prop_assert_eq!(
                     &next,
                     &*want,

@@ -139,12 +139,7 @@ pub async fn seed(pool: &PgPool, rows: i64) -> Result<(), sqlx::Error> {
     .bind(rows)
     .execute(pool)
     .await?;
-    sqlx::query("SELECT setval(pg_get_serial_sequence('orders', 'id'), $1)")
-        .bind(rows)
-        .execute(pool)
-        .await?;
-    sqlx::query("ANALYZE orders").execute(pool).await?;
-    Ok(())
+    crate::seeded(pool, "orders", rows).await
 }
 
 /// The backfill: the exact amount from the float one, rounded to the cent.

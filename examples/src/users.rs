@@ -115,11 +115,7 @@ impl Users {
     }
 
     async fn column(&self, id: i64, sql: &str) -> Result<Option<String>, sqlx::Error> {
-        let value: Option<Option<String>> = sqlx::query_scalar(sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(value.flatten())
+        crate::text_by_id(&self.pool, sql, id).await
     }
 
     async fn set(&self, id: i64, value: &str, sql: &str) -> Result<(), sqlx::Error> {
@@ -145,12 +141,7 @@ pub async fn seed(pool: &PgPool, rows: i64) -> Result<(), sqlx::Error> {
     .bind(rows)
     .execute(pool)
     .await?;
-    sqlx::query("SELECT setval(pg_get_serial_sequence('users', 'id'), $1)")
-        .bind(rows)
-        .execute(pool)
-        .await?;
-    sqlx::query("ANALYZE users").execute(pool).await?;
-    Ok(())
+    crate::seeded(pool, "users", rows).await
 }
 
 /// The backfill: copy `username` into `handle` where they differ.

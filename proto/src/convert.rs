@@ -4,7 +4,7 @@
 use crate::v1 as pb;
 use std::collections::BTreeMap;
 use switchyard_domain::migration::{Backfill, BackfillStatus, Compared, Window};
-use switchyard_domain::traffic::{Histogram, SideCounts, TrafficCounts};
+use switchyard_domain::traffic::{Histogram, MismatchSample, SideCounts, TrafficCounts};
 use switchyard_domain::{
     BasisPoints, Database, Event, EventKind, InvalidInput, Migration, MigrationKey, Operation,
     Role, Side, Stage, Version,
@@ -155,6 +155,7 @@ impl From<Role> for pb::Role {
             Role::Reader => pb::Role::Reader,
             Role::Operator => pb::Role::Operator,
             Role::Gate => pb::Role::Gate,
+            Role::Backfill => pb::Role::Backfill,
             Role::Admin => pb::Role::Admin,
         }
     }
@@ -168,6 +169,7 @@ impl TryFrom<pb::Role> for Role {
             pb::Role::Reader => Role::Reader,
             pb::Role::Operator => Role::Operator,
             pb::Role::Gate => Role::Gate,
+            pb::Role::Backfill => Role::Backfill,
             pb::Role::Admin => Role::Admin,
             pb::Role::Unspecified => return Err(invalid_role(r as i32)),
         })
@@ -248,6 +250,7 @@ impl From<&Migration> for pb::Migration {
             old_shape: m.database.old_shape_strings(),
             retire_probation_seconds: m.retire_probation_seconds,
             retired_at_ms: m.retired_at_ms.unwrap_or(0),
+            stage_since_ms: m.stage_since_ms,
         }
     }
 }
@@ -301,6 +304,12 @@ impl TryFrom<pb::Migration> for Migration {
             soak_started_at_ms: (m.soak_started_at_ms != 0).then_some(m.soak_started_at_ms),
             retire_probation_seconds: m.retire_probation_seconds,
             retired_at_ms: (m.retired_at_ms != 0).then_some(m.retired_at_ms),
+            // 0 from a server that predates the field: its last change is the best bound.
+            stage_since_ms: if m.stage_since_ms != 0 {
+                m.stage_since_ms
+            } else {
+                m.updated_at_ms
+            },
             old_writes_resumed_since: version(m.old_writes_resumed_since),
             live_window: m.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,
@@ -361,7 +370,12 @@ impl From<&pb::MigrationTelemetry> for TrafficCounts {
 }
 
 /// One migration's counts for one minute, as a client reports them.
-pub fn telemetry_to_wire(key: &str, minute_ms: i64, c: &TrafficCounts) -> pb::MigrationTelemetry {
+pub fn telemetry_to_wire(
+    key: &str,
+    minute_ms: i64,
+    c: &TrafficCounts,
+    samples: &[MismatchSample],
+) -> pb::MigrationTelemetry {
     pb::MigrationTelemetry {
         key: key.to_owned(),
         minute_ms,
@@ -371,6 +385,27 @@ pub fn telemetry_to_wire(key: &str, minute_ms: i64, c: &TrafficCounts) -> pb::Mi
         mismatches: c.mismatches,
         evaluations_without_entity: c.evaluations_without_entity,
         fallback_evaluations: c.fallback_evaluations,
+        mismatch_samples: samples.iter().map(pb::MismatchSample::from).collect(),
+    }
+}
+
+impl From<&MismatchSample> for pb::MismatchSample {
+    fn from(s: &MismatchSample) -> Self {
+        pb::MismatchSample {
+            entity_key: s.entity_key.clone(),
+            description: s.description.clone(),
+            observed_at_ms: s.observed_at_ms,
+        }
+    }
+}
+
+impl From<pb::MismatchSample> for MismatchSample {
+    fn from(s: pb::MismatchSample) -> Self {
+        MismatchSample {
+            entity_key: s.entity_key,
+            description: s.description,
+            observed_at_ms: s.observed_at_ms,
+        }
     }
 }
 
@@ -438,6 +473,117 @@ impl From<&pb::BackfillSettings> for crate::json::BackfillSettings {
     }
 }
 
+/// A plan's stages from the wire (the stage enum to its name; UNSPECIFIED refused).
+fn plan_stages_from_wire(
+    stages: &[pb::PlanStage],
+) -> Result<Vec<crate::json::PlanStage>, InvalidInput> {
+    stages
+        .iter()
+        .map(|s| {
+            let stage = stage_from_wire(s.stage)?.ok_or_else(|| {
+                InvalidInput("every plan stage needs its stage (STAGE_DUAL_WRITE …)".to_owned())
+            })?;
+            Ok(crate::json::PlanStage {
+                stage: stage.as_str().to_owned(),
+                steps: s
+                    .steps
+                    .iter()
+                    .map(|st| crate::json::PlanStepBody {
+                        rollout_bp: st.rollout_bp,
+                        hold_seconds: st.hold_seconds,
+                    })
+                    .collect(),
+                then: s.then.clone(),
+            })
+        })
+        .collect()
+}
+
+fn plan_stages_to_wire(stages: &[crate::json::PlanStage]) -> Vec<pb::PlanStage> {
+    stages
+        .iter()
+        .map(|s| pb::PlanStage {
+            stage: Stage::parse(&s.stage).map_or(pb::Stage::Unspecified, pb::Stage::from) as i32,
+            steps: s
+                .steps
+                .iter()
+                .map(|st| pb::PlanStep {
+                    rollout_bp: st.rollout_bp,
+                    hold_seconds: st.hold_seconds,
+                })
+                .collect(),
+            then: s.then.clone(),
+        })
+        .collect()
+}
+
+impl From<&crate::json::GuardrailsBody> for pb::PlanGuardrails {
+    fn from(g: &crate::json::GuardrailsBody) -> Self {
+        pb::PlanGuardrails {
+            max_mismatch_ratio: g.max_mismatch_ratio,
+            max_new_error_ratio: g.max_new_error_ratio,
+            max_error_ratio_vs_old: g.max_error_ratio_vs_old,
+            max_p99_ratio_vs_old: g.max_p99_ratio_vs_old,
+            max_behind_seconds: g.max_behind_seconds,
+            min_operations: g.min_operations,
+            min_comparisons: g.min_comparisons,
+            on_breach: g.on_breach.clone(),
+        }
+    }
+}
+
+impl From<&pb::PlanGuardrails> for crate::json::GuardrailsBody {
+    fn from(g: &pb::PlanGuardrails) -> Self {
+        crate::json::GuardrailsBody {
+            max_mismatch_ratio: g.max_mismatch_ratio,
+            max_new_error_ratio: g.max_new_error_ratio,
+            max_error_ratio_vs_old: g.max_error_ratio_vs_old,
+            max_p99_ratio_vs_old: g.max_p99_ratio_vs_old,
+            max_behind_seconds: g.max_behind_seconds,
+            min_operations: g.min_operations,
+            min_comparisons: g.min_comparisons,
+            on_breach: g.on_breach.clone(),
+        }
+    }
+}
+
+impl TryFrom<&pb::SetPlanRequest> for crate::json::PlanBody {
+    type Error = InvalidInput;
+
+    fn try_from(r: &pb::SetPlanRequest) -> Result<Self, InvalidInput> {
+        Ok(crate::json::PlanBody {
+            template: (!r.template.is_empty()).then(|| r.template.clone()),
+            stages: plan_stages_from_wire(&r.stages)?,
+            not_before_ms: (r.not_before_ms != 0).then_some(r.not_before_ms),
+            window: (!r.window.is_empty()).then(|| r.window.clone()),
+            guardrails: r.guardrails.as_ref().map(Into::into).unwrap_or_default(),
+            reason: r.reason.clone(),
+        })
+    }
+}
+
+impl From<&crate::json::PlanView> for pb::PlanView {
+    fn from(p: &crate::json::PlanView) -> Self {
+        pb::PlanView {
+            key: p.key.clone(),
+            stages: plan_stages_to_wire(&p.stages),
+            not_before_ms: p.not_before_ms.unwrap_or(0),
+            window: p.window.clone().unwrap_or_default(),
+            template: p.template.clone().unwrap_or_default(),
+            guardrails: Some((&p.guardrails).into()),
+            set_by: p.set_by.clone(),
+            set_at_ms: p.set_at_ms,
+            status: p.status.clone(),
+            status_reason: p.status_reason.clone(),
+            status_at_ms: p.status_at_ms,
+            waiting: p.waiting.clone(),
+            next_kind: p.next.kind.clone(),
+            next_description: p.next.description.clone(),
+            next_at_ms: p.next.at_ms.unwrap_or(0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,7 +645,12 @@ mod tests {
         for raw in [0, 99] {
             let e = role_from_wire(raw).unwrap_err();
             assert!(e.0.contains(&format!("invalid role {raw}")), "{e:?}");
-            assert!(e.0.contains("allowed ROLE_READER, ROLE_OPERATOR, ROLE_GATE, ROLE_ADMIN"));
+            assert!(
+                e.0.contains(
+                    "allowed ROLE_READER, ROLE_OPERATOR, ROLE_GATE, ROLE_BACKFILL, ROLE_ADMIN"
+                ),
+                "{e:?}"
+            );
         }
 
         for kind in EventKind::ALL {
@@ -528,7 +679,7 @@ mod tests {
         c.old.reads = 3;
         c.new.latency.record(700);
         c.mismatches = 2;
-        let wire = telemetry_to_wire("a.b", 60_000, &c);
+        let wire = telemetry_to_wire("a.b", 60_000, &c, &[]);
         assert_eq!(TrafficCounts::from(&wire), c);
     }
 }

@@ -2,11 +2,13 @@
 //!
 //! Only transport code (the server's gRPC layer, clients) depends on this crate; domain logic
 //! works on the types of `switchyard-domain`, and [`convert`] is the edge between the two.
-//! [`json`] holds the HTTP API's bodies, [`limits`] what one request may carry.
+//! [`json`] holds the HTTP API's bodies, [`limits`] what one request may carry, [`status`] the
+//! rich error model gRPC errors are sent in.
 
 pub mod convert;
 pub mod json;
 pub mod limits;
+pub mod status;
 
 // Generated code: a `WatchEvent` holds a whole migration by value, which costs nothing that
 // matters for a message built once per change.

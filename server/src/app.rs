@@ -3,10 +3,10 @@
 
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
-use crate::hub::{Hub, Snapshot};
+use crate::hub::{Hub, Snapshot, WatchItem};
 use crate::store::{
     Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, InstanceOwner,
-    Registrant, Store, StoredSettings, TokenRecord,
+    MismatchEntity, Registrant, Store, StoredSettings, TokenRecord,
 };
 use rand::Rng;
 use std::sync::Arc;
@@ -15,12 +15,12 @@ use switchyard_domain::gate::{self, GatePolicy, GateReport};
 use switchyard_domain::migration::BackfillStatus;
 use switchyard_domain::migration::{DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, DomainError, parse_reason};
-use switchyard_domain::traffic::{TrafficCounts, minute_of};
+use switchyard_domain::traffic::{MismatchSample, TrafficCounts, minute_of};
 use switchyard_domain::types::{TextKind, check_count, check_text, parse_label};
 use switchyard_domain::usage::{self, Observation, StatementSummary};
 use switchyard_domain::{
     BasisPoints, Database, Event, Migration, MigrationKey, NewMigration, Operation, Permission,
-    Plan, Role, Stage, TargetName, Version,
+    Plan, Role, Scope, Stage, TargetName, Version,
 };
 use switchyard_proto::json::{BackfillSettings, BackfillSettingsChange};
 
@@ -269,6 +269,14 @@ pub struct Decision {
 
 /// How long a mutation's response waits for the local snapshot to include it.
 const READ_YOUR_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// What clients reported of a migration over a period: per minute, in total, and per service
+/// (with the last minute each used the old shape).
+pub struct TrafficView {
+    pub minutes: Vec<(i64, TrafficCounts)>,
+    pub total: TrafficCounts,
+    pub services: Vec<(String, TrafficCounts, Option<i64>)>,
+}
+
 /// How long a replica behind a version its database has (a poller holds it from another
 /// replica) waits to catch up before answering "retry shortly".
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
@@ -281,15 +289,26 @@ pub const MAX_INSTANCE_PAGE: u32 = 5000;
 /// hold, so any service name (slashes included) splits back unambiguously.
 const CURSOR_SEPARATOR: char = '\t';
 
-/// A page of instances (each with whether it is live) and the cursor of the next page, if the
-/// page is full.
+/// A page of instances and the cursor of the next page, if the page is full.
 #[derive(Debug, Clone)]
 pub struct InstancePage {
-    pub instances: Vec<(ClientInstance, bool)>,
+    pub instances: Vec<InstanceView>,
     pub next: Option<String>,
 }
+
+/// One instance as the lists show it.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    pub instance: ClientInstance,
+    /// Seen within the client TTL: rules 3 and 5 wait for it.
+    pub live: bool,
+    /// For a migration's list: whether the instance's heartbeats name the migration (it
+    /// evaluates it or runs its backfill). `None` in the fleet's list.
+    pub uses_migration: Option<bool>,
+}
 pub use switchyard_proto::limits::{
-    MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS, MAX_TELEMETRY_ENTRIES,
+    MAX_BODY_BYTES, MAX_ENTITY_KEY_CHARS, MAX_MISMATCH_DESCRIPTION_CHARS, MAX_MISMATCH_SAMPLES,
+    MAX_REPORTED_MIGRATIONS, MAX_TELEMETRY_ENTRIES,
 };
 /// Default age, in days at complete 100%, after which an uncontracted migration is listed.
 pub const DEFAULT_COMPLETE_FOR_DAYS: u32 = 14;
@@ -307,6 +326,7 @@ impl App {
         who.require(Permission::Operate)?;
         let reason = parse_reason(&input.reason)?;
         let key = MigrationKey::parse(&input.key)?;
+        who.require_on(Permission::Operate, key.as_str())?;
         let text = |what: &str, raw: String, max: usize, kind| -> Result<String, ApiError> {
             if raw.len() > max {
                 return Err(ApiError::invalid(format!(
@@ -359,7 +379,7 @@ impl App {
             if probation == 0 || probation > MAX_RETIRE_PROBATION_SECONDS {
                 return Err(ApiError::invalid(format!(
                     "retire probation of {probation} s is out of range: allowed 1 to \
-                     {MAX_RETIRE_PROBATION_SECONDS} s (90 days)"
+                     {MAX_RETIRE_PROBATION_SECONDS} s (90d)"
                 )));
             }
             // The retire is checked in the database: its catalog (the names gone) and its log
@@ -418,6 +438,7 @@ impl App {
     pub fn get_migration(&self, who: &Principal, key: &str) -> Result<Arc<Migration>, ApiError> {
         who.require(Permission::Read)?;
         let key = MigrationKey::parse(key)?;
+        who.require_on(Permission::Read, key.as_str())?;
         self.hub
             .get(key.as_str())
             .ok_or_else(|| ApiError::NotFound(format!("migration {key} does not exist")))
@@ -442,9 +463,20 @@ impl App {
         Ok(())
     }
 
+    /// The state the caller may see: every migration, or for a scoped token those its scope
+    /// covers (at the same version).
     pub fn snapshot(&self, who: &Principal) -> Result<Arc<Snapshot>, ApiError> {
         who.require(Permission::Read)?;
-        Ok(self.hub.snapshot())
+        Ok(visible(who, self.hub.snapshot()))
+    }
+
+    /// What a watcher authenticated as `who` is sent of `item`: for a scoped token, snapshots
+    /// cut to its scope and no changes outside it.
+    pub fn visible_item(&self, who: &Principal, item: WatchItem) -> Option<WatchItem> {
+        match item {
+            WatchItem::Snapshot(s) => Some(WatchItem::Snapshot(visible(who, s))),
+            WatchItem::Change(m) => who.sees(m.key.as_str()).then_some(WatchItem::Change(m)),
+        }
     }
 
     /// The snapshot at `held` or later, for a poller that holds `held` (it polled another
@@ -472,7 +504,8 @@ impl App {
         Ok(snapshot)
     }
 
-    /// Applies one operation under the safety rules.
+    /// Applies one operation under the safety rules. A traffic change made this way is a
+    /// person's: it pauses the migration's running plan, in the same transaction.
     pub async fn mutate(
         &self,
         who: &Principal,
@@ -481,8 +514,33 @@ impl App {
         reason: &str,
         op: Operation,
     ) -> Result<Migration, ApiError> {
+        self.change(who, key, expected, reason, op, false).await
+    }
+
+    /// [`App::mutate`] for the plan driver's own steps, which leave the plan running.
+    pub(crate) async fn mutate_by_plan(
+        &self,
+        who: &Principal,
+        key: &str,
+        expected: Version,
+        reason: &str,
+        op: Operation,
+    ) -> Result<Migration, ApiError> {
+        self.change(who, key, expected, reason, op, true).await
+    }
+
+    async fn change(
+        &self,
+        who: &Principal,
+        key: &str,
+        expected: Version,
+        reason: &str,
+        op: Operation,
+        by_plan: bool,
+    ) -> Result<Migration, ApiError> {
         who.require(op.permission())?;
         let key = MigrationKey::parse(key)?;
+        who.require_on(op.permission(), key.as_str())?;
         let now = self.now();
         let gated = matches!(
             op,
@@ -492,9 +550,15 @@ impl App {
             // The database's evidence comes from the observer's tables, read just before; the
             // state, fleet and traffic are read in the transaction that records the result:
             // checking and recording are one step.
-            let database = match self.hub.get(key.as_str()) {
-                Some(m) => self.observation(&m, now).await?,
-                None => Observation::NotDeclared,
+            // The database's evidence and the instances' reports are read just before the
+            // transaction (as the observer and the clients write them outside it): a report
+            // landing in between is judged by the next evaluation.
+            let (database, reports) = match self.hub.get(key.as_str()) {
+                Some(m) => (
+                    self.observation(&m, now).await?,
+                    self.reports(&m, now).await?,
+                ),
+                None => (Observation::NotDeclared, gate::Reports::default()),
             };
             self.store
                 .mutate_with(
@@ -505,12 +569,14 @@ impl App {
                     Alongside {
                         traffic_since_ms: Some(self.traffic_horizon(now)),
                         forget_checkpoint: false,
+                        pause_plan: None,
                     },
                     |current, fleet, traffic, next_version| {
                         let report = gate::evaluate(
                             current,
                             fleet,
                             traffic,
+                            &reports,
                             &database,
                             now,
                             &self.gate_policy,
@@ -530,6 +596,15 @@ impl App {
             // While a live window is open, the change that closes it records the window's
             // shadow comparisons (read in the same transaction), so the gate's evidence
             // outlives the telemetry retention.
+            // A person moving the front takes it from the plan (recorded events do not: a
+            // runner's backfill-complete is what a plan waits for).
+            let pause_plan = (!by_plan && op.moves_front()).then(|| {
+                format!(
+                    "paused by a manual change: {} by {} ({reason})",
+                    op.action(),
+                    who.actor()
+                )
+            });
             let open_window = self
                 .hub
                 .get(key.as_str())
@@ -547,6 +622,7 @@ impl App {
                         // A cancelled run's position must not outlive the cancel: a new start
                         // begins at the start.
                         forget_checkpoint: op == Operation::Record(Event::BackfillCancelled),
+                        pause_plan,
                     },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =
@@ -556,6 +632,19 @@ impl App {
                     },
                 )
                 .await
+        };
+        let result = match result {
+            // Asked for what already holds: answered with the state as it is, nothing written.
+            Err(crate::store::StoreError::Refused {
+                error: DomainError::Unchanged(message),
+                current,
+            }) => {
+                tracing::info!(
+                    key = %key, action = op.action(), actor = %who.actor(), "{message}"
+                );
+                return Ok(*current);
+            }
+            other => other,
         };
         match result {
             Ok(done) => {
@@ -592,6 +681,7 @@ impl App {
     ) -> Result<(Vec<AuditRecord>, Option<u64>), ApiError> {
         who.require(Permission::Read)?;
         let key = MigrationKey::parse(key)?;
+        who.require_on(Permission::Read, key.as_str())?;
         if self.hub.get(key.as_str()).is_none() && self.store.get(key.as_str()).await?.is_none() {
             return Err(ApiError::NotFound(format!(
                 "migration {key} does not exist"
@@ -671,6 +761,12 @@ impl App {
             .iter()
             .map(|k| MigrationKey::parse(k).map(String::from))
             .collect::<Result<Vec<_>, _>>()?;
+        // A scoped token's clients never receive migrations outside its scope, so a name
+        // outside it is treated like a key that names no migration: not stored (the instance
+        // is not counted for it), only counted in the metric; its other names still count.
+        let outside = migrations.iter().filter(|k| !who.sees(k)).count();
+        crate::metrics::record_unknown_migrations("heartbeat", outside);
+        let migrations: Vec<String> = migrations.into_iter().filter(|k| who.sees(k)).collect();
         let current = self.hub.snapshot().version;
         if applied > current {
             // A client cannot have applied a version this server has not published; a replica
@@ -750,10 +846,26 @@ impl App {
         let now = self.now();
         let window = Duration::from_secs(3600).max(self.client_ttl);
         let key = migration.map(MigrationKey::parse).transpose()?;
+        if let Some(key) = &key {
+            who.require_on(Permission::Read, key.as_str())?;
+        }
+        // A migration's list is the fleet too: rules 3 and 5 wait on every live instance (any
+        // may evaluate the migration: the set a client names grows as it runs), so the list
+        // shows the set they count, each marked with whether it names the migration.
         let page = self
             .store
-            .instances_page(key.as_ref().map(|k| k.as_str()), now, window, after, limit)
+            .instances_page(
+                key.as_ref().map(MigrationKey::as_str),
+                now,
+                window,
+                after,
+                limit,
+            )
             .await?;
+        let naming = match &key {
+            Some(key) => Some(self.store.naming(key.as_str(), &page, now, window).await?),
+            None => None,
+        };
         let next = (page.len() == limit as usize)
             .then(|| {
                 page.last()
@@ -764,9 +876,12 @@ impl App {
         Ok(InstancePage {
             instances: page
                 .into_iter()
-                .map(|i| {
-                    let live = i.last_seen_ms >= live_after;
-                    (i, live)
+                .map(|instance| InstanceView {
+                    live: instance.last_seen_ms >= live_after,
+                    uses_migration: naming.as_ref().map(|n| {
+                        n.contains(&(instance.service.clone(), instance.instance_id.clone()))
+                    }),
+                    instance,
                 })
                 .collect(),
             next,
@@ -780,10 +895,15 @@ impl App {
         service: &str,
         instance_id: &str,
         entries: Vec<(String, i64, TrafficCounts)>,
+        samples: Vec<(String, Vec<MismatchSample>)>,
     ) -> Result<(), ApiError> {
         who.require(Permission::Read)?;
         let service = parse_label("service name", service)?;
         parse_label("instance id", instance_id)?;
+        let samples = valid_samples(samples)?;
+        // Outside a scoped token's scope, as in a heartbeat: ignored and counted, so a report's
+        // other entries still count (the gate waits for them).
+        let samples: Vec<_> = samples.into_iter().filter(|(k, _)| who.sees(k)).collect();
         if entries.len() > MAX_TELEMETRY_ENTRIES {
             return Err(ApiError::invalid(format!(
                 "{} telemetry entries in one report: allowed up to {MAX_TELEMETRY_ENTRIES}",
@@ -794,6 +914,7 @@ impl App {
         let oldest = minute_of(now - self.traffic_retention.as_millis() as i64);
         let newest = minute_of(now) + 60_000;
         let mut valid = Vec::with_capacity(entries.len());
+        let mut outside = 0;
         for (key, minute, counts) in entries {
             let key = MigrationKey::parse(&key)?;
             if minute % 60_000 != 0 {
@@ -806,14 +927,70 @@ impl App {
                     "minute_ms {minute} is in the future (server time {now}); check the clock"
                 )));
             }
+            if !who.sees(key.as_str()) {
+                outside += 1;
+                continue;
+            }
             // Older than the retention: it would be pruned at once, so it is dropped here.
             if minute >= oldest && !counts.is_empty() {
                 valid.push((key.to_string(), minute, counts));
             }
         }
-        let unknown = self.store.add_traffic(&service, &valid).await?;
-        crate::metrics::record_unknown_migrations("telemetry", unknown);
+        crate::metrics::record_unknown_migrations("telemetry", outside);
+        // Most reports of an idle instance carry nothing: no transaction for them.
+        if !valid.is_empty() {
+            let unknown = self.store.add_traffic(&service, &valid).await?;
+            crate::metrics::record_unknown_migrations("telemetry", unknown);
+            // Only migrations that exist get series: a client's made-up keys must not grow
+            // the metrics.
+            for (key, _, counts) in valid.iter().filter(|(k, _, _)| self.hub.get(k).is_some()) {
+                crate::metrics::record_client_traffic(key, counts);
+            }
+        }
+        // Per migration: the old-shape operations of this report and the earliest minute they
+        // were counted in, for the gate's exact window.
+        let mut old_use: Vec<(String, u64, u64, i64)> = Vec::new();
+        for (key, minute, counts) in &valid {
+            if counts.old.operations() == 0 {
+                continue;
+            }
+            match old_use.iter_mut().find(|u| &u.0 == key) {
+                Some(u) => {
+                    u.1 += counts.old.reads;
+                    u.2 += counts.old.writes;
+                    u.3 = u.3.min(*minute);
+                }
+                None => old_use.push((key.clone(), counts.old.reads, counts.old.writes, *minute)),
+            }
+        }
+        self.store
+            .record_report(&service, instance_id, &old_use, now)
+            .await?;
+        self.store
+            .add_mismatch_samples(&service, instance_id, &samples, now)
+            .await?;
         Ok(())
+    }
+
+    /// The entities whose shadow reads differed for a migration, most recently seen first.
+    pub async fn mismatches(
+        &self,
+        who: &Principal,
+        key: &str,
+        limit: Option<u32>,
+    ) -> Result<(Arc<Migration>, Vec<MismatchEntity>, u64), ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let limit = match limit {
+            None => 100,
+            Some(n @ 1..=1000) => n,
+            Some(n) => {
+                return Err(ApiError::invalid(format!(
+                    "limit {n}: allowed 1 to 1000 (default 100)"
+                )));
+            }
+        };
+        let (rows, total) = self.store.mismatches(key, limit).await?;
+        Ok((migration, rows, total))
     }
 
     /// A migration's traffic per minute over the last `minutes` minutes, and the total.
@@ -822,7 +999,7 @@ impl App {
         who: &Principal,
         key: &str,
         minutes: Option<u32>,
-    ) -> Result<(Vec<(i64, TrafficCounts)>, TrafficCounts), ApiError> {
+    ) -> Result<TrafficView, ApiError> {
         let migration = self.get_migration(who, key)?;
         let retained = (self.traffic_retention.as_secs() / 60).max(1) as u32;
         let minutes = match minutes {
@@ -835,12 +1012,20 @@ impl App {
             }
         };
         let since = minute_of(self.now()) - i64::from(minutes - 1) * 60_000;
-        let rows = self.store.traffic(migration.key.as_str(), since).await?;
+        let minutes = self.store.traffic(migration.key.as_str(), since).await?;
         let mut total = TrafficCounts::default();
-        for (_, counts) in &rows {
+        for (_, counts) in &minutes {
             total.add(counts);
         }
-        Ok((rows, total))
+        let services = self
+            .store
+            .traffic_by_service(migration.key.as_str(), since)
+            .await?;
+        Ok(TrafficView {
+            minutes,
+            total,
+            services,
+        })
     }
 
     /// The oldest minute of traffic kept.
@@ -852,20 +1037,139 @@ impl App {
     pub async fn gate(&self, who: &Principal, key: &str) -> Result<GateReport, ApiError> {
         let migration = self.get_migration(who, key)?;
         let now = self.now();
-        let fleet = self.store.fleet(now, self.client_ttl).await?;
+        let fleet = self
+            .store
+            .fleet(migration.key.as_str(), now, self.client_ttl)
+            .await?;
+        self.evaluate_gate(&migration, &fleet, now).await
+    }
+
+    /// Whether each traffic change (advance, step back, ramp to 100%, ramp to 0%) would be
+    /// allowed now: the safety rules run on the current state and live fleet, nothing written.
+    /// For a dashboard to disable what would be refused and say which rule; the change itself
+    /// is judged again when it is made.
+    pub async fn dry_run(
+        &self,
+        who: &Principal,
+        key: &str,
+    ) -> Result<(Arc<Migration>, Vec<(&'static str, Result<(), DomainError>)>), ApiError> {
+        let migration = self.get_migration(who, key)?;
+        let now = self.now();
+        let fleet = self
+            .store
+            .fleet(migration.key.as_str(), now, self.client_ttl)
+            .await?;
+        let next = Version(migration.version.0 + 1);
+        let verdicts = [
+            ("advance", Operation::Advance),
+            ("retreat", Operation::Retreat),
+            (
+                "ramp_full",
+                Operation::SetRollout {
+                    stage: None,
+                    rollout: BasisPoints::FULL,
+                },
+            ),
+            (
+                "ramp_zero",
+                Operation::SetRollout {
+                    stage: None,
+                    rollout: BasisPoints::ZERO,
+                },
+            ),
+        ]
+        .map(|(name, op)| {
+            let verdict = rules::apply(
+                &migration,
+                migration.version,
+                "dry run",
+                &op,
+                &fleet,
+                next,
+                now,
+            );
+            (name, verdict.map(|_| ()))
+        })
+        .into_iter()
+        .collect();
+        Ok((migration, verdicts))
+    }
+
+    /// What `/metrics` reports of each migration beyond its record (its fleet, gate and
+    /// backfill), read now, with the time read. The gate is evaluated only at complete 100%:
+    /// before that its soak check cannot pass.
+    pub async fn readings(
+        &self,
+    ) -> Result<(Vec<(Arc<Migration>, crate::metrics::MigrationReading)>, i64), ApiError> {
+        let now = self.now();
+        let snapshot = self.hub.snapshot();
+        let mut readings = Vec::with_capacity(snapshot.migrations.len());
+        for m in snapshot.migrations.values() {
+            let key = m.key.as_str();
+            let fleet = self.store.fleet(key, now, self.client_ttl).await?;
+            let gate_passing = m.stage == Stage::Complete
+                && m.rollout_bp.is_full()
+                && self.evaluate_gate(m, &fleet, now).await?.passed;
+            // Every migration with a backfill has the gauges (zero before its first
+            // checkpoint), so an alert on them has a series to watch from the start.
+            let checkpoint = match m.backfill.status {
+                BackfillStatus::Running | BackfillStatus::Complete => {
+                    self.store.checkpoint(key).await?
+                }
+                _ => None,
+            };
+            let backfill = m.has_backfill.then(|| {
+                checkpoint.map_or((0, 0, false, 0), |c| {
+                    let holding = !c.throttle_reason.is_empty();
+                    (c.rows_done, c.rows_total_estimate, holding, c.throttled_ms)
+                })
+            });
+            let reading = crate::metrics::MigrationReading {
+                live_instances: fleet.live.len(),
+                instances_behind: fleet
+                    .live
+                    .iter()
+                    .filter(|i| i.applied_version < m.version)
+                    .count(),
+                gate_passing,
+                backfill,
+            };
+            readings.push((m.clone(), reading));
+        }
+        Ok((readings, now))
+    }
+
+    /// The contract gate for `migration` on `fleet`, reading its traffic and the database's
+    /// evidence now.
+    async fn evaluate_gate(
+        &self,
+        migration: &Migration,
+        fleet: &rules::Fleet,
+        now: i64,
+    ) -> Result<GateReport, ApiError> {
         let traffic = self
             .store
             .traffic(migration.key.as_str(), self.traffic_horizon(now))
             .await?;
-        let database = self.observation(&migration, now).await?;
+        let database = self.observation(migration, now).await?;
+        let reports = self.reports(migration, now).await?;
         Ok(gate::evaluate(
-            &migration,
-            &fleet,
+            migration,
+            fleet,
             &traffic,
+            &reports,
             &database,
             now,
             &self.gate_policy,
         ))
+    }
+
+    /// The instances' reports the gate's traffic checks read: old-shape use within the soak.
+    async fn reports(&self, m: &Migration, now: i64) -> Result<gate::Reports, ApiError> {
+        Ok(self
+            .store
+            .reports(m.key.as_str(), now - self.gate_policy.soak_ms(m))
+            .await?)
     }
 
     /// What the usage observer has seen of `m`'s database, with the evidence the gate's window
@@ -930,7 +1234,10 @@ impl App {
         };
         // The gate's window, as the gate computes it: evidence in it blocks.
         let window_from = gate::window_from(&migration, now, &self.gate_policy);
-        let fleet = self.store.fleet(now, self.client_ttl).await?;
+        let fleet = self
+            .store
+            .fleet(migration.key.as_str(), now, self.client_ttl)
+            .await?;
         let mut known: Vec<String> = fleet.live.iter().map(|i| i.service.clone()).collect();
         known.extend(migration.expected_services.iter().cloned());
         let (statements, covered, failing, last_pass) = match database {
@@ -972,7 +1279,7 @@ impl App {
         who.require(Permission::Read)?;
         let now = self.now();
         let mut view = Lifecycle::default();
-        for m in self.hub.snapshot().migrations.values() {
+        for m in self.snapshot(who)?.migrations.values() {
             match m.stage {
                 Stage::Contracted => {
                     let users = self
@@ -1012,8 +1319,8 @@ impl App {
             started_version,
             throttle,
         } = position;
-        // Moving the cursor decides which rows get backfilled: an operator's act.
-        who.require(Permission::Operate)?;
+        // A runner's own step: the backfill role's (and an operator's).
+        who.require(Permission::RunBackfill)?;
         let migration = self.get_migration(who, key)?;
         if cursor.len() > 4096 {
             return Err(ApiError::invalid(
@@ -1060,11 +1367,6 @@ impl App {
                 |current| checkpoint_admitted(current, started_version),
             )
             .await?;
-        crate::metrics::record_backfill_throttle(
-            migration.key.as_str(),
-            holding,
-            saved.throttled_ms,
-        );
         let settings = self.store.backfill_settings(migration.key.as_str()).await?;
         Ok(BackfillProgress::new(&migration, Some(saved), settings))
     }
@@ -1134,13 +1436,16 @@ impl App {
         who: &Principal,
         name: &str,
         role: Role,
+        scope: &[String],
     ) -> Result<(TokenRecord, String), ApiError> {
         who.require(Permission::ManageTokens)?;
         let name = parse_label("token name", name)?;
+        let scope = Scope::parse(scope)?;
+        scope.check_for(role)?;
         let secret = generate_token();
         let record = self
             .store
-            .create_token(&name, role, &hash_token(&secret), self.now())
+            .create_token(&name, role, &scope, &hash_token(&secret), self.now())
             .await?;
         Ok((record, secret))
     }
@@ -1178,7 +1483,13 @@ impl App {
         };
         match self
             .store
-            .create_token("admin", Role::Admin, &hash_token(&secret), self.now())
+            .create_token(
+                "admin",
+                Role::Admin,
+                &Scope::all(),
+                &hash_token(&secret),
+                self.now(),
+            )
             .await
         {
             Ok(_) => Ok(preset.is_none().then_some(secret)),
@@ -1236,4 +1547,63 @@ fn not_owner(
          token {:?} (id {}) may not {verb} it: give each deployment its own instance ids",
         owner.token_id, who.name, who.token_id
     ))
+}
+
+/// Mismatch samples as a report carries them, checked: at most [`MAX_MISMATCH_SAMPLES`] per
+/// entry, each with an entity key and a short description, no control characters.
+fn valid_samples(
+    entries: Vec<(String, Vec<MismatchSample>)>,
+) -> Result<Vec<(String, MismatchSample)>, ApiError> {
+    let mut valid = Vec::new();
+    for (key, samples) in entries {
+        if samples.len() > MAX_MISMATCH_SAMPLES {
+            return Err(ApiError::invalid(format!(
+                "{} mismatch samples in one entry for {key}: allowed up to {MAX_MISMATCH_SAMPLES}",
+                samples.len()
+            )));
+        }
+        for sample in samples {
+            let chars = sample.entity_key.chars().count();
+            if chars == 0 || chars > MAX_ENTITY_KEY_CHARS {
+                return Err(ApiError::invalid(format!(
+                    "a mismatch sample's entity_key has {chars} characters: allowed 1 to \
+                     {MAX_ENTITY_KEY_CHARS}"
+                )));
+            }
+            if sample.description.chars().count() > MAX_MISMATCH_DESCRIPTION_CHARS {
+                return Err(ApiError::invalid(format!(
+                    "a mismatch sample's description is longer than \
+                     {MAX_MISMATCH_DESCRIPTION_CHARS} characters"
+                )));
+            }
+            if sample.entity_key.chars().any(char::is_control)
+                || sample.description.chars().any(char::is_control)
+            {
+                return Err(ApiError::invalid(
+                    "a mismatch sample's entity_key and description may not contain control \
+                     characters"
+                        .to_owned(),
+                ));
+            }
+            valid.push((key.clone(), sample));
+        }
+    }
+    Ok(valid)
+}
+
+/// `snapshot` as `who` may see it: the same one when unscoped, else a copy with the migrations
+/// outside the scope left out (at the same version: what the caller acknowledges).
+fn visible(who: &Principal, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
+    if who.scope.is_all() {
+        return snapshot;
+    }
+    Arc::new(Snapshot {
+        version: snapshot.version,
+        migrations: snapshot
+            .migrations
+            .iter()
+            .filter(|(key, _)| who.sees(key))
+            .map(|(key, m)| (key.clone(), m.clone()))
+            .collect(),
+    })
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{Permission, Role};
+use switchyard_domain::{Permission, Role, Scope};
 use tokio::sync::watch;
 
 /// The authenticated caller.
@@ -23,9 +23,32 @@ pub struct Principal {
     pub token_id: u64,
     pub name: String,
     pub role: Role,
+    /// The migrations it may see and act on.
+    pub scope: Scope,
 }
 
 impl Principal {
+    /// `permission` on migration `key`: the role must grant it and the scope cover the key.
+    /// The scope is checked whether or not the migration exists, so a refusal says nothing of
+    /// what lies outside the scope.
+    pub fn require_on(&self, permission: Permission, key: &str) -> Result<(), ApiError> {
+        self.require(permission)?;
+        if self.scope.covers(key) {
+            return Ok(());
+        }
+        Err(ApiError::PermissionDenied(format!(
+            "token {:?} is scoped to {} and may not see or change migration {key:?}; use a \
+             token whose scope covers it",
+            self.name, self.scope
+        )))
+    }
+
+    /// Whether lists and streams show migration `key` to this caller.
+    pub fn sees(&self, key: &str) -> bool {
+        self.scope.covers(key)
+    }
+
+    /// A permission that concerns no one migration (listing, tokens).
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {
             Ok(())
@@ -193,6 +216,7 @@ fn principal(t: TokenRecord) -> Principal {
         token_id: t.id,
         name: t.name,
         role: t.role,
+        scope: t.scope,
     }
 }
 

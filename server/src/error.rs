@@ -172,10 +172,14 @@ impl From<StoreError> for ApiError {
                     message: error.to_string(),
                     current,
                 },
-                DomainError::NotApplicable(message) => ApiError::NotApplicable {
-                    message,
-                    current: Some(current),
-                },
+                // `App::mutate` answers these with the current state; anywhere else they are
+                // still not a change.
+                DomainError::NotApplicable(message) | DomainError::Unchanged(message) => {
+                    ApiError::NotApplicable {
+                        message,
+                        current: Some(current),
+                    }
+                }
                 DomainError::Invalid(e) => e.into(),
             },
             unavailable if unavailable.is_unavailable() => {

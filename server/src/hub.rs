@@ -45,7 +45,8 @@ pub enum WatchItem {
 pub struct Hub {
     store: Arc<Store>,
     current: RwLock<Arc<Snapshot>>,
-    changes: broadcast::Sender<Arc<Migration>>,
+    /// Each change with when this replica published it (for the fan-out delay).
+    changes: broadcast::Sender<(Arc<Migration>, std::time::Instant)>,
     version: watch::Sender<Version>,
     poke: Notify,
     shutdown: watch::Sender<bool>,
@@ -236,8 +237,9 @@ impl Hub {
                     }
                     _ = stopped(&mut shutdown) => return,
                     received = changes.recv() => match received {
-                        Ok(m) if m.version > last => {
+                        Ok((m, published)) if m.version > last => {
                             last = m.version;
+                            crate::metrics::record_fanout(published.elapsed());
                             yield Ok(WatchItem::Change(m));
                         }
                         Ok(_) => {}
@@ -296,9 +298,10 @@ impl Hub {
             next.migrations.insert(m.key.to_string(), m.clone());
         }
         *self.current.write().expect("snapshot lock poisoned") = Arc::new(next);
+        let published = std::time::Instant::now();
         for m in changed {
             // No receivers is fine: nobody is watching.
-            let _ = self.changes.send(m);
+            let _ = self.changes.send((m, published));
         }
         self.version.send_replace(version);
         metrics::gauge!("switchyard_snapshot_version").set(version.0 as f64);

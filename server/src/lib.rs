@@ -16,6 +16,7 @@
 //! - [`cli`]: the command-line client of the HTTP API.
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`observe`]: the usage observer, reading each target database's statement statistics.
+//! - [`plans`]: migration plans and the driver that takes their steps.
 
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod plans;
 pub mod startup;
 pub mod store;
 pub mod tls;

@@ -3,15 +3,19 @@
 //! and `scripts/api-fuzz` checks with schemathesis that the server answers as it says.
 
 use crate::app::{
-    App, DEFAULT_COMPLETE_FOR_DAYS, MAX_AUDIT_PAGE, MAX_BODY_BYTES, MAX_REPORTED_MIGRATIONS,
+    App, DEFAULT_COMPLETE_FOR_DAYS, MAX_AUDIT_PAGE, MAX_BODY_BYTES, MAX_ENTITY_KEY_CHARS,
+    MAX_MISMATCH_DESCRIPTION_CHARS, MAX_MISMATCH_SAMPLES, MAX_REPORTED_MIGRATIONS,
     MAX_RETIRE_PROBATION_SECONDS, MAX_TELEMETRY_ENTRIES,
 };
+use crate::plans::MAX_TEMPLATE_DESCRIPTION;
 use serde_json::{Value, json};
 use switchyard_domain::gate::CheckId;
+use switchyard_domain::guardrail::OnBreach;
 use switchyard_domain::migration::DEFAULT_SOAK_SECONDS;
+use switchyard_domain::plan::{MAX_HOLD_MS, MAX_STEPS_PER_STAGE, Then};
 use switchyard_domain::traffic::{LATENCY_BOUNDS_US, minute_of};
 use switchyard_domain::types::MAX_STORED_NUMBER;
-use switchyard_domain::{EventKind, MigrationKey, Permission, Reason, Role, Stage};
+use switchyard_domain::{EventKind, MigrationKey, Permission, Reason, Role, Scope, Stage};
 use switchyard_proto::json::{BackfillStatus, Side, TelemetryEntry};
 
 /// What `char::is_control` refuses (Unicode Cc), as a regex class body: the text fields' rule.
@@ -29,6 +33,7 @@ fn max_telemetry_entries_per_body() -> usize {
         key: "a".to_owned(),
         minute_ms: 0,
         counts: Default::default(),
+        mismatch_samples: Vec::new(),
     };
     let entry = serde_json::to_string(&smallest).map_or(1, |t| t.len());
     let envelope = r#"{"service":"a","instance_id":"a","entries":[]}"#.len();
@@ -38,6 +43,11 @@ fn max_telemetry_entries_per_body() -> usize {
 pub fn document(app: &App) -> Value {
     // Names come from their one definition in the domain.
     let stages: Vec<&str> = Stage::ALL.into_iter().map(Stage::as_str).collect();
+    let planned_stages: Vec<&str> = Stage::ALL
+        .into_iter()
+        .filter(|s| (Stage::DualWrite..=Stage::Complete).contains(s))
+        .map(Stage::as_str)
+        .collect();
     let events: Vec<&str> = EventKind::ALL.into_iter().map(EventKind::as_str).collect();
     let roles: Vec<&str> = Role::ALL.into_iter().map(Role::as_str).collect();
     let permissions: Vec<&str> = Permission::ALL
@@ -102,6 +112,10 @@ pub fn document(app: &App) -> Value {
     let solid_line = format!("^[^{CONTROL}]*[^{CONTROL}{BLANK}][^{CONTROL}]*$");
     let label = json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": solid_line,
         "description": "1 to 128 bytes of printable text on one line, not only spaces (trimmed)" });
+    let scope = json!({ "type": "array", "maxItems": Scope::MAX_PATTERNS,
+        "items": { "type": "string", "maxLength": MigrationKey::MAX_LEN + 1,
+            "pattern": "^[a-z0-9][a-z0-9._-]*\\*?$" },
+        "description": "the migrations the token may see and act on: migration keys, or key prefixes ending in '*' (orders.*); empty or absent: every migration. Admin tokens cannot be scoped" });
     let reason = json!({ "type": "string", "minLength": 1, "maxLength": Reason::MAX_LEN,
         "pattern": format!("^[^{PROSE_CONTROL}]*[^{CONTROL}{BLANK}][^{PROSE_CONTROL}]*$"),
         "description": format!("Why (rule 9): 1 to {} bytes of text, not only spaces; tabs and line breaks allowed", Reason::MAX_LEN) });
@@ -174,6 +188,9 @@ pub fn document(app: &App) -> Value {
         "description": "The previous page's `next_after` (an opaque cursor); absent or empty for the first page" });
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": key_schema.clone(), "example": "orders.email-split" });
+    let template_name = json!({ "name": "name", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
+        "example": "standard-column-rename" });
     let errors = |codes: &[&str]| -> Value {
         let mut map = serde_json::Map::new();
         for code in codes {
@@ -225,7 +242,7 @@ pub fn document(app: &App) -> Value {
     };
     let read = ["401", "403"];
 
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Switchyard",
@@ -238,7 +255,9 @@ pub fn document(app: &App) -> Value {
                 "get": { "summary": "List all migrations (the current snapshot)", "responses": ok("Snapshot", &read) },
                 "post": { "summary": "Create a migration (at `off`)", "requestBody": body("CreateMigration"),
                     "responses": {
-                        "201": { "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Migration" } } } },
+                        "201": { "description": "Created",
+                            "headers": { "Location": { "schema": { "type": "string" }, "description": "the new migration: /v1/migrations/{key}" } },
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Migration" } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
                         "409": errors(&["409"])["409"], "408": errors(&["408"])["408"], "413": errors(&["413"])["413"],
                         "422": { "description": "not_applicable: valid fields that do not apply together (a retire probation without a target database and a column or table to retire)",
@@ -269,14 +288,28 @@ pub fn document(app: &App) -> Value {
             "/v1/snapshot": {
                 "get": { "summary": "All migrations with the snapshot version; ETag \"v<version>\", If-None-Match gives 304",
                     "parameters": [{ "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
-                    "responses": { "200": ok("Snapshot", &[])["200"], "304": { "description": "Not modified" },
+                    "responses": {
+                        "200": { "description": "OK", "headers": { "ETag": { "schema": { "type": "string" }, "description": "\"v<version>\"" } },
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Snapshot" } } } },
+                        "304": { "description": "Not modified", "headers": { "ETag": { "schema": { "type": "string" } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } }
             },
             "/v1/watch": {
                 "get": { "summary": "Server-sent events: `snapshot` first, then `change` per change, each with id = version; if the token is revoked, a last `error` event (an error body) and the stream ends",
                     "parameters": [{ "name": "since", "in": "query", "schema": uint64.clone(),
                         "description": "Last version applied; the server never sends an older state, and refuses a version newer than its newest (400). `Last-Event-ID` works too." }],
-                    "responses": { "200": { "description": "text/event-stream", "content": { "text/event-stream": {} } },
+                    "responses": { "200": { "description": "text/event-stream: events `snapshot` (data: a Snapshot, id: its version), `change` (data: a Migration, id: its version) and, when the token is revoked, a last `error` (data: an Error); x-events gives each payload's schema",
+                        "content": { "text/event-stream": { "schema": { "type": "object", "required": ["data"],
+                            "description": "one server-sent event",
+                            "properties": {
+                                "event": { "type": "string", "enum": ["snapshot", "change", "error"] },
+                                "id": { "type": "string", "description": "the version the event brings (absent on error)" },
+                                "data": { "type": "string", "contentMediaType": "application/json",
+                                    "description": "the event's JSON: a Snapshot, a Migration or an Error (x-events)" },
+                                "retry": { "type": "integer", "minimum": 0 } } } } },
+                        "x-events": { "snapshot": { "$ref": "#/components/schemas/Snapshot" },
+                            "change": { "$ref": "#/components/schemas/Migration" },
+                            "error": { "$ref": "#/components/schemas/Error" } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
                         "503": errors(&["503"])["503"] } }
             },
@@ -303,11 +336,54 @@ pub fn document(app: &App) -> Value {
                     "responses": ok("Traffic", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/instances": {
-                "get": { "summary": "Client instances (last hour) whose heartbeats name this migration, a page at a time",
+                "get": { "summary": "The client instances (last hour) rules 3 and 5 count for this migration: every one, since any live instance may evaluate it, each marked with whether its heartbeats name it; a page at a time",
                     "parameters": [key.clone(), page_limit.clone(), page_after.clone()],
                     "responses": { "200": { "description": "OK",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstancePage" } } } },
                     "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
+            },
+            "/v1/plan-templates": {
+                "get": { "summary": "The plan templates: named plans migrations start from",
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["templates"], "properties": {
+                            "templates": { "type": "array", "items": { "$ref": "#/components/schemas/PlanTemplate" } } } } } } },
+                        "401": errors(&["401"])["401"] } }
+            },
+            "/v1/plan-templates/{name}": {
+                "put": { "summary": "Set or replace a plan template (operator role); migrations already started from it keep their own copy",
+                    "parameters": [template_name.clone()], "requestBody": body("PlanTemplateBody"),
+                    "responses": ok("PlanTemplate", &["400", "401", "403", "408", "413"]) },
+                "delete": { "summary": "Remove a plan template (operator role); answers what it was",
+                    "parameters": [template_name.clone()],
+                    "responses": ok("PlanTemplate", &["400", "401", "403", "404"]) }
+            },
+            "/v1/plans": {
+                "get": { "summary": "Every plan of the migrations the token sees, with what each does next",
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["plans"], "properties": {
+                            "plans": { "type": "array", "items": { "$ref": "#/components/schemas/PlanView" } } } } } } },
+                        "401": errors(&["401"])["401"] } }
+            },
+            "/v1/migrations/{key}/plan": {
+                "get": { "summary": "The migration's plan: its steps, who set it, whether it runs, why its next step waits (a hold, a rule's refusal) and what that step is",
+                    "parameters": [key.clone()], "responses": ok("PlanView", &["400", "401", "403", "404", "422"]) },
+                "put": { "summary": "Set or replace the migration's plan (operator role): per stage from dual_write to complete, rollout steps each held a minimum time, then advance or stop. One replica takes each step as an ordinary change through the safety rules, in the setting token's name; a refused step waits and says why; a manual traffic change pauses the plan",
+                    "parameters": [key.clone()], "requestBody": body("PlanBody"),
+                    "responses": ok("PlanView", &["400", "401", "403", "404", "408", "413"]) }
+            },
+            "/v1/migrations/{key}/plan/pause": {
+                "post": { "summary": "Pause a running plan (operator role): no step is taken until it is resumed",
+                    "parameters": [key.clone()], "requestBody": body("PlanChange"),
+                    "responses": ok("PlanView", &["400", "401", "403", "404", "408", "413", "422"]) }
+            },
+            "/v1/migrations/{key}/plan/resume": {
+                "post": { "summary": "Resume a paused plan (operator role): it carries on from wherever the migration's front is now",
+                    "parameters": [key.clone()], "requestBody": body("PlanChange"),
+                    "responses": ok("PlanView", &["400", "401", "403", "404", "408", "413", "422"]) }
+            },
+            "/v1/migrations/{key}/actions": {
+                "get": { "summary": "Would each traffic change be allowed now? The safety rules run on the current state and live fleet without writing anything: advance, retreat (step back), ramp_full (the current stage to 100%), ramp_zero (to 0%), each allowed or refused with the rule and its message. The change is judged again when made",
+                    "parameters": [key.clone()], "responses": ok("DryRun", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/gate": {
                 "get": { "summary": "The contract gate: may the old shape be dropped now? Every check with evidence and remedy",
@@ -315,16 +391,22 @@ pub fn document(app: &App) -> Value {
             },
             "/v1/migrations/{key}/usage": {
                 "get": { "summary": "What the migration's target database ran against its old shape (from pg_stat_statements and pg_stat_activity), with the gate's database check",
-                    "parameters": [key.clone(), { "name": "since_ms", "in": "query", "schema": { "type": "integer" },
+                    "parameters": [key.clone(), { "name": "since_ms", "in": "query", "schema": { "type": "integer", "minimum": i64::MIN, "maximum": i64::MAX },
                         "description": "Evidence from this time on (Unix ms); absent: the last day, or the soak period if longer" }],
                     "responses": ok("UsageReport", &["400", "401", "403", "404"]) }
+            },
+            "/v1/migrations/{key}/mismatches": {
+                "get": { "summary": "Entities whose shadow reads differed (as clients sampled them), most recently seen first",
+                    "parameters": [key.clone(), { "name": "limit", "in": "query",
+                        "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }],
+                    "responses": ok("Mismatches", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/backfill": {
                 "get": { "summary": "The backfill's progress: status, paused, rows done, estimated total, rate, ETA, runner",
                     "parameters": [key.clone()], "responses": ok("BackfillProgress", &["400", "401", "403", "404"]) }
             },
             "/v1/migrations/{key}/backfill/checkpoint": {
-                "put": { "summary": "A backfill runner saves its position after a batch (operator role)",
+                "put": { "summary": "A backfill runner saves its position after a batch (backfill or operator role)",
                     "parameters": [key.clone()], "requestBody": body("BackfillCheckpoint"),
                     "responses": ok("BackfillProgress", &["400", "401", "403", "404", "408", "413", "422"]) }
             },
@@ -359,7 +441,7 @@ pub fn document(app: &App) -> Value {
             "/v1/clients": {
                 "get": { "summary": "Client instances seen in the last hour, a page at a time (by service and instance id)",
                     "parameters": [{ "name": "migration", "in": "query", "schema": key_schema.clone(),
-                        "description": "Only instances that evaluate this migration" },
+                        "description": "A migration's list: every instance rules 3 and 5 wait on (each whose token's scope covers the migration), with uses_migration set" },
                         page_limit.clone(), page_after.clone()],
                     "responses": { "200": { "description": "OK",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InstancePage" } } } },
@@ -391,7 +473,13 @@ pub fn document(app: &App) -> Value {
                 "Stage": { "type": "string", "enum": stages },
                 "Side": { "type": "string", "enum": sides },
                 "BasisPoints": { "type": "integer", "minimum": 0, "maximum": 10000 },
-                "Migration": { "type": "object", "properties": {
+                "Migration": { "type": "object",
+                    "required": ["key", "description", "owner", "entity_kind", "soak_seconds", "expected_services",
+                        "has_backfill", "salt", "shadow_sample_bp", "stage", "rollout_bp", "version", "created_at_ms",
+                        "updated_at_ms", "expand_applied", "backfill", "old_shape_stale", "full_since",
+                        "old_writes_resumed_since", "soak_started_at_ms", "live_window", "target_database", "old_shape",
+                        "retire_probation_seconds", "retired_at_ms", "stage_since_ms", "applicable_events"],
+                    "properties": {
                     "key": { "type": "string" }, "description": { "type": "string" }, "owner": { "type": "string" },
                     "entity_kind": { "type": "string" }, "soak_seconds": { "type": "integer" },
                     "expected_services": { "type": "array", "items": { "type": "string" } },
@@ -415,6 +503,9 @@ pub fn document(app: &App) -> Value {
                     "retired_at_ms": { "type": ["integer", "null"],
                         "description": "when `retired` was recorded (the old shape renamed out of use; the front is held at complete 100%); null: not retired, or `restored` since" },
                     "soak_started_at_ms": { "type": ["integer", "null"], "description": "when complete reached 100% (the gate's soak start)" },
+                    "stage_since_ms": { "type": "integer", "description": "when the front entered its current stage (Unix ms); ramps within the stage keep it" },
+                    "old_writes_resumed_since": { "type": ["integer", "null"],
+                        "description": "the version since which old-shape writes are back on for some entities after a step back past rampdown (the backfill must rerun before new reads); null if not" },
                     "live_window": { "type": ["object", "null"], "properties": {
                         "started_at_ms": { "type": "integer" }, "ended_at_ms": { "type": ["integer", "null"] } } },
                     "full_since": { "type": "object", "additionalProperties": { "type": "integer" },
@@ -491,23 +582,117 @@ pub fn document(app: &App) -> Value {
                         "items": { "allOf": [
                         { "$ref": "#/components/schemas/TrafficCounts" },
                         { "type": "object", "required": ["key", "minute_ms"], "properties": {
+                            "mismatch_samples": { "type": "array", "maxItems": MAX_MISMATCH_SAMPLES,
+                                "description": "Some of the mismatches counted, with their entities",
+                                "items": { "$ref": "#/components/schemas/MismatchSample" } },
                             "key": key_schema.clone(),
                             "minute_ms": { "type": "integer", "multipleOf": 60000, "minimum": i64::MIN, "maximum": newest_minute,
                                 "description": "start of the minute, Unix ms; not after the server's next minute (the maximum is as of serving this document); minutes older than the retention are dropped" } } } ] } } } },
+                "MismatchSample": { "type": "object", "required": ["entity_key"], "additionalProperties": false, "properties": {
+                    "entity_key": { "type": "string", "minLength": 1, "maxLength": MAX_ENTITY_KEY_CHARS,
+                        "pattern": format!("^[^{CONTROL}]*$") },
+                    "description": { "type": "string", "maxLength": MAX_MISMATCH_DESCRIPTION_CHARS,
+                        "pattern": format!("^[^{CONTROL}]*$"), "default": "",
+                        "description": "What the application's comparison said differed" },
+                    "observed_at_ms": { "type": "integer", "default": 0, "minimum": i64::MIN, "maximum": i64::MAX,
+                        "description": "When, Unix ms (the client's clock; the server's time if unset or ahead)" } } },
+                "Mismatches": { "type": "object", "required": ["key", "entities", "samples"], "properties": {
+                    "key": { "type": "string" },
+                    "entities": { "type": "integer", "minimum": 0, "description": "Distinct entities kept (the newest 1,000)" },
+                    "samples": { "type": "array", "items": { "type": "object",
+                        "required": ["entity_key", "description", "seen", "first_seen_ms", "last_seen_ms", "service", "instance_id"],
+                        "properties": {
+                            "entity_key": { "type": "string" }, "description": { "type": "string" },
+                            "seen": { "type": "integer", "minimum": 0 },
+                            "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" },
+                            "service": { "type": "string" }, "instance_id": { "type": "string" } } } } } },
+                "PlanStage": { "type": "object", "required": ["stage", "steps", "then"], "additionalProperties": false, "properties": {
+                    "stage": { "type": "string", "enum": planned_stages },
+                    "steps": { "type": "array", "minItems": 1, "maxItems": MAX_STEPS_PER_STAGE, "items": {
+                        "type": "object", "required": ["rollout_bp"], "additionalProperties": false, "properties": {
+                            "rollout_bp": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "the rollout this step ramps to, in basis points; steps increase" },
+                            "hold_seconds": { "type": "integer", "minimum": 0, "maximum": MAX_HOLD_MS / 1000, "default": 0,
+                                "description": "minimum time at this rollout before the next step, counted from the migration's last change" } } } },
+                    "then": { "type": "string", "enum": Then::ALL.map(Then::as_str), "description": "after the last step: advance to the next stage (the last step must be 100%), or stop (the plan is done)" } } },
+                "PlanBody": { "type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
+                    "template": { "type": "string", "description": "start from this template: its stages, with the stages given here in place of its stages of the same name, and the window given here in place of its window" },
+                    "guardrails": { "$ref": "#/components/schemas/Guardrails" },
+                    "stages": { "type": "array", "items": { "$ref": "#/components/schemas/PlanStage" },
+                        "description": "consecutive stages in stage order; each but the last advances (with a template: the stages to put in place of its own)" },
+                    "not_before_ms": { "type": ["integer", "null"], "description": "nothing is done before this time (Unix ms): a scheduled change" },
+                    "window": { "type": ["string", "null"], "maxLength": 200, "description": "steps only within these hours: days (a range or a comma list), hours and an IANA time zone, e.g. `mon-fri 09:00-16:00 Europe/Berlin`; holds count outside them too" },
+                    "reason": reason.clone() } },
+                "Guardrails": { "type": "object", "additionalProperties": false, "description": "what halts the plan, checked before each step on what clients reported since the migration's last change; each absent one at its default (a plan's answer lists them all)",
+                    "properties": {
+                        "max_mismatch_ratio": { "type": "number", "minimum": 0, "description": "share of shadow reads that differ (default 0: any mismatch halts)" },
+                        "max_new_error_ratio": { "type": "number", "minimum": 0, "description": "share of new-shape operations that fail (default 0.01)" },
+                        "max_error_ratio_vs_old": { "type": "number", "minimum": 0, "description": "the new shape's error ratio against the old shape's (default 2)" },
+                        "max_p99_ratio_vs_old": { "type": "number", "minimum": 0, "description": "the new shape's p99 latency bucket against the old shape's (default 2)" },
+                        "max_behind_seconds": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER / 1000, "description": "how long a live instance may go without applying the last change (default 600)" },
+                        "min_operations": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER, "description": "operations on a side needed before an error or latency ratio judges (default 100)" },
+                        "min_comparisons": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER, "description": "shadow comparisons needed before the mismatch ratio judges (default 100)" },
+                        "on_breach": { "type": "string", "enum": OnBreach::ALL.map(OnBreach::as_str), "description": "halt (default), or rollback: also move the front back to the plan's previous step" } } },
+                "PlanTemplateBody": { "type": "object", "required": ["stages", "reason"], "additionalProperties": false, "properties": {
+                    "stages": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/PlanStage" } },
+                    "window": { "type": ["string", "null"], "maxLength": 200 },
+                    "description": { "type": "string", "maxLength": MAX_TEMPLATE_DESCRIPTION, "default": "" },
+                    "reason": reason.clone() } },
+                "PlanTemplate": { "type": "object", "required": ["name", "stages", "window", "description", "updated_by", "updated_at_ms"], "properties": {
+                    "name": { "type": "string" },
+                    "stages": { "type": "array", "items": { "$ref": "#/components/schemas/PlanStage" } },
+                    "window": { "type": ["string", "null"] },
+                    "description": { "type": "string" },
+                    "updated_by": { "type": "string" },
+                    "updated_at_ms": { "type": "integer" } } },
+                "PlanChange": { "type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
+                    "reason": reason.clone() } },
+                "PlanView": { "type": "object", "required": ["key", "stages", "not_before_ms", "window", "template", "guardrails", "set_by", "set_at_ms", "status", "status_reason", "status_at_ms", "waiting", "next"], "properties": {
+                    "key": { "type": "string" },
+                    "stages": { "type": "array", "items": { "$ref": "#/components/schemas/PlanStage" } },
+                    "not_before_ms": { "type": ["integer", "null"] },
+                    "window": { "type": ["string", "null"] },
+                    "template": { "type": ["string", "null"], "description": "the template it started from" },
+                    "guardrails": { "$ref": "#/components/schemas/Guardrails" },
+                    "set_by": { "type": "string", "description": "the token whose name and scope the steps are made in" },
+                    "set_at_ms": { "type": "integer" },
+                    "status": { "type": "string", "enum": ["running", "paused", "halted", "done"], "description": "halted: a guardrail stopped it (status_reason names it and the figures)" },
+                    "status_reason": { "type": "string", "description": "who set, paused or resumed it and why, or why it is done" },
+                    "status_at_ms": { "type": "integer" },
+                    "waiting": { "type": "string", "description": "why the next step was not taken at the driver's last look (a hold, a rule's refusal); empty when nothing held it" },
+                    "next": { "type": "object", "required": ["kind", "description", "at_ms"], "properties": {
+                        "kind": { "type": "string", "enum": ["wait", "step", "done"] },
+                        "description": { "type": "string" },
+                        "at_ms": { "type": ["integer", "null"], "description": "when the wait ends, if it is time; when a step is due" } } } } },
+                "DryRun": { "type": "object", "required": ["key", "version", "actions"], "properties": {
+                    "key": { "type": "string" },
+                    "version": { "type": "integer", "description": "the version the verdicts were reached at" },
+                    "actions": { "type": "array", "items": { "type": "object", "required": ["action", "allowed", "rule", "message"], "properties": {
+                        "action": { "type": "string", "enum": ["advance", "retreat", "ramp_full", "ramp_zero"] },
+                        "allowed": { "type": "boolean" },
+                        "rule": { "type": ["integer", "null"], "description": "the safety rule that refuses it; null when allowed or when no rule is involved" },
+                        "message": { "type": ["string", "null"], "description": "why it would be refused, and what would allow it" } } } } } },
                 "Traffic": { "type": "object", "properties": {
                     "key": { "type": "string" },
                     "minutes": { "type": "array", "items": { "allOf": [ { "$ref": "#/components/schemas/TrafficCounts" },
                         { "type": "object", "properties": { "minute_ms": { "type": "integer" } } } ] } },
-                    "total": { "$ref": "#/components/schemas/TrafficCounts" } } },
+                    "total": { "$ref": "#/components/schemas/TrafficCounts" },
+                    "services": { "type": "array", "description": "per reporting service over the period: who is still on the old shape",
+                        "items": { "type": "object", "required": ["service", "old", "new", "last_old_minute_ms"], "properties": {
+                            "service": { "type": "string" },
+                            "old": { "$ref": "#/components/schemas/SideCounts" },
+                            "new": { "$ref": "#/components/schemas/SideCounts" },
+                            "last_old_minute_ms": { "type": ["integer", "null"], "description": "the last minute (Unix ms) the service used the old shape in the period; null: never" } } } } } },
                 "Instance": { "type": "object", "properties": {
                     "service": { "type": "string" }, "instance_id": { "type": "string" }, "applied_version": { "type": "integer" },
-                    "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" } } },
+                    "first_seen_ms": { "type": "integer" }, "last_seen_ms": { "type": "integer" }, "live": { "type": "boolean" },
+                    "uses_migration": { "type": "boolean",
+                        "description": "In a migration's list: whether the instance's heartbeats name the migration (it evaluates it or runs its backfill); absent in the fleet's list" } } },
                 "EventName": { "type": "string", "enum": events },
                 "Role": { "type": "string", "enum": roles },
                 "Permission": { "type": "string", "enum": permissions },
                 "WhoAmI": { "type": "object", "properties": {
                     "token_id": { "type": "integer" }, "name": { "type": "string" },
-                    "role": { "$ref": "#/components/schemas/Role" },
+                    "role": { "$ref": "#/components/schemas/Role" }, "scope": scope.clone(),
                     "permissions": { "type": "array", "items": { "$ref": "#/components/schemas/Permission" } } } },
                 "Vocabulary": { "type": "object", "properties": {
                     "stages": { "type": "array", "items": { "$ref": "#/components/schemas/Stage" }, "description": "in order, off first" },
@@ -519,7 +704,8 @@ pub fn document(app: &App) -> Value {
                         "upper_bound_us": { "type": ["integer", "null"], "description": "null for the last bucket: everything slower than the largest bound" },
                         "label": { "type": "string" } } } } } },
                 "CreateToken": { "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
-                    "name": label.clone(), "role": { "$ref": "#/components/schemas/Role" } } },
+                    "name": label.clone(), "role": { "$ref": "#/components/schemas/Role" },
+                    "scope": scope.clone() } },
                 "BackfillCheckpoint": { "type": "object", "required": ["rows_done"], "additionalProperties": false, "properties": {
                     "cursor": { "type": "string", "maxLength": 4096, "pattern": "^[^\\u0000]*$", "description": "opaque keyset position (the last key processed): any text but NUL; empty for none" },
                     "rows_done": count.clone(), "rows_total_estimate": count,
@@ -566,5 +752,153 @@ pub fn document(app: &App) -> Value {
                     "current": { "$ref": "#/components/schemas/Migration" } } }
             }
         }
-    })
+    });
+    add_ofrep(&mut doc, &sides);
+    name_operations(&mut doc);
+    doc
+}
+
+/// The OFREP endpoints (OpenFeature's remote evaluation protocol), with the protocol's own
+/// failure bodies rather than the API's `Error`.
+fn add_ofrep(doc: &mut Value, sides: &[&str]) {
+    let side = json!({ "type": "string", "enum": sides });
+    let failure = |codes: &[&str]| {
+        json!({ "type": "object", "required": ["errorCode", "errorDetails"], "properties": {
+            "key": { "type": "string" }, "errorCode": { "type": "string", "enum": codes },
+            "errorDetails": { "type": "string" } } })
+    };
+    let request = json!({ "required": true, "content": { "application/json": { "schema": {
+        "type": "object", "properties": { "context": { "type": "object",
+            "description": "The evaluation context; absent: no entity",
+            "properties": { "targetingKey": { "type": "string", "maxLength": 1024,
+                "description": "The entity key (a user id, an order id): bucketed as the client crate buckets it; absent: the operation has no entity and gets the trailing stage" } } } } } } } });
+    let api_error = |description: &str| {
+        json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+    };
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["OfrepEvaluation"] = json!({ "type": "object",
+        "required": ["key", "value", "variant", "reason", "metadata"],
+        "description": "A migration's stage for one entity: the variant is the stage, the value the read/write plan",
+        "properties": {
+            "key": { "type": "string" },
+            "variant": { "$ref": "#/components/schemas/Stage" },
+            "reason": { "type": "string", "enum": ["SPLIT", "STATIC"],
+                "description": "SPLIT: the entity's bucket chose between two stages (a front strictly between 0 and 100%); STATIC: every entity gets this stage" },
+            "value": { "type": "object", "required": ["stage", "write", "authoritative_write", "read", "return_value", "shadow_compare"],
+                "properties": { "stage": { "$ref": "#/components/schemas/Stage" }, "write": side.clone(),
+                    "authoritative_write": side.clone(), "read": side.clone(), "return_value": side,
+                    "shadow_compare": { "type": "boolean" } } },
+            "metadata": { "type": "object", "required": ["version", "front_stage", "rollout_bp"], "properties": {
+                "version": { "type": "integer" }, "front_stage": { "$ref": "#/components/schemas/Stage" },
+                "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
+                "bucket": { "type": "integer", "minimum": 0, "maximum": 9999, "description": "the entity's bucket; absent without a targeting key" } } } } });
+    schemas["OfrepBulkEvaluation"] = json!({ "type": "object", "required": ["flags", "metadata"], "properties": {
+        "flags": { "type": "array", "items": { "$ref": "#/components/schemas/OfrepEvaluation" } },
+        "metadata": { "type": "object", "properties": { "version": { "type": "integer" } } } } });
+    let paths = &mut doc["paths"];
+    paths["/ofrep/v1/evaluate/flags/{key}"] = json!({ "post": {
+        "summary": "OpenFeature remote evaluation (OFREP) of one migration for an entity (any role; a scoped token only within its scope)",
+        "security": [{ "bearer": [] }, { "apiKey": [] }],
+        "parameters": [{ "name": "key", "in": "path", "required": true, "schema": { "type": "string" }, "example": "orders.email-split" }],
+        "requestBody": request.clone(),
+        "responses": {
+            "200": { "description": "The stage and plan", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OfrepEvaluation" } } } },
+            "400": { "description": "A body that is not JSON (PARSE_ERROR) or a malformed context (INVALID_CONTEXT); a path the router cannot read gets the API's Error",
+                "content": { "application/json": { "schema": { "anyOf": [
+                    failure(&["PARSE_ERROR", "INVALID_CONTEXT"]), { "$ref": "#/components/schemas/Error" }] } } } },
+            "404": { "description": "No such migration (FLAG_NOT_FOUND)",
+                "content": { "application/json": { "schema": failure(&["FLAG_NOT_FOUND"]) } } },
+            "401": api_error("Missing, malformed, unknown or revoked token"),
+            "403": api_error("The token's scope does not cover the migration"),
+            "408": api_error("The body did not arrive whole within the server's --request-body-timeout"),
+            "413": api_error("Body larger than 64 KiB (65536 bytes)") } } });
+    paths["/ofrep/v1/evaluate/flags"] = json!({ "post": {
+        "summary": "OpenFeature remote evaluation (OFREP) of every migration the token may see, for an entity",
+        "security": [{ "bearer": [] }, { "apiKey": [] }],
+        "parameters": [{ "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" },
+            "description": "The ETag of an earlier answer for the same token and context: 304 while nothing changed" }],
+        "requestBody": request,
+        "responses": {
+            "200": { "description": "Every visible migration evaluated",
+                "headers": { "ETag": { "schema": { "type": "string" }, "description": "the state version, the token and the targeting key" } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OfrepBulkEvaluation" } } } },
+            "304": { "description": "Not modified since the ETag given",
+                "headers": { "ETag": { "schema": { "type": "string" } } } },
+            "400": { "description": "A body that is not JSON (PARSE_ERROR) or a malformed context (INVALID_CONTEXT); a path the router cannot read gets the API's Error",
+                "content": { "application/json": { "schema": { "anyOf": [
+                    failure(&["PARSE_ERROR", "INVALID_CONTEXT"]), { "$ref": "#/components/schemas/Error" }] } } } },
+            "401": api_error("Missing, malformed, unknown or revoked token"),
+            "408": api_error("The body did not arrive whole within the server's --request-body-timeout"),
+            "413": api_error("Body larger than 64 KiB (65536 bytes)") } } });
+    doc["components"]["securitySchemes"]["apiKey"] = json!({ "type": "apiKey", "in": "header", "name": "X-API-Key", "description": "OFREP only: the same token as the bearer one" });
+}
+
+/// Every operation's `operationId` (what a generated client names its method) and tag (how it
+/// groups them), in one table: a route added without a row here fails the document's test.
+#[rustfmt::skip]
+const OPERATIONS: &[(&str, &str, &str, &str)] = &[
+    ("post", "/v1/migrations", "createMigration", "migrations"),
+    ("get", "/v1/migrations", "listMigrations", "migrations"),
+    ("get", "/v1/migrations/{key}", "getMigration", "migrations"),
+    ("post", "/v1/migrations/{key}/rollout", "setRollout", "migrations"),
+    ("post", "/v1/migrations/{key}/advance", "advance", "migrations"),
+    ("post", "/v1/migrations/{key}/retreat", "retreat", "migrations"),
+    ("post", "/v1/migrations/{key}/events", "recordEvent", "migrations"),
+    ("get", "/v1/migrations/{key}/audit", "audit", "migrations"),
+    ("get", "/v1/migrations/{key}/decide", "decide", "evaluation"),
+    ("get", "/v1/snapshot", "getSnapshot", "evaluation"),
+    ("get", "/v1/watch", "watch", "evaluation"),
+    ("post", "/v1/clients/heartbeat", "heartbeat", "clients"),
+    ("get", "/v1/clients", "listInstances", "clients"),
+    ("post", "/v1/clients/telemetry", "reportTelemetry", "clients"),
+    ("get", "/v1/migrations/{key}/instances", "listMigrationInstances", "clients"),
+    ("get", "/v1/migrations/{key}/traffic", "traffic", "evidence"),
+    ("get", "/v1/migrations/{key}/actions", "dryRunActions", "migrations"),
+    ("get", "/v1/plans", "listPlans", "plans"),
+    ("get", "/v1/plan-templates", "listPlanTemplates", "plans"),
+    ("put", "/v1/plan-templates/{name}", "setPlanTemplate", "plans"),
+    ("delete", "/v1/plan-templates/{name}", "removePlanTemplate", "plans"),
+    ("get", "/v1/migrations/{key}/plan", "getPlan", "plans"),
+    ("put", "/v1/migrations/{key}/plan", "setPlan", "plans"),
+    ("post", "/v1/migrations/{key}/plan/pause", "pausePlan", "plans"),
+    ("post", "/v1/migrations/{key}/plan/resume", "resumePlan", "plans"),
+    ("get", "/v1/migrations/{key}/gate", "gate", "evidence"),
+    ("get", "/v1/migrations/{key}/usage", "usage", "evidence"),
+    ("get", "/v1/migrations/{key}/mismatches", "mismatches", "evidence"),
+    ("get", "/v1/lifecycle", "lifecycle", "evidence"),
+    ("get", "/v1/migrations/{key}/backfill", "getBackfill", "backfill"),
+    ("put", "/v1/migrations/{key}/backfill/checkpoint", "checkpointBackfill", "backfill"),
+    ("put", "/v1/migrations/{key}/backfill/settings", "setBackfillSettings", "backfill"),
+    ("post", "/v1/tokens", "createToken", "tokens"),
+    ("get", "/v1/tokens", "listTokens", "tokens"),
+    ("post", "/v1/tokens/{id}/revoke", "revokeToken", "tokens"),
+    ("get", "/v1/whoami", "whoami", "tokens"),
+    ("get", "/v1/vocabulary", "vocabulary", "meta"),
+    ("get", "/healthz", "healthz", "meta"),
+    ("get", "/readyz", "readyz", "meta"),
+    ("get", "/metrics", "metrics", "meta"),
+    ("get", "/openapi.json", "openapi", "meta"),
+    ("post", "/ofrep/v1/evaluate/flags/{key}", "ofrepEvaluateFlag", "OFREP"),
+    ("post", "/ofrep/v1/evaluate/flags", "ofrepEvaluateFlags", "OFREP"),
+];
+
+fn name_operations(doc: &mut Value) {
+    for (method, path, id, tag) in OPERATIONS {
+        if let Some(operation) = doc["paths"].get_mut(*path).and_then(|p| p.get_mut(*method)) {
+            operation["operationId"] = json!(id);
+            operation["tags"] = json!([tag]);
+        }
+    }
+    doc["tags"] = json!([
+        { "name": "migrations", "description": "A migration's stage and rollout, changed under the safety rules" },
+        { "name": "evaluation", "description": "Which stage an entity is at: snapshots, watch streams, server-side decide" },
+        { "name": "clients", "description": "Client instances: heartbeats (acknowledgements) and telemetry" },
+        { "name": "evidence", "description": "What the gate judges: traffic, database usage, mismatches, the gate itself" },
+        { "name": "backfill", "description": "Backfill progress, checkpoints and settings" },
+        { "name": "plans", "description": "Migration plans: the steps a migration takes by itself" },
+        { "name": "tokens", "description": "API tokens, their roles and scopes" },
+        { "name": "meta", "description": "Health, readiness, metrics, this document, the API's vocabulary" },
+        { "name": "OFREP", "description": "OpenFeature remote evaluation: the stage as the variant, the plan as the value" }
+    ]);
 }

@@ -24,6 +24,13 @@ use tokio::task::JoinHandle;
 /// How often telemetry past its retention is deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// The log's format (`serve --log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Everything `switchyard serve` is configured with.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeConfig {
@@ -83,6 +90,16 @@ pub struct ServeConfig {
     /// server from stopping).
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
+    /// How log lines are written to standard output: `text` for people (coloured only on a
+    /// terminal, and never with NO_COLOR set), `json` for log shippers (one object per line).
+    /// RUST_LOG chooses what is logged (default `info,sqlx=warn`).
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// How many live client instances one token may have registered: a heartbeat registering
     /// one more is refused, so one token (a leaked reader token, a crash-looping deployment with
     /// fresh instance ids) cannot swell the fleet the safety rules wait on.
@@ -142,6 +159,11 @@ pub struct ServeConfig {
     /// touch an old shape (a cheap query over the target's sessions).
     #[arg(long, env = "SWITCHYARD_OBSERVE_ACTIVITY_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub observe_activity_interval: Duration,
+    /// How often the replica driving migration plans looks at them (a step is taken at most
+    /// this long after its hold ends); another replica takes over within five of these after
+    /// the driving one stops.
+    #[arg(long, env = "SWITCHYARD_PLAN_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub plan_interval: Duration,
 }
 
 /// A `--target-database NAME=URL`: a database the server may observe.
@@ -204,6 +226,7 @@ impl Default for ServeConfig {
             change_poll_interval: Duration::from_secs(2),
             change_notifications: true,
             shutdown_drain: Duration::from_secs(10),
+            log_format: LogFormat::Text,
             max_instances_per_token: 1000,
             request_header_timeout: Duration::from_secs(10),
             request_body_timeout: Duration::from_secs(30),
@@ -213,6 +236,7 @@ impl Default for ServeConfig {
             target_databases: Vec::new(),
             observe_interval: Duration::from_secs(60),
             observe_activity_interval: Duration::from_secs(1),
+            plan_interval: Duration::from_secs(1),
         }
     }
 }
@@ -243,8 +267,8 @@ impl Server {
             anyhow::bail!(
                 "--min-soak ({}) is longer than --traffic-retention ({}): the gate reads a \
                  soak's telemetry, so it must be retained at least that long",
-                humantime::format_duration(config.min_soak),
-                humantime::format_duration(config.traffic_retention)
+                switchyard_domain::time::format_duration(config.min_soak),
+                switchyard_domain::time::format_duration(config.traffic_retention)
             );
         }
         let mut names = std::collections::BTreeSet::new();
@@ -342,10 +366,15 @@ impl Server {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SwitchyardServer<GrpcApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: v1 for current clients, v1alpha for the many (stock
+        // grpcio-reflection, grpcurl builds) that speak only it.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection = reflection().build_v1()?;
         let api = SwitchyardServer::new(GrpcApi::new(app.clone()))
             .max_decoding_message_size(crate::app::MAX_BODY_BYTES);
         let mut stop = shutdown.subscribe();
@@ -357,8 +386,10 @@ impl Server {
         }
         let grpc_task = tokio::spawn(async move {
             builder
+                .layer(crate::grpc::timing::TimingLayer)
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(api)
                 .serve_with_incoming_shutdown(grpc_incoming(grpc, grpc_connections), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -381,7 +412,12 @@ impl Server {
             }
         });
 
-        let mut tasks = vec![http_task, grpc_task, prune_task];
+        let mut tasks = vec![
+            http_task,
+            grpc_task,
+            prune_task,
+            crate::plans::spawn(app.clone(), config.plan_interval, shutdown.subscribe()),
+        ];
         tasks.extend(crate::observe::spawn(
             app.clone(),
             config

@@ -97,6 +97,122 @@ fn a_release_manager_session_from_the_command_line() {
     let o = cli(&served, &token, &["migration", "list"]);
     assert!(stdout(&o).contains("dual_write at 12.5%"), "{}", stdout(&o));
 
+    // A ramp to the front it is at changes nothing (no version, no audit record) and says so.
+    let audited = |served: &Served| {
+        let o = cli(served, &token, &["--json", "audit", key]);
+        let audit: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        audit["entries"].as_array().map(Vec::len)
+    };
+    let before = (shown["version"].clone(), audited(&served));
+    let o = cli(
+        &served,
+        &token,
+        &[
+            "ramp",
+            key,
+            "--percent",
+            "12.50",
+            "--latest",
+            "--reason",
+            "again",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("already there, nothing changed: users.username-to-handle"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cli(&served, &token, &["migration", "show", key, "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((again["version"].clone(), audited(&served)), before);
+    assert!(before.1.is_some_and(|n| n >= 3), "{before:?}");
+
+    // A plan, scheduled far ahead so that it only waits: set, shown, paused, with usage
+    // errors that say what to write.
+    let o = cli(
+        &served,
+        &token,
+        &[
+            "plan",
+            "set",
+            key,
+            "--stage",
+            "dual_write=25,100",
+            "--stage",
+            "shadow=100",
+            "--hold",
+            "30m",
+            "--at",
+            "2099-01-01T09:00:00Z",
+            "--reason",
+            "scheduled ramp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let shown = stdout(&o);
+    for line in [
+        "plan of users.username-to-handle set: now running",
+        "starts           2099-01-01T09:00Z",
+        "dual_write       25% (hold 30m) → 100% (hold 30m), then advance",
+        "shadow           100% (hold 30m), then stop",
+        "next             wait: scheduled to start at 2099-01-01T09:00Z",
+    ] {
+        assert!(shown.contains(line), "{line:?} in:\n{shown}");
+    }
+    let o = cli(
+        &served,
+        &token,
+        &["plan", "pause", key, "--reason", "not yet"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("plan of users.username-to-handle paused: now paused"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cli(
+        &served,
+        &token,
+        &["plan", "pause", key, "--reason", "again"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "pausing a paused plan is refused: {}",
+        stderr(&o)
+    );
+    for (args, says) in [
+        (
+            &["plan", "set", key, "--stage", "live", "--reason", "x"][..],
+            "STAGE=PERCENT",
+        ),
+        (
+            &[
+                "plan", "set", key, "--stage", "live=50", "--at", "tomorrow", "--reason", "x",
+            ],
+            "UTC time",
+        ),
+        (
+            &[
+                "plan",
+                "set",
+                key,
+                "--stage",
+                "live=100",
+                "--stage",
+                "shadow=100",
+                "--reason",
+                "x",
+            ],
+            "stage order",
+        ),
+    ] {
+        let o = cli(&served, &token, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+
     // Usage errors exit 2: a bad percentage, a missing reason, an unknown migration.
     for args in [
         &["ramp", key, "--percent", "101", "--latest", "--reason", "x"][..],
@@ -224,6 +340,60 @@ async fn instances_lists_every_page_of_a_large_fleet() {
         assert_eq!(
             instances[FLEET - 1]["instance_id"],
             format!("i-{:05}", FLEET - 1)
+        );
+    }
+    terminate(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exit-code contract holds where a first run goes wrong: an `https://` URL against the
+/// plaintext port (the server closes the TLS handshake; once, the CLI died of SIGPIPE, 141)
+/// exits 3 every time; a URL without a scheme and a missing token say what to do.
+#[test]
+fn first_run_mistakes_exit_with_their_code_and_say_what_to_do() {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-mistakes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("switchyard.db");
+    let served = serve(
+        &format!("sqlite://{}", db.display()),
+        Some("sy_mistakes-admin-0123456789"),
+    );
+    let tls = served.http.replacen("http://", "https://", 1);
+    for _ in 0..30 {
+        let o = Command::new(BIN)
+            .args(["migration", "list", "--server", &tls, "--token", "sy_x"])
+            .env_remove("SWITCHYARD_SERVER")
+            .output()
+            .expect("running the CLI");
+        assert_eq!(o.status.code(), Some(3), "{:?}: {}", o.status, stderr(&o));
+    }
+
+    let bare = served.http.trim_start_matches("http://").to_owned();
+    let o = Command::new(BIN)
+        .args(["migration", "list", "--server", &bare, "--token", "sy_x"])
+        .output()
+        .expect("running the CLI");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no scheme: use http://"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Unset, or set but empty.
+    for token in [None, Some("")] {
+        let mut command = Command::new(BIN);
+        command.args(["migration", "list", "--server", &served.http]);
+        match token {
+            None => command.env_remove("SWITCHYARD_TOKEN"),
+            Some(t) => command.env("SWITCHYARD_TOKEN", t),
+        };
+        let o = command.output().expect("running the CLI");
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no token: set SWITCHYARD_TOKEN or pass --token"),
+            "{token:?}: {}",
+            stderr(&o)
         );
     }
     terminate(served);

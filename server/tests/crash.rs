@@ -12,7 +12,6 @@ mod common;
 use common::{kill_hard, serve, terminate};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -472,21 +471,8 @@ async fn sqlite_keeps_every_acknowledged_mutation_across_sigkills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_every_acknowledged_mutation_across_sigkills() {
-    let admin = common::postgres_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("Postgres tests need a server at {admin}: {e}"));
     let name = format!("switchyard_crash_{}", std::process::id());
-    let drop_db = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    sqlx::Executor::execute(&mut conn, drop_db.as_str())
-        .await
-        .unwrap();
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    crash_loop_loses_nothing_acknowledged("postgres", &format!("{base}/{name}")).await;
-    sqlx::Executor::execute(&mut conn, drop_db.as_str())
-        .await
-        .unwrap();
+    let (url, mut conn) = common::fresh_postgres(&name).await;
+    crash_loop_loses_nothing_acknowledged("postgres", &url).await;
+    common::drop_postgres(&mut conn, &name).await;
 }

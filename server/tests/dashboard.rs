@@ -242,7 +242,7 @@ async fn check_server_side(base: &str, operator: &str, reader: &str) {
             operator,
             "alice",
             "operator",
-            json!(["read", "record_schema", "operate"]),
+            json!(["read", "record_schema", "operate", "run_backfill"]),
         ),
         (reader, "viewer", "reader", json!(["read"])),
     ] {
@@ -342,6 +342,19 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
                     .await
                     .unwrap();
                 assert!(r.status().is_success(), "heartbeat: {}", r.status());
+                // And its telemetry reports, empty as a running client's are when idle: the
+                // gate waits for every live instance to report since complete reached 100%.
+                for _ in 0..2 {
+                    let r = http
+                        .post(format!("{base}/v1/clients/telemetry"))
+                        .bearer_auth(&reader)
+                        .json(&json!({ "service": service, "instance_id": instance,
+                            "entries": [] }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "telemetry: {}", r.status());
+                }
             }
         }
     };
@@ -492,6 +505,25 @@ async fn seed(served: &Served, base: &str, operator: &str, reader: &str) {
         .post(format!("{base}/v1/clients/telemetry"))
         .bearer_auth(reader)
         .json(&json!({ "service": "api", "instance_id": "api-7f9c", "entries": entries }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "telemetry: {}", r.status());
+    // A second service that read the old shape for a few minutes half an hour ago, then
+    // stopped: the per-service view names it with when it last did.
+    let entries: Vec<_> = (8..11i64)
+        .map(|i| {
+            json!({ "key": users, "minute_ms": now_minute - (39 - i) * 60_000,
+                "old": side(40, 0, true), "new": side(0, 0, true), "comparisons": 0,
+                "mismatches": 0, "evaluations_without_entity": 0, "fallback_evaluations": 0 })
+        })
+        .collect();
+    let r = http
+        .post(format!("{base}/v1/clients/telemetry"))
+        .bearer_auth(reader)
+        .json(
+            &json!({ "service": "nightly-report", "instance_id": "report-1", "entries": entries }),
+        )
         .send()
         .await
         .unwrap();

@@ -5,7 +5,11 @@
 //! Postgres is found at `SWITCHYARD_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432/test`). A Postgres test fails loudly when it cannot reach
 //! it: none is counted as passed without running.
+//!
+//! [`drill`] runs an example service through its migration under load; [`pgcluster`] starts a
+//! PostgreSQL cluster of its own for tests that need one.
 
+pub mod drill;
 pub mod pgcluster;
 
 use anyhow::Context;
@@ -325,6 +329,16 @@ impl TestServer {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// The server's OpenAPI document, as a client generator reads it.
+    pub async fn openapi(&self) -> Value {
+        reqwest::get(format!("{}/openapi.json", self.base))
+            .await
+            .expect("fetching /openapi.json")
+            .json()
+            .await
+            .expect("the document is JSON")
+    }
+
     /// A gRPC request carrying the admin token.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         request_as(&self.token, message)
@@ -380,6 +394,63 @@ impl TestServer {
         version
     }
 
+    /// Creates a migration without a backfill and walks its front to `(stage, 100%)` (expand
+    /// recorded, each stage ramped to 100% and advanced): any stage before `complete`, which
+    /// needs rule 5. Returns the version of that state.
+    pub async fn at_full(&self, key: &str, stage: switchyard_domain::Stage) -> u64 {
+        self.at_full_with(key, stage, serde_json::json!({})).await
+    }
+
+    /// [`TestServer::at_full`], creating the migration with `fields` added to its create body
+    /// (e.g. `shadow_sample_bp`).
+    pub async fn at_full_with(
+        &self,
+        key: &str,
+        stage: switchyard_domain::Stage,
+        fields: Value,
+    ) -> u64 {
+        use switchyard_domain::Stage;
+        assert!(
+            stage.index() < Stage::Complete.index(),
+            "complete needs rule 5"
+        );
+        let mut body = serde_json::json!({
+            "key": key, "entity_kind": "user_id", "has_backfill": false, "reason": "test setup",
+        });
+        for (k, v) in fields.as_object().expect("fields is an object") {
+            body[k] = v.clone();
+        }
+        let (status, mut m) = self.post("/v1/migrations", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        let step = |path: &'static str, body: Value| (path, body);
+        let mut steps = vec![step(
+            "events",
+            serde_json::json!({ "event": "expand_applied" }),
+        )];
+        for _ in 0..stage.index() {
+            steps.push(step("rollout", serde_json::json!({ "rollout_bp": 10_000 })));
+            steps.push(step("advance", serde_json::json!({})));
+        }
+        steps.push(step("rollout", serde_json::json!({ "rollout_bp": 10_000 })));
+        for (path, mut body) in steps {
+            if path == "rollout" && m["rollout_bp"] == 10_000 {
+                continue;
+            }
+            body["expected_version"] = m["version"].clone();
+            body["reason"] = "test setup".into();
+            let (status, answer) = self
+                .post(&format!("/v1/migrations/{key}/{path}"), body)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+            m = answer;
+        }
+        assert_eq!(
+            (m["stage"].as_str(), m["rollout_bp"].as_u64()),
+            (Some(stage.as_str()), Some(10_000))
+        );
+        m["version"].as_u64().unwrap()
+    }
+
     pub async fn migration(&self, key: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/migrations/{key}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -416,12 +487,35 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_for(within, what, || {
+        let holds = check();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
+        }
+    })
+    .await
+}
+
+/// [`eventually`] for a condition that yields what it found: polls `check` every 10 ms until
+/// it answers `Ok`, failing after `within` with the last `Err` (what was seen instead).
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {seen}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -437,5 +531,5 @@ pub fn request_as<T>(token: &str, message: T) -> tonic::Request<T> {
 
 /// The rule number and code carried by a gRPC error's details.
 pub fn grpc_detail(status: &tonic::Status) -> pb::ErrorDetail {
-    prost::Message::decode(status.details()).expect("ErrorDetail in status details")
+    switchyard_proto::status::error_detail(status).expect("ErrorDetail in status details")
 }

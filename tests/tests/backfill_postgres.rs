@@ -286,3 +286,146 @@ async fn uuid_and_text_keys_are_walked_in_order() {
         assert_eq!(examined, 120, "{key_type}: each row examined once");
     }
 }
+
+/// A table split: `orders` (id, address) gets a `shipments` table, one row per order linking
+/// back to it, filled by a statement over the batch's keys.
+async fn split(rows: i64) -> (TestDb, PgPool) {
+    let db = TestDb::new(Db::Postgres).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, address text NOT NULL);
+         CREATE TABLE shipments (order_id bigint PRIMARY KEY REFERENCES orders (id),
+                                 address text NOT NULL);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO orders SELECT g, 'street ' || g FROM generate_series(1, $1) g")
+        .bind(rows)
+        .execute(&pool)
+        .await
+        .unwrap();
+    (db, pool)
+}
+
+const SPLIT: &str = "INSERT INTO shipments (order_id, address) \
+     SELECT o.id, o.address FROM orders o JOIN switchyard_batch b ON b.switchyard_key = o.id \
+     ON CONFLICT (order_id) DO UPDATE SET address = EXCLUDED.address \
+     WHERE shipments.address IS DISTINCT FROM EXCLUDED.address";
+
+/// Orders whose shipment is missing or holds another address.
+const UNSHIPPED: &str = "NOT EXISTS (SELECT 1 FROM shipments s \
+     WHERE s.order_id = orders.id AND s.address = orders.address)";
+
+fn splitter(pool: &PgPool) -> PgBackfill {
+    PgBackfill::statement(pool.clone(), "orders", "id", SPLIT)
+        .pending(UNSHIPPED)
+        .lock_timeout(Duration::from_millis(50))
+        .retries(100, Duration::from_millis(20))
+}
+
+async fn unshipped(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM orders WHERE {UNSHIPPED}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_splits_a_table_with_the_same_passes_and_retries() {
+    let (_db, pool) = split(ROWS).await;
+    // A job holds orders 500..=509 for a while: the first pass skips them, the sweep waits
+    // (lock timeouts, retried) and takes them once the job is done.
+    let mut job = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM orders WHERE id BETWEEN 500 AND 509 FOR UPDATE")
+        .fetch_all(&mut *job)
+        .await
+        .unwrap();
+    let backfill = splitter(&pool);
+    let run = tokio::spawn({
+        let backfill = splitter(&pool);
+        async move { run_all(&backfill, 100).await }
+    });
+    eventually(
+        Duration::from_secs(20),
+        "the first pass to pass the held rows",
+        || async { unshipped(&pool).await == 10 },
+    )
+    .await;
+    job.commit().await.unwrap();
+    let batches = run.await.unwrap();
+    let (first, sweep) = passes(&batches);
+    assert_eq!(first, ROWS as u64, "the keyset pass examined every order");
+    assert_eq!(sweep, 10, "the sweep inserted the held orders' shipments");
+    let (shipments, wrong): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.address <> o.address) \
+         FROM shipments s JOIN orders o ON o.id = s.order_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (shipments, wrong),
+        (ROWS, 0),
+        "one right shipment per order"
+    );
+
+    // Idempotent: a second run finds nothing to do and changes nothing.
+    let again = run_all(&backfill, 100).await;
+    assert_eq!(passes(&again).1, 0);
+    assert_eq!(unshipped(&pool).await, 0);
+
+    // A targeted repair: three shipments go wrong (a failed dual write, say); repairing their
+    // orders' keys rewrites exactly those, a key naming no order is skipped.
+    sqlx::query("UPDATE shipments SET address = 'lost' WHERE order_id IN (7, 70, 700)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let keys = ["7", "70", "700", "99999999"].map(str::to_owned);
+    assert_eq!(backfill.repair(&keys).await.unwrap(), 3);
+    assert_eq!(unshipped(&pool).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_statement_is_refused_before_it_runs() {
+    let (_db, pool) = split(10).await;
+    let cases = [
+        (
+            "INSERT INTO shipments SELECT id, address FROM orders ON CONFLICT DO NOTHING",
+            "does not read switchyard_batch",
+        ),
+        (
+            "SELECT switchyard_key FROM switchyard_batch",
+            "modifies nothing: give an INSERT, UPDATE, DELETE or MERGE",
+        ),
+        (
+            "INSERT INTO shipmnets SELECT switchyard_key, 'x' FROM switchyard_batch",
+            "the batch statement does not plan (check the statement",
+        ),
+    ];
+    for (statement, expected) in cases {
+        let error = PgBackfill::statement(pool.clone(), "orders", "id", statement)
+            .batch(None, 5)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, PgBackfillError::Setup { .. }) && error.to_string().contains(expected),
+            "{statement}: {error}"
+        );
+    }
+    // A WITH list of the application's own follows the batch's.
+    let with = "WITH src AS (SELECT o.id, o.address FROM orders o \
+                JOIN switchyard_batch b ON b.switchyard_key = o.id) \
+                INSERT INTO shipments SELECT id, address FROM src ON CONFLICT DO NOTHING";
+    let batches = run_all(
+        &PgBackfill::statement(pool.clone(), "orders", "id", with),
+        100,
+    )
+    .await;
+    assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), 10);
+    assert_eq!(unshipped(&pool).await, 0);
+}

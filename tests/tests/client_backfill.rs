@@ -2,7 +2,8 @@
 //! function walks in key order (keyset `UPDATE … SET new = f(old) WHERE key > cursor`): it
 //! completes and records it (so rule 4 lets the migration into shadow), resumes a crashed run
 //! from the server's checkpoint, waits while paused, stops when cancelled, is refused by rule 3
-//! and for a token without the operator role, and honours its rate limit. Two tests pin down
+//! and for a token without the backfill (or operator) role, runs with a `backfill` token that
+//! may do nothing else, and honours its rate limit. Two tests pin down
 //! defects found here: a cancel recorded during a batch ends the run with a refusal instead of
 //! `Cancelled`, and a runner started right after `connect` can be refused by rule 3 on account
 //! of its own client's first heartbeat (applied version 0).
@@ -264,8 +265,9 @@ async fn a_run_backfills_every_row_and_unlocks_shadow(db: Db) {
         "shadow waits for the backfill: {body}"
     );
 
-    let operator = srv.token_with_role("backfill-runner", "operator").await;
-    let client = connect(&srv, &operator, "billing-worker").await;
+    // The least a runner needs: the backfill role.
+    let runner_token = srv.token_with_role("backfill-runner", "backfill").await;
+    let client = connect(&srv, &runner_token, "billing-worker").await;
     let table = Table::new(ROWS);
     let runner = client.backfill(KEY).batch_size(150).total_estimate(ROWS);
     let outcome = tokio::time::timeout(WAIT, runner.run(plain(&table)))
@@ -707,7 +709,7 @@ async fn a_reader_token_may_not_run_a_backfill() {
     match outcome {
         Err(BackfillError::Refused(m)) => {
             assert!(m.contains("has role reader"), "{m}");
-            assert!(m.contains("needs operator"), "{m}");
+            assert!(m.contains("needs backfill or operator"), "{m}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -715,6 +717,96 @@ async fn a_reader_token_may_not_run_a_backfill() {
     assert_eq!(srv.migration(KEY).await, before);
     assert_not_started(&progress(&srv).await);
     client.shutdown().await;
+    srv.stop().await;
+}
+
+/// The backfill role runs a backfill (checkpoints, backfill-started and -complete) and may do
+/// nothing else: no front moves, no pause or cancel, no schema events, no new migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_token_runs_the_backfill_and_nothing_else() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    srv.ready_for_backfill(KEY).await;
+    let token = srv.token_with_role("orders-backfill", "backfill").await;
+    let client = connect(&srv, &token, "billing-worker").await;
+    let table = Table::new(200);
+    let outcome =
+        tokio::time::timeout(WAIT, client.backfill(KEY).batch_size(50).run(plain(&table)))
+            .await
+            .expect("the run finishes");
+    assert_eq!(outcome.unwrap(), BackfillOutcome::Completed { rows: 200 });
+    client.shutdown().await;
+
+    let version = srv.version_of(KEY).await;
+    let denied = [
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/advance"),
+            json!({}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/retreat"),
+            json!({}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/rollout"),
+            json!({"rollout_bp": 0}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/events"),
+            json!({"event": "backfill_paused"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/events"),
+            json!({"event": "backfill_cancelled"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/migrations/{KEY}/events"),
+            json!({"event": "contracted"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/migrations".to_owned(),
+            json!({"key": "orders.other"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/tokens".to_owned(),
+            json!({"name": "x", "role": "admin"}),
+        ),
+    ];
+    for (method, path, mut body) in denied {
+        if path.starts_with(&format!("/v1/migrations/{KEY}/")) {
+            body["expected_version"] = version.into();
+        }
+        if path != "/v1/tokens" {
+            body["reason"] = "a runner oversteps".into();
+        }
+        let (status, answer) = srv.call_as(&token, method, &path, Some(body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("has role backfill"),
+            "{answer}"
+        );
+    }
+    assert_eq!(srv.version_of(KEY).await, version, "nothing changed");
+    // It reads like any client.
+    let (status, _) = srv
+        .call_as(
+            &token,
+            reqwest::Method::GET,
+            &format!("/v1/migrations/{KEY}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     srv.stop().await;
 }
 

@@ -72,7 +72,14 @@ async fn fleet(srv: &TestServer) -> (Value, Vec<(String, String, u64)>) {
     let (status, listed) = srv.get("/v1/clients").await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     let now = srv.clock.clock()();
-    let live = srv.server.app.store.fleet(now, CLIENT_TTL).await.unwrap();
+    // The tokens here are unscoped: every migration's rules count the same fleet.
+    let live = srv
+        .server
+        .app
+        .store
+        .fleet("fleet.m", now, CLIENT_TTL)
+        .await
+        .unwrap();
     let mut live: Vec<_> = live
         .live
         .into_iter()
@@ -428,4 +435,81 @@ async fn legacy_instance(srv: &TestServer, service: &str, instance_id: &str, v: 
     .await
     .unwrap();
     conn.close().await.unwrap();
+}
+
+/// A migration's list of instances is the set rules 3 and 5 count: every live instance, since
+/// any may evaluate the migration, each marked with whether its heartbeats name it. A backfill
+/// runner (whose client never evaluates the migration) names it, so it shows as using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrations_instances_are_the_set_the_rules_count() {
+    use std::time::Duration;
+    use switchyard_client::Client;
+    let srv = TestServer::start(Db::Sqlite).await;
+    let key = "fleet.view";
+    let version = srv.ready_for_backfill(key).await;
+    let grpc = format!("http://{}", srv.server.grpc_addr);
+    let connect = |service: &'static str| {
+        let (grpc, token) = (grpc.clone(), srv.token.clone());
+        async move {
+            Client::builder(grpc, token, service)
+                .instance_id(format!("{service}-1"))
+                .heartbeat_interval(Duration::from_millis(100))
+                .connect()
+                .await
+                .expect("connecting")
+        }
+    };
+    let app = connect("api").await;
+    app.handle(key).stage("user-1");
+    let runner = connect("api-backfill").await;
+    let _backfill = runner.backfill(key);
+    let other = connect("billing").await;
+
+    let path = format!("/v1/migrations/{key}/instances");
+    let uses = |body: &Value| -> Vec<(String, bool, bool)> {
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["service"].as_str().unwrap().to_owned(),
+                    i["live"].as_bool().unwrap(),
+                    i["uses_migration"]
+                        .as_bool()
+                        .expect("a migration's list marks use"),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        ("api".to_owned(), true, true),
+        ("api-backfill".to_owned(), true, true),
+        ("billing".to_owned(), true, false),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = srv.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if uses(&body) == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the list shows every live instance, marked: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every instance in it is one the rules wait for: all three acknowledged the version.
+    let (_, body) = srv.get(&path).await;
+    for i in body["instances"].as_array().unwrap() {
+        assert!(i["applied_version"].as_u64() >= Some(version), "{i}");
+    }
+    // The fleet's list has no such mark.
+    let (_, all) = srv.get("/v1/clients").await;
+    assert!(all["instances"][0].get("uses_migration").is_none(), "{all}");
+    assert_eq!(srv.cli(&["instances", "--migration", key]).await, 0);
+    for client in [app, runner, other] {
+        client.shutdown().await;
+    }
 }

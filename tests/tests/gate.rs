@@ -9,8 +9,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use switchyard_domain::gate::REPORT_GRACE_MS;
-use switchyard_domain::time::format_minute;
+use switchyard_domain::time::{format_minute, format_second};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_proto::v1 as pb;
 use switchyard_tests::{CLIENT_TTL, Db, TestServer, both_databases, grpc_detail};
@@ -129,6 +128,18 @@ async fn send_telemetry(
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
+/// A report with nothing to count, as a running client sends every interval: it tells the
+/// server the instance has reported everything it did until now.
+async fn report_idle(srv: &TestServer, instance: &Instance) {
+    let (status, body) = srv
+        .post(
+            "/v1/clients/telemetry",
+            json!({ "service": instance.service, "instance_id": instance.id, "entries": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
 fn shadow_reads(comparisons: u64) -> TrafficCounts {
     let mut c = TrafficCounts::default();
     c.old.reads = comparisons;
@@ -216,6 +227,10 @@ async fn drive_to_complete_with(
     );
     let started = now(srv);
     assert_eq!(m["soak_started_at_ms"], started, "{m}");
+    // Two reports since the switch: the second covers an interval that began after it, so the
+    // instance has reported everything it did since complete reached 100%.
+    report_idle(srv, instance).await;
+    report_idle(srv, instance).await;
     started
 }
 
@@ -376,7 +391,7 @@ async fn lifecycle_fast_forwarded(db: Db) {
     assert_eq!(report["soak_ends_at_ms"], soak_end);
     assert_eq!(
         check(&report, "soak")["remedy"],
-        format!("soak ends {}, in 1h 0m", format_minute(soak_end))
+        format!("soak ends {}, in 1h", format_minute(soak_end))
     );
     assert_eq!(
         check(&report, "no_shadow_mismatch")["evidence"]
@@ -399,7 +414,7 @@ async fn lifecycle_fast_forwarded(db: Db) {
     assert!(
         message.contains("the contract gate fails, so the old shape may not be dropped yet")
             && message.contains(&format!(
-                "soak: soak ends {}, in 1h 0m",
+                "soak: soak ends {}, in 1h",
                 format_minute(soak_end)
             )),
         "{message}"
@@ -431,9 +446,11 @@ async fn lifecycle_fast_forwarded(db: Db) {
         check(&report, "new_shape_errors")["evidence"]
             .as_str()
             .unwrap()
-            .split(" since ")
+            .split(" in the minutes since ")
             .next(),
-        Some("0 of 500 new-shape operation(s) failed")
+        // From the minute complete reached 100% in: its live-window reads too (60), then the
+        // soak's (500).
+        Some("0 of 560 new-shape operation(s) failed")
     );
     assert_same_report(&report, &grpc_gate(&srv, KEY).await);
     assert_eq!(srv.cli(&["gate", KEY]).await, 0);
@@ -495,33 +512,35 @@ async fn old_traffic_and_step_back(db: Db) {
     create(&srv, KEY, false, &[]).await;
     let soak_start = drive_to_complete(&srv, KEY, &instance).await;
 
-    // Old-shape reads in the minute complete reached 100% are reports of earlier operations:
-    // the grace keeps them out.
-    send_telemetry(&srv, &instance, KEY, minute_of(soak_start), old_reads(9)).await;
-    assert_failing(&gate(&srv, KEY).await, &["soak"]);
+    // (A report whose interval began before the switch may hold operations from before it
+    // and is not judged: see the domain's gate tests. The instance here has reported twice
+    // since the switch, so whatever it reports now happened after it.)
 
     // Three minutes in, something still reads the old shape.
     advance_clock(&srv, 3 * MIN);
     beat(&srv, &instance).await;
     let last = minute_of(now(&srv));
+    let reported_at = now(&srv);
     send_telemetry(&srv, &instance, KEY, last, old_reads(5)).await;
     let report_now = gate(&srv, KEY).await;
     assert_failing(&report_now, &["soak", "no_old_shape_traffic"]);
     let old = check(&report_now, "no_old_shape_traffic");
+    // Exact times: from the later of its previous report (at the switch) and the minute the
+    // reads were counted in, to the report.
     assert_eq!(
         old["evidence"],
         format!(
-            "5 old-shape read(s) and 0 write(s) reported since {}, the last in the minute of {}",
-            format_minute(soak_start + REPORT_GRACE_MS),
-            format_minute(last)
+            "api/api-1 reported 5 old-shape read(s) and 0 write(s) between {} and {}",
+            format_second(last.max(soak_start)),
+            format_second(reported_at)
         )
     );
-    let clears_at = last + MIN + SOAK_MS;
+    let clears_at = reported_at + SOAK_MS;
     assert!(
         old["remedy"]
             .as_str()
             .unwrap()
-            .ends_with(&format!("at the earliest {}", format_minute(clears_at))),
+            .ends_with(&format!("at the earliest {}", format_second(clears_at))),
         "{old}"
     );
     let message = contracted_refused(&srv, KEY).await;
@@ -553,8 +572,9 @@ async fn old_traffic_and_step_back(db: Db) {
     assert_eq!(
         check(&report_now, "no_old_shape_traffic")["evidence"],
         format!(
-            "no old-shape read or write reported since {}",
-            format_minute(last + MIN)
+            "no old-shape read or write reported since {}; all 1 live instance(s) reported \
+             since complete reached 100%",
+            format_second(clears_at - SOAK_MS)
         )
     );
 
@@ -580,15 +600,25 @@ async fn old_traffic_and_step_back(db: Db) {
     let m = ramp(&srv, KEY, "complete", 10_000).await;
     let restart = now(&srv);
     assert_eq!(m["soak_started_at_ms"], restart, "{m}");
-    // The instance has not yet applied the new complete state.
-    assert_failing(&gate(&srv, KEY).await, &["soak", "clients_applied"]);
+    // The instance has not yet applied the new complete state, nor reported since it.
+    assert_failing(
+        &gate(&srv, KEY).await,
+        &[
+            "soak",
+            "clients_applied",
+            "no_old_shape_traffic",
+            "new_shape_errors",
+        ],
+    );
     beat(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
     let report_now = gate(&srv, KEY).await;
     assert_failing(&report_now, &["soak"]);
     assert_eq!(report_now["soak_ends_at_ms"], restart + SOAK_MS);
     assert_eq!(
         check(&report_now, "soak")["remedy"],
-        format!("soak ends {}, in 1h 0m", format_minute(restart + SOAK_MS))
+        format!("soak ends {}, in 1h", format_minute(restart + SOAK_MS))
     );
     assert_same_report(&report_now, &grpc_gate(&srv, KEY).await);
     let message = contracted_refused(&srv, KEY).await;
@@ -600,19 +630,14 @@ async fn old_traffic_and_step_back(db: Db) {
         "{message}"
     );
 
-    // A soak after the restart, the gate passes and contracted is recorded. The instance has
-    // stopped heartbeating meanwhile: an expired instance is not live, and the migration names
-    // no expected service.
+    // A soak after the restart, with the instance having reported since, the gate passes and
+    // contracted is recorded.
     advance_clock(&srv, SOAK_MS);
+    beat(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
     let report_now = gate(&srv, KEY).await;
     assert_failing(&report_now, &[]);
-    assert!(
-        check(&report_now, "clients_applied")["evidence"]
-            .as_str()
-            .unwrap()
-            .starts_with("0 live instance(s) applied version"),
-        "{report_now}"
-    );
     let (status, m) = record(&srv, KEY, "contracted").await;
     assert_eq!(status, StatusCode::OK, "{m}");
     assert_eq!(m["stage"], "contracted");
@@ -903,3 +928,80 @@ both_databases!(
     a_soak_longer_than_the_traffic_retention_is_refused,
     mismatches_of_the_live_window_are_not_forgotten,
 );
+
+// ---------------------------------------------------------------------------------------------
+// A short soak: the windows end on evidence, not on a fixed grace
+// ---------------------------------------------------------------------------------------------
+
+/// A 30-second soak. Before every live instance has reported since complete reached 100%, the
+/// traffic checks fail with "no reports yet" (they used to pass on no data for two minutes);
+/// an old-shape read reported 20 seconds in fails the gate, by exact times, until a soak
+/// period after the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30s_soak_judges_reports_not_a_grace() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let key = "orders.short-soak";
+    let (status, body) = srv
+        .post(
+            "/v1/migrations",
+            json!({ "key": key, "entity_kind": "order_id", "soak_seconds": 30, "reason": REASON }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let first = api(&[key]);
+    let second = Instance {
+        service: "api",
+        id: "api-2",
+        migrations: vec![key],
+    };
+    let switch = drive_to_complete(&srv, key, &first).await;
+    // api-2 runs and applied the change, but has not reported since the switch.
+    beat(&srv, &second).await;
+    let report = gate(&srv, key).await;
+    assert_failing(
+        &report,
+        &["soak", "no_old_shape_traffic", "new_shape_errors"],
+    );
+    for id in ["no_old_shape_traffic", "new_shape_errors"] {
+        assert_eq!(
+            check(&report, id)["evidence"],
+            format!(
+                "no reports yet: 1 of 2 live instance(s) have not reported since complete \
+                 reached 100% at {} (api/api-2)",
+                format_second(switch)
+            )
+        );
+    }
+    report_idle(&srv, &second).await;
+    report_idle(&srv, &second).await;
+    assert_failing(&gate(&srv, key).await, &["soak"]);
+
+    // Second 20: api-1 reports an old-shape read.
+    advance_clock(&srv, 20_000);
+    let at = now(&srv);
+    send_telemetry(&srv, &first, key, minute_of(at), old_reads(1)).await;
+    let report = gate(&srv, key).await;
+    assert_failing(&report, &["soak", "no_old_shape_traffic"]);
+    assert!(
+        check(&report, "no_old_shape_traffic")["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("api/api-1 reported 1 old-shape read(s) and 0 write(s) between"),
+        "{report}"
+    );
+    // The soak ends at second 30; the read still fails the gate until 30 s after its report.
+    advance_clock(&srv, switch + 30_000 - now(&srv));
+    for instance in [&first, &second] {
+        beat(&srv, instance).await;
+        report_idle(&srv, instance).await;
+    }
+    assert_failing(&gate(&srv, key).await, &["no_old_shape_traffic"]);
+    assert_eq!(srv.cli(&["gate", key]).await, 1);
+    advance_clock(&srv, at + 30_000 - now(&srv));
+    for instance in [&first, &second] {
+        beat(&srv, instance).await;
+        report_idle(&srv, instance).await;
+    }
+    assert_failing(&gate(&srv, key).await, &[]);
+    assert_eq!(srv.cli(&["gate", key]).await, 0);
+}

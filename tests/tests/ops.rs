@@ -157,12 +157,7 @@ async fn the_server_sends_its_vocabulary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_every_route() {
     let srv = TestServer::start(Db::Sqlite).await;
-    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", srv.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = srv.openapi().await;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in [
@@ -287,4 +282,76 @@ async fn the_first_admin_token_is_generated_once_and_works() {
         StatusCode::UNAUTHORIZED
     );
     second.shutdown().await.unwrap();
+}
+
+/// What a client generator needs: every operation named (a unique `operationId`) and tagged,
+/// and a migration's schema listing exactly the fields the server returns, all required; a
+/// create answers with the new migration's `Location`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_names_every_operation_and_every_field_the_server_returns() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let doc = srv.openapi().await;
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            let tag = operation["tags"][0].as_str().unwrap();
+            assert!(
+                tags.contains(&tag),
+                "{method} {path}: tag {tag} not declared"
+            );
+        }
+    }
+
+    let response = srv
+        .http
+        .post(format!("{}/v1/migrations", srv.base))
+        .bearer_auth(&srv.token)
+        .json(&json!({"key": "users.fields", "entity_kind": "user_id", "reason": "fields"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["location"].to_str().unwrap(),
+        "/v1/migrations/users.fields"
+    );
+    let created: serde_json::Value = response.json().await.unwrap();
+    let schema = &doc["components"]["schemas"]["Migration"];
+    let returned: std::collections::BTreeSet<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let described: std::collections::BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let required: std::collections::BTreeSet<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        returned, described,
+        "the fields returned and the fields described"
+    );
+    assert_eq!(
+        required, described,
+        "every field is always present, so every one is required"
+    );
+    srv.stop().await;
 }

@@ -426,6 +426,7 @@ fn expected_refusal(error: &DomainError) -> (StatusCode, &'static str, Option<Ru
             Some(*rule),
         ),
         DomainError::NotApplicable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_applicable", None),
+        DomainError::Unchanged(_) => unreachable!("answered 200 with the state, checked above"),
         DomainError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument", None),
     }
 }
@@ -644,6 +645,20 @@ async fn run_case(db: Db, case: Case) {
             accepted || status.is_client_error(),
             "{ctx}: neither accepted nor refused: {status} {response}"
         );
+        let unchanged = matches!(predicted, Err(DomainError::Unchanged(_)));
+        if unchanged {
+            // Asked for what already holds: answered with the state, and nothing written.
+            assert_eq!(status, StatusCode::OK, "{ctx}: unchanged: {response}");
+            let returned = parse_migration(response.clone()).unwrap();
+            assert_eq!((&returned, &after), (&before, &before), "{ctx}: unchanged");
+            assert_eq!(
+                snapshot, model.snapshot,
+                "{ctx}: unchanged, yet the version moved"
+            );
+            assert_eq!(audit, model.audit, "{ctx}: unchanged, yet audited");
+            *cov.accepted.entry("unchanged").or_default() += 1;
+            continue;
+        }
         if accepted {
             assert_eq!(status, StatusCode::OK, "{ctx}: {response}");
             let returned = parse_migration(response.clone()).unwrap();

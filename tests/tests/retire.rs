@@ -266,7 +266,7 @@ async fn a_retired_shape_fails_hidden_callers_restores_intact_and_holds_the_drop
         check["evidence"]
             .as_str()
             .unwrap()
-            .contains("of a 1h 0m probation"),
+            .contains("of a 1h probation"),
         "{check}"
     );
     let (status, body) = record(&s, "contracted").await;

@@ -8,13 +8,13 @@
 //! the same transaction.
 
 use std::time::Duration;
-use switchyard_domain::Role;
 use switchyard_domain::migration::{BackfillStatus, DEFAULT_SHADOW_SAMPLE, DEFAULT_SOAK_SECONDS};
 use switchyard_domain::rules::{self, DomainError, parse_reason};
 use switchyard_domain::{
     BasisPoints, Event, Fleet, LiveInstance, Migration, MigrationKey, NewMigration, Operation,
     Rule, Stage, Version,
 };
+use switchyard_domain::{Role, Scope};
 use switchyard_server::auth::hash_token;
 use switchyard_server::store::{
     Alongside, AuditRecord, Checkpoint, ClientInstance, HeartbeatOutcome, Registrant, Store,
@@ -844,7 +844,7 @@ async fn tokens_create_find_revoke_list(db: Db) {
     );
 
     let t1 = store
-        .create_token("ci-gate", Role::Gate, &h1, T0)
+        .create_token("ci-gate", Role::Gate, &Scope::all(), &h1, T0)
         .await
         .unwrap();
     assert_eq!(
@@ -857,12 +857,12 @@ async fn tokens_create_find_revoke_list(db: Db) {
         ("ci-gate", Role::Gate, T0, None)
     );
     let t2 = store
-        .create_token("ops", Role::Operator, &h2, T0 + 1)
+        .create_token("ops", Role::Operator, &Scope::all(), &h2, T0 + 1)
         .await
         .unwrap();
     assert_ne!(t1.id, t2.id);
     match store
-        .create_token("ci-gate", Role::Reader, &h3, T0 + 2)
+        .create_token("ci-gate", Role::Reader, &Scope::all(), &h3, T0 + 2)
         .await
     {
         Err(StoreError::AlreadyExists(what)) => assert!(what.contains("ci-gate"), "{what}"),
@@ -902,12 +902,12 @@ async fn tokens_create_find_revoke_list(db: Db) {
     // A revoked token's name stays taken (names are unique for the audit trail).
     assert!(matches!(
         store
-            .create_token("ci-gate", Role::Gate, &h3, T0 + 30)
+            .create_token("ci-gate", Role::Gate, &Scope::all(), &h3, T0 + 30)
             .await,
         Err(StoreError::AlreadyExists(_))
     ));
     let t3 = store
-        .create_token("ci-gate-2", Role::Admin, &h3, T0 + 30)
+        .create_token("ci-gate-2", Role::Admin, &Scope::all(), &h3, T0 + 30)
         .await
         .unwrap();
     assert!(t3.id > t2.id);
@@ -1085,11 +1085,11 @@ async fn committed_state_survives_close_and_reconnect(db: Db) {
         .await
         .unwrap();
     let ops = store
-        .create_token("ops", Role::Operator, &hash_token("t-1"), T0)
+        .create_token("ops", Role::Operator, &Scope::all(), &hash_token("t-1"), T0)
         .await
         .unwrap();
     let old = store
-        .create_token("old", Role::Reader, &hash_token("t-2"), T0)
+        .create_token("old", Role::Reader, &Scope::all(), &hash_token("t-2"), T0)
         .await
         .unwrap();
     store.revoke_token(old.id, T0 + 7).await.unwrap();
@@ -1138,7 +1138,7 @@ async fn committed_state_survives_close_and_reconnect(db: Db) {
     }
     assert!(matches!(
         store
-            .create_token("ops", Role::Admin, &hash_token("t-9"), T0)
+            .create_token("ops", Role::Admin, &Scope::all(), &hash_token("t-9"), T0)
             .await,
         Err(StoreError::AlreadyExists(_))
     ));
@@ -1292,8 +1292,8 @@ async fn cancel(
 ) -> Result<Migration, StoreError> {
     let op = Operation::Record(Event::BackfillCancelled);
     let forget = Alongside {
-        traffic_since_ms: None,
         forget_checkpoint: true,
+        ..Alongside::default()
     };
     store
         .mutate_with(key, "rm", T0 + 3, TTL, forget, |current, fleet, _, next| {
@@ -1341,15 +1341,33 @@ async fn revoked_tokens_are_read_by_revoke_time(db: Db) {
     let db = TestDb::new(db).await;
     let store = open(&db).await;
     let kept = store
-        .create_token("kept", Role::Reader, &hash_token("kept-1"), T0)
+        .create_token(
+            "kept",
+            Role::Reader,
+            &Scope::all(),
+            &hash_token("kept-1"),
+            T0,
+        )
         .await
         .unwrap();
     let first = store
-        .create_token("first", Role::Reader, &hash_token("first-1"), T0)
+        .create_token(
+            "first",
+            Role::Reader,
+            &Scope::all(),
+            &hash_token("first-1"),
+            T0,
+        )
         .await
         .unwrap();
     let second = store
-        .create_token("second", Role::Reader, &hash_token("second-1"), T0)
+        .create_token(
+            "second",
+            Role::Reader,
+            &Scope::all(),
+            &hash_token("second-1"),
+            T0,
+        )
         .await
         .unwrap();
     assert_eq!(

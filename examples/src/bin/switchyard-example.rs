@@ -1,4 +1,4 @@
-//! The example services: `switchyard-example users|orders seed|run|backfill`.
+//! The example services: `switchyard-example users|orders|accounts|shipping seed|run|backfill`.
 //!
 //! - `seed --rows N` creates nothing: apply `0001_*.sql` first; it fills the table in the old
 //!   shape.
@@ -15,8 +15,10 @@ use std::time::Duration;
 use switchyard_client::postgres::PgBackfill;
 use switchyard_client::{BackfillOutcome, Client};
 use switchyard_examples::Entities;
+use switchyard_examples::accounts::{self, Accounts};
 use switchyard_examples::load::{Load, LoadConfig};
 use switchyard_examples::orders::{self, Orders};
+use switchyard_examples::shipments::{self, Shipping};
 use switchyard_examples::users::{self, Users};
 
 #[derive(Parser)]
@@ -61,6 +63,10 @@ enum Example {
     Users,
     /// orders.amount (float) → orders.amount_exact numeric(10,2)
     Orders,
+    /// accounts.settings->>'locale' (JSON) → accounts.locale text NOT NULL
+    Accounts,
+    /// orders.ship_address → a shipments table, linked both ways
+    Shipping,
 }
 
 #[derive(Subcommand)]
@@ -115,11 +121,15 @@ async fn main() -> anyhow::Result<()> {
     let (key, service) = match cli.example {
         Example::Users => (users::MIGRATION, "users-api"),
         Example::Orders => (orders::MIGRATION, "orders-api"),
+        Example::Accounts => (accounts::MIGRATION, "accounts-api"),
+        Example::Shipping => (shipments::MIGRATION, "shipping-api"),
     };
     if let Command::Seed { rows } = cli.command {
         match cli.example {
             Example::Users => users::seed(&pool, rows).await?,
             Example::Orders => orders::seed(&pool, rows).await?,
+            Example::Accounts => accounts::seed(&pool, rows).await?,
+            Example::Shipping => shipments::seed(&pool, rows).await?,
         }
         println!("seeded {rows} rows");
         return Ok(());
@@ -150,6 +160,14 @@ async fn main() -> anyhow::Result<()> {
                     let orders = Orders::new(pool.clone(), client.migrator(key));
                     run(&client, key, Arc::new(orders), config).await
                 }
+                Example::Accounts => {
+                    let accounts = Accounts::new(pool.clone(), client.migrator(key));
+                    run(&client, key, Arc::new(accounts), config).await
+                }
+                Example::Shipping => {
+                    let shipping = Shipping::new(pool.clone(), client.migrator(key));
+                    run(&client, key, Arc::new(shipping), config).await
+                }
             }
         }
         Command::Backfill {
@@ -159,6 +177,8 @@ async fn main() -> anyhow::Result<()> {
             let table = match cli.example {
                 Example::Users => users::backfill(pool.clone()),
                 Example::Orders => orders::backfill(pool.clone()),
+                Example::Accounts => accounts::backfill(pool.clone()),
+                Example::Shipping => shipments::backfill(pool.clone()),
             };
             backfill(&client, key, &table, batch_size, max_rows_per_second).await
         }

@@ -57,6 +57,10 @@ pub struct MigrationRecord {
     /// When `retired` was recorded (the old shape is renamed in the database); null: not retired.
     #[serde(default)]
     pub retired_at_ms: Option<i64>,
+    /// When the front entered its current stage (Unix ms); ramps within the stage keep it.
+    /// Absent in snapshots saved before it existed: read as `updated_at_ms`.
+    #[serde(default)]
+    pub stage_since_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +170,7 @@ impl From<&switchyard_domain::Migration> for MigrationRecord {
             old_shape: m.database.old_shape_strings(),
             retire_probation_seconds: m.retire_probation_seconds,
             retired_at_ms: m.retired_at_ms,
+            stage_since_ms: Some(m.stage_since_ms),
             full_since: m.full_since.iter().map(|(s, v)| (*s, v.0)).collect(),
             old_writes_resumed_since: m.old_writes_resumed_since.map(|v| v.0),
             soak_started_at_ms: m.soak_started_at_ms,
@@ -241,6 +246,7 @@ impl TryFrom<MigrationRecord> for switchyard_domain::Migration {
             soak_started_at_ms: m.soak_started_at_ms,
             retire_probation_seconds: m.retire_probation_seconds,
             retired_at_ms: m.retired_at_ms,
+            stage_since_ms: m.stage_since_ms.unwrap_or(m.updated_at_ms),
             live_window: m.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,
                 ended_at_ms: w.ended_at_ms,

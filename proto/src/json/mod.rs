@@ -9,12 +9,14 @@
 
 mod migration;
 mod names;
+mod plans;
 mod reports;
 mod requests;
 mod tokens;
 mod vocabulary;
 
 pub use migration::*;
+pub use plans::*;
 pub use reports::*;
 pub use requests::*;
 pub use tokens::*;

@@ -102,6 +102,10 @@ pub struct Instance {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub live: bool,
+    /// In a migration's list: whether the instance's heartbeats name the migration (it
+    /// evaluates it or runs its backfill). Absent in the fleet's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_migration: Option<bool>,
 }
 
 /// `POST /v1/clients/heartbeat`: the snapshot version the server is at.
@@ -371,6 +375,55 @@ pub struct TelemetryEntry {
     pub minute_ms: i64,
     #[serde(flatten)]
     pub counts: TrafficCounts,
+    /// Some of the mismatches counted, with their entities (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatch_samples: Vec<MismatchSample>,
+}
+
+/// A shadow read whose old and new values differed (in a telemetry entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MismatchSample {
+    pub entity_key: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub observed_at_ms: i64,
+}
+
+impl From<MismatchSample> for switchyard_domain::traffic::MismatchSample {
+    fn from(s: MismatchSample) -> Self {
+        Self {
+            entity_key: s.entity_key,
+            description: s.description,
+            observed_at_ms: s.observed_at_ms,
+        }
+    }
+}
+
+/// `GET /v1/migrations/{key}/mismatches`: the entities whose shadow reads differed, most
+/// recently seen first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatches {
+    pub key: String,
+    /// Distinct entities kept for this migration (the newest 1,000).
+    pub entities: u64,
+    pub samples: Vec<MismatchEntity>,
+}
+
+/// One entity's mismatches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MismatchEntity {
+    pub entity_key: String,
+    /// The latest description the comparison gave (empty: none).
+    pub description: String,
+    /// Samples received for this entity (a client samples the first few per report).
+    pub seen: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Who saw it last.
+    pub service: String,
+    pub instance_id: String,
 }
 
 /// `GET /v1/migrations/{key}/traffic`.
@@ -379,6 +432,20 @@ pub struct Traffic {
     pub key: String,
     pub minutes: Vec<TrafficMinute>,
     pub total: TrafficCounts,
+    /// Per reporting service over the period: who is still on the old shape. Absent from
+    /// servers before it: none.
+    #[serde(default)]
+    pub services: Vec<ServiceTraffic>,
+}
+
+/// One service's operations on a migration over a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTraffic {
+    pub service: String,
+    pub old: SideTraffic,
+    pub new: SideTraffic,
+    /// The last minute (Unix ms) the service used the old shape in the period; null: never.
+    pub last_old_minute_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,4 +70,8 @@ pub struct RecordEvent {
 pub struct CreateToken {
     pub name: String,
     pub role: String,
+    /// Migration keys or key prefixes ending in `*` (`orders.*`); absent or empty: every
+    /// migration.
+    #[serde(default)]
+    pub scope: Vec<String>,
 }

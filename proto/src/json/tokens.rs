@@ -11,6 +11,10 @@ pub struct Token {
     pub name: String,
     #[serde(with = "role_name")]
     pub role: Role,
+    /// The migrations it may see and act on (keys, or prefixes ending in `*`); empty: every
+    /// migration.
+    #[serde(default)]
+    pub scope: Vec<String>,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
 }
@@ -35,6 +39,9 @@ pub struct Whoami {
     pub permissions: Vec<String>,
     #[serde(with = "role_name")]
     pub role: Role,
+    /// The migrations it may see and act on; empty: every migration.
+    #[serde(default)]
+    pub scope: Vec<String>,
     pub token_id: u64,
 }
 

@@ -47,7 +47,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(remote: Remote) -> Result<Self, Failure> {
+    pub fn new(mut remote: Remote) -> Result<Self, Failure> {
+        // `SWITCHYARD_TOKEN=` (set but empty) is no token, not a malformed one.
+        remote.token = remote.token.filter(|t| !t.trim().is_empty());
+        let server = remote.server.trim();
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "--server {server:?} has no scheme: use http://{server} (or https://{server} for a \
+                 server with TLS)"
+            )));
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
@@ -106,6 +115,12 @@ impl Client {
             || format!("server answered {status}"),
             |e| e.message.clone(),
         );
+        // The commonest first-run mistake, said as what to do.
+        let message = if status.as_u16() == 401 && self.remote.token.is_none() {
+            format!("no token: set SWITCHYARD_TOKEN or pass --token (the server said: {message})")
+        } else {
+            message
+        };
         let code = match status.as_u16() {
             401 | 403 => 3,
             400 | 404 | 413 => 2,
@@ -141,6 +156,13 @@ impl Client {
         body: &B,
     ) -> Result<Answer<T>, Failure> {
         self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub(super) async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Answer<T>, Failure> {
+        self.call(reqwest::Method::DELETE, path, None::<&()>).await
     }
 
     pub(super) async fn migration(&self, key: &str) -> Result<Answer<json::Migration>, Failure> {

@@ -26,6 +26,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub struct Remote {
     /// Server base URL (HTTP API).
     // Hidden in `--help` like the token: a URL may carry `user:password@`, which the HTTP
@@ -58,8 +59,10 @@ pub enum Command {
     /// Create, show or list migrations.
     #[command(subcommand)]
     Migration(MigrationCommand),
-    /// Move the rollout front: `ramp KEY --percent 12.5`.
+    /// Move the rollout front: `ramp KEY --percent 12.5`. A ramp to the front the migration is
+    /// already at changes nothing (no new version, no audit record) and says so.
     Ramp {
+        /// The migration's key.
         key: String,
         /// Percentage of entities at the stage, up to two decimals.
         #[arg(long)]
@@ -73,12 +76,14 @@ pub enum Command {
     },
     /// Advance to the next stage (needs the current one at 100%).
     Advance {
+        /// The migration's key.
         key: String,
         #[command(flatten)]
         change: Change,
     },
     /// Step back to the previous stage (needs the current one at 0%).
     Retreat {
+        /// The migration's key.
         key: String,
         #[command(flatten)]
         change: Change,
@@ -91,8 +96,10 @@ pub enum Command {
     /// `-- switchyard: retire KEY` (records retired, through the gate but its retire probation)
     /// or `-- switchyard: restore KEY` (records restored).
     Record {
+        /// The migration's key.
         #[arg(required_unless_present = "sql_file")]
         key: Option<String>,
+        /// What happened.
         #[arg(required_unless_present = "sql_file")]
         #[arg(value_parser = event_parser())]
         event: Option<EventKind>,
@@ -117,8 +124,11 @@ pub enum Command {
     /// check but retire_probation (which starts with the retire); one headed
     /// `-- switchyard: restore KEY` always passes.
     Gate {
+        /// The migration whose contract is to run.
         #[arg(required_unless_present = "migrations_dir")]
         key: Option<String>,
+        /// The folder of migration files: every pending file headed `-- switchyard: contract`
+        /// (or `retire` / `restore`) is checked.
         #[arg(long, conflicts_with = "key")]
         migrations_dir: Option<PathBuf>,
         /// The database the migrations are applied to (sqlite://… or postgres://…).
@@ -156,10 +166,16 @@ pub enum Command {
     ///
     /// Apply it once every gate check but retire_probation passes, then
     /// `record KEY retired`; the drop then waits the probation.
-    RetireSql { key: String },
+    RetireSql {
+        /// The migration's key.
+        key: String,
+    },
     /// Print the SQL that undoes `retire-sql` (the retired names given back), headed
     /// `-- switchyard: restore KEY`; apply it, then `record KEY restored`.
-    RestoreSql { key: String },
+    RestoreSql {
+        /// The migration's key.
+        key: String,
+    },
     /// Report lock and compatibility hazards in migration SQL: `lint FILE|DIR...`. Exit 0 if
     /// none, 1 if any, 2 if a path cannot be read. Reads files only (no server).
     ///
@@ -179,7 +195,9 @@ pub enum Command {
     Backfill(BackfillCommand),
     /// Show a migration's audit log, newest first.
     Audit {
+        /// The migration's key.
         key: String,
+        /// How many entries (1 to 500).
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Show entries older than this id (for paging).
@@ -188,6 +206,7 @@ pub enum Command {
     },
     /// Ask the server what an operation on an entity should do.
     Decide {
+        /// The migration's key.
         key: String,
         /// The entity key; omit for an operation without one.
         #[arg(long)]
@@ -195,13 +214,16 @@ pub enum Command {
     },
     /// List client instances seen in the last hour.
     Instances {
-        /// Only instances that evaluate this migration.
+        /// The instances the rules count for this migration: every one (rules 3 and 5 wait on
+        /// each live instance), with whether its heartbeats name the migration (it evaluates
+        /// it or runs its backfill).
         #[arg(long)]
         migration: Option<String>,
     },
     /// Show what clients report for a migration, per minute: reads and writes per side,
     /// errors, latency, shadow comparisons and mismatches.
     Traffic {
+        /// The migration's key.
         key: String,
         /// How many minutes back.
         #[arg(long, default_value_t = 15)]
@@ -211,24 +233,134 @@ pub enum Command {
     /// with its calls, when it was last seen, who ran it (role, application_name, address) and
     /// whether it blocks the gate. Exit 0 if the gate's database check passes, 1 if not.
     Usage {
+        /// The migration's key.
         key: String,
         /// How far back to show evidence (default: a day, or the soak period if longer).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
     },
+    /// List the entities whose shadow reads differed (as clients sampled them, with what the
+    /// application's comparison said), most recently seen first: the ones to repair, e.g. by
+    /// re-running the backfill's statement for these keys.
+    Mismatches {
+        /// The migration's key.
+        key: String,
+        /// How many entities (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print only the entity keys, one per line (for a repair script).
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// A migration's plan: the rollout steps it takes by itself, each held a minimum time, made
+    /// through the safety rules in the name of the token that set it.
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script: `source <(switchyard completions bash)`, or save it
+    /// where your shell loads completions (zsh: a file `_switchyard` on `$fpath`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) for `man -l -`, or write one page per command into a
+    /// folder (`switchyard.1`, `switchyard-ramp.1`, …) for a MANPATH.
+    Man {
+        /// Write every command's page into this folder instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Commands that never talk to a server, and the connection options each must not be offered
+/// (`lint` keeps `--json`). The options are global for every other command, so that
+/// `switchyard --server URL ramp …` and `switchyard ramp … --server URL` both work.
+const LOCAL_COMMANDS: [(&str, &[&str]); 4] = [
+    ("serve", &["server", "token", "tls_ca", "json"]),
+    ("lint", &["server", "token", "tls_ca"]),
+    ("completions", &["server", "token", "tls_ca", "json"]),
+    ("man", &["server", "token", "tls_ca", "json"]),
+];
+
+/// The command line's parser: the derived one, with the client's connection options hidden
+/// from the commands that never talk to a server (their help does not list them).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    let connection: Vec<clap::Arg> = cli
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    for (name, hidden) in LOCAL_COMMANDS {
+        // A local argument with the global's id stops clap from propagating the global
+        // there; it keeps the global's type, so parsing the rest is unchanged.
+        let standins: Vec<clap::Arg> = connection
+            .iter()
+            .filter(|a| hidden.contains(&a.get_id().as_str()))
+            .map(|a| {
+                a.clone()
+                    .global(false)
+                    .hide(true)
+                    .env(None::<&'static str>)
+                    .default_value(None::<&'static str>)
+            })
+            .collect();
+        cli = cli.mut_subcommand(name, |sub| sub.args(standins));
+    }
+    cli
+}
+
+/// Parses the process's arguments, exiting with clap's usage error (exit code 2) when they are
+/// wrong, including a connection option given to a command that never uses it.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    use clap::parser::ValueSource;
+    let mut parser = command();
+    let matches = parser.get_matches_mut();
+    if let Some((name, sub)) = matches.subcommand() {
+        let given = LOCAL_COMMANDS
+            .iter()
+            .find(|(local, _)| *local == name)
+            .and_then(|(_, hidden)| {
+                hidden
+                    .iter()
+                    .find(|id| sub.value_source(id) == Some(ValueSource::CommandLine))
+            });
+        if let Some(id) = given {
+            let local = parser
+                .find_subcommand_mut(name)
+                .expect("the matched subcommand exists");
+            local
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{} is for the commands that talk to a Switchyard server; \
+                         `switchyard {name}` does not take it",
+                        id.replace('_', "-")
+                    ),
+                )
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut parser).exit())
 }
 
 // Parsed once per process: the size of the largest variant costs nothing worth boxing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum MigrationCommand {
+    /// Create a migration at `off` (every entity on the old shape).
     Create {
+        /// Its key: lowercase letters, digits, `.`, `_` and `-` (e.g. `orders.split-shipments`).
         key: String,
+        /// What it changes and why, for the people who ramp it.
         #[arg(long, default_value = "")]
         description: String,
+        /// Who to ask about it (a team or a person).
         #[arg(long, default_value = "")]
         owner: String,
         /// What the migration is partitioned by, e.g. user_id.
@@ -246,6 +378,7 @@ pub enum MigrationCommand {
         /// Percentage of shadow reads to compare.
         #[arg(long)]
         shadow_sample_percent: Option<String>,
+        /// Why (required; kept in the audit log).
         #[arg(long)]
         reason: String,
         /// The database it migrates: a name the server was started with
@@ -266,15 +399,19 @@ pub enum MigrationCommand {
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         retire_probation: Option<Duration>,
     },
+    /// Show a migration: its front, backfill, soak, expected services and what it drops.
     Show {
+        /// The migration's key.
         key: String,
     },
     /// List migrations; `--stale` lists those needing attention instead: contracted but still
     /// evaluated by live clients (code to clean up), and at complete 100% for longer than
     /// `--days` without being contracted.
     List {
+        /// List the migrations needing attention instead of every migration.
         #[arg(long)]
         stale: bool,
+        /// With --stale: days at complete 100% after which an uncontracted migration is listed.
         #[arg(long, default_value_t = DEFAULT_COMPLETE_FOR_DAYS, requires = "stale")]
         days: u32,
     },
@@ -284,16 +421,22 @@ pub enum MigrationCommand {
 pub enum BackfillCommand {
     /// Rows done, estimated total, rate and ETA; `--watch` follows it with a progress bar.
     Status {
+        /// The migration's key.
         key: String,
+        /// Follow it until it ends.
         #[arg(long)]
         watch: bool,
     },
+    /// Pause it: its runner stops after the batch in flight and waits.
     Pause {
+        /// The migration's key.
         key: String,
         #[command(flatten)]
         change: Change,
     },
+    /// Resume a paused backfill from its checkpoint.
     Resume {
+        /// The migration's key.
         key: String,
         #[command(flatten)]
         change: Change,
@@ -303,6 +446,7 @@ pub enum BackfillCommand {
     Set(super::backfill::SetArgs),
     /// Stop the backfill and forget its checkpoint (it can be started again).
     Cancel {
+        /// The migration's key.
         key: String,
         #[command(flatten)]
         change: Change,
@@ -310,19 +454,133 @@ pub enum BackfillCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum TokenCommand {
-    Create {
+pub enum PlanCommand {
+    /// Set or replace a migration's plan (operator role):
+    /// `plan set KEY --stage dual_write=1,25,100 --stage shadow=100 --stage live=5,50,100 --hold 1h`.
+    /// Every stage but the last advances after its last step (which must be 100%); the last
+    /// stops there. A manual ramp, advance or step back pauses the plan.
+    Set {
+        /// The migration's key.
+        key: String,
+        /// A stage and its steps in percent, in order: `live=5,25,50,100`. Repeat for
+        /// consecutive stages, in stage order.
+        #[arg(
+            long = "stage",
+            value_name = "STAGE=P1,P2,…",
+            required_unless_present_any = ["file", "template"]
+        )]
+        stages: Vec<String>,
+        /// Start from this template (`plan template list`); each --stage given replaces the
+        /// template's stage of that name, and --window its window.
+        #[arg(long, value_name = "NAME", conflicts_with = "file")]
+        template: Option<String>,
+        /// How long each step is held before the next (e.g. 30m, 1h); counted from the
+        /// migration's last change.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "file")]
+        hold: Option<Duration>,
+        /// Take no step before this UTC time (e.g. 2026-12-03T09:00:00Z): a scheduled change.
+        #[arg(long, value_name = "TIME", conflicts_with = "file")]
+        at: Option<String>,
+        /// Take steps only within these hours, in a named time zone:
+        /// `"mon-fri 09:00-16:00 Europe/Berlin"` (holds count outside them too).
+        #[arg(long, value_name = "DAYS HOURS ZONE")]
+        window: Option<String>,
+        #[command(flatten)]
+        guardrails: super::plan::GuardrailArgs,
+        /// The plan as JSON, the API's body without its reason (per stage its steps with
+        /// rollout_bp and hold_seconds, and then: advance or stop), instead of --stage.
+        #[arg(long, value_name = "FILE", conflicts_with = "stages")]
+        file: Option<PathBuf>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show a migration's plan: its steps, whether it runs, and what it does next and when.
+    Show {
+        /// The migration's key.
+        key: String,
+    },
+    /// Pause a running plan: no step is taken until it is resumed.
+    Pause {
+        /// The migration's key.
+        key: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a paused plan from wherever the migration's front is now.
+    Resume {
+        /// The migration's key.
+        key: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Named plans to start migrations from: `plan template set|list|remove`.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// Set or replace a template (operator role):
+    /// `plan template set standard-rename --stage dual_write=1,25,100 … --hold 1h`.
+    /// Migrations already started from it keep their own copy.
+    Set {
+        /// Its name: a-z, 0-9, '.', '_' and '-'.
         name: String,
+        /// A stage and its steps in percent, as for `plan set` (repeat, in stage order).
+        #[arg(long = "stage", value_name = "STAGE=P1,P2,…", required = true)]
+        stages: Vec<String>,
+        /// How long each step is held before the next.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold: Option<Duration>,
+        /// Take steps only within these hours: `"mon-fri 09:00-16:00 Europe/Berlin"`.
+        #[arg(long, value_name = "DAYS HOURS ZONE")]
+        window: Option<String>,
+        /// What it is for, for the people choosing one.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the templates.
+    List,
+    /// Remove a template (migrations started from it keep their plans).
+    Remove {
+        /// The template's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// A name to know it by (unique; shown in the audit log).
+        name: String,
+        /// Its role: reader for clients, backfill for backfill runners, gate for deploy
+        /// pipelines, operator for release managers, admin for everything (tokens too).
         #[arg(long, value_parser = role_parser())]
         role: Role,
+        /// Limit it to these migrations: a key (orders.split-shipments) or a key prefix ending
+        /// in '*' (orders.*, quoted for the shell). Repeat or separate with commas. Without it,
+        /// every migration. Admin tokens cannot be scoped.
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
     },
+    /// List every token, revoked ones too.
     List,
+    /// Revoke a token: refused from the next request, its open watch streams ended.
     Revoke {
+        /// The token's id (from `token list`).
         id: u64,
     },
 }
 
-/// What every mutating command takes.
+// What every mutating command takes. (A `//` comment: a doc comment here would become the
+// `about` of every command that flattens it without its own.)
 #[derive(Args, Debug)]
 pub struct Change {
     /// Why (required; kept in the audit log).

@@ -21,7 +21,7 @@ pub(super) async fn run(client: &Client, command: BackfillCommand) -> Result<Out
 
 /// `backfill status`: once, or followed until the backfill ends (a progress bar in a terminal).
 async fn status(client: &Client, key: &str, watch: bool) -> Result<Output, Failure> {
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     let path = format!("/v1/migrations/{}/backfill", path_segment(key)?);
     let tty = std::io::stdout().is_terminal();
     loop {
@@ -30,16 +30,15 @@ async fn status(client: &Client, key: &str, watch: bool) -> Result<Output, Failu
         let line = render::terminal(&render::progress(&p.body)).into_owned();
         if !watch || p.body.status != json::BackfillStatus::Running {
             if watch && tty {
-                println!();
+                super::say("\n");
             }
             return Ok(Output::ok(p.json, line));
         }
         if tty {
-            print!("\r{line:<100}");
+            super::say(&format!("\r{line:<100}"));
         } else {
-            println!("{line}");
+            super::say(&format!("{line}\n"));
         }
-        let _ = std::io::stdout().flush();
         // A display refresh, not a wait for a condition: the server is polled once a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -49,6 +48,7 @@ async fn status(client: &Client, key: &str, watch: bool) -> Result<Output, Failu
 /// them all (back to the runner's own values). Thresholds take `off` to turn a signal off.
 #[derive(clap::Args, Debug)]
 pub struct SetArgs {
+    /// The migration's key.
     pub key: String,
     /// Rows per batch.
     #[arg(long)]

@@ -66,6 +66,26 @@ pub(super) async fn usage(
     })
 }
 
+pub(super) async fn mismatches(
+    client: &Client,
+    key: &str,
+    limit: u32,
+    keys_only: bool,
+) -> Result<Output, Failure> {
+    let m = client
+        .get::<json::Mismatches>(&format!(
+            "/v1/migrations/{}/mismatches?limit={limit}",
+            path_segment(key)?
+        ))
+        .await?;
+    let human = if keys_only {
+        render::mismatch_keys(&m.body)
+    } else {
+        render::mismatches(&m.body)
+    };
+    Ok(Output::ok(m.json, human))
+}
+
 /// Every instance: the server answers in pages (a fleet can be thousands), followed here to
 /// the last so the list is never silently cut.
 pub(super) async fn instances(client: &Client, migration: Option<&str>) -> Result<Output, Failure> {

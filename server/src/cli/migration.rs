@@ -90,7 +90,7 @@ pub(super) async fn ramp(
     let version = client
         .expected_version(key, change.expected_version)
         .await?;
-    let m = client
+    let m: Answer<json::Migration> = client
         .post(
             &format!("/v1/migrations/{}/rollout", path_segment(key)?),
             &json::Rollout {
@@ -101,6 +101,12 @@ pub(super) async fn ramp(
             },
         )
         .await?;
+    if m.body.record.version == version {
+        // The server writes nothing for a ramp to the front it is at, and answers with it.
+        let mut out = output(m, "")?;
+        out.human = format!("already there, nothing changed: {}", out.human);
+        return Ok(out);
+    }
     output(m, "ramped")
 }
 

@@ -12,12 +12,16 @@ mod gate;
 mod inspect;
 mod lint;
 mod migration;
+mod plan;
 mod render;
 mod sqlfiles;
 mod token;
 
 pub use api::{Client, Failure};
-pub use args::{BackfillCommand, Change, Cli, Command, MigrationCommand, Remote, TokenCommand};
+pub use args::{
+    BackfillCommand, Change, Cli, Command, MigrationCommand, PlanCommand, Remote, TemplateCommand,
+    TokenCommand, command, parse,
+};
 use migration::Rename;
 use serde_json::{Value, json};
 
@@ -28,6 +32,14 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
     let result = match command {
         // Reads files only: no client, so no server URL or token is needed.
         Command::Lint { paths, sarif } => lint::run(&paths, sarif),
+        // Generated from the parser itself, so they never disagree with it.
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut args::command(), "switchyard", &mut script);
+            say(&String::from_utf8_lossy(&script));
+            return 0;
+        }
+        Command::Man { out_dir } => return manual(out_dir.as_deref()),
         command => match Client::new(remote) {
             Ok(client) => execute(&client, command).await,
             Err(failure) => Err(failure),
@@ -36,13 +48,13 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
     match result {
         Ok(output) => {
             if json_output {
-                println!(
-                    "{}",
+                say(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&output.json).unwrap_or_default()
-                );
+                ));
             } else {
                 // Escaped here whoever composed it: see `render`.
-                println!("{}", render::terminal(&output.human));
+                say(&format!("{}\n", render::terminal(&output.human)));
             }
             output.code
         }
@@ -52,14 +64,50 @@ pub async fn run(remote: Remote, command: Command) -> i32 {
                     .body
                     .clone()
                     .unwrap_or_else(|| json!({ "code": "cli_error", "message": failure.message }));
-                println!(
-                    "{}",
+                say(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&body).unwrap_or_default()
-                );
+                ));
             }
             // Messages carry the server's words (and, for a refusal, a migration's text).
             eprintln!("error: {}", render::terminal(&failure.message));
             failure.code
+        }
+    }
+}
+
+/// `man`: the main page on standard output, or every command's page into `out_dir`.
+fn manual(out_dir: Option<&std::path::Path>) -> i32 {
+    let written = match out_dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(args::command())
+                .render(&mut page)
+                .map(|()| say(&String::from_utf8_lossy(&page)))
+        }
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(args::command(), dir))
+            .map(|()| say(&format!("manual pages written to {}\n", dir.display()))),
+    };
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: writing the manual: {e}");
+            2
+        }
+    }
+}
+
+/// Writes `text` to standard output. A reader that went away (`| head`, `grep -q`) ends the
+/// command quietly, as other Unix tools end; SIGPIPE itself stays ignored, so a server that
+/// closes the connection mid-request (a TLS client against a plaintext port) is an error the
+/// CLI reports with its exit code, not a signal that kills it.
+pub(crate) fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
     }
 }
@@ -84,7 +132,9 @@ impl Output {
 async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
-        Command::Lint { .. } => unreachable!("lint is handled by run"),
+        Command::Lint { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("local commands are handled by run")
+        }
         Command::Migration(command) => migration::run(client, command).await,
         Command::Gate {
             key: Some(key),
@@ -155,7 +205,13 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
         Command::Decide { key, entity } => inspect::decide(client, &key, entity.as_deref()).await,
         Command::Traffic { key, minutes } => inspect::traffic(client, &key, minutes).await,
         Command::Usage { key, since } => inspect::usage(client, &key, since).await,
+        Command::Mismatches {
+            key,
+            limit,
+            keys_only,
+        } => inspect::mismatches(client, &key, limit, keys_only).await,
         Command::Instances { migration } => inspect::instances(client, migration.as_deref()).await,
         Command::Token(command) => token::run(client, command).await,
+        Command::Plan(command) => plan::run(client, command).await,
     }
 }

@@ -135,7 +135,7 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
         } else {
             "no"
         },
-        humantime::format_duration(Duration::from_secs(m.soak_seconds)),
+        switchyard_domain::time::format_duration(Duration::from_secs(m.soak_seconds)),
         or_dash(&m.expected_services.join(", ")),
         m.database.target.as_ref().map_or("-", |t| t.as_str()),
         or_dash(&m.database.old_shape_strings().join(", ")),
@@ -143,11 +143,11 @@ pub(super) fn migration(m: &Migration, verb: &str) -> String {
             (None, _) => "no (the contract drops the old shape directly)".to_owned(),
             (Some(p), None) => format!(
                 "yes, probation {} (not retired yet)",
-                humantime::format_duration(Duration::from_secs(p))
+                switchyard_domain::time::format_duration(Duration::from_secs(p))
             ),
             (Some(p), Some(at)) => format!(
                 "yes, probation {}; retired {}",
-                humantime::format_duration(Duration::from_secs(p)),
+                switchyard_domain::time::format_duration(Duration::from_secs(p)),
                 time(Some(at))
             ),
         },
@@ -380,7 +380,7 @@ pub(super) fn lifecycle(v: &json::Lifecycle) -> String {
     if v.contracted_in_use.is_empty() && v.complete_not_contracted.is_empty() {
         return format!(
             "nothing stale: no contracted migration is still evaluated, and none has been at \
-             complete 100% for over {} days",
+             complete 100% for over {}d",
             v.complete_for_days
         );
     }
@@ -428,7 +428,7 @@ pub(super) fn progress(p: &json::BackfillProgress) -> String {
             .map(|s| {
                 format!(
                     ", ETA {}",
-                    humantime::format_duration(Duration::from_secs(s))
+                    switchyard_domain::time::format_duration(Duration::from_secs(s))
                 )
             })
             .unwrap_or_default();
@@ -450,7 +450,8 @@ pub(super) fn progress(p: &json::BackfillProgress) -> String {
 /// Why the runner holds, and for how long it has held in all.
 fn throttle(p: &json::BackfillProgress) -> String {
     let t = &p.throttle;
-    let total = humantime::format_duration(Duration::from_secs(t.throttled_seconds as u64));
+    let total =
+        switchyard_domain::time::format_duration(Duration::from_secs(t.throttled_seconds as u64));
     if t.throttled {
         format!(", throttled: {} (held {total} in all)", cell(&t.reason))
     } else if t.throttled_seconds >= 1.0 {
@@ -528,14 +529,25 @@ pub(super) fn decision(d: &json::Decision, entity: Option<&str>) -> String {
 }
 
 pub(super) fn instances(list: &json::Instances) -> String {
+    // A migration's list (every instance carries `uses_migration`) says which name it.
+    let per_migration = list.instances.iter().any(|i| i.uses_migration.is_some());
     let mut out = format!(
-        "{:<24} {:<40} {:>8} {:<5} LAST SEEN\n",
-        "SERVICE", "INSTANCE", "APPLIED", "LIVE"
+        "{:<24} {:<40} {:>8} {:<5} {}LAST SEEN\n",
+        "SERVICE",
+        "INSTANCE",
+        "APPLIED",
+        "LIVE",
+        if per_migration { "USES  " } else { "" }
     );
     for i in &list.instances {
+        let uses = match i.uses_migration {
+            Some(true) => "yes   ",
+            Some(false) => "no    ",
+            None => "",
+        };
         // Numbers go unpadded under their header, as the CLI has always printed them.
         out.push_str(&format!(
-            "{:<24} {:<40} {} {:<5} {}\n",
+            "{:<24} {:<40} {} {:<5} {uses}{}\n",
             cell(&i.service),
             cell(&i.instance_id),
             i.applied_version,
@@ -543,33 +555,50 @@ pub(super) fn instances(list: &json::Instances) -> String {
             time(Some(i.last_seen_ms)),
         ));
     }
+    if per_migration {
+        out.push_str(
+            "(rules 3 and 5 wait for every live instance to apply a change, whether or not it \
+             uses the migration yet)\n",
+        );
+    }
     out.trim_end().to_owned()
 }
 
 pub(super) fn created_token(t: &json::CreatedToken) -> String {
     format!(
-        "created token {} ({}) with role {}; it is shown only now:\n{}",
+        "created token {} ({}) with role {} on {}; it is shown only now:\n{}",
         t.info.id,
         cell(&t.info.name),
         t.info.role.as_str(),
+        scope(&t.info.scope),
         cell(&t.token)
     )
 }
 
+/// A token's scope as the CLI prints it.
+fn scope(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "every migration".to_owned()
+    } else {
+        cell(&patterns.join(",")).into_owned()
+    }
+}
+
 pub(super) fn tokens(list: &json::Tokens) -> String {
     let mut out = format!(
-        "{:>4} {:<24} {:<9} {:<22} REVOKED\n",
-        "ID", "NAME", "ROLE", "CREATED"
+        "{:>4} {:<24} {:<9} {:<22} {:<22} SCOPE\n",
+        "ID", "NAME", "ROLE", "CREATED", "REVOKED"
     );
     for t in &list.tokens {
         // The id unpadded under its header, as the CLI has always printed it.
         out.push_str(&format!(
-            "{} {:<24} {:<9} {:<22} {}\n",
+            "{} {:<24} {:<9} {:<22} {:<22} {}\n",
             t.id,
             cell(&t.name),
             t.role.as_str(),
             time(Some(t.created_at_ms)),
             t.revoked_at_ms.map_or("-".to_owned(), |ms| time(Some(ms))),
+            scope(&t.scope),
         ));
     }
     out.trim_end().to_owned()
@@ -577,6 +606,124 @@ pub(super) fn tokens(list: &json::Tokens) -> String {
 
 pub(super) fn revoked_token(t: &json::Token) -> String {
     format!("revoked token {} ({})", t.id, cell(&t.name))
+}
+
+pub(super) fn mismatches(m: &json::Mismatches) -> String {
+    if m.samples.is_empty() {
+        return format!("no mismatch sampled for {}", cell(&m.key));
+    }
+    let mut out = format!(
+        "{} entities sampled for {} (showing {}, most recent first)\n{:<24} {:>6} {:<20} {:<24} DIFFERENCE\n",
+        m.entities,
+        cell(&m.key),
+        m.samples.len(),
+        "ENTITY",
+        "SEEN",
+        "LAST SEEN",
+        "BY",
+    );
+    for s in &m.samples {
+        let description = if s.description.is_empty() {
+            "(no description)"
+        } else {
+            &s.description
+        };
+        out.push_str(&format!(
+            "{:<24} {:>6} {:<20} {:<24} {}\n",
+            cell(&s.entity_key),
+            s.seen,
+            time(Some(s.last_seen_ms)),
+            cell(&format!("{}/{}", s.service, s.instance_id)),
+            cell(description),
+        ));
+    }
+    out.pop();
+    out
+}
+
+/// One entity key per line, nothing else: for `xargs` or a repair script.
+pub(super) fn mismatch_keys(m: &json::Mismatches) -> String {
+    m.samples
+        .iter()
+        .map(|s| s.entity_key.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A plan: its status, its stages and steps, and what it does next.
+pub(super) fn plan(p: &json::PlanView, verb: &str) -> String {
+    let mut out = if verb.is_empty() {
+        format!("plan of {}: {} ({})", p.key, p.status, p.status_reason)
+    } else {
+        format!(
+            "plan of {} {verb}: now {} ({})",
+            p.key, p.status, p.status_reason
+        )
+    };
+    if let Some(template) = &p.template {
+        out.push_str(&format!("\n  from template    {template}"));
+    }
+    if let Some(window) = &p.window {
+        out.push_str(&format!("\n  window           {window}"));
+    }
+    if let Some(at) = p.not_before_ms {
+        out.push_str(&format!(
+            "\n  starts           {}",
+            switchyard_domain::time::format_minute(at)
+        ));
+    }
+    out.push_str(&plan_stages(&p.stages));
+    out.push_str(&format!(
+        "\n  next             {}: {}",
+        p.next.kind, p.next.description
+    ));
+    if !p.waiting.is_empty() && p.waiting != p.next.description {
+        out.push_str(&format!("\n  waiting          {}", p.waiting));
+    }
+    out
+}
+
+/// A template: its name, description, window and stages.
+pub(super) fn template(t: &json::PlanTemplate) -> String {
+    let mut out = format!("{} (set by {})", t.name, t.updated_by);
+    if !t.description.is_empty() {
+        out.push_str(&format!("\n  {}", t.description));
+    }
+    if let Some(window) = &t.window {
+        out.push_str(&format!("\n  window           {window}"));
+    }
+    out.push_str(&plan_stages(&t.stages));
+    out
+}
+
+/// One line per stage: its steps with their holds, then what follows.
+fn plan_stages(stages: &[json::PlanStage]) -> String {
+    let mut out = String::new();
+    for s in stages {
+        let steps: Vec<String> = s
+            .steps
+            .iter()
+            .map(|st| {
+                let pct = switchyard_domain::BasisPoints::new(st.rollout_bp)
+                    .map_or_else(|_| format!("{} bp", st.rollout_bp), |bp| bp.to_string());
+                if st.hold_seconds > 0 {
+                    format!(
+                        "{pct} (hold {})",
+                        switchyard_domain::time::format_span(st.hold_seconds as i64 * 1000)
+                    )
+                } else {
+                    pct
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "\n  {:<16} {}, then {}",
+            s.stage,
+            steps.join(" → "),
+            s.then
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

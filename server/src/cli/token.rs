@@ -8,13 +8,14 @@ use switchyard_proto::json;
 
 pub(super) async fn run(client: &Client, command: TokenCommand) -> Result<Output, Failure> {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create { name, role, scope } => {
             let t = client
                 .post::<_, json::CreatedToken>(
                     "/v1/tokens",
                     &json::CreateToken {
                         name,
                         role: role.as_str().to_owned(),
+                        scope,
                     },
                 )
                 .await?;

@@ -6,7 +6,7 @@ use crate::app::{BackfillProgress, CreateMigrationInput, Decision, Lifecycle, Ru
 use crate::hub::{Snapshot, WatchItem};
 use crate::store::{AuditRecord, ClientInstance, TokenRecord};
 use switchyard_domain::Version;
-use switchyard_domain::traffic::TrafficCounts;
+use switchyard_domain::traffic::{MismatchSample, TrafficCounts};
 use switchyard_proto::convert::traffic_minute_to_wire;
 use switchyard_proto::v1 as pb;
 
@@ -46,17 +46,28 @@ impl<'a> From<&'a pb::BackfillCheckpointRequest> for RunnerPosition<'a> {
     }
 }
 
-/// A client's counts as the app takes them: (migration, minute, counts).
+/// A client's counts as the app takes them: (migration, minute, counts), and the mismatch
+/// samples per migration.
+#[allow(clippy::type_complexity)]
 pub fn telemetry_entries(
     entries: Vec<pb::MigrationTelemetry>,
-) -> Vec<(String, i64, TrafficCounts)> {
-    entries
+) -> (
+    Vec<(String, i64, TrafficCounts)>,
+    Vec<(String, Vec<MismatchSample>)>,
+) {
+    let mut samples = Vec::new();
+    let counts = entries
         .into_iter()
-        .map(|e| {
+        .map(|mut e| {
             let counts = TrafficCounts::from(&e);
+            if !e.mismatch_samples.is_empty() {
+                let taken = std::mem::take(&mut e.mismatch_samples);
+                samples.push((e.key.clone(), taken.into_iter().map(Into::into).collect()));
+            }
             (e.key, e.minute_ms, counts)
         })
-        .collect()
+        .collect();
+    (counts, samples)
 }
 
 impl From<&Snapshot> for pb::Snapshot {
@@ -108,6 +119,7 @@ impl From<TokenRecord> for pb::TokenInfo {
             role: pb::Role::from(t.role) as i32,
             created_at_ms: t.created_at_ms,
             revoked_at_ms: t.revoked_at_ms.unwrap_or(0),
+            scope: t.scope.texts(),
         }
     }
 }
@@ -136,7 +148,7 @@ pub fn audit_page(entries: Vec<AuditRecord>, next: Option<u64>) -> pb::AuditResp
     }
 }
 
-pub fn instance(i: ClientInstance, live: bool) -> pb::Instance {
+pub fn instance(i: ClientInstance, live: bool, uses_migration: Option<bool>) -> pb::Instance {
     pb::Instance {
         service: i.service,
         instance_id: i.instance_id,
@@ -144,6 +156,7 @@ pub fn instance(i: ClientInstance, live: bool) -> pb::Instance {
         last_seen_ms: i.last_seen_ms,
         first_seen_ms: i.first_seen_ms,
         live,
+        uses_migration,
     }
 }
 
@@ -171,7 +184,10 @@ impl From<Lifecycle> for pb::LifecycleResponse {
                 .map(|(key, instances)| pb::ContractedInUse {
                     key,
                     // Only live instances are listed: their heartbeats name the migration now.
-                    instances: instances.into_iter().map(|i| instance(i, true)).collect(),
+                    instances: instances
+                        .into_iter()
+                        .map(|i| instance(i, true, Some(true)))
+                        .collect(),
                 })
                 .collect(),
             complete_not_contracted: view

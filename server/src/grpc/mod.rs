@@ -3,12 +3,12 @@
 //! the wire forms of the server's own records are in `convert`.
 
 mod convert;
+pub mod timing;
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use futures::{Stream, StreamExt};
-use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 use switchyard_domain::{Event, Operation, Version};
@@ -27,7 +27,8 @@ impl GrpcApi {
         Self { app }
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    /// The authenticated caller of `method`; a refusal is counted under the method called.
+    async fn caller<T>(&self, method: &str, request: &Request<T>) -> Result<Principal, Status> {
         let header = request
             .metadata()
             .get("authorization")
@@ -36,7 +37,7 @@ impl GrpcApi {
             .auth
             .authenticate(header)
             .await
-            .map_err(|e| status("auth", e))
+            .map_err(|e| status(method, e))
     }
 }
 
@@ -84,16 +85,41 @@ pub fn status(method: &str, e: ApiError) -> Status {
         current: e.current().map(pb::Migration::from),
     };
     count(method, code);
-    Status::with_details(code, e.public_message(), detail.encode_to_vec().into())
+    switchyard_proto::status::rich_status(code, e.public_message(), &detail)
 }
 
 fn count(method: &str, code: tonic::Code) {
     metrics::counter!(
         "switchyard_grpc_requests_total",
         "method" => method.to_owned(),
-        "code" => format!("{code:?}")
+        "code" => code_name(code)
     )
     .increment(1);
+}
+
+/// The canonical name of a gRPC status code (`FAILED_PRECONDITION`), as grpc-go's and
+/// grpc-java's metrics label it, so dashboards and alerts written for them fit.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 fn ok<T>(method: &str, value: T) -> Result<Response<T>, Status> {
@@ -110,7 +136,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::CreateMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
         const M: &str = "CreateMigration";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let input = request.into_inner().into();
         match self.app.create_migration(&who, input).await {
             Ok(m) => ok(M, pb::Migration::from(&m)),
@@ -123,7 +149,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::GetMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
         const M: &str = "GetMigration";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.get_migration(&who, &request.get_ref().key) {
             Ok(m) => ok(M, pb::Migration::from(&*m)),
             Err(e) => Err(status(M, e)),
@@ -135,7 +161,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::ListMigrationsRequest>,
     ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
         const M: &str = "ListMigrations";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.snapshot(&who) {
             Ok(s) => ok(
                 M,
@@ -152,7 +178,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::SetRolloutRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
         const M: &str = "SetRollout";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let result = async {
             let op = Operation::try_from(&r)?;
@@ -186,7 +212,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
         const M: &str = "RecordEvent";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let result = async {
             let event = Event::try_from(&r)?;
@@ -212,7 +238,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
         const M: &str = "Audit";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let before = (r.before_id > 0).then_some(r.before_id);
         match self.app.audit(&who, &r.key, Some(r.limit), before).await {
@@ -226,7 +252,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
         const M: &str = "GetSnapshot";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.snapshot(&who) {
             Ok(s) => ok(M, pb::Snapshot::from(&*s)),
             Err(e) => Err(status(M, e)),
@@ -240,7 +266,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         const M: &str = "Watch";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         self.app.snapshot(&who).map_err(|e| status(M, e))?;
         let since = Version(request.get_ref().since_version);
         self.app
@@ -256,12 +282,17 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         // The connection now carries a stream: it counts against the watch cap, not the
         // connection cap, for as long as the stream lives.
         let mark = watched_connection(&request).map(|c| c.mark_watch());
-        let stream = stream.map(move |item| {
+        let app = self.app.clone();
+        // A scoped token's stream carries only what its scope covers.
+        let stream = stream.filter_map(move |item| {
             let _carrying = &mark;
-            match item {
-                Ok(item) => Ok(pb::WatchEvent::from(item)),
-                Err(crate::hub::TokenRevoked) => Err(status(M, who.revoked())),
-            }
+            let event = match item {
+                Ok(item) => app
+                    .visible_item(&who, item)
+                    .map(|i| Ok(pb::WatchEvent::from(i))),
+                Err(crate::hub::TokenRevoked) => Some(Err(status(M, who.revoked()))),
+            };
+            std::future::ready(event)
         });
         ok(M, Box::pin(stream) as WatchStream)
     }
@@ -271,7 +302,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
         const M: &str = "Decide";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.get_ref();
         let entity = (!r.entity_key.is_empty()).then_some(r.entity_key.as_str());
         match self.app.decide(&who, &r.key, entity) {
@@ -285,7 +316,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         const M: &str = "Heartbeat";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         match self
             .app
@@ -314,7 +345,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         const M: &str = "ListInstances";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let migration = (!r.migration.is_empty()).then_some(r.migration.as_str());
         let after = (!r.after.is_empty()).then_some(r.after.as_str());
@@ -329,7 +360,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
                     instances: page
                         .instances
                         .into_iter()
-                        .map(|(i, live)| convert::instance(i, live))
+                        .map(|v| convert::instance(v.instance, v.live, v.uses_migration))
                         .collect(),
                     next_after: page.next.unwrap_or_default(),
                 },
@@ -343,12 +374,12 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::ReportTelemetryRequest>,
     ) -> Result<Response<pb::ReportTelemetryResponse>, Status> {
         const M: &str = "ReportTelemetry";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
-        let entries = convert::telemetry_entries(r.entries);
+        let (entries, samples) = convert::telemetry_entries(r.entries);
         match self
             .app
-            .report_telemetry(&who, &r.service, &r.instance_id, entries)
+            .report_telemetry(&who, &r.service, &r.instance_id, entries, samples)
             .await
         {
             Ok(()) => ok(M, pb::ReportTelemetryResponse {}),
@@ -361,11 +392,11 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::TrafficRequest>,
     ) -> Result<Response<pb::TrafficResponse>, Status> {
         const M: &str = "Traffic";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let minutes = (r.minutes > 0).then_some(r.minutes);
         match self.app.traffic(&who, &r.key, minutes).await {
-            Ok((rows, total)) => ok(M, convert::traffic(r.key, &rows, &total)),
+            Ok(view) => ok(M, convert::traffic(r.key, &view.minutes, &view.total)),
             Err(e) => Err(status(M, e)),
         }
     }
@@ -375,7 +406,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::GateRequest>,
     ) -> Result<Response<pb::GateReport>, Status> {
         const M: &str = "Gate";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.gate(&who, &request.get_ref().key).await {
             Ok(report) => ok(M, pb::GateReport::from(&report)),
             Err(e) => Err(status(M, e)),
@@ -387,7 +418,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::LifecycleRequest>,
     ) -> Result<Response<pb::LifecycleResponse>, Status> {
         const M: &str = "Lifecycle";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let days = match request.get_ref().complete_for_days {
             0 => crate::app::DEFAULT_COMPLETE_FOR_DAYS,
             n => n,
@@ -410,7 +441,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::GetBackfillRequest>,
     ) -> Result<Response<pb::BackfillProgress>, Status> {
         const M: &str = "GetBackfill";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.backfill(&who, &request.get_ref().key).await {
             Ok(p) => ok(M, pb::BackfillProgress::from(&p)),
             Err(e) => Err(status(M, e)),
@@ -422,7 +453,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::BackfillCheckpointRequest>,
     ) -> Result<Response<pb::BackfillProgress>, Status> {
         const M: &str = "CheckpointBackfill";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         match self
             .app
@@ -439,11 +470,11 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         const M: &str = "CreateToken";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         let r = request.into_inner();
         let result = async {
             let role = role_from_wire(r.role)?;
-            self.app.create_token(&who, &r.name, role).await
+            self.app.create_token(&who, &r.name, role, &r.scope).await
         }
         .await;
         match result {
@@ -463,7 +494,7 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         const M: &str = "ListTokens";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.list_tokens(&who).await {
             Ok(list) => ok(
                 M,
@@ -480,22 +511,85 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
         const M: &str = "RevokeToken";
-        let who = self.caller(&request).await?;
+        let who = self.caller(M, &request).await?;
         match self.app.revoke_token(&who, request.get_ref().id).await {
             Ok(t) => ok(M, pb::TokenInfo::from(t)),
             Err(e) => Err(status(M, e)),
         }
     }
+
+    async fn get_plan(
+        &self,
+        request: Request<pb::GetPlanRequest>,
+    ) -> Result<Response<pb::PlanView>, Status> {
+        const M: &str = "GetPlan";
+        let who = self.caller(M, &request).await?;
+        match self.app.plan(&who, &request.get_ref().key).await {
+            Ok(view) => ok(M, self.plan_view(&view)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn set_plan(
+        &self,
+        request: Request<pb::SetPlanRequest>,
+    ) -> Result<Response<pb::PlanView>, Status> {
+        const M: &str = "SetPlan";
+        let who = self.caller(M, &request).await?;
+        let r = request.into_inner();
+        let result = async {
+            let body = switchyard_proto::json::PlanBody::try_from(&r)?;
+            self.app.set_plan(&who, &r.key, &body).await
+        }
+        .await;
+        match result {
+            Ok(view) => ok(M, self.plan_view(&view)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn pause_plan(
+        &self,
+        request: Request<pb::PlanChangeRequest>,
+    ) -> Result<Response<pb::PlanView>, Status> {
+        self.plan_status("PausePlan", request, true).await
+    }
+
+    async fn resume_plan(
+        &self,
+        request: Request<pb::PlanChangeRequest>,
+    ) -> Result<Response<pb::PlanView>, Status> {
+        self.plan_status("ResumePlan", request, false).await
+    }
 }
 
 impl GrpcApi {
+    async fn plan_status(
+        &self,
+        method: &str,
+        request: Request<pb::PlanChangeRequest>,
+        pause: bool,
+    ) -> Result<Response<pb::PlanView>, Status> {
+        let who = self.caller(method, &request).await?;
+        let r = request.get_ref();
+        match self.app.pause_plan(&who, &r.key, pause, &r.reason).await {
+            Ok(view) => ok(method, self.plan_view(&view)),
+            Err(e) => Err(status(method, e)),
+        }
+    }
+
+    /// The HTTP answer's fields, in the proto's shape.
+    fn plan_view(&self, view: &crate::plans::PlanView) -> pb::PlanView {
+        pb::PlanView::from(&crate::http::json::plan_view(view, self.app.now()))
+    }
+
     async fn step(
         &self,
         method: &str,
         request: Request<pb::StepRequest>,
         op: Operation,
     ) -> Result<Response<pb::Migration>, Status> {
-        let who = self.caller(&request).await?;
+        let who = self.caller(method, &request).await?;
         let r = request.into_inner();
         match self
             .app

@@ -65,6 +65,9 @@ static ASSETS: &[Asset] = &[
     asset!("js/views/migration/instances.js", JS),
     asset!("js/views/migration/traffic.js", JS),
     asset!("js/views/migration/usage.js", JS),
+    asset!("js/views/migration/mismatches.js", JS),
+    asset!("js/views/migration/timeline.js", JS),
+    asset!("js/views/migration/plan.js", JS),
     asset!("js/views/migration/audit.js", JS),
 ];
 

@@ -4,13 +4,12 @@
 use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES, Usage};
 use crate::error::ApiError;
 use crate::hub::Snapshot;
-use crate::store::{AuditRecord, ClientInstance, TokenRecord};
+use crate::store::{AuditRecord, ClientInstance, MismatchEntity, TokenRecord};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use switchyard_domain::Migration;
-use switchyard_domain::traffic::TrafficCounts;
 use switchyard_proto::json;
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
@@ -126,7 +125,7 @@ pub fn audit_page(entries: Vec<AuditRecord>, next_before_id: Option<u64>) -> jso
     }
 }
 
-pub fn instance(i: ClientInstance, live: bool) -> json::Instance {
+pub fn instance(i: ClientInstance, live: bool, uses_migration: Option<bool>) -> json::Instance {
     json::Instance {
         service: i.service,
         instance_id: i.instance_id,
@@ -134,6 +133,7 @@ pub fn instance(i: ClientInstance, live: bool) -> json::Instance {
         first_seen_ms: i.first_seen_ms,
         last_seen_ms: i.last_seen_ms,
         live,
+        uses_migration,
     }
 }
 
@@ -142,26 +142,96 @@ pub fn token(t: TokenRecord) -> json::Token {
         id: t.id,
         name: t.name,
         role: t.role,
+        scope: t.scope.texts(),
         created_at_ms: t.created_at_ms,
         revoked_at_ms: t.revoked_at_ms,
     }
 }
 
-pub fn traffic(
-    key: String,
-    minutes: Vec<(i64, TrafficCounts)>,
-    total: TrafficCounts,
-) -> json::Traffic {
+/// A template as the template endpoints answer it.
+pub fn plan_template(t: &crate::store::StoredTemplate) -> json::PlanTemplate {
+    json::PlanTemplate {
+        name: t.name.clone(),
+        stages: json::plan_stages(&t.plan),
+        window: t.plan.window.as_ref().map(|w| w.describe()),
+        description: t.description.clone(),
+        updated_by: t.updated_by.clone(),
+        updated_at_ms: t.updated_at_ms,
+    }
+}
+
+/// A plan as the plan endpoints answer it.
+pub fn plan_view(view: &crate::plans::PlanView, now_ms: i64) -> json::PlanView {
+    let s = &view.stored;
+    json::PlanView {
+        key: s.key.clone(),
+        stages: json::plan_stages(&s.plan),
+        not_before_ms: s.plan.not_before_ms,
+        window: s.plan.window.as_ref().map(|w| w.describe()),
+        template: s.template.clone(),
+        guardrails: json::GuardrailsBody::of(&s.guardrails),
+        set_by: format!("{} (token {})", s.set_by_name, s.set_by_token),
+        set_at_ms: s.set_at_ms,
+        status: s.status.as_str().to_owned(),
+        status_reason: s.status_reason.clone(),
+        status_at_ms: s.status_at_ms,
+        waiting: s.waiting.clone(),
+        next: json::plan_next(&view.next, now_ms),
+    }
+}
+
+/// `GET /v1/migrations/{key}/actions`: each change's verdict under the rules, now.
+pub fn dry_run(
+    m: &switchyard_domain::Migration,
+    verdicts: &[(
+        &'static str,
+        Result<(), switchyard_domain::rules::DomainError>,
+    )],
+) -> serde_json::Value {
+    use switchyard_domain::rules::DomainError;
+    let actions: Vec<serde_json::Value> = verdicts
+        .iter()
+        .map(|(action, verdict)| {
+            let (allowed, rule, message) = match verdict {
+                Ok(()) => (true, None, None),
+                Err(e) => (
+                    false,
+                    match e {
+                        DomainError::Refused { rule, .. } => Some(rule.number()),
+                        DomainError::Stale { .. } => Some(8),
+                        _ => None,
+                    },
+                    Some(e.to_string()),
+                ),
+            };
+            serde_json::json!({ "action": action, "allowed": allowed, "rule": rule, "message": message })
+        })
+        .collect();
+    serde_json::json!({ "key": m.key.as_str(), "version": m.version.0, "actions": actions })
+}
+
+pub fn traffic(key: String, view: crate::app::TrafficView) -> json::Traffic {
     json::Traffic {
         key,
-        minutes: minutes
+        services: view
+            .services
+            .iter()
+            .map(|(service, counts, last_old)| json::ServiceTraffic {
+                service: service.clone(),
+                old: (&counts.old).into(),
+                new: (&counts.new).into(),
+                last_old_minute_ms: *last_old,
+            })
+            .collect(),
+        minutes: view
+            .minutes
             .into_iter()
             .map(|(minute_ms, counts)| json::TrafficMinute {
                 minute_ms,
                 counts: (&counts).into(),
             })
             .collect(),
-        total: (&total).into(),
+        total: (&view.total).into(),
     }
 }
 
@@ -235,9 +305,24 @@ pub fn lifecycle(view: Lifecycle, complete_for_days: u32) -> json::Lifecycle {
             .contracted_in_use
             .into_iter()
             .map(|(key, instances)| json::ContractedInUse {
-                instances: instances.into_iter().map(|i| instance(i, true)).collect(),
+                instances: instances
+                    .into_iter()
+                    .map(|i| instance(i, true, Some(true)))
+                    .collect(),
                 key,
             })
             .collect(),
+    }
+}
+
+pub fn mismatch(m: MismatchEntity) -> json::MismatchEntity {
+    json::MismatchEntity {
+        entity_key: m.entity_key,
+        description: m.description,
+        seen: m.seen.max(0) as u64,
+        first_seen_ms: m.first_seen_ms,
+        last_seen_ms: m.last_seen_ms,
+        service: m.service,
+        instance_id: m.instance_id,
     }
 }

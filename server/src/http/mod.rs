@@ -2,7 +2,8 @@
 //! document and the web dashboard (`/`, `/assets/`). The only module that knows HTTP.
 
 mod dashboard;
-mod json;
+pub(crate) mod json;
+mod ofrep;
 pub mod serve;
 
 use crate::app::{App, CreateMigrationInput, DEFAULT_COMPLETE_FOR_DAYS, MAX_BODY_BYTES};
@@ -12,7 +13,7 @@ use crate::hub::{TokenRevoked, WatchItem};
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -44,8 +45,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/clients/telemetry", post(report_telemetry))
         .route("/migrations/{key}/instances", get(migration_instances))
         .route("/migrations/{key}/traffic", get(traffic))
+        .route("/migrations/{key}/actions", get(dry_run))
+        .route("/plans", get(list_plans))
+        .route("/plan-templates", get(list_templates))
+        .route(
+            "/plan-templates/{name}",
+            axum::routing::put(set_template).delete(remove_template),
+        )
+        .route("/migrations/{key}/plan", get(get_plan).put(set_plan))
+        .route("/migrations/{key}/plan/pause", post(pause_plan))
+        .route("/migrations/{key}/plan/resume", post(resume_plan))
         .route("/migrations/{key}/gate", get(gate))
         .route("/migrations/{key}/usage", get(usage))
+        .route("/migrations/{key}/mismatches", get(mismatches))
         .route("/migrations/{key}/backfill", get(backfill))
         .route(
             "/migrations/{key}/backfill/checkpoint",
@@ -66,11 +78,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/assets/{*path}", get(dashboard::asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async { crate::metrics::handle().render() }),
-        )
+        .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(openapi_document))
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_flags))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .fallback(|| async { ApiError::NotFound(NO_SUCH_ROUTE.to_owned()) })
         .layer(axum::middleware::from_fn(count_requests))
         // One span per request (method, path); `RUST_LOG=tower_http=debug` logs each response.
@@ -158,17 +169,24 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Only the methods routes answer: any other is one label value, not one per spelling.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let response = next.run(request).await;
-    metrics::counter!(
-        "switchyard_http_requests_total",
-        "route" => route,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    crate::metrics::record_http(route, method, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -245,6 +263,7 @@ async fn whoami(Caller(who): Caller) -> axum::Json<wire::Whoami> {
             .map(|p| p.as_str().to_owned())
             .collect(),
         role: who.role,
+        scope: who.scope.texts(),
         token_id: who.token_id,
     })
 }
@@ -280,7 +299,7 @@ async fn create_migration(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     ApiJson(body): ApiJson<wire::CreateMigration>,
-) -> Result<(StatusCode, axum::Json<wire::Migration>), ApiError> {
+) -> Result<Response, ApiError> {
     let created = app
         .create_migration(
             &who,
@@ -300,7 +319,13 @@ async fn create_migration(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, json::migration(&created)))
+    let location = format!("/v1/migrations/{}", created.key);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        json::migration(&created),
+    )
+        .into_response())
 }
 
 async fn list_migrations(
@@ -453,19 +478,49 @@ async fn snapshot(
         .snapshot_at_least(&who, "If-None-Match version", Version(held.unwrap_or(0)))
         .await?;
     let etag = format!("\"v{}\"", snapshot.version);
-    let unchanged = headers
-        .get(IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            // If-None-Match uses the weak comparison (RFC 9110 13.1.2): `W/"v3"` matches `"v3"`.
-            v.split(',')
-                .map(str::trim)
-                .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
-        });
-    if unchanged {
+    if none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag)]).into_response());
     }
     Ok(([(ETAG, etag)], axum::Json(json::snapshot(&snapshot))).into_response())
+}
+
+/// `/metrics`: the registry, with the per-migration gauges set from the current state first.
+async fn render_metrics(State(app): State<Arc<App>>) -> String {
+    // The recorder first: gauges set before it is installed would go nowhere.
+    let handle = crate::metrics::handle();
+    match app.readings().await {
+        Ok((readings, now)) => crate::metrics::record_migrations(
+            readings.iter().map(|(m, r)| (&**m, Some(r.clone()))),
+            now,
+        ),
+        // A database that does not answer must not take the metrics with it (that is when
+        // they are needed): the state held in memory is still reported, the store's readings
+        // keep their last values, and the failure is counted.
+        Err(e) => {
+            tracing::warn!(error = %e, "reading per-migration metrics from the store failed");
+            metrics::counter!("switchyard_metrics_reading_failures_total").increment(1);
+            let snapshot = app.hub.snapshot();
+            crate::metrics::record_migrations(
+                snapshot.migrations.values().map(|m| (&**m, None)),
+                app.now(),
+            );
+        }
+    }
+    crate::metrics::record_process();
+    handle.render()
+}
+
+/// Whether the request's `If-None-Match` matches `etag`, by the weak comparison If-None-Match
+/// uses (RFC 9110 13.1.2): `W/"v3"` matches `"v3"`.
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        })
 }
 
 #[derive(Deserialize)]
@@ -497,6 +552,16 @@ async fn watch(
     // The connection now carries a stream: it counts against the watch cap, not the
     // connection cap, for as long as the stream lives.
     let mark = connection.map(|axum::Extension(c)| c.mark_watch());
+    let visible = app.clone();
+    let shown = who.clone();
+    // A scoped token's stream carries only what its scope covers.
+    let stream = stream.filter_map(move |item| {
+        let item = match item {
+            Ok(item) => visible.visible_item(&shown, item).map(Ok),
+            Err(revoked) => Some(Err(revoked)),
+        };
+        std::future::ready(item)
+    });
     let stream = stream.map(move |item| {
         let _carrying = &mark;
         let event = match item {
@@ -572,7 +637,7 @@ async fn instances(
         instances: page
             .instances
             .into_iter()
-            .map(|(i, live)| json::instance(i, live))
+            .map(|v| json::instance(v.instance, v.live, v.uses_migration))
             .collect(),
         next_after: page.next,
     }))
@@ -612,12 +677,19 @@ async fn report_telemetry(
     Caller(who): Caller,
     ApiJson(body): ApiJson<TelemetryBody>,
 ) -> Result<StatusCode, ApiError> {
+    let mut samples = Vec::new();
     let entries = body
         .entries
         .into_iter()
-        .map(|e| (e.key, e.minute_ms, e.counts.into()))
+        .map(|e| {
+            if !e.mismatch_samples.is_empty() {
+                let taken = e.mismatch_samples.into_iter().map(Into::into).collect();
+                samples.push((e.key.clone(), taken));
+            }
+            (e.key, e.minute_ms, e.counts.into())
+        })
         .collect();
-    app.report_telemetry(&who, &body.service, &body.instance_id, entries)
+    app.report_telemetry(&who, &body.service, &body.instance_id, entries, samples)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -635,8 +707,8 @@ async fn traffic(
     query: Result<Query<TrafficQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<wire::Traffic>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
-    let (minutes, total) = app.traffic(&who, &key, q.minutes).await?;
-    Ok(axum::Json(json::traffic(key, minutes, total)))
+    let view = app.traffic(&who, &key, q.minutes).await?;
+    Ok(axum::Json(json::traffic(key, view)))
 }
 
 #[derive(Deserialize)]
@@ -657,13 +729,36 @@ async fn usage(
     )))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MismatchesQuery {
+    limit: Option<u32>,
+}
+
+async fn mismatches(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    query: Result<Query<MismatchesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<wire::Mismatches>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    let (migration, rows, entities) = app.mismatches(&who, &key, q.limit).await?;
+    Ok(axum::Json(wire::Mismatches {
+        key: migration.key.to_string(),
+        entities,
+        samples: rows.into_iter().map(json::mismatch).collect(),
+    }))
+}
+
 async fn create_token(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     ApiJson(body): ApiJson<wire::CreateToken>,
 ) -> Result<(StatusCode, axum::Json<wire::CreatedToken>), ApiError> {
     let role = Role::parse(&body.role).map_err(ApiError::invalid)?;
-    let (record, secret) = app.create_token(&who, &body.name, role).await?;
+    let (record, secret) = app
+        .create_token(&who, &body.name, role, &body.scope)
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(wire::CreatedToken {
@@ -695,6 +790,103 @@ async fn revoke_token(
         .parse()
         .map_err(|_| ApiError::invalid(format!("invalid token id {id:?}: allowed a number")))?;
     Ok(axum::Json(json::token(app.revoke_token(&who, id).await?)))
+}
+
+async fn list_templates(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<axum::Json<wire::PlanTemplates>, ApiError> {
+    let templates = app.templates(&who).await?;
+    Ok(axum::Json(wire::PlanTemplates {
+        templates: templates.iter().map(json::plan_template).collect(),
+    }))
+}
+
+async fn set_template(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<wire::PlanTemplateBody>,
+) -> Result<axum::Json<wire::PlanTemplate>, ApiError> {
+    let t = app.set_template(&who, &name, &body).await?;
+    Ok(axum::Json(json::plan_template(&t)))
+}
+
+async fn remove_template(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> Result<axum::Json<wire::PlanTemplate>, ApiError> {
+    let t = app.remove_template(&who, &name).await?;
+    Ok(axum::Json(json::plan_template(&t)))
+}
+
+async fn list_plans(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<axum::Json<wire::Plans>, ApiError> {
+    let now = app.now();
+    let plans = app.plans(&who).await?;
+    Ok(axum::Json(wire::Plans {
+        plans: plans.iter().map(|v| json::plan_view(v, now)).collect(),
+    }))
+}
+
+async fn get_plan(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<wire::PlanView>, ApiError> {
+    let view = app.plan(&who, &key).await?;
+    Ok(axum::Json(json::plan_view(&view, app.now())))
+}
+
+async fn set_plan(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<wire::PlanBody>,
+) -> Result<axum::Json<wire::PlanView>, ApiError> {
+    let view = app.set_plan(&who, &key, &body).await?;
+    Ok(axum::Json(json::plan_view(&view, app.now())))
+}
+
+async fn pause_plan(
+    state: State<Arc<App>>,
+    caller: Caller,
+    key: Path<String>,
+    body: ApiJson<wire::PlanChange>,
+) -> Result<axum::Json<wire::PlanView>, ApiError> {
+    plan_status(state, caller, key, body, true).await
+}
+
+async fn resume_plan(
+    state: State<Arc<App>>,
+    caller: Caller,
+    key: Path<String>,
+    body: ApiJson<wire::PlanChange>,
+) -> Result<axum::Json<wire::PlanView>, ApiError> {
+    plan_status(state, caller, key, body, false).await
+}
+
+async fn plan_status(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<wire::PlanChange>,
+    pause: bool,
+) -> Result<axum::Json<wire::PlanView>, ApiError> {
+    let view = app.pause_plan(&who, &key, pause, &body.reason).await?;
+    Ok(axum::Json(json::plan_view(&view, app.now())))
+}
+
+async fn dry_run(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(key): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (m, verdicts) = app.dry_run(&who, &key).await?;
+    Ok(axum::Json(json::dry_run(&m, &verdicts)))
 }
 
 async fn gate(

@@ -214,7 +214,7 @@ impl HttpBody for UntilWritten {
 
 /// The request body did not arrive within the server's `--request-body-timeout`.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {} (the server's --request-body-timeout)", humantime::format_duration(*.0))]
+#[error("the request body did not arrive within {} (the server's --request-body-timeout)", switchyard_domain::time::format_duration(*.0))]
 pub struct BodyTimedOut(pub Duration);
 
 /// A request body that must arrive whole within a deadline, counted from the first time the

@@ -3,9 +3,11 @@
 
 use super::rows::{ClientInstance, InstanceRow};
 use super::state::{counts_json, parse_counts};
+use super::tokens::instance_covers;
 use super::{Store, StoreError, Tx};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use switchyard_domain::gate::{InstanceReport, OldUse, Reports};
 use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, LiveInstance, Version};
 
@@ -172,11 +174,12 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
     }
 
-    /// One page of the instances seen within `window` (only those whose heartbeats name
-    /// `migration`, if given), ordered by service and instance id, starting after `after`.
+    /// One page of the instances seen within `window`, ordered by service and instance id,
+    /// starting after `after`; with `key`, only those whose token's scope covers migration
+    /// `key` (the set the rules count for it).
     pub async fn instances_page(
         &self,
-        migration: Option<&str>,
+        key: Option<&str>,
         now_ms: i64,
         window: Duration,
         after: Option<(&str, &str)>,
@@ -184,30 +187,54 @@ impl Store {
     ) -> Result<Vec<ClientInstance>, StoreError> {
         // Labels are never empty, so ("", "") is before every instance.
         let (after_service, after_instance) = after.unwrap_or(("", ""));
-        let (join, only) = match migration {
-            Some(_) => (
-                " JOIN client_instance_migrations m ON m.service = i.service \
-                 AND m.instance_id = i.instance_id",
-                " AND m.migration_key = $5 AND m.last_seen_ms >= $1",
-            ),
-            None => ("", ""),
+        let covering = match key {
+            Some(_) => format!("AND {}", instance_covers("$5")),
+            None => String::new(),
         };
-        let sql = format!(
-            "SELECT i.service, i.instance_id, i.applied_version, i.first_seen_ms, \
-             i.last_seen_ms FROM client_instances i{join} WHERE i.last_seen_ms >= $1 \
-             AND (i.service > $2 OR (i.service = $2 AND i.instance_id > $3)){only} \
-             ORDER BY i.service, i.instance_id LIMIT $4"
-        );
-        let mut query = sqlx::query_as::<_, InstanceRow>(&sql)
-            .bind(now_ms - window.as_millis() as i64)
-            .bind(after_service)
-            .bind(after_instance)
-            .bind(i64::from(limit));
-        if let Some(key) = migration {
-            query = query.bind(key);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows: Vec<InstanceRow> = sqlx::query_as(&format!(
+            "SELECT service, instance_id, applied_version, first_seen_ms, last_seen_ms \
+             FROM client_instances i WHERE last_seen_ms >= $1 \
+             AND (service > $2 OR (service = $2 AND instance_id > $3)) {covering} \
+             ORDER BY service, instance_id LIMIT $4"
+        ))
+        .bind(now_ms - window.as_millis() as i64)
+        .bind(after_service)
+        .bind(after_instance)
+        .bind(i64::from(limit))
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(InstanceRow::into_record).collect())
+    }
+
+    /// The instances among `page` whose heartbeats within `window` name `key` (they evaluate
+    /// the migration, or run its backfill), as (service, instance id).
+    pub async fn naming(
+        &self,
+        key: &str,
+        page: &[ClientInstance],
+        now_ms: i64,
+        window: Duration,
+    ) -> Result<HashSet<(String, String)>, StoreError> {
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            return Ok(HashSet::new());
+        };
+        // The page's range of (service, instance id), so one query answers for the page.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT service, instance_id FROM client_instance_migrations \
+             WHERE migration_key = $1 AND last_seen_ms >= $2 \
+             AND (service > $3 OR (service = $3 AND instance_id >= $4)) \
+             AND (service < $5 OR (service = $5 AND instance_id <= $6))",
+        )
+        .bind(key)
+        .bind(now_ms - window.as_millis() as i64)
+        .bind(&first.service)
+        .bind(&first.instance_id)
+        .bind(&last.service)
+        .bind(&last.instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Instances seen within `window` whose heartbeats name `key` among their migrations.
@@ -304,6 +331,109 @@ impl Store {
         .await
     }
 
+    /// Records that an instance reported at `now_ms` (its previous report becomes the start of
+    /// the interval this one covers), and, per migration, the old-shape operations it
+    /// reported: (key, reads, writes, the start of the earliest minute they were counted in).
+    pub async fn record_report(
+        &self,
+        service: &str,
+        instance_id: &str,
+        old_use: &[(String, u64, u64, i64)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            Box::pin(async move {
+                let previous: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT reported_ms FROM client_instances \
+                     WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let previous = previous.flatten();
+                sqlx::query(
+                    "UPDATE client_instances SET previous_reported_ms = reported_ms, \
+                     reported_ms = $3 WHERE service = $1 AND instance_id = $2",
+                )
+                .bind(service)
+                .bind(instance_id)
+                .bind(now_ms)
+                .execute(&mut **tx)
+                .await?;
+                for (key, reads, writes, first_minute) in old_use {
+                    // The operations happened after the previous report, and not before the
+                    // minute they were first counted in (a backlog sent after an outage).
+                    let since = previous.unwrap_or(*first_minute).max(*first_minute);
+                    sqlx::query(
+                        "INSERT INTO instance_old_use (migration_key, service, instance_id, \
+                         since_ms, until_ms, reads, writes) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (migration_key, service, instance_id) DO UPDATE SET \
+                         since_ms = excluded.since_ms, until_ms = excluded.until_ms, \
+                         reads = excluded.reads, writes = excluded.writes",
+                    )
+                    .bind(key)
+                    .bind(service)
+                    .bind(instance_id)
+                    .bind(since.min(now_ms))
+                    .bind(now_ms)
+                    .bind(i64::try_from(*reads).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(*writes).unwrap_or(i64::MAX))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// What the gate needs of the instances' reports for migration `key`: every instance's
+    /// last two report times, and each instance's latest old-shape use of `key` since
+    /// `since_ms`.
+    pub async fn reports(&self, key: &str, since_ms: i64) -> Result<Reports, StoreError> {
+        let instances: Vec<(String, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT service, instance_id, reported_ms, previous_reported_ms \
+             FROM client_instances WHERE reported_ms IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let old_use: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT service, instance_id, since_ms, until_ms, reads, writes \
+             FROM instance_old_use WHERE migration_key = $1 AND until_ms >= $2",
+        )
+        .bind(key)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Reports {
+            instances: instances
+                .into_iter()
+                .map(
+                    |(service, instance_id, reported_ms, previous_reported_ms)| InstanceReport {
+                        service,
+                        instance_id,
+                        reported_ms,
+                        previous_reported_ms,
+                    },
+                )
+                .collect(),
+            old_use: old_use
+                .into_iter()
+                .map(
+                    |(service, instance_id, since_ms, until_ms, reads, writes)| OldUse {
+                        service,
+                        instance_id,
+                        since_ms,
+                        until_ms,
+                        reads: reads.max(0) as u64,
+                        writes: writes.max(0) as u64,
+                    },
+                )
+                .collect(),
+        })
+    }
+
     /// A migration's counts per minute from `since_minute_ms` on, summed over services.
     pub async fn traffic(
         &self,
@@ -313,10 +443,41 @@ impl Store {
         traffic_minutes(&self.pool, key, since_minute_ms).await
     }
 
-    /// The live fleet (instances that reported within `ttl`).
-    pub async fn fleet(&self, now_ms: i64, ttl: Duration) -> Result<Fleet, StoreError> {
+    /// What each service reported of `key` since `since_minute_ms`, in total, with the last
+    /// minute it used the old shape (None: not in the period): who is still on the old shape.
+    pub async fn traffic_by_service(
+        &self,
+        key: &str,
+        since_minute_ms: i64,
+    ) -> Result<Vec<(String, TrafficCounts, Option<i64>)>, StoreError> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT service, minute_ms, counts FROM traffic_minutes WHERE migration_key = $1 \
+             AND minute_ms >= $2 ORDER BY service, minute_ms",
+        )
+        .bind(key)
+        .bind(since_minute_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut services: Vec<(String, TrafficCounts, Option<i64>)> = Vec::new();
+        for (service, minute, counts) in rows {
+            let counts = parse_counts(&counts)?;
+            let old_use = (counts.old.operations() > 0).then_some(minute);
+            match services.last_mut() {
+                Some((s, total, last_old)) if *s == service => {
+                    total.add(&counts);
+                    *last_old = old_use.or(*last_old);
+                }
+                _ => services.push((service, counts, old_use)),
+            }
+        }
+        Ok(services)
+    }
+
+    /// The live fleet migration `key` waits on (instances that reported within `ttl` and whose
+    /// token's scope covers `key`).
+    pub async fn fleet(&self, key: &str, now_ms: i64, ttl: Duration) -> Result<Fleet, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let fleet = load_fleet(&mut tx, now_ms, ttl).await;
+        let fleet = load_fleet(&mut tx, key, now_ms, ttl).await;
         tx.commit().await?;
         fleet
     }
@@ -330,6 +491,7 @@ impl Store {
                     "DELETE FROM traffic_minutes WHERE minute_ms < $1",
                     // The database's evidence is kept as long as the clients' own.
                     "DELETE FROM usage_statements WHERE minute_ms < $1",
+                    "DELETE FROM instance_old_use WHERE until_ms < $1",
                     "DELETE FROM client_instance_migrations WHERE last_seen_ms < $1",
                     "DELETE FROM client_instances WHERE last_seen_ms < $1",
                 ] {
@@ -373,16 +535,21 @@ where
     Ok(minutes)
 }
 
+/// The live instances migration `key` waits on: an instance whose token may not see `key`
+/// never receives its changes, so neither acknowledges nor evaluates them.
 pub(super) async fn load_fleet(
     tx: &mut Tx<'_>,
+    key: &str,
     now_ms: i64,
     ttl: Duration,
 ) -> Result<Fleet, StoreError> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT service, instance_id, applied_version FROM client_instances \
-         WHERE last_seen_ms >= $1",
-    )
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT service, instance_id, applied_version FROM client_instances i \
+         WHERE last_seen_ms >= $1 AND {}",
+        instance_covers("$2")
+    ))
     .bind(now_ms - ttl.as_millis() as i64)
+    .bind(key)
     .fetch_all(&mut **tx)
     .await?;
     Ok(Fleet {

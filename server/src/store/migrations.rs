@@ -17,7 +17,7 @@ pub struct Mutated {
 
 /// What a mutation does besides deciding and recording the next state, in the same
 /// transaction.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Alongside {
     /// Read the migration's traffic per minute from this minute on, for the decision (the
     /// contract gate, or the record of a closing live window), so deciding on it and recording
@@ -26,6 +26,9 @@ pub struct Alongside {
     /// Forget the backfill's checkpoint if the change commits (a cancel: a new start begins at
     /// the start), so the cancel and the forgetting cannot be seen apart.
     pub forget_checkpoint: bool,
+    /// Pause the migration's running plan, with this reason, if the change commits: a person
+    /// changed it by hand, and the plan must not carry on from a state it did not choose.
+    pub pause_plan: Option<String>,
 }
 
 impl Store {
@@ -192,7 +195,7 @@ impl Store {
         self.write(|tx| {
             Box::pin(async move {
                 let current = self.lock_migration(tx, key).await?;
-                let fleet = load_fleet(tx, now_ms, client_ttl).await?;
+                let fleet = load_fleet(tx, key, now_ms, client_ttl).await?;
                 let traffic = match alongside.traffic_since_ms {
                     Some(since) => traffic_minutes(&mut **tx, key, since).await?,
                     None => Vec::new(),
@@ -209,6 +212,17 @@ impl Store {
                 };
                 if alongside.forget_checkpoint {
                     forget_checkpoint(tx, key).await?;
+                }
+                if let Some(reason) = &alongside.pause_plan {
+                    super::plans::plan_status_in(
+                        tx,
+                        key,
+                        &[super::PlanStatus::Running],
+                        super::PlanStatus::Paused,
+                        reason,
+                        now_ms,
+                    )
+                    .await?;
                 }
                 let before = MigrationRow::from_domain(&current)?;
                 let row = MigrationRow::from_domain(&next)?;

@@ -16,13 +16,17 @@
 //! refusal or error before the mutex is released.
 //!
 //! Layout, by table family: `migrations` (migrations and their audit log), `clients` (client
-//! instances and their traffic), `checkpoints` (backfill positions), `tokens` (API tokens),
-//! `usage` (the usage observer's leases, baselines and evidence);
+//! instances, their traffic, their report times and latest old-shape use, for the gate),
+//! `checkpoints` (backfill positions), `tokens` (API tokens), `usage` (the usage observer's
+//! leases, baselines and evidence), `mismatches` (entities whose shadow reads differed, as clients
+//! sampled them);
 //! `rows` and `state` hold the row types and the stored form of a migration.
 
 mod checkpoints;
 mod clients;
 mod migrations;
+mod mismatches;
+mod plans;
 mod rows;
 mod state;
 mod tokens;
@@ -40,6 +44,8 @@ use tokio::sync::Mutex;
 pub use checkpoints::{Checkpoint, StoredSettings};
 pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
 pub use migrations::{Alongside, Mutated};
+pub use mismatches::MismatchEntity;
+pub use plans::{PlanStatus, StoredPlan, StoredTemplate};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};
 pub use usage::{PassOutcome, PassRead, Relevant, RetireRead, TargetStatus};
 
@@ -215,7 +221,9 @@ impl Store {
     where
         F: for<'c> FnOnce(&'c mut Tx<'a>) -> BoxFuture<'c, Result<T, StoreError>>,
     {
+        let started = std::time::Instant::now();
         let _guard = self.lock_writes().await;
+        let _timed = crate::metrics::StoreWrite(started);
         let mut tx: Tx<'a> = self.pool.begin().await?;
         match body(&mut tx).await {
             Ok(value) => {
@@ -284,4 +292,62 @@ async fn next_version(tx: &mut Tx<'_>) -> Result<Version, StoreError> {
     .fetch_one(&mut **tx)
     .await?;
     Ok(Version(v as u64))
+}
+
+/// The leases replicas take so that one of them does a job: the usage observer's, one per
+/// target database, and the plan driver's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lease {
+    ObserverTarget,
+    PlanDriver,
+}
+
+impl Lease {
+    /// The table and its name column (tables and columns cannot be bound parameters).
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Lease::ObserverTarget => ("observer_targets", "target"),
+            Lease::PlanDriver => ("plan_driver", "name"),
+        }
+    }
+}
+
+impl Store {
+    /// Takes or renews lease `name` for `holder` until `until_ms`; `false` while another
+    /// holder's lease has not run out at `now_ms`.
+    pub(crate) async fn lease(
+        &self,
+        lease: Lease,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (table, column) = lease.table();
+        self.write(|tx| {
+            Box::pin(async move {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} ({column}, holder, lease_until_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT ({column}) DO NOTHING"
+                ))
+                .bind(name)
+                .bind(holder)
+                .bind(until_ms)
+                .execute(&mut **tx)
+                .await?;
+                let taken = sqlx::query(&format!(
+                    "UPDATE {table} SET holder = $2, lease_until_ms = $3 \
+                     WHERE {column} = $1 AND (holder = $2 OR lease_until_ms < $4)"
+                ))
+                .bind(name)
+                .bind(holder)
+                .bind(until_ms)
+                .bind(now_ms)
+                .execute(&mut **tx)
+                .await?;
+                Ok(taken.rows_affected() == 1)
+            })
+        })
+        .await
+    }
 }

@@ -2,8 +2,8 @@
 
 use super::StoreError;
 use super::state::{parse_state, state_json};
-use switchyard_domain::Role;
 use switchyard_domain::{Migration, Version};
+use switchyard_domain::{Role, Scope};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct MigrationRow {
@@ -142,6 +142,8 @@ pub struct TokenRecord {
     pub id: u64,
     pub name: String,
     pub role: Role,
+    /// The migrations it may see and act on.
+    pub scope: Scope,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
 }
@@ -156,9 +158,10 @@ pub(super) struct TokenRow {
 }
 
 impl TokenRow {
-    pub fn into_record(self) -> Result<TokenRecord, StoreError> {
+    pub fn into_record(self, scope: Scope) -> Result<TokenRecord, StoreError> {
         Ok(TokenRecord {
             id: self.id as u64,
+            scope,
             role: Role::parse(&self.role).map_err(|_| {
                 StoreError::Corrupt(format!("token {}: role {}", self.id, self.role))
             })?,

@@ -67,6 +67,9 @@ struct StoredMigration {
     retire_probation_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retired_at_ms: Option<i64>,
+    /// Absent in rows written before it: read as `updated_at_ms` (the last change).
+    #[serde(default)]
+    stage_since_ms: Option<i64>,
 }
 
 /// Declared in stage order: `full_since` is written in this order.
@@ -147,6 +150,7 @@ impl From<&Migration> for StoredMigration {
             old_shape: m.database.old_shape_strings(),
             retire_probation_seconds: m.retire_probation_seconds,
             retired_at_ms: m.retired_at_ms,
+            stage_since_ms: Some(m.stage_since_ms),
             full_since: m
                 .full_since
                 .iter()
@@ -205,6 +209,7 @@ impl TryFrom<StoredMigration> for Migration {
             soak_started_at_ms: s.soak_started_at_ms,
             retire_probation_seconds: s.retire_probation_seconds,
             retired_at_ms: s.retired_at_ms,
+            stage_since_ms: s.stage_since_ms.unwrap_or(s.updated_at_ms),
             live_window: s.live_window.map(|w| Window {
                 started_at_ms: w.started_at_ms,
                 ended_at_ms: w.ended_at_ms,
@@ -344,18 +349,19 @@ mod tests {
 
     /// Written by today's server at the end of a lifecycle (the gate test, through contracted):
     /// every field set, a closed live window with its recorded comparisons.
-    const CONTRACTED: &str = r#"{"key":"users.username-to-handle","description":"","owner":"","entity_kind":"user_id","soak_seconds":3600,"expected_services":["api"],"has_backfill":true,"salt":3350671480925584,"shadow_sample_bp":10000,"stage":"contracted","rollout_bp":10000,"version":14,"created_at_ms":1796201694105,"updated_at_ms":1796205594105,"expand_applied":true,"backfill":{"status":"complete","rows_done":0,"rows_total_estimate":0,"started_version":5,"completed_version":6,"paused":false},"old_shape_stale":true,"full_since":{"off":1,"dual_write":4,"shadow":8,"live":10,"rampdown":12,"complete":13,"contracted":14},"old_writes_resumed_since":null,"soak_started_at_ms":1796201994105,"live_window":{"started_at_ms":1796201694105,"ended_at_ms":1796201994105,"recorded":{"comparisons":100,"mismatches":0}}}"#;
+    const CONTRACTED: &str = r#"{"key":"users.username-to-handle","description":"","owner":"","entity_kind":"user_id","soak_seconds":3600,"expected_services":["api"],"has_backfill":true,"salt":3350671480925584,"shadow_sample_bp":10000,"stage":"contracted","rollout_bp":10000,"version":14,"created_at_ms":1796201694105,"updated_at_ms":1796205594105,"expand_applied":true,"backfill":{"status":"complete","rows_done":0,"rows_total_estimate":0,"started_version":5,"completed_version":6,"paused":false},"old_shape_stale":true,"full_since":{"off":1,"dual_write":4,"shadow":8,"live":10,"rampdown":12,"complete":13,"contracted":14},"old_writes_resumed_since":null,"soak_started_at_ms":1796201994105,"live_window":{"started_at_ms":1796201694105,"ended_at_ms":1796201994105,"recorded":{"comparisons":100,"mismatches":0}},"stage_since_ms":1796205594105}"#;
 
     /// Written by today's server mid-backfill (the store test).
-    const RUNNING_BACKFILL: &str = r#"{"key":"users.handle","description":"test migration users.handle","owner":"team-store","entity_kind":"user_id","soak_seconds":604800,"expected_services":[],"has_backfill":true,"salt":305419896,"shadow_sample_bp":10000,"stage":"dual_write","rollout_bp":10000,"version":8,"created_at_ms":1700000000000,"updated_at_ms":1700000000102,"expand_applied":true,"backfill":{"status":"running","rows_done":10,"rows_total_estimate":100,"started_version":6,"completed_version":null,"paused":false},"old_shape_stale":false,"full_since":{"off":1,"dual_write":5},"old_writes_resumed_since":null,"soak_started_at_ms":null,"live_window":null}"#;
+    const RUNNING_BACKFILL: &str = r#"{"key":"users.handle","description":"test migration users.handle","owner":"team-store","entity_kind":"user_id","soak_seconds":604800,"expected_services":[],"has_backfill":true,"salt":305419896,"shadow_sample_bp":10000,"stage":"dual_write","rollout_bp":10000,"version":8,"created_at_ms":1700000000000,"updated_at_ms":1700000000102,"expand_applied":true,"backfill":{"status":"running","rows_done":10,"rows_total_estimate":100,"started_version":6,"completed_version":null,"paused":false},"old_shape_stale":false,"full_since":{"off":1,"dual_write":5},"old_writes_resumed_since":null,"soak_started_at_ms":null,"live_window":null,"stage_since_ms":1700000000050}"#;
 
     /// Old writes resumed after a step back from complete, during an open live window not yet
     /// recorded. Written by hand (no test reaches this state), and checked to be what the
     /// domain's own serde wrote when this type was split from it.
-    const RESUMED_OPEN_WINDOW: &str = r#"{"key":"orders.split","description":"split orders","owner":"team-orders","entity_kind":"order_id","soak_seconds":86400,"expected_services":["api","worker"],"has_backfill":false,"salt":42,"shadow_sample_bp":2500,"stage":"live","rollout_bp":1250,"version":31,"created_at_ms":1700000000000,"updated_at_ms":1700000900000,"expand_applied":true,"backfill":{"status":"none","rows_done":0,"rows_total_estimate":0,"started_version":null,"completed_version":null,"paused":false},"old_shape_stale":true,"full_since":{"off":1,"dual_write":7,"shadow":12},"old_writes_resumed_since":29,"soak_started_at_ms":null,"live_window":{"started_at_ms":1700000800000,"ended_at_ms":null,"recorded":null}}"#;
+    const RESUMED_OPEN_WINDOW: &str = r#"{"key":"orders.split","description":"split orders","owner":"team-orders","entity_kind":"order_id","soak_seconds":86400,"expected_services":["api","worker"],"has_backfill":false,"salt":42,"shadow_sample_bp":2500,"stage":"live","rollout_bp":1250,"version":31,"created_at_ms":1700000000000,"updated_at_ms":1700000900000,"expand_applied":true,"backfill":{"status":"none","rows_done":0,"rows_total_estimate":0,"started_version":null,"completed_version":null,"paused":false},"old_shape_stale":true,"full_since":{"off":1,"dual_write":7,"shadow":12},"old_writes_resumed_since":29,"soak_started_at_ms":null,"live_window":{"started_at_ms":1700000800000,"ended_at_ms":null,"recorded":null},"stage_since_ms":1700000700000}"#;
 
     /// A row written before `paused`, `old_writes_resumed_since`, `soak_started_at_ms`,
-    /// `live_window` and a window's `recorded` existed (by hand, like the one above).
+    /// `live_window`, a window's `recorded` and `stage_since_ms` existed (by hand, like the one
+    /// above).
     const BEFORE_LATER_FIELDS: &str = r#"{"key":"users.email","description":"lowercase emails","owner":"team-users","entity_kind":"user_id","soak_seconds":604800,"expected_services":["api"],"has_backfill":true,"salt":7,"shadow_sample_bp":10000,"stage":"shadow","rollout_bp":5000,"version":9,"created_at_ms":1690000000000,"updated_at_ms":1690000500000,"expand_applied":true,"backfill":{"status":"not_started","rows_done":0,"rows_total_estimate":0,"started_version":null,"completed_version":null},"old_shape_stale":false,"full_since":{"off":1,"dual_write":4}}"#;
 
     fn parse(json: &str) -> Migration {
@@ -404,9 +410,11 @@ mod tests {
         assert_eq!(m.old_writes_resumed_since, None);
         assert_eq!(m.soak_started_at_ms, None);
         assert_eq!(m.live_window, None);
+        // Unknown before it was kept: its last change is the best bound there is.
+        assert_eq!(m.stage_since_ms, m.updated_at_ms);
         // Written back, it has every field.
         let again = state_json(&m).unwrap();
-        let tail = r#""paused":false},"old_shape_stale":false,"full_since":{"off":1,"dual_write":4},"old_writes_resumed_since":null,"soak_started_at_ms":null,"live_window":null}"#;
+        let tail = r#""paused":false},"old_shape_stale":false,"full_since":{"off":1,"dual_write":4},"old_writes_resumed_since":null,"soak_started_at_ms":null,"live_window":null,"stage_since_ms":1690000500000}"#;
         assert!(again.ends_with(tail), "{again}");
         assert_eq!(parse(&again), m);
     }

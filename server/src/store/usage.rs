@@ -2,7 +2,7 @@
 //! the baselines the next pass subtracts, and per migration the coverage and the evidence
 //! (statements touching its old shape, per minute).
 
-use super::{Store, StoreError, Tx};
+use super::{Lease, Store, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use switchyard_domain::traffic::minute_of;
@@ -142,31 +142,8 @@ impl Store {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO observer_targets (target, holder, lease_until_ms) \
-                     VALUES ($1, $2, $3) ON CONFLICT (target) DO NOTHING",
-                )
-                .bind(target)
-                .bind(holder)
-                .bind(until_ms)
-                .execute(&mut **tx)
-                .await?;
-                let taken = sqlx::query(
-                    "UPDATE observer_targets SET holder = $2, lease_until_ms = $3 \
-                     WHERE target = $1 AND (holder = $2 OR lease_until_ms < $4)",
-                )
-                .bind(target)
-                .bind(holder)
-                .bind(until_ms)
-                .bind(now_ms)
-                .execute(&mut **tx)
-                .await?;
-                Ok(taken.rows_affected() == 1)
-            })
-        })
-        .await
+        self.lease(Lease::ObserverTarget, target, holder, now_ms, until_ms)
+            .await
     }
 
     /// Records a pass: the calls since the last one (per migration and minute), the new

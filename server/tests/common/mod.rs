@@ -14,6 +14,50 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// A database of its own on the test PostgreSQL server (made anew under `name`): its URL, and
+/// the admin connection to drop it with [`drop_postgres`]. Fails, saying so, when the server
+/// cannot be reached.
+pub async fn fresh_postgres(name: &str) -> (String, sqlx::PgConnection) {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("Postgres tests need a server at {admin}: {e}"));
+    drop_postgres(&mut conn, name).await;
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    (format!("{base}/{name}"), conn)
+}
+
+pub async fn drop_postgres(conn: &mut sqlx::PgConnection, name: &str) {
+    let drop_db = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::Executor::execute(conn, drop_db.as_str())
+        .await
+        .unwrap();
+}
+
+/// Polls `check` every 20 ms until it answers `Ok`, failing after `within` with the last
+/// `Err` (what was seen instead): for what only the server can be asked about.
+pub async fn wait_for<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Served {
     pub child: Child,
     pub http: String,

@@ -97,10 +97,18 @@ export const api = {
       after = page.next_after;
     }
   },
+  // The story for the charts' markers and the stage timeline: the server's largest page of
+  // entries (500), newest first.
+  history: (key) => request("GET", `/migrations/${k(key)}/audit?limit=500`),
+  actions: (key) => request("GET", `/migrations/${k(key)}/actions`),
+  plans: () => request("GET", "/plans"),
+  pausePlan: (key, reason) => request("POST", `/migrations/${k(key)}/plan/pause`, { body: { reason } }),
+  resumePlan: (key, reason) => request("POST", `/migrations/${k(key)}/plan/resume`, { body: { reason } }),
   traffic: (key, minutes) => request("GET", `/migrations/${k(key)}/traffic?minutes=${minutes}`),
   gate: (key) => request("GET", `/migrations/${k(key)}/gate`),
   /** What the target database saw of the old shape (pg_stat_statements), and the gate's check on it. */
   usage: (key) => request("GET", `/migrations/${k(key)}/usage`),
+  mismatches: (key) => request("GET", `/migrations/${k(key)}/mismatches`),
   backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
   backfillSettings: (key, settings, reason) =>
     request("PUT", `/migrations/${k(key)}/backfill/settings`, { body: { ...settings, reason } }),

@@ -16,6 +16,9 @@ const PAD = { top: 12, right: 12, bottom: 24, left: 48 };
  * @param {(v: number) => string} o.format  y-axis labels
  * @param {boolean} [o.integer]  counts: the y-axis gridlines fall on whole numbers
  * @param {string} o.summary  text alternative for screen readers
+ * @param {{at: number, kind: string, label: string, reason: string, actor: string}[]} [o.markers]
+ *   changes to mark: a dashed vertical line at the time (ramp, advance, back, pause), its
+ *   label and reason on hover, and listed in the text alternative
  */
 export function lineChart(o) {
   const holder = h("div", { class: "chart-plot" });
@@ -81,11 +84,27 @@ function svg(o, width) {
       : [];
     return s("g", {}, s("path", { d, class: ["line", ser.cls] }), dots);
   });
+  // Minutes are points: a change at 10:42:30 sits halfway between the 10:42 and 10:43 points.
+  const xAt = (ms) => x((ms - o.from) / 60_000);
+  const marks = (o.markers ?? [])
+    .filter((m) => m.at >= o.from && m.at <= o.to + 60_000)
+    .map((m) => {
+      const at = Math.min(width - PAD.right, Math.max(PAD.left, xAt(m.at)));
+      return s(
+        "g",
+        { class: ["marker", `marker-${m.kind}`], "data-kind": m.kind },
+        s("title", {}, `${m.label} (${m.actor}): ${m.reason}`),
+        s("line", { x1: at, x2: at, y1: PAD.top, y2: HEIGHT - PAD.bottom }),
+        s("path", { d: `M${at - 4},${PAD.top - 2}L${at + 4},${PAD.top - 2}L${at},${PAD.top + 5}Z` }),
+      );
+    });
+  const marked = marks.length > 0 ? ` Changes marked: ${(o.markers ?? []).filter((m) => m.at >= o.from && m.at <= o.to + 60_000).map((m) => m.label).join("; ")}.` : "";
   return s(
     "svg",
-    { width, height: HEIGHT, viewBox: `0 0 ${width} ${HEIGHT}`, role: "img", "aria-label": `${o.title}. ${o.summary}` },
+    { width, height: HEIGHT, viewBox: `0 0 ${width} ${HEIGHT}`, role: "img", "aria-label": `${o.title}. ${o.summary}${marked}` },
     grid,
     ticks,
+    marks,
     lines,
   );
 }

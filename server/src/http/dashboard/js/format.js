@@ -49,47 +49,38 @@ export function absolute(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${tz}`;
 }
 
-/** "just now", "5 min ago", "in 3 h", "2 d ago". */
+/** "just now", "5m ago", "in 3h 10m", "2d 4h ago". */
 export function relative(ms, now = Date.now()) {
   const delta = ms - now;
   const abs = Math.abs(delta);
   if (abs < 10_000) return "just now";
-  const span = shortSpan(abs / 1000);
-  return delta < 0 ? `${span} ago` : `in ${span}`;
+  const text = span(abs / 1000);
+  return delta < 0 ? `${text} ago` : `in ${text}`;
 }
 
-function shortSpan(seconds) {
-  if (seconds < 60) return `${Math.round(seconds)} s`;
-  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
-  if (seconds < 86400 * 2) return `${Math.round(seconds / 3600)} h`;
-  return `${Math.round(seconds / 86400)} d`;
-}
-
-/** A span as "6d 21h 03m 12s" (for countdowns) or shorter when small. */
+/**
+ * A span the one way Switchyard prints spans everywhere (the CLI and the server's messages
+ * too): its largest unit and the next one, zero parts left out: "7d", "3d 4h", "4h 5m",
+ * "5m 12s", "42s".
+ */
 export function span(seconds) {
-  const s = Math.max(0, Math.floor(seconds));
-  const d = Math.floor(s / 86400);
-  const hh = Math.floor((s % 86400) / 3600);
-  const mm = Math.floor((s % 3600) / 60);
-  const ss = s % 60;
-  const pad = (n) => String(n).padStart(2, "0");
-  if (d > 0) return `${d}d ${hh}h ${pad(mm)}m ${pad(ss)}s`;
-  if (hh > 0) return `${hh}h ${pad(mm)}m ${pad(ss)}s`;
-  if (mm > 0) return `${mm}m ${pad(ss)}s`;
-  return `${ss}s`;
+  let s = Math.max(0, Math.floor(seconds));
+  const parts = [];
+  for (const [size, unit] of [[86400, "d"], [3600, "h"], [60, "m"], [1, "s"]]) {
+    parts.push([Math.floor(s / size), unit]);
+    s %= size;
+  }
+  const first = parts.findIndex(([n]) => n > 0);
+  if (first < 0) return "0s";
+  return parts
+    .slice(first, first + 2)
+    .filter(([n]) => n > 0)
+    .map(([n, unit]) => `${n}${unit}`)
+    .join(" ");
 }
 
-/** A rough duration for settings such as the soak period: "7 days", "1 hour". */
-export function duration(seconds) {
-  const units = [[86400, "day"], [3600, "hour"], [60, "minute"], [1, "second"]];
-  for (const [size, name] of units) {
-    if (seconds >= size && seconds % size === 0) {
-      const n = seconds / size;
-      return `${n} ${name}${n === 1 ? "" : "s"}`;
-    }
-  }
-  return span(seconds);
-}
+/** A setting such as the soak period ("7d"): spans print one way. */
+export const duration = span;
 
 /** Microseconds for a latency chart's axis; the histogram's buckets are named by the server. */
 export function micros(us) {

@@ -59,6 +59,10 @@ function startSession({ me, vocabulary }) {
     document.getElementById("who"),
     h("span", { class: "who-name", text: me.name }),
     h("span", { class: ["badge", `role-${me.role}`], text: me.role === "reader" ? "reader · read-only" : me.role }),
+    // A scoped token sees only its migrations: say so, or an empty list reads as an empty server.
+    me.scope?.length
+      ? h("span", { class: "badge scope", text: `only ${me.scope.join(", ")}`, title: "this token is scoped: other migrations are not shown" })
+      : null,
   );
   watch = new Watch({
     onSnapshot(snapshot) {

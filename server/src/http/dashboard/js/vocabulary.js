@@ -40,6 +40,10 @@ export class Vocabulary {
    * Where bucket `i` sits on a chart's axis: its upper bound, or for the open-ended last bucket
    * the largest bound, since "slower than all of them" has no height of its own.
    */
+  latencyLower(i) {
+    return i === 0 ? 0 : this.latencyBuckets[i - 1].upper_bound_us ?? 0;
+  }
+
   latencyHeight(i) {
     return this.latencyBuckets[i].upper_bound_us ?? Math.max(...this.latencyBuckets.map((b) => b.upper_bound_us ?? 0));
   }

@@ -3,7 +3,7 @@
 // background, a few at a time, refreshed on each change and every 20 s.
 
 import { h, fill, timeAgo } from "../dom.js";
-import { percent, stageLabel } from "../format.js";
+import { count, percent, span, stageLabel } from "../format.js";
 import { alerts, fleet, gather } from "../insights.js";
 
 const REFRESH_MS = 20_000;
@@ -21,28 +21,62 @@ export function listView(store) {
     h(
       "thead",
       {},
-      h("tr", {}, ["Migration", "Stage and front", "Gate", "Clients applied", "Alerts"].map((t) => h("th", { scope: "col", text: t }))),
+      h("tr", {}, ["Migration", "Stage and front", "At stage", "Backfill", "Gate", "Clients applied", "Alerts"].map((t) => h("th", { scope: "col", text: t }))),
     ),
     body,
+  );
+  // Filter (by key, description or owner, and by stage) and sort, kept in the page's state only.
+  const search = h("input", { id: "list-filter", type: "search", placeholder: "key, description or owner", autocomplete: "off" });
+  const stageFilter = h("select", { id: "list-stage" }, h("option", { value: "", text: "every stage" }), (store.vocabulary?.stages ?? []).map((st) => h("option", { value: st, text: stageLabel(st) })));
+  const sortBy = h(
+    "select",
+    { id: "list-sort" },
+    [
+      ["attention", "needing attention first"],
+      ["key", "key"],
+      ["at-stage", "longest at its stage first"],
+      ["changed", "most recently changed first"],
+    ].map(([v, t]) => h("option", { value: v, text: t })),
+  );
+  for (const control of [search, stageFilter, sortBy]) control.addEventListener("input", () => render());
+  const tools = h(
+    "div",
+    { class: "list-tools", role: "search" },
+    // Labels beside their controls, not around them: a wrapping label's name would take in
+    // the select's options.
+    h("div", { class: "tool" }, h("label", { for: "list-filter", text: "Filter" }), search),
+    h("div", { class: "tool" }, h("label", { for: "list-stage", text: "Stage" }), stageFilter),
+    h("div", { class: "tool" }, h("label", { for: "list-sort", text: "Sort by" }), sortBy),
   );
   const element = h(
     "section",
     { class: "page" },
     h("div", { class: "page-head" }, h("h1", { tabindex: "-1", text: "Migrations" }), summary),
+    tools,
     h("div", { class: "table-wrap" }, table),
   );
 
   const render = () => {
     if (!store.loaded) {
       rows.clear();
-      fill(body, h("tr", {}, h("td", { colspan: 5, class: "muted", text: "Loading…" })));
+      fill(body, h("tr", {}, h("td", { colspan: 7, class: "muted", text: "Loading…" })));
       return;
     }
-    const all = [...store.migrations.values()].sort(byAttention(store.vocabulary));
-    fill(summary, `${all.length} migration${all.length === 1 ? "" : "s"} · snapshot version ${store.version}`);
-    if (all.length === 0) {
+    const every = [...store.migrations.values()];
+    const needle = search.value.trim().toLowerCase();
+    const all = every
+      .filter((m) => !stageFilter.value || m.stage === stageFilter.value)
+      .filter((m) => !needle || [m.key, m.description, m.owner].some((t) => String(t ?? "").toLowerCase().includes(needle)))
+      .sort(ORDERS[sortBy.value]?.(store.vocabulary) ?? byAttention(store.vocabulary));
+    const shownCount = all.length === every.length ? "" : ` (${all.length} shown)`;
+    fill(summary, `${every.length} migration${every.length === 1 ? "" : "s"}${shownCount} · snapshot version ${store.version}`);
+    if (every.length === 0) {
       rows.clear();
-      fill(body, h("tr", {}, h("td", { colspan: 5 }, "No migrations yet. Create one with ", h("code", { text: "switchyard migration create KEY --reason …" }), ".")));
+      fill(body, h("tr", {}, h("td", { colspan: 7 }, "No migrations yet. Create one with ", h("code", { text: "switchyard migration create KEY --reason …" }), ".")));
+      return;
+    }
+    if (all.length === 0) {
+      fill(body, h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No migration matches the filter." })));
       return;
     }
     const wanted = all.map((m) => updateRow(rows, m, facts.get(m.key), store.vocabulary));
@@ -102,6 +136,14 @@ export function listView(store) {
   };
 }
 
+const stageSince = (m) => m.stage_since_ms ?? m.updated_at_ms;
+const ORDERS = {
+  attention: byAttention,
+  key: () => (a, b) => a.key.localeCompare(b.key),
+  "at-stage": () => (a, b) => stageSince(a) - stageSince(b) || a.key.localeCompare(b.key),
+  changed: () => (a, b) => b.updated_at_ms - a.updated_at_ms || a.key.localeCompare(b.key),
+};
+
 /** Migrations in motion first (by stage, furthest along first), finished ones last. */
 function byAttention(vocabulary) {
   const rank = (m) => (m.stage === "contracted" ? 100 : m.stage === "off" ? 50 : -vocabulary.stageIndex(m.stage));
@@ -116,16 +158,20 @@ function updateRow(rows, m, f, vocabulary) {
     r = {
       info: h("div"),
       front: h("td", { "data-label": "Stage" }),
+      atStage: h("td", { "data-label": "At stage", class: "at-stage" }),
+      backfill: h("td", { "data-label": "Backfill" }),
       gate: h("td", { "data-label": "Gate" }),
       clients: h("td", { "data-label": "Clients" }),
       alerts: h("td", { "data-label": "Alerts" }),
     };
-    r.tr = h("tr", {}, h("th", { scope: "row", "data-label": "Migration" }, link, r.info), r.front, r.gate, r.clients, r.alerts);
+    r.tr = h("tr", { "data-key": m.key }, h("th", { scope: "row", "data-label": "Migration" }, link, r.info), r.front, r.atStage, r.backfill, r.gate, r.clients, r.alerts);
     rows.set(m.key, r);
   }
   const details = [m.description, m.owner && `owner ${m.owner}`].filter(Boolean).join(" · ");
   fill(r.info, details && h("div", { class: "sub", text: details }), h("div", { class: "sub" }, "changed ", timeAgo(m.updated_at_ms)));
   fill(r.front, frontCell(m, vocabulary.prevStage(m.stage)));
+  fill(r.atStage, h("span", { title: `at ${stageLabel(m.stage)} since ${new Date(stageSince(m)).toLocaleString()}`, text: span((Date.now() - stageSince(m)) / 1000) }));
+  fill(r.backfill, backfillCell(m, f));
   fill(r.gate, gateCell(m, f));
   fill(r.clients, clientsCell(m, f));
   fill(r.alerts, alertsCell(m, f));
@@ -153,6 +199,20 @@ function gateCell(m, f) {
     return h("span", { class: "warn", title: failing[0].evidence }, "Soaking: passes ", timeAgo(f.gate.soak_ends_at_ms));
   }
   return h("span", { class: "bad", title: failing.map((c) => `${c.id}: ${c.remedy}`).join("\n"), text: `✗ ${failing.length} of ${f.gate.checks.length} checks failing` });
+}
+
+function backfillCell(m, f) {
+  if (!m.has_backfill) return h("span", { class: "muted", text: "—" });
+  const status = m.backfill?.status ?? "not_started";
+  if (status === "complete") return h("span", { class: "ok", text: "✓ complete" });
+  if (status !== "running") return h("span", { class: "muted", text: stageLabel(status) });
+  const b = f?.backfill;
+  if (!b) return h("span", { text: m.backfill.paused ? "running, paused" : "running" });
+  const total = Math.max(b.rows_total_estimate, b.rows_done);
+  const pct = total > 0 ? Math.min(100, (100 * b.rows_done) / total) : 0;
+  const meter = h("span", { class: "meter", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(pct), "aria-label": `backfill ${Math.round(pct)}%` }, h("span", { class: "meter-fill" }));
+  meter.firstChild.style.width = `${pct}%`;
+  return h("div", { class: "front" }, meter, h("span", { class: "front-pct", text: `${Math.round(pct)}%${b.paused ? " · paused" : ""}` }), h("div", { class: "sub", text: `${count(b.rows_done)} of ~${count(total)} rows` }));
 }
 
 function clientsCell(m, f) {

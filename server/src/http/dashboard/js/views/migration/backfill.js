@@ -159,7 +159,8 @@ export function backfillCard(ctx, act) {
           ["Checkpoint", b.updated_at_ms ? timeAgo(b.updated_at_ms) : "none yet"],
           ["Held in all", throttle.throttled_seconds >= 1 ? span(throttle.throttled_seconds) : "—"],
           ["Settings", settingsText(b.settings)],
-          b.settings_changed && ["Settings changed", `${timeAgo(b.settings_changed.at_ms)} by ${b.settings_changed.by}: ${b.settings_changed.reason}`],
+          // timeAgo gives an element (a <time> that keeps itself current): a child, not text.
+          b.settings_changed && ["Settings changed", h("span", {}, timeAgo(b.settings_changed.at_ms), ` by ${b.settings_changed.by}: ${b.settings_changed.reason}`)],
         ]
           .filter(Boolean)
           .map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))),

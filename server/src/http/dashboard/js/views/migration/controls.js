@@ -131,15 +131,28 @@ export function controlsCard(ctx, act, result) {
     const final = m.stage === "contracted";
     const next = vocabulary.nextStage(m.stage);
     const prev = vocabulary.prevStage(m.stage);
+    // The server's verdict under every rule (fleet included), when it is for this version;
+    // until it arrives, what rule 1 alone says. The change is judged again when made.
+    const verdicts = ctx.facts.actions?.version === m.version ? ctx.facts.actions.actions : null;
+    const refusal = (name) => verdicts?.find((a) => a.action === name && !a.allowed);
     fill(rampLabel, `Rollout of ${stageLabel(m.stage)}, in percent of ${m.entity_kind || "entities"}`);
-    fill(rampHelp, `Now ${percent(m.rollout_bp)}. Entities below the front are at ${stageLabel(m.stage)}${prev ? `, the rest at ${stageLabel(prev)}` : ""}.`);
+    // Which way the rules let the front move now (a ramp to where it is changes nothing and is
+    // no refusal).
+    const rampRefusals = ["ramp_full", "ramp_zero"]
+      .map((name) => refusal(name))
+      .filter((r) => r && r.rule !== null)
+      .map((r) => `${r.action === "ramp_full" ? "Up" : "Down"} is refused now (rule ${r.rule}): ${r.message.replace(/^rule \d+: /, "")}`);
+    fill(rampHelp, `Now ${percent(m.rollout_bp)}. Entities below the front are at ${stageLabel(m.stage)}${prev ? `, the rest at ${stageLabel(prev)}` : ""}.`, rampRefusals.map((t) => h("span", { class: "refused-now", text: ` ${t}` })));
     if (!rampDirty && document.activeElement !== rampInput) rampInput.value = String(m.rollout_bp / 100);
-    fill(advanceButton, next ? `Advance to ${stageLabel(next)}…` : "Advance");
-    advanceButton.disabled = !next || final;
-    fill(advanceHelp, !next ? "" : m.rollout_bp === 10000 ? "Ready: the front is at 100%." : `Needs ${stageLabel(m.stage)} at 100% (rule 1).`);
-    fill(retreatButton, prev ? `Step back to ${stageLabel(prev)}…` : "Step back");
-    retreatButton.disabled = !prev || final;
-    fill(retreatHelp, !prev ? "" : m.rollout_bp === 0 ? "Ready: the front is at 0%." : `Needs ${stageLabel(m.stage)} at 0% (rule 1).`);
+    const step = (button, help, target, name, label, ready, needs) => {
+      fill(button, target ? `${label} ${stageLabel(target)}…` : label.replace(/ to$/, ""));
+      const refused = target && refusal(name);
+      button.disabled = !target || final || Boolean(refused);
+      button.dataset.rule = refused?.rule ?? "";
+      fill(help, !target ? "" : refused ? `Refused now${refused.rule ? ` (rule ${refused.rule})` : ""}: ${refused.message.replace(/^rule \d+: /, "")}` : ready ? "Ready: the rules allow it now." : needs);
+    };
+    step(advanceButton, advanceHelp, next, "advance", "Advance to", verdicts ? true : m.rollout_bp === 10000, `Needs ${stageLabel(m.stage)} at 100% (rule 1).`);
+    step(retreatButton, retreatHelp, prev, "retreat", "Step back to", verdicts ? true : m.rollout_bp === 0, `Needs ${stageLabel(m.stage)} at 0% (rule 1).`);
     // Pause and resume have their own button on the backfill card.
     const events = vocabulary.offered(m, store.can).filter((e) => e.milestone);
     const selected = eventSelect.value;

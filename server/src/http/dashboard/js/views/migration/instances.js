@@ -1,4 +1,6 @@
-// The client instances that name this migration, and which of them applied its current version.
+// The client instances the rules count for this migration (every one: rules 3 and 5 wait on
+// each live instance, whether or not it uses the migration yet), which of them applied its
+// current version, and which name the migration in their heartbeats.
 
 import { fill, h, timeAgo } from "../../dom.js";
 
@@ -16,7 +18,7 @@ export function instancesCard(ctx) {
     fill(
       element,
       title,
-      h("p", { class: live.length && applied.length === live.length ? "ok" : "muted" }, live.length === 0 ? "No live client instance names this migration." : `${applied.length} of ${live.length} live instances applied version ${m.version}.`),
+      h("p", { class: live.length && applied.length === live.length ? "ok" : "muted" }, live.length === 0 ? "No live client instance." : `${applied.length} of ${live.length} live instances applied version ${m.version}.`),
       list.length > 0 &&
         h(
           "div",
@@ -24,7 +26,7 @@ export function instancesCard(ctx) {
           h(
             "table",
             { class: "instances" },
-            h("thead", {}, h("tr", {}, ["Service", "Instance", "Applied", "Last seen"].map((t) => h("th", { scope: "col", text: t })))),
+            h("thead", {}, h("tr", {}, ["Service", "Instance", "Applied", "Uses it", "Last seen"].map((t) => h("th", { scope: "col", text: t })))),
             h(
               "tbody",
               {},
@@ -37,6 +39,7 @@ export function instancesCard(ctx) {
                     h("td", { text: i.service }),
                     h("td", { class: "mono", text: i.instance_id }),
                     h("td", {}, h("span", { class: i.applied_version >= m.version ? "ok" : "warn", text: `v${i.applied_version}${i.applied_version >= m.version ? " ✓" : " behind"}` })),
+                    h("td", { text: i.uses_migration ? "yes" : "no", title: "Whether its heartbeats name this migration (it evaluates it or runs its backfill)" }),
                     h("td", {}, timeAgo(i.last_seen_ms), !i.live && h("div", { class: "muted small", text: "not live" })),
                   ),
                 ),

@@ -23,6 +23,9 @@ import { instancesCard } from "./instances.js";
 import { trackCard } from "./track.js";
 import { trafficCard } from "./traffic.js";
 import { usageCard } from "./usage.js";
+import { mismatchesCard } from "./mismatches.js";
+import { timelineCard } from "./timeline.js";
+import { planCard } from "./plan.js";
 
 const POLL_MS = 10_000;
 
@@ -37,7 +40,7 @@ export function migrationView(key, store) {
     store,
     vocabulary: store.vocabulary,
     current: () => store.migrations.get(key),
-    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, usage: null, audit: null },
+    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, usage: null, mismatches: null, audit: null, history: null, actions: null, plan: null },
     isDestroyed: () => destroyed,
   };
   const { facts, current } = ctx;
@@ -55,7 +58,10 @@ export function migrationView(key, store) {
   const instances = instancesCard(ctx);
   const traffic = trafficCard(ctx, () => loadTraffic());
   const usage = usageCard(ctx);
+  const mismatches = mismatchesCard(ctx);
   const audit = auditCard(ctx);
+  const timeline = timelineCard(ctx);
+  const planBox = planCard(ctx, changes.act);
 
   const head = h("div", { class: "page-head" });
   const alertBox = h("div", { class: "alerts-box" });
@@ -64,9 +70,9 @@ export function migrationView(key, store) {
     { class: "columns" },
     // Three groups: on a wide screen the side group is a column beside the other two; on a
     // phone they stack in this order, so the gate comes before the long traffic and audit.
-    h("div", { class: "col-top" }, track.element, controls.element),
-    h("div", { class: "col-side" }, gate.element, backfill.element, instances.element),
-    h("div", { class: "col-bottom" }, traffic.element, usage.element, audit.element),
+    h("div", { class: "col-top" }, track.element, controls.element, timeline.element),
+    h("div", { class: "col-side" }, planBox.element, gate.element, backfill.element, instances.element),
+    h("div", { class: "col-bottom" }, traffic.element, mismatches.element, usage.element, audit.element),
   );
   const element = h("article", { class: "page migration-page" }, h("a", { href: "#/", class: "back", text: "← All migrations" }), head, alertBox, columns);
 
@@ -109,7 +115,21 @@ export function migrationView(key, store) {
     fill(alertBox, list.length > 0 && h("ul", { class: "alerts alerts-page", "aria-label": "Alerts" }, list.map((a) => h("li", { class: `alert-${a.level}`, text: a.text }))));
   };
   // What each fact redraws when it arrives.
-  const sections = { gate: gate.render, usage: usage.render, backfill: backfill.render, instances: instances.render, audit: audit.render, alerts: renderAlerts };
+  const sections = {
+    gate: gate.render,
+    usage: usage.render,
+    mismatches: mismatches.render,
+    backfill: backfill.render,
+    instances: instances.render,
+    audit: audit.render,
+    alerts: renderAlerts,
+    actions: controls.render,
+    plan: planBox.render,
+    history: () => {
+      timeline.render();
+      traffic.render();
+    },
+  };
 
   const render = () => {
     const m = current();
@@ -165,15 +185,23 @@ export function migrationView(key, store) {
   const loadRecordFacts = () => {
     load("gate", () => api.gate(key));
     load("usage", () => api.usage(key));
+    load("mismatches", () => api.mismatches(key));
     load("instances", () => api.instances(key));
     if (current()?.has_backfill) load("backfill", () => api.backfill(key));
+    // From the list of plans (never a 404 for a migration without one); false: no plan.
+    load("plan", async () => (await api.plans()).plans.find((p) => p.key === key) ?? false);
   };
   const loadAll = () => {
     load("audit", () => api.audit(key));
+    load("history", () => api.history(key));
+    if (store.can.operate) load("actions", () => api.actions(key));
     loadRecordFacts();
   };
   const poll = () => {
     loadRecordFacts();
+    // The rules' verdicts depend on the fleet too (rules 3 and 5), which changes without a
+    // change to the migration.
+    if (store.can.operate) load("actions", () => api.actions(key));
     loadTraffic();
   };
 
@@ -191,7 +219,10 @@ export function migrationView(key, store) {
     if (m) loadAll();
   });
   const timer = setInterval(poll, POLL_MS);
-  const ticker = setInterval(gate.tick, 1000);
+  const ticker = setInterval(() => {
+    gate.tick();
+    planBox.tick();
+  }, 1000);
 
   shownVersion = current()?.version ?? 0;
   render();

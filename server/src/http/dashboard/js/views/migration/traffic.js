@@ -3,7 +3,8 @@
 
 import { fill, h } from "../../dom.js";
 import { lineChart } from "../../charts.js";
-import { count, micros, ratio } from "../../format.js";
+import { count, micros, percent, ratio, stageLabel } from "../../format.js";
+import { timeAgo } from "../../dom.js";
 
 const RANGES = [
   [60, "Last hour"],
@@ -44,10 +45,17 @@ export function trafficCard(ctx, onRange) {
     };
     const ops = (side) => side.reads + side.writes;
     const total = t.total;
-    // The bucket holding the p95, drawn at its bound and named with the server's label.
-    const p95 = (side) => quantile(side.latency, 0.95);
-    const p95Height = (side) => (p95(side) === null ? null : ctx.vocabulary.latencyHeight(p95(side)));
-    const p95Label = (side) => (p95(side) === null ? "–" : ctx.vocabulary.latencyLabel(p95(side)));
+    // The p95 interpolated within the bucket holding it (linearly between the bucket's bounds,
+    // by how far into the bucket its rank falls), as Prometheus's histogram_quantile does.
+    const p95 = (side) => quantile(side.latency, 0.95, ctx.vocabulary);
+    const p95Height = (side) => p95(side)?.us ?? null;
+    // In the open-ended last bucket there is nothing to interpolate: the server's label says it.
+    const p95Label = (side) => {
+      const q = p95(side);
+      if (q === null) return "–";
+      return q.open ? ctx.vocabulary.latencyLabel(q.bucket) : `≈ ${micros(Math.round(q.us))}`;
+    };
+    const markers = changeMarkers(ctx.facts.history, from, to);
     const totals = h(
       "dl",
       { class: "totals" },
@@ -64,6 +72,7 @@ export function trafficCard(ctx, onRange) {
     fill(
       chartsBox,
       totals,
+      servicesTable(t.services),
       lineChart({
         title: "Operations per minute",
         from,
@@ -75,6 +84,7 @@ export function trafficCard(ctx, onRange) {
         format: compact,
         integer: true,
         summary: `${count(ops(total.old))} old and ${count(ops(total.new))} new operations in the period.`,
+        markers,
       }),
       lineChart({
         title: "Errors and shadow mismatches per minute",
@@ -88,9 +98,11 @@ export function trafficCard(ctx, onRange) {
         format: compact,
         integer: true,
         summary: `${count(total.old.errors)} old errors, ${count(total.new.errors)} new errors, ${count(total.mismatches)} mismatches.`,
+        markers,
       }),
       lineChart({
-        title: "Latency p95 (bucket upper bound)",
+        title: "Latency p95 (interpolated within its bucket)",
+        markers,
         from,
         to,
         series: [
@@ -106,15 +118,90 @@ export function trafficCard(ctx, onRange) {
   return { element, render, minutes: () => minutes };
 }
 
-/** The index of the histogram bucket holding quantile q, or null without samples. */
-function quantile(histogram, q) {
+/**
+ * Who still uses the old shape: each reporting service's old and new operations over the
+ * period, and when it last touched the old shape.
+ */
+function servicesTable(services) {
+  if (!services || services.length === 0) return null;
+  const ops = (side) => side.reads + side.writes;
+  const rows = [...services].sort((a, b) => ops(b.old) - ops(a.old) || a.service.localeCompare(b.service));
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { class: "services", "aria-label": "Old-shape use per service" },
+      h("caption", { text: "Who is still on the old shape" }),
+      h("thead", {}, h("tr", {}, ["Service", "Old reads", "Old writes", "New operations", "Last old-shape use"].map((t) => h("th", { scope: "col", text: t })))),
+      h(
+        "tbody",
+        {},
+        rows.map((s) =>
+          h(
+            "tr",
+            { class: ops(s.old) > 0 ? "uses-old" : "" },
+            h("th", { scope: "row", "data-label": "Service", text: s.service }),
+            h("td", { "data-label": "Old reads", text: count(s.old.reads) }),
+            h("td", { "data-label": "Old writes", text: count(s.old.writes) }),
+            h("td", { "data-label": "New operations", text: count(ops(s.new)) }),
+            h("td", { "data-label": "Last old-shape use" }, s.last_old_minute_ms ? timeAgo(s.last_old_minute_ms) : "none in the period"),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/**
+ * The traffic changes in the audit history that fall within [from, to]: ramps, advances,
+ * step-backs and backfill pauses, each a labelled marker on the charts.
+ */
+export function changeMarkers(history, from, to) {
+  if (!history?.entries) return [];
+  const marks = [];
+  for (const e of history.entries) {
+    if (!e.before || !e.after || e.at_ms < from || e.at_ms > to + 60_000) continue;
+    const b = e.before;
+    const a = e.after;
+    let kind = null;
+    let label = null;
+    if (a.stage !== b.stage) {
+      kind = e.action === "advance" ? "advance" : "back";
+      label = `${e.action === "advance" ? "advance" : "step back"} to ${stageLabel(a.stage)}`;
+    } else if (a.rollout_bp !== b.rollout_bp) {
+      kind = a.rollout_bp > b.rollout_bp ? "ramp" : "back";
+      label = `${stageLabel(a.stage)} ${percent(b.rollout_bp)} → ${percent(a.rollout_bp)}`;
+    } else if (Boolean(a.backfill?.paused) !== Boolean(b.backfill?.paused)) {
+      kind = "pause";
+      label = a.backfill.paused ? "backfill paused" : "backfill resumed";
+    }
+    // A plan's own steps say so: the chart shows which moves no person made.
+    if (kind && e.reason.startsWith("plan step: ")) label = `plan: ${label}`;
+    if (kind) marks.push({ at: e.at_ms, kind, label, reason: e.reason, actor: e.actor });
+  }
+  return marks;
+}
+
+/**
+ * Quantile q: `us`, interpolated linearly within the bucket holding it, that `bucket`, and
+ * whether it is the open-ended last one (no upper bound: `us` is then its lower bound). Null
+ * without samples.
+ */
+export function quantile(histogram, q, vocabulary) {
   const total = histogram.reduce((a, b) => a + b, 0);
   if (total === 0) return null;
-  const rank = Math.max(1, Math.ceil(total * q));
+  const rank = q * total;
   let seen = 0;
   for (let i = 0; i < histogram.length; i++) {
+    if (histogram[i] === 0) continue;
+    if (seen + histogram[i] >= rank) {
+      const lower = vocabulary.latencyLower(i);
+      const upper = vocabulary.latencyBuckets[i].upper_bound_us;
+      if (upper == null) return { us: lower, bucket: i, open: true };
+      return { us: lower + (upper - lower) * ((rank - seen) / histogram[i]), bucket: i, open: false };
+    }
     seen += histogram[i];
-    if (seen >= rank) return i;
   }
   return null;
 }

@@ -1,0 +1,359 @@
+//! Guardrails: what halts a plan. Checked while it runs and before each step, on what clients
+//! reported since the migration's last change (the step now being held) and on the fleet: the
+//! shadow mismatch ratio, the new shape's error ratio (absolute, and against the old shape's),
+//! the new shape's p99 latency against the old's, and instances that have not applied the last
+//! change for too long. A ratio judges only with a minimum sample.
+
+use crate::time::format_span;
+use crate::traffic::{Histogram, LATENCY_BOUNDS_US, TrafficCounts};
+
+/// Thresholds; the defaults suit a cautious rollout and a plan may override each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guardrails {
+    /// Shadow reads that differed, as a share of those compared (0: any mismatch halts).
+    pub max_mismatch_ratio: f64,
+    /// New-shape operations that failed, as a share of new-shape operations.
+    pub max_new_error_ratio: f64,
+    /// The new shape's error ratio against the old shape's (2: twice as many failures).
+    pub max_error_ratio_vs_old: f64,
+    /// The new shape's p99 latency against the old shape's (by their histogram buckets).
+    pub max_p99_ratio_vs_old: f64,
+    /// How long a live instance may go without applying the last change.
+    pub max_behind_ms: u64,
+    /// Operations on a side, and comparisons, needed before a ratio judges.
+    pub min_operations: u64,
+    pub min_comparisons: u64,
+    /// What a breach does beyond halting the plan.
+    pub on_breach: OnBreach,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Self {
+            max_mismatch_ratio: 0.0,
+            max_new_error_ratio: 0.01,
+            max_error_ratio_vs_old: 2.0,
+            max_p99_ratio_vs_old: 2.0,
+            max_behind_ms: 10 * 60_000,
+            min_operations: 100,
+            min_comparisons: 100,
+            on_breach: OnBreach::Halt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBreach {
+    /// Stop taking steps; the front stays.
+    Halt,
+    /// Stop, and move the front back to the plan's previous step in this stage (0% before the
+    /// first), through the safety rules (rule 6 may refuse it: then it only halts).
+    Rollback,
+}
+
+impl OnBreach {
+    pub const ALL: [OnBreach; 2] = [OnBreach::Halt, OnBreach::Rollback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnBreach::Halt => "halt",
+            OnBreach::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, crate::InvalidInput> {
+        OnBreach::ALL
+            .into_iter()
+            .find(|o| o.as_str() == raw)
+            .ok_or_else(|| {
+                crate::InvalidInput(format!(
+                    "unknown on_breach {raw:?}: allowed {}",
+                    OnBreach::ALL.map(OnBreach::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+/// A guardrail crossed: which, and the figures that crossed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    pub guardrail: &'static str,
+    pub figures: String,
+}
+
+/// A live instance that has not applied the migration's last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Behind {
+    pub service: String,
+    pub instance_id: String,
+}
+
+impl Guardrails {
+    /// Thresholds that are numbers in range (ratios not negative, not NaN).
+    pub fn check(&self) -> Result<(), crate::InvalidInput> {
+        for (name, v) in [
+            ("max_mismatch_ratio", self.max_mismatch_ratio),
+            ("max_new_error_ratio", self.max_new_error_ratio),
+            ("max_error_ratio_vs_old", self.max_error_ratio_vs_old),
+            ("max_p99_ratio_vs_old", self.max_p99_ratio_vs_old),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(crate::InvalidInput(format!(
+                    "guardrail {name} must be a number of 0 or more, not {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first guardrail `traffic` (reported since `since_ms`) and the fleet cross, if any.
+    /// `behind` are the live instances that have not applied the change made at `since_ms`.
+    pub fn breach(
+        &self,
+        traffic: &TrafficCounts,
+        behind: &[Behind],
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Option<Breach> {
+        let window = format!(
+            "in the {} since the last change",
+            format_span(now_ms - since_ms)
+        );
+        if traffic.comparisons >= self.min_comparisons.max(1) {
+            let ratio = traffic.mismatches as f64 / traffic.comparisons as f64;
+            if ratio > self.max_mismatch_ratio {
+                return Some(Breach {
+                    guardrail: "shadow_mismatches",
+                    figures: format!(
+                        "{} of {} shadow reads differed ({}, limit {}) {window}",
+                        traffic.mismatches,
+                        traffic.comparisons,
+                        pct(ratio),
+                        pct(self.max_mismatch_ratio)
+                    ),
+                });
+            }
+        }
+        let (new_ops, old_ops) = (traffic.new.operations(), traffic.old.operations());
+        if new_ops >= self.min_operations.max(1) {
+            let new_ratio = traffic.new.errors as f64 / new_ops as f64;
+            if new_ratio > self.max_new_error_ratio {
+                return Some(Breach {
+                    guardrail: "new_shape_errors",
+                    figures: format!(
+                        "{} of {} new-shape operations failed ({}, limit {}) {window}",
+                        traffic.new.errors,
+                        new_ops,
+                        pct(new_ratio),
+                        pct(self.max_new_error_ratio)
+                    ),
+                });
+            }
+            if old_ops >= self.min_operations.max(1) {
+                let old_ratio = traffic.old.errors as f64 / old_ops as f64;
+                // Against a clean old shape, any new failure counts as "more": compared with
+                // a floor of one failure in the old sample.
+                let floor = old_ratio.max(1.0 / old_ops as f64);
+                if traffic.new.errors > 0 && new_ratio > floor * self.max_error_ratio_vs_old {
+                    return Some(Breach {
+                        guardrail: "new_shape_errors_vs_old",
+                        figures: format!(
+                            "new-shape error ratio {} against the old shape's {} (limit {}×) {window}",
+                            pct(new_ratio),
+                            pct(old_ratio),
+                            self.max_error_ratio_vs_old
+                        ),
+                    });
+                }
+                if let (Some(new_p99), Some(old_p99)) =
+                    (p99_us(&traffic.new.latency), p99_us(&traffic.old.latency))
+                {
+                    if new_p99 as f64 > old_p99 as f64 * self.max_p99_ratio_vs_old {
+                        return Some(Breach {
+                            guardrail: "new_shape_latency",
+                            figures: format!(
+                                "new-shape p99 within {} against the old shape's within {} \
+                                 (limit {}×) {window}",
+                                micros(new_p99),
+                                micros(old_p99),
+                                self.max_p99_ratio_vs_old
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if !behind.is_empty() && now_ms - since_ms > self.max_behind_ms as i64 {
+            let named: Vec<String> = behind
+                .iter()
+                .take(3)
+                .map(|b| format!("{} of {}", b.instance_id, b.service))
+                .collect();
+            return Some(Breach {
+                guardrail: "instances_behind",
+                figures: format!(
+                    "{} live instance(s) have not applied the last change for {} (limit {}): {}{}",
+                    behind.len(),
+                    format_span(now_ms - since_ms),
+                    format_span(self.max_behind_ms as i64),
+                    named.join(", "),
+                    if behind.len() > 3 { ", …" } else { "" }
+                ),
+            });
+        }
+        None
+    }
+}
+
+/// The upper bound (µs) of the bucket holding the 99th percentile; the open-ended last bucket
+/// counts as its lower bound. None without samples.
+fn p99_us(histogram: &Histogram) -> Option<u64> {
+    let total: u64 = histogram.0.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total * 99).div_ceil(100);
+    let mut seen = 0;
+    for (i, n) in histogram.0.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(
+                LATENCY_BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.len() - 1]),
+            );
+        }
+    }
+    None
+}
+
+fn pct(ratio: f64) -> String {
+    format!("{:.3}%", ratio * 100.0)
+}
+
+fn micros(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{} s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{} ms", us as f64 / 1e3)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::SideCounts;
+
+    fn side(ops: u64, errors: u64, bucket: usize) -> SideCounts {
+        let mut latency = Histogram::default();
+        latency.0[bucket] = ops;
+        SideCounts {
+            reads: ops,
+            writes: 0,
+            errors,
+            latency,
+        }
+    }
+
+    fn traffic(
+        old: SideCounts,
+        new: SideCounts,
+        comparisons: u64,
+        mismatches: u64,
+    ) -> TrafficCounts {
+        TrafficCounts {
+            old,
+            new,
+            comparisons,
+            mismatches,
+            ..TrafficCounts::default()
+        }
+    }
+
+    #[test]
+    fn each_guardrail_halts_with_its_figures_and_small_samples_do_not_judge() {
+        let g = Guardrails::default();
+        let healthy = traffic(side(1000, 1, 4), side(1000, 1, 4), 500, 0);
+        assert_eq!(g.breach(&healthy, &[], 0, 60_000), None);
+
+        let b = g
+            .breach(
+                &traffic(side(1000, 1, 4), side(1000, 1, 4), 500, 2),
+                &[],
+                0,
+                60_000,
+            )
+            .unwrap();
+        assert_eq!(b.guardrail, "shadow_mismatches");
+        assert_eq!(
+            b.figures,
+            "2 of 500 shadow reads differed (0.400%, limit 0.000%) in the 1m since the last change"
+        );
+        // Too few comparisons to judge.
+        assert_eq!(
+            g.breach(
+                &traffic(side(1000, 1, 4), side(1000, 1, 4), 50, 2),
+                &[],
+                0,
+                60_000
+            ),
+            None
+        );
+
+        let b = g
+            .breach(
+                &traffic(side(1000, 1, 4), side(1000, 30, 4), 0, 0),
+                &[],
+                0,
+                60_000,
+            )
+            .unwrap();
+        assert_eq!(b.guardrail, "new_shape_errors");
+        let b = g
+            .breach(
+                &traffic(side(1000, 1, 4), side(1000, 5, 4), 0, 0),
+                &[],
+                0,
+                60_000,
+            )
+            .unwrap();
+        assert_eq!(b.guardrail, "new_shape_errors_vs_old", "{b:?}");
+        let b = g
+            .breach(
+                &traffic(side(1000, 0, 4), side(1000, 0, 7), 0, 0),
+                &[],
+                0,
+                60_000,
+            )
+            .unwrap();
+        assert_eq!(b.guardrail, "new_shape_latency");
+        assert!(
+            b.figures
+                .starts_with("new-shape p99 within 10 ms against the old shape's within 1 ms"),
+            "{}",
+            b.figures
+        );
+        // Too few new-shape operations to judge errors.
+        assert_eq!(
+            g.breach(
+                &traffic(side(1000, 0, 4), side(50, 10, 4), 0, 0),
+                &[],
+                0,
+                60_000
+            ),
+            None
+        );
+
+        let behind = [Behind {
+            service: "api".into(),
+            instance_id: "api-1".into(),
+        }];
+        assert_eq!(g.breach(&healthy, &behind, 0, 9 * 60_000), None);
+        let b = g.breach(&healthy, &behind, 0, 11 * 60_000).unwrap();
+        assert_eq!(b.guardrail, "instances_behind");
+        assert!(b.figures.ends_with(": api-1 of api"), "{}", b.figures);
+    }
+}
