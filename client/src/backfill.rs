@@ -622,6 +622,7 @@ impl BackfillRunner {
                 ),
                 rows_done: 0,
                 rows_total_estimate: 0,
+                bypass_approval: false,
             };
             match self
                 .call(message, |mut c, r| async move { c.record_event(r).await })

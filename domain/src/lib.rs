@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`types`]: validated newtypes (migration key, basis points, version, reason).
 //! - [`access`]: token roles and the permission each operation needs.
+//! - [`approval`]: which changes a second person must approve (four eyes).
 //! - [`event`]: the facts recorded about a migration, and their names.
 //! - [`stage`]: the six stages plus `contracted`, and what each means for reads and writes.
 //! - [`front`]: the rollout front `(stage, rollout)` and which stage an entity is at.
@@ -26,6 +27,7 @@
 //!   gate's reading of it.
 
 pub mod access;
+pub mod approval;
 pub mod bucket;
 pub mod event;
 pub mod front;

@@ -192,18 +192,27 @@ pub struct PlanStep {
 pub enum Then {
     /// Advance to the next stage (needs the last step at 100%); the next stage's plan goes on.
     Advance,
+    /// Advance as above, once a second person approves it: the driver requests the approval
+    /// and waits for it.
+    Approve,
     /// The plan is done here: a person takes it on.
     Stop,
 }
 
 impl Then {
-    pub const ALL: [Then; 2] = [Then::Advance, Then::Stop];
+    pub const ALL: [Then; 3] = [Then::Advance, Then::Approve, Then::Stop];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Then::Advance => "advance",
+            Then::Approve => "approve",
             Then::Stop => "stop",
         }
+    }
+
+    /// Whether the plan goes on to the next stage (at once or once approved).
+    pub fn advances(self) -> bool {
+        self != Then::Stop
     }
 
     pub fn parse(raw: &str) -> Result<Then, InvalidInput> {
@@ -302,7 +311,7 @@ pub fn validate(plan: &RolloutPlan) -> Result<(), InvalidInput> {
                     p.as_str()
                 )));
             }
-            if plan.stages[i - 1].then != Then::Advance {
+            if !plan.stages[i - 1].then.advances() {
                 return Err(InvalidInput(format!(
                     "stage {} stops the plan, so stage {name} after it would never run",
                     p.as_str()
@@ -332,14 +341,14 @@ pub fn validate(plan: &RolloutPlan) -> Result<(), InvalidInput> {
             }
             last = step.rollout;
         }
-        if sp.then == Then::Advance && sp.stage == Stage::Complete {
+        if sp.then.advances() && sp.stage == Stage::Complete {
             return Err(InvalidInput(
                 "stage complete cannot advance: after it comes the contract, through the gate \
                  (`then` must be stop)"
                     .to_owned(),
             ));
         }
-        if sp.then == Then::Advance && !last.is_full() {
+        if sp.then.advances() && !last.is_full() {
             return Err(InvalidInput(format!(
                 "stage {name} advances after its last step, so that step must be 100% (rule 1), \
                  not {last}"
@@ -384,6 +393,14 @@ pub fn next(plan: &RolloutPlan, m: &Migration, now_ms: i64, local: &dyn LocalTim
         }
         other => other,
     }
+}
+
+/// Whether the plan has a second person approve advancing `m` out of its current stage
+/// (`then: approve`).
+pub fn advance_needs_approval(plan: &RolloutPlan, m: &Migration) -> bool {
+    plan.stages
+        .iter()
+        .any(|sp| sp.stage == m.stage && sp.then == Then::Approve)
 }
 
 /// The step that follows the front, ignoring the schedule and the window.
@@ -443,7 +460,7 @@ fn step_now(plan: &RolloutPlan, m: &Migration, now_ms: i64) -> Next {
             step: format!("{} {} → {}", m.stage, m.rollout_bp, s.rollout),
         },
         None => match (sp.then, m.stage.next()) {
-            (Then::Advance, Some(next)) if m.rollout_bp.is_full() => Next::Step {
+            (Then::Advance | Then::Approve, Some(next)) if m.rollout_bp.is_full() => Next::Step {
                 op: Operation::Advance,
                 step: format!("advance to {next}"),
             },

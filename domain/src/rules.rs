@@ -65,6 +65,13 @@ pub enum DomainError {
     /// no audit record), and the caller is told so rather than refused.
     #[error("{0}")]
     Unchanged(String),
+    /// The rules allow the change, but a second person must approve it first (four eyes);
+    /// `gated` is the server policy's kind, `None` when the migration's plan asks for it.
+    #[error("{message}")]
+    NeedsApproval {
+        gated: Option<crate::approval::Gated>,
+        message: String,
+    },
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
 }

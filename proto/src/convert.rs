@@ -584,6 +584,36 @@ impl From<&crate::json::PlanView> for pb::PlanView {
     }
 }
 
+/// An approval request in the proto's shape; its `migration` (after an approval) is set by the
+/// caller, who has the record.
+impl From<&crate::json::Approval> for pb::Approval {
+    fn from(a: &crate::json::Approval) -> Self {
+        pb::Approval {
+            id: a.id,
+            key: a.key.clone(),
+            change: a.change.clone(),
+            action: a.action.clone(),
+            stage: a
+                .stage
+                .as_deref()
+                .and_then(|s| Stage::parse(s).ok())
+                .map_or(pb::Stage::Unspecified, pb::Stage::from) as i32,
+            rollout_bp: a.rollout_bp.unwrap_or(0),
+            gated: a.gated.clone(),
+            expected_version: a.expected_version,
+            reason: a.reason.clone(),
+            requested_by: a.requested_by.clone(),
+            requested_at_ms: a.requested_at_ms,
+            origin: a.origin.clone(),
+            status: a.status.clone(),
+            decided_by: a.decided_by.clone(),
+            decided_at_ms: a.decided_at_ms.unwrap_or(0),
+            decision_reason: a.decision_reason.clone(),
+            migration: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

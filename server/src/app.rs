@@ -1,6 +1,7 @@
 //! The operations of the flag server, independent of transport. HTTP and gRPC handlers parse
 //! their wire forms into domain values, call these methods, and map the `ApiError` back.
 
+use crate::approvals::Via;
 use crate::auth::{Authenticator, Principal, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::hub::{Hub, Snapshot, WatchItem};
@@ -74,6 +75,8 @@ pub struct App {
     pub max_instances_per_token: u32,
     /// The contract gate's server-wide settings (soak floor, new-shape error limit).
     pub gate_policy: GatePolicy,
+    /// The changes a second operator must approve (`--require-approval`).
+    pub approval_policy: switchyard_domain::approval::ApprovalPolicy,
     /// The names of the databases this server is configured to observe
     /// (`--target-database NAME=URL`); their URLs stay in the configuration.
     pub target_names: std::collections::BTreeSet<TargetName>,
@@ -505,7 +508,9 @@ impl App {
     }
 
     /// Applies one operation under the safety rules. A traffic change made this way is a
-    /// person's: it pauses the migration's running plan, in the same transaction.
+    /// person's: it pauses the migration's running plan, in the same transaction. A change
+    /// the server has a second person approve is refused (`approval_required`) with how to
+    /// ask for it.
     pub async fn mutate(
         &self,
         who: &Principal,
@@ -514,11 +519,31 @@ impl App {
         reason: &str,
         op: Operation,
     ) -> Result<Migration, ApiError> {
-        self.change(who, key, expected, reason, op, false).await
+        self.change(who, key, expected, reason, op, Via::Person)
+            .await
     }
 
-    /// [`App::mutate`] for the plan driver's own steps, which leave the plan running.
-    pub(crate) async fn mutate_by_plan(
+    /// [`App::mutate`], or with `bypass` [`App::mutate_bypassing_approval`].
+    pub async fn mutate_or_bypass(
+        &self,
+        who: &Principal,
+        key: &str,
+        expected: Version,
+        reason: &str,
+        op: Operation,
+        bypass: bool,
+    ) -> Result<Migration, ApiError> {
+        if bypass {
+            self.mutate_bypassing_approval(who, key, expected, reason, op)
+                .await
+        } else {
+            self.mutate(who, key, expected, reason, op).await
+        }
+    }
+
+    /// [`App::mutate`] by an admin who skips the approval the policy asks for: the audit
+    /// record says so, next to the reason.
+    pub async fn mutate_bypassing_approval(
         &self,
         who: &Principal,
         key: &str,
@@ -526,17 +551,55 @@ impl App {
         reason: &str,
         op: Operation,
     ) -> Result<Migration, ApiError> {
-        self.change(who, key, expected, reason, op, true).await
+        if who.role != switchyard_domain::Role::Admin {
+            return Err(ApiError::PermissionDenied(format!(
+                "token {:?} has role {}: only an admin may bypass an approval; ask a second \
+                 operator instead (request_approval)",
+                who.name,
+                who.role.as_str()
+            )));
+        }
+        // A bypass is recorded only where an approval was required (judged again, on the
+        // locked state, when the change is made without one).
+        let gated = self
+            .hub
+            .get(key)
+            .is_some_and(|m| self.approval_policy.gates(&m, &op).is_some());
+        let via = if gated { Via::Bypass } else { Via::Person };
+        self.change(who, key, expected, reason, op, via).await
     }
 
-    async fn change(
+    /// [`App::mutate`] for the plan driver's own steps, which leave the plan running.
+    /// `approve_advance`: the plan itself has a second person approve this advance.
+    pub(crate) async fn mutate_by_plan(
         &self,
         who: &Principal,
         key: &str,
         expected: Version,
         reason: &str,
         op: Operation,
-        by_plan: bool,
+        approve_advance: bool,
+    ) -> Result<Migration, ApiError> {
+        self.change(
+            who,
+            key,
+            expected,
+            reason,
+            op,
+            Via::Plan { approve_advance },
+        )
+        .await
+    }
+
+    /// The one way a change is made: `via` says who asks and under what approval.
+    pub(crate) async fn change(
+        &self,
+        who: &Principal,
+        key: &str,
+        expected: Version,
+        reason: &str,
+        op: Operation,
+        via: Via,
     ) -> Result<Migration, ApiError> {
         who.require(op.permission())?;
         let key = MigrationKey::parse(key)?;
@@ -570,6 +633,7 @@ impl App {
                         traffic_since_ms: Some(self.traffic_horizon(now)),
                         forget_checkpoint: false,
                         pause_plan: None,
+                        approval: via.approval(who),
                     },
                     |current, fleet, traffic, next_version| {
                         let report = gate::evaluate(
@@ -588,6 +652,7 @@ impl App {
                         };
                         let (next, reason) =
                             decide(current, expected, reason, &report, next_version, now)?;
+                        via.admit(&self.approval_policy, current, &op)?;
                         Ok((next, reason, op.action().to_owned()))
                     },
                 )
@@ -598,7 +663,7 @@ impl App {
             // outlives the telemetry retention.
             // A person moving the front takes it from the plan (recorded events do not: a
             // runner's backfill-complete is what a plan waits for).
-            let pause_plan = (!by_plan && op.moves_front()).then(|| {
+            let pause_plan = (!via.by_plan() && op.moves_front()).then(|| {
                 format!(
                     "paused by a manual change: {} by {} ({reason})",
                     op.action(),
@@ -623,10 +688,12 @@ impl App {
                         // begins at the start.
                         forget_checkpoint: op == Operation::Record(Event::BackfillCancelled),
                         pause_plan,
+                        approval: via.approval(who),
                     },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =
                             rules::apply(current, expected, reason, &op, fleet, next_version, now)?;
+                        via.admit(&self.approval_policy, current, &op)?;
                         gate::record_closed_live_window(current, &mut next, traffic);
                         Ok((next, reason, op.action().to_owned()))
                     },

@@ -34,6 +34,12 @@ pub enum ApiError {
         message: String,
         current: Option<Box<Migration>>,
     },
+    /// The rules allow the change but a second person must approve it first (four eyes).
+    #[error("{message}")]
+    ApprovalRequired {
+        message: String,
+        current: Box<Migration>,
+    },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -54,13 +60,14 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code [`ApiError::code`] can answer (the OpenAPI document's enum).
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "invalid_argument",
         "not_found",
         "already_exists",
         "stale_version",
         "rule_refused",
         "not_applicable",
+        "approval_required",
         "unauthenticated",
         "permission_denied",
         "payload_too_large",
@@ -79,6 +86,7 @@ impl ApiError {
             ApiError::Stale { .. } => "stale_version",
             ApiError::Refused { .. } => "rule_refused",
             ApiError::NotApplicable { .. } => "not_applicable",
+            ApiError::ApprovalRequired { .. } => "approval_required",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -100,7 +108,9 @@ impl ApiError {
 
     pub fn current(&self) -> Option<&Migration> {
         match self {
-            ApiError::Stale { current, .. } | ApiError::Refused { current, .. } => Some(current),
+            ApiError::Stale { current, .. }
+            | ApiError::Refused { current, .. }
+            | ApiError::ApprovalRequired { current, .. } => Some(current),
             ApiError::NotApplicable { current, .. } => current.as_deref(),
             _ => None,
         }
@@ -180,6 +190,9 @@ impl From<StoreError> for ApiError {
                         current: Some(current),
                     }
                 }
+                DomainError::NeedsApproval { message, .. } => {
+                    ApiError::ApprovalRequired { message, current }
+                }
                 DomainError::Invalid(e) => e.into(),
             },
             unavailable if unavailable.is_unavailable() => {
@@ -226,6 +239,10 @@ mod tests {
             ApiError::NotApplicable {
                 message: String::new(),
                 current: Some(m()),
+            },
+            ApiError::ApprovalRequired {
+                message: String::new(),
+                current: m(),
             },
             ApiError::Unauthenticated(String::new()),
             ApiError::PermissionDenied(String::new()),

@@ -17,11 +17,13 @@
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`observe`]: the usage observer, reading each target database's statement statistics.
 //! - [`plans`]: migration plans and the driver that takes their steps.
+//! - [`approvals`]: four eyes, changes a second operator approves before they apply.
 
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "256"]
 
 pub mod app;
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod conn;

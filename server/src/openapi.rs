@@ -188,6 +188,8 @@ pub fn document(app: &App) -> Value {
         "description": "The previous page's `next_after` (an opaque cursor); absent or empty for the first page" });
     let key = json!({ "name": "key", "in": "path", "required": true,
         "schema": key_schema.clone(), "example": "orders.email-split" });
+    let approval_id = json!({ "name": "id", "in": "path", "required": true,
+        "schema": { "type": "integer", "minimum": 1, "maximum": i64::MAX }, "example": 7 });
     let template_name = json!({ "name": "name", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
         "example": "standard-column-rename" });
@@ -235,11 +237,22 @@ pub fn document(app: &App) -> Value {
         "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
     };
     let mutation = |summary: &str, schema: &str| {
+        let mut responses = ok(
+            "Migration",
+            &["400", "401", "403", "404", "408", "409", "413", "422"],
+        );
+        responses["202"] = json!({ "description": "Filed for a second operator's approval (request_approval): the request",
+            "headers": { "Location": { "schema": { "type": "string" }, "description": "the request: /v1/approvals/{id}" } },
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Approval" } } } });
         json!({
-            "summary": summary, "parameters": [key.clone()], "requestBody": body(schema),
-            "responses": ok("Migration", &["400", "401", "403", "404", "408", "409", "413", "422"]),
+            "summary": format!("{summary}. Where the server requires a second operator's approval for the change (--require-approval), it is refused with 422 approval_required unless filed for approval (request_approval: 202) or bypassed by an admin (bypass_approval)"),
+            "parameters": [key.clone()], "requestBody": body(schema),
+            "responses": responses,
         })
     };
+    let approval_flags = json!({
+        "request_approval": { "type": "boolean", "default": false, "description": "File the change for a second operator's approval instead of applying it (answered 202 with the request)" },
+        "bypass_approval": { "type": "boolean", "default": false, "description": "Apply a change that needs a second operator's approval without it (admin role; the audit record says so)" } });
     let read = ["401", "403"];
 
     let mut doc = json!({
@@ -364,10 +377,34 @@ pub fn document(app: &App) -> Value {
                             "plans": { "type": "array", "items": { "$ref": "#/components/schemas/PlanView" } } } } } } },
                         "401": errors(&["401"])["401"] } }
             },
+            "/v1/approvals": {
+                "get": { "summary": "Changes filed for a second operator's approval, newest first: pending ones, or with all=true every one (at most 500)",
+                    "parameters": [
+                        { "name": "all", "in": "query", "schema": { "type": "boolean", "default": false } },
+                        { "name": "migration", "in": "query", "schema": { "type": "string" }, "description": "only this migration's" }],
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["approvals"], "properties": {
+                            "approvals": { "type": "array", "items": { "$ref": "#/components/schemas/Approval" } } } } } } },
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
+            },
+            "/v1/approvals/{id}": {
+                "get": { "summary": "One approval request", "parameters": [approval_id.clone()],
+                    "responses": ok("Approval", &["400", "401", "403", "404"]) }
+            },
+            "/v1/approvals/{id}/approve": {
+                "post": { "summary": "Approve a request (operator role, another token than the requester's): the change is applied as the requester's, through the safety rules at the version it was asked at, and audited with both names. 409 stale_version: the migration changed since (the request is then stale); 422: a rule refuses it now (it stays pending) or it is no longer pending",
+                    "parameters": [approval_id.clone()], "requestBody": body("ApprovalDecision"),
+                    "responses": ok("Approval", &["400", "401", "403", "404", "408", "409", "413", "422"]) }
+            },
+            "/v1/approvals/{id}/reject": {
+                "post": { "summary": "Reject a request (operator role; the requester's own token withdraws it). A plan's request rejected pauses the plan",
+                    "parameters": [approval_id.clone()], "requestBody": body("ApprovalDecision"),
+                    "responses": ok("Approval", &["400", "401", "403", "404", "408", "413", "422"]) }
+            },
             "/v1/migrations/{key}/plan": {
                 "get": { "summary": "The migration's plan: its steps, who set it, whether it runs, why its next step waits (a hold, a rule's refusal) and what that step is",
                     "parameters": [key.clone()], "responses": ok("PlanView", &["400", "401", "403", "404", "422"]) },
-                "put": { "summary": "Set or replace the migration's plan (operator role): per stage from dual_write to complete, rollout steps each held a minimum time, then advance or stop. One replica takes each step as an ordinary change through the safety rules, in the setting token's name; a refused step waits and says why; a manual traffic change pauses the plan",
+                "put": { "summary": "Set or replace the migration's plan (operator role): per stage from dual_write to complete, rollout steps each held a minimum time, then advance, advance once approved, or stop. One replica takes each step as an ordinary change through the safety rules, in the setting token's name; a refused step waits and says why; a manual traffic change pauses the plan",
                     "parameters": [key.clone()], "requestBody": body("PlanBody"),
                     "responses": ok("PlanView", &["400", "401", "403", "404", "408", "413"]) }
             },
@@ -530,9 +567,11 @@ pub fn document(app: &App) -> Value {
                         "description": format!("Retire before drop: once every other gate check passes the old shape is renamed (`switchyard retire-sql`, then record `retired`), and `contracted` waits this many seconds with nothing failing on it. Needs target_database and a column or table in old_shape; at most {} days; null or absent: the contract drops the old shape directly", MAX_RETIRE_PROBATION_SECONDS / 86_400) } } },
                 "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "stage": nullable("Stage"), "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
-                    "expected_version": uint64.clone(), "reason": reason.clone() } },
+                    "expected_version": uint64.clone(), "reason": reason.clone(),
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
                 "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
-                    "expected_version": uint64.clone(), "reason": reason.clone() } },
+                    "expected_version": uint64.clone(), "reason": reason.clone(),
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false,
                     "if": { "required": ["event"], "properties": { "event": { "const": EventKind::BackfillProgress.as_str() } } },
                     "then": { "required": ["rows_done"], "properties": { "rows_done": count.clone() },
@@ -540,7 +579,25 @@ pub fn document(app: &App) -> Value {
                     "properties": {
                     "event": { "$ref": "#/components/schemas/EventName" },
                     "expected_version": uint64.clone(), "reason": reason,
-                    "rows_done": nullable_count.clone(), "rows_total_estimate": nullable_count } },
+                    "rows_done": nullable_count.clone(), "rows_total_estimate": nullable_count,
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
+                "Approval": { "type": "object", "required": ["id", "key", "change", "action", "gated", "expected_version", "reason", "requested_by", "requested_at_ms", "origin", "status", "decided_by", "decision_reason"], "properties": {
+                    "id": uint64.clone(), "key": { "type": "string" },
+                    "change": { "type": "string", "description": "the change in words, from the front it was asked at: `advance shadow 100% → live 0%`" },
+                    "action": { "type": "string", "description": "set_rollout, advance, retreat, or the event recorded (contracted)" },
+                    "stage": { "$ref": "#/components/schemas/Stage", "description": "set_rollout only: the stage asked for (absent: the current one)" },
+                    "rollout_bp": { "$ref": "#/components/schemas/BasisPoints", "description": "set_rollout only" },
+                    "gated": { "type": "string", "enum": ["enter-live", "ramp-complete", "contract", "step-back-from-complete", "plan"],
+                        "description": "the server policy's kind of change, or plan when the migration's plan (then: approve) asked for the approval" },
+                    "expected_version": uint64.clone(), "reason": { "type": "string" },
+                    "requested_by": { "type": "string" }, "requested_at_ms": { "type": "integer" },
+                    "origin": { "type": "string", "enum": ["person", "plan"] },
+                    "status": { "type": "string", "enum": ["pending", "applied", "rejected", "withdrawn", "stale"],
+                        "description": "stale: the migration changed after the request, which was refused at approval (rule 8) and can never apply" },
+                    "decided_by": { "type": "string" }, "decided_at_ms": { "type": ["integer", "null"] }, "decision_reason": { "type": "string" },
+                    "migration": { "$ref": "#/components/schemas/Migration", "description": "on approval: the migration after the change" } } },
+                "ApprovalDecision": { "type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
+                    "reason": reason.clone() } },
                 "Decision": { "type": "object", "properties": {
                     "key": { "type": "string" }, "bucket": { "type": ["integer", "null"] },
                     "stage": { "$ref": "#/components/schemas/Stage" }, "write": { "$ref": "#/components/schemas/Side" },
@@ -551,7 +608,9 @@ pub fn document(app: &App) -> Value {
                     "entries": { "type": "array", "items": { "type": "object", "properties": {
                         "id": { "type": "integer" }, "migration_key": { "type": "string" }, "version": { "type": "integer" },
                         "actor": { "type": "string" }, "at_ms": { "type": "integer" }, "action": { "type": "string" },
-                        "reason": { "type": "string" }, "before": {}, "after": {} } } },
+                        "reason": { "type": "string" },
+                        "approved_by": { "type": "string", "description": "who approved the change (four eyes), or `approval bypassed by admin …`; empty when it needed none" },
+                        "before": {}, "after": {} } } },
                     "next_before_id": { "type": ["integer", "null"] } } },
                 "InstancePage": { "type": "object", "required": ["instances"], "properties": {
                     "instances": { "type": "array", "items": { "$ref": "#/components/schemas/Instance" } },
@@ -613,7 +672,7 @@ pub fn document(app: &App) -> Value {
                             "rollout_bp": { "type": "integer", "minimum": 1, "maximum": 10000, "description": "the rollout this step ramps to, in basis points; steps increase" },
                             "hold_seconds": { "type": "integer", "minimum": 0, "maximum": MAX_HOLD_MS / 1000, "default": 0,
                                 "description": "minimum time at this rollout before the next step, counted from the migration's last change" } } } },
-                    "then": { "type": "string", "enum": Then::ALL.map(Then::as_str), "description": "after the last step: advance to the next stage (the last step must be 100%), or stop (the plan is done)" } } },
+                    "then": { "type": "string", "enum": Then::ALL.map(Then::as_str), "description": "after the last step: advance to the next stage (the last step must be 100%), approve (advance once a second operator approves the request the plan files), or stop (the plan is done)" } } },
                 "PlanBody": { "type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
                     "template": { "type": "string", "description": "start from this template: its stages, with the stages given here in place of its stages of the same name, and the window given here in place of its window" },
                     "guardrails": { "$ref": "#/components/schemas/Guardrails" },
@@ -856,6 +915,10 @@ const OPERATIONS: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/migrations/{key}/traffic", "traffic", "evidence"),
     ("get", "/v1/migrations/{key}/actions", "dryRunActions", "migrations"),
     ("get", "/v1/plans", "listPlans", "plans"),
+    ("get", "/v1/approvals", "listApprovals", "approvals"),
+    ("get", "/v1/approvals/{id}", "getApproval", "approvals"),
+    ("post", "/v1/approvals/{id}/approve", "approveChange", "approvals"),
+    ("post", "/v1/approvals/{id}/reject", "rejectChange", "approvals"),
     ("get", "/v1/plan-templates", "listPlanTemplates", "plans"),
     ("put", "/v1/plan-templates/{name}", "setPlanTemplate", "plans"),
     ("delete", "/v1/plan-templates/{name}", "removePlanTemplate", "plans"),
@@ -897,6 +960,7 @@ fn name_operations(doc: &mut Value) {
         { "name": "evidence", "description": "What the gate judges: traffic, database usage, mismatches, the gate itself" },
         { "name": "backfill", "description": "Backfill progress, checkpoints and settings" },
         { "name": "plans", "description": "Migration plans: the steps a migration takes by itself" },
+        { "name": "approvals", "description": "Four eyes: changes a second operator approves before they are applied" },
         { "name": "tokens", "description": "API tokens, their roles and scopes" },
         { "name": "meta", "description": "Health, readiness, metrics, this document, the API's vocabulary" },
         { "name": "OFREP", "description": "OpenFeature remote evaluation: the stage as the variant, the plan as the value" }

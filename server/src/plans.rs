@@ -92,7 +92,10 @@ impl App {
                 stage: None,
                 rollout: back,
             };
-            match self.mutate_by_plan(&who, key, m.version, &reason, op).await {
+            match self
+                .mutate_by_plan(&who, key, m.version, &reason, op, false)
+                .await
+            {
                 Ok(_) => why.push_str(&format!("; rolled back to {} {back}", m.stage)),
                 Err(e) => why.push_str(&format!("; not rolled back: {}", e.public_message())),
             }
@@ -413,11 +416,30 @@ impl App {
                         .await?;
                     return Ok(());
                 };
+                // A step waiting for its approval is not tried again until it is decided.
+                if let Some(pending) = self.store.pending_approval(key).await? {
+                    if pending.request.by_plan {
+                        return self.note_waiting(stored, &awaiting(&pending)).await;
+                    }
+                }
                 let reason = format!("plan step: {step}");
-                match self.mutate_by_plan(&who, key, m.version, &reason, op).await {
+                let approve_advance = plan::advance_needs_approval(&stored.plan, &m);
+                match self
+                    .mutate_by_plan(&who, key, m.version, &reason, op, approve_advance)
+                    .await
+                {
                     Ok(next) => {
                         tracing::info!(key, step, version = %next.version, "plan step taken");
                         self.note_waiting(stored, "").await?;
+                    }
+                    // Allowed by the rules, but a second person approves it first: the plan
+                    // files the request and waits for it.
+                    Err(ApiError::ApprovalRequired { .. }) => {
+                        let gated = self.approval_policy.gates(&m, &op);
+                        let filed = self
+                            .request_plan_approval(&who, &m, op, &step, gated)
+                            .await?;
+                        self.note_waiting(stored, &awaiting(&filed)).await?;
                     }
                     // Refused (a rule, a change since it looked): it waits and says why; the
                     // next look tries again from the state as it then is.
@@ -436,6 +458,14 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Why a plan waits on its approval request.
+fn awaiting(approval: &crate::store::StoredApproval) -> String {
+    format!(
+        "{}: waiting for approval {} by a second operator (`switchyard approvals approve {}`)",
+        approval.request.description, approval.id, approval.id
+    )
 }
 
 /// A window's zone, resolved from the tz database compiled into the server.

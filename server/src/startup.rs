@@ -164,6 +164,21 @@ pub struct ServeConfig {
     /// the driving one stops.
     #[arg(long, env = "SWITCHYARD_PLAN_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub plan_interval: Duration,
+    /// Changes a second operator must approve before they are applied (four eyes): `none`,
+    /// `default` (all of enter-live, ramp-complete, contract, step-back-from-complete), or a
+    /// comma-separated list of them. An admin may bypass with a reason, recorded as such.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REQUIRE_APPROVAL",
+        default_value = "none",
+        value_name = "none|default|LIST",
+        value_parser = parse_approval_policy
+    )]
+    pub require_approval: switchyard_domain::approval::ApprovalPolicy,
+}
+
+fn parse_approval_policy(raw: &str) -> Result<switchyard_domain::approval::ApprovalPolicy, String> {
+    switchyard_domain::approval::ApprovalPolicy::parse(raw).map_err(|e| e.0)
 }
 
 /// A `--target-database NAME=URL`: a database the server may observe.
@@ -237,6 +252,7 @@ impl Default for ServeConfig {
             observe_interval: Duration::from_secs(60),
             observe_activity_interval: Duration::from_secs(1),
             plan_interval: Duration::from_secs(1),
+            require_approval: Default::default(),
         }
     }
 }
@@ -318,6 +334,7 @@ impl Server {
                 interval: config.observe_interval,
                 activity_interval: config.observe_activity_interval,
             },
+            approval_policy: config.require_approval.clone(),
             gate_policy: GatePolicy {
                 min_soak_seconds: config.min_soak.as_secs(),
                 max_new_error_ratio: config.gate_max_new_error_ratio,

@@ -22,6 +22,13 @@ const STALE: u64 = 1_000_000;
 /// A token id that does not exist.
 const NO_TOKEN_ID: u64 = 999_999;
 
+/// The approval request filed on each migration at the start (a fresh store numbers them
+/// from 1): at a stale version, by a token that does not exist, so approving one applies
+/// nothing.
+fn approval_of(key: &str) -> u64 {
+    if key == IN { 1 } else { 2 }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Needs {
     /// No token at all (health, metrics, the document, the dashboard).
@@ -121,6 +128,10 @@ const HTTP: &[Op] = &[
     op("GET /v1/migrations/{key}/gate", Read, Migration),
     op("GET /v1/migrations/{key}/actions", Read, Migration),
     op("GET /v1/plans", Read, Listing),
+    op("GET /v1/approvals", Read, Listing),
+    op("GET /v1/approvals/{id}", Read, Migration),
+    op("POST /v1/approvals/{id}/approve", Operate, Migration),
+    op("POST /v1/approvals/{id}/reject", Operate, Migration),
     op("GET /v1/plan-templates", Read, Unscoped),
     op("PUT /v1/plan-templates/{name}", Operate, Unscoped),
     op("DELETE /v1/plan-templates/{name}", Operate, Unscoped),
@@ -189,6 +200,11 @@ const GRPC: &[Op] = &[
     op("SetPlan", Operate, Migration),
     op("PausePlan", Operate, Migration),
     op("ResumePlan", Operate, Migration),
+    op("RequestApproval", Operate, Migration),
+    op("ListApprovals", Read, Listing),
+    op("GetApproval", Read, Migration),
+    op("ApproveChange", Operate, Migration),
+    op("RejectChange", Operate, Migration),
 ];
 
 /// A caller: a role's token, scoped or not, or no token.
@@ -213,6 +229,13 @@ enum Outcome {
     Denied(String),
 }
 
+fn listed_by(items: &[Value], field: &str) -> BTreeSet<String> {
+    items
+        .iter()
+        .map(|m| m[field].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn listed(migrations: &[Value]) -> BTreeSet<String> {
     migrations
         .iter()
@@ -224,9 +247,14 @@ fn listed(migrations: &[Value]) -> BTreeSet<String> {
 async fn http(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outcome {
     let (method_path, event) = name.split_once('#').unwrap_or((name, ""));
     let (method, template) = method_path.split_once(' ').unwrap();
+    let id = if template.starts_with("/v1/approvals/") {
+        approval_of(key)
+    } else {
+        NO_TOKEN_ID
+    };
     let path = template
         .replace("{key}", key)
-        .replace("{id}", &NO_TOKEN_ID.to_string())
+        .replace("{id}", &id.to_string())
         .replace("{name}", "no-such-template");
     let change = json!({ "expected_version": STALE, "reason": "authorization matrix" });
     let body = match method_path {
@@ -271,6 +299,9 @@ async fn http(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
             Some(json!({ "name": format!("made-by-{}", caller.name), "role": "reader" }))
         }
         "POST /v1/tokens/{id}/revoke" => Some(json!({})),
+        "POST /v1/approvals/{id}/approve" | "POST /v1/approvals/{id}/reject" => {
+            Some(json!({ "reason": "authorization matrix" }))
+        }
         "POST /ofrep/v1/evaluate/flags/{key}" | "POST /ofrep/v1/evaluate/flags" => {
             Some(json!({ "context": { "targetingKey": "e-1" } }))
         }
@@ -278,6 +309,8 @@ async fn http(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
     };
     let path = match method_path {
         "GET /v1/migrations/{key}/decide" => format!("{path}?entity_key=e-1"),
+        // Decided ones too: callers before this one may have closed them.
+        "GET /v1/approvals" => format!("{path}?all=true"),
         _ => path,
     };
     let method = Method::from_bytes(method.as_bytes()).unwrap();
@@ -324,6 +357,7 @@ async fn http(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
         }
         "POST /ofrep/v1/evaluate/flags" => Some(listed(body["flags"].as_array().unwrap())),
         "GET /v1/plans" => Some(listed(body["plans"].as_array().unwrap())),
+        "GET /v1/approvals" => Some(listed_by(body["approvals"].as_array().unwrap(), "key")),
         "GET /v1/lifecycle" => Some(
             body["complete_not_contracted"]
                 .as_array()
@@ -365,6 +399,7 @@ async fn grpc(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
         key: key.clone(),
         expected_version: STALE,
         reason: "authorization matrix".into(),
+        ..Default::default()
     };
     let listing = |s: &pb::Snapshot| Some(s.migrations.iter().map(|m| m.key.clone()).collect());
     let result: Result<Option<BTreeSet<String>>, tonic::Status> = match method {
@@ -585,6 +620,56 @@ async fn grpc(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
             ))
             .await
             .map(|_| None),
+        "RequestApproval" => client
+            .request_approval(req(
+                t,
+                pb::RequestApprovalRequest {
+                    change: Some(pb::request_approval_request::Change::Advance(step)),
+                },
+            ))
+            .await
+            .map(|_| None),
+        "ListApprovals" => client
+            .list_approvals(req(
+                t,
+                pb::ListApprovalsRequest {
+                    all: true,
+                    key: String::new(),
+                },
+            ))
+            .await
+            .map(|r| {
+                Some(
+                    r.get_ref()
+                        .approvals
+                        .iter()
+                        .map(|a| a.key.clone())
+                        .collect(),
+                )
+            }),
+        "GetApproval" => client
+            .get_approval(req(
+                t,
+                pb::GetApprovalRequest {
+                    id: approval_of(&key),
+                },
+            ))
+            .await
+            .map(|_| None),
+        "ApproveChange" | "RejectChange" => {
+            let decision = req(
+                t,
+                pb::DecideApprovalRequest {
+                    id: approval_of(&key),
+                    reason: "authorization matrix".into(),
+                },
+            );
+            if method == "ApproveChange" {
+                client.approve_change(decision).await.map(|_| None)
+            } else {
+                client.reject_change(decision).await.map(|_| None)
+            }
+        }
         other => panic!("no gRPC call for {other} in the matrix"),
     };
     match result {
@@ -690,6 +775,28 @@ async fn every_role_and_scope_against_every_route_and_method(db: Db) {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // One approval request on each, filed as the store files them (this server gates nothing).
+    for key in [IN, OUT] {
+        let filed = srv
+            .server
+            .app
+            .store
+            .request_approval(&switchyard_server::store::NewApproval {
+                key: key.to_owned(),
+                operation: switchyard_domain::Operation::Advance,
+                gated: None,
+                description: "advance dual_write 100% → shadow 0%".to_owned(),
+                expected_version: switchyard_domain::Version(STALE),
+                reason: "authorization matrix".to_owned(),
+                requested_by_token: NO_TOKEN_ID - 1,
+                requested_by: "someone (token 999998)".to_owned(),
+                requested_at_ms: 0,
+                by_plan: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(filed, Ok(approval_of(key)));
     }
     let versions = [srv.version_of(IN).await, srv.version_of(OUT).await];
 

@@ -301,6 +301,7 @@ async fn checkpoints_and_progress_refuse_what_cannot_be_stored(db: Db) {
             reason: "test".into(),
             rows_done: 10,
             rows_total_estimate: u64::MAX,
+            ..Default::default()
         }))
         .await
         .expect_err("an unstorable progress event");

@@ -427,6 +427,9 @@ fn expected_refusal(error: &DomainError) -> (StatusCode, &'static str, Option<Ru
         ),
         DomainError::NotApplicable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_applicable", None),
         DomainError::Unchanged(_) => unreachable!("answered 200 with the state, checked above"),
+        DomainError::NeedsApproval { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "approval_required", None)
+        }
         DomainError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument", None),
     }
 }

@@ -329,6 +329,7 @@ impl Via {
                     rollout_bp,
                     expected_version,
                     reason: reason.to_owned(),
+                    ..Default::default()
                 };
                 grpc_answer(s.grpc.clone().set_rollout(s.req(request)).await)
             }
@@ -362,6 +363,7 @@ impl Via {
                     key: key.to_owned(),
                     expected_version,
                     reason: reason.to_owned(),
+                    ..Default::default()
                 });
                 let mut grpc = s.grpc.clone();
                 grpc_answer(if direction == "advance" {
@@ -1568,6 +1570,7 @@ async fn errors_auth_and_roles(db: Db) {
         key: KEY.to_owned(),
         expected_version: v,
         reason: REASON.to_owned(),
+        ..Default::default()
     };
     let ramp = || pb::SetRolloutRequest {
         key: KEY.to_owned(),

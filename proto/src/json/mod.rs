@@ -7,6 +7,7 @@
 //! when absent, so that older files and servers still parse. Conversions into domain records validate through the
 //! domain's own parse functions.
 
+mod approvals;
 mod migration;
 mod names;
 mod plans;
@@ -15,6 +16,7 @@ mod requests;
 mod tokens;
 mod vocabulary;
 
+pub use approvals::*;
 pub use migration::*;
 pub use plans::*;
 pub use reports::*;

@@ -62,6 +62,10 @@ pub struct AuditEntry {
     pub at_ms: i64,
     pub action: String,
     pub reason: String,
+    /// Who approved the change (four eyes), or `approval bypassed by admin …`; empty when it
+    /// needed no approval.
+    #[serde(default)]
+    pub approved_by: String,
     /// The migration as the audit log stored it before and after the change (`null` for
     /// none), kept verbatim: entries written by older servers have other fields.
     pub before: serde_json::Value,

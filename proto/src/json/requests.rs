@@ -41,6 +41,14 @@ pub struct Rollout {
     pub expected_version: u64,
     #[serde(default)]
     pub reason: String,
+    /// File the change as a request for a second operator's approval instead of applying
+    /// it (answered 202 with the request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_approval: bool,
+    /// Apply a change the server has approved by a second operator without that approval
+    /// (admins only; the audit record says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_approval: bool,
 }
 
 /// `POST /v1/migrations/{key}/advance` and `…/retreat`.
@@ -50,6 +58,14 @@ pub struct Step {
     pub expected_version: u64,
     #[serde(default)]
     pub reason: String,
+    /// File the change as a request for a second operator's approval instead of applying
+    /// it (answered 202 with the request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_approval: bool,
+    /// Apply a change the server has approved by a second operator without that approval
+    /// (admins only; the audit record says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_approval: bool,
 }
 
 /// `POST /v1/migrations/{key}/events`; the rows only for `backfill_progress`.
@@ -62,6 +78,14 @@ pub struct RecordEvent {
     pub reason: String,
     pub rows_done: Option<u64>,
     pub rows_total_estimate: Option<u64>,
+    /// File the change as a request for a second operator's approval instead of applying
+    /// it (answered 202 with the request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_approval: bool,
+    /// Apply a change the server has approved by a second operator without that approval
+    /// (admins only; the audit record says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_approval: bool,
 }
 
 /// `POST /v1/tokens`.

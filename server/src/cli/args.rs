@@ -256,6 +256,10 @@ pub enum Command {
     /// through the safety rules in the name of the token that set it.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Changes waiting for a second operator's approval (four eyes): list, show, approve,
+    /// reject. A change is filed with `--request-approval` on ramp, advance, retreat or record.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -478,6 +482,10 @@ pub enum PlanCommand {
         /// migration's last change.
         #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "file")]
         hold: Option<Duration>,
+        /// Advancing out of this stage waits for a second operator's approval (the plan files
+        /// the request: `approvals list`). Repeat for several stages.
+        #[arg(long, value_name = "STAGE", conflicts_with = "file")]
+        approve_advance: Vec<String>,
         /// Take no step before this UTC time (e.g. 2026-12-03T09:00:00Z): a scheduled change.
         #[arg(long, value_name = "TIME", conflicts_with = "file")]
         at: Option<String>,
@@ -522,6 +530,41 @@ pub enum PlanCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// The requests waiting for approval, newest first (with --all, decided ones too).
+    List {
+        /// Also the applied, rejected, withdrawn and stale ones.
+        #[arg(long)]
+        all: bool,
+        /// Only this migration's.
+        #[arg(long, value_name = "KEY")]
+        migration: Option<String>,
+    },
+    /// One request: the change, who asked, and where it stands.
+    Show {
+        /// The request's number.
+        id: u64,
+    },
+    /// Approve a request another token filed: the change is applied through the safety rules
+    /// at the version it was asked at (refused as stale if the migration changed since).
+    Approve {
+        /// The request's number.
+        id: u64,
+        /// Why (required; kept in the audit log beside the requester's).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reject a request (your own: withdraw it). A plan's request rejected pauses the plan.
+    Reject {
+        /// The request's number.
+        id: u64,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TemplateCommand {
     /// Set or replace a template (operator role):
     /// `plan template set standard-rename --stage dual_write=1,25,100 … --hold 1h`.
@@ -535,6 +578,10 @@ pub enum TemplateCommand {
         /// How long each step is held before the next.
         #[arg(long, value_parser = humantime::parse_duration)]
         hold: Option<Duration>,
+        /// Advancing out of this stage waits for a second operator's approval. Repeat for
+        /// several stages.
+        #[arg(long, value_name = "STAGE")]
+        approve_advance: Vec<String>,
         /// Take steps only within these hours: `"mon-fri 09:00-16:00 Europe/Berlin"`.
         #[arg(long, value_name = "DAYS HOURS ZONE")]
         window: Option<String>,
@@ -593,6 +640,14 @@ pub struct Change {
     /// Act on whatever the current version is, instead of naming it.
     #[arg(long, conflicts_with = "expected_version")]
     pub latest: bool,
+    /// File the change for a second operator's approval instead of applying it, where the
+    /// server requires one (four eyes); prints the request's number.
+    #[arg(long, conflicts_with = "bypass_approval")]
+    pub request_approval: bool,
+    /// Apply a change the server requires approval for without it (admins only; the audit
+    /// record says so, with the reason).
+    #[arg(long)]
+    pub bypass_approval: bool,
 }
 
 impl Change {

@@ -90,17 +90,19 @@ pub(super) async fn ramp(
     let version = client
         .expected_version(key, change.expected_version)
         .await?;
-    let m: Answer<json::Migration> = client
-        .post(
-            &format!("/v1/migrations/{}/rollout", path_segment(key)?),
-            &json::Rollout {
-                stage,
-                rollout_bp: bp.get(),
-                expected_version: version,
-                reason: change.reason,
-            },
-        )
-        .await?;
+    let path = format!("/v1/migrations/{}/rollout", path_segment(key)?);
+    let body = json::Rollout {
+        stage,
+        rollout_bp: bp.get(),
+        expected_version: version,
+        reason: change.reason,
+        request_approval: change.request_approval,
+        bypass_approval: change.bypass_approval,
+    };
+    if change.request_approval {
+        return request(client, &path, &body).await;
+    }
+    let m: Answer<json::Migration> = client.post(&path, &body).await?;
     if m.body.record.version == version {
         // The server writes nothing for a ramp to the front it is at, and answers with it.
         let mut out = output(m, "")?;
@@ -121,15 +123,17 @@ pub(super) async fn step(
     let version = client
         .expected_version(key, change.expected_version)
         .await?;
-    let m = client
-        .post(
-            &format!("/v1/migrations/{}/{action}", path_segment(key)?),
-            &json::Step {
-                expected_version: version,
-                reason: change.reason,
-            },
-        )
-        .await?;
+    let path = format!("/v1/migrations/{}/{action}", path_segment(key)?);
+    let body = json::Step {
+        expected_version: version,
+        reason: change.reason,
+        request_approval: change.request_approval,
+        bypass_approval: change.bypass_approval,
+    };
+    if change.request_approval {
+        return request(client, &path, &body).await;
+    }
+    let m = client.post(&path, &body).await?;
     output(
         m,
         if action == "advance" {
@@ -152,19 +156,33 @@ pub(super) async fn record(
         .expected_version(key, change.expected_version)
         .await?;
     let (rows_done, rows_total) = rows;
-    let m = client
-        .post(
-            &format!("/v1/migrations/{}/events", path_segment(key)?),
-            &json::RecordEvent {
-                event: event.as_str().to_owned(),
-                expected_version: version,
-                reason: change.reason,
-                rows_done,
-                rows_total_estimate: rows_total,
-            },
-        )
-        .await?;
+    let path = format!("/v1/migrations/{}/events", path_segment(key)?);
+    let body = json::RecordEvent {
+        event: event.as_str().to_owned(),
+        expected_version: version,
+        reason: change.reason,
+        rows_done,
+        rows_total_estimate: rows_total,
+        request_approval: change.request_approval,
+        bypass_approval: change.bypass_approval,
+    };
+    if change.request_approval {
+        return request(client, &path, &body).await;
+    }
+    let m = client.post(&path, &body).await?;
     output(m, &format!("recorded {event}"))
+}
+
+/// Files a change for a second operator's approval (`--request-approval`): the server
+/// answers with the request instead of the migration.
+async fn request<B: serde::Serialize>(
+    client: &Client,
+    path: &str,
+    body: &B,
+) -> Result<Output, Failure> {
+    let filed: Answer<json::Approval> = client.post(path, body).await?;
+    let human = render::approval(&filed.body);
+    Ok(Output::ok(filed.json, human))
 }
 
 /// Which of the two renames `rename_sql` prints.
@@ -222,6 +240,12 @@ pub(super) async fn record_sql_file(
     path: &Path,
     change: Change,
 ) -> Result<Output, Failure> {
+    if change.request_approval {
+        return Err(Failure::usage(
+            "--request-approval does not go with --sql-file: request the approval before the \
+             pipeline applies the file, with `switchyard record KEY EVENT --request-approval`",
+        ));
+    }
     let file = sqlfiles::read(path).map_err(Failure::usage)?;
     if file.tags.is_empty() {
         return Err(Failure::usage(format!(
@@ -250,6 +274,8 @@ pub(super) async fn record_sql_file(
                     reason: change.reason.clone(),
                     rows_done: None,
                     rows_total_estimate: None,
+                    request_approval: false,
+                    bypass_approval: change.bypass_approval,
                 },
             )
             .await;

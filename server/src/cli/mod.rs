@@ -19,8 +19,8 @@ mod token;
 
 pub use api::{Client, Failure};
 pub use args::{
-    BackfillCommand, Change, Cli, Command, MigrationCommand, PlanCommand, Remote, TemplateCommand,
-    TokenCommand, command, parse,
+    ApprovalsCommand, BackfillCommand, Change, Cli, Command, MigrationCommand, PlanCommand, Remote,
+    TemplateCommand, TokenCommand, command, parse,
 };
 use migration::Rename;
 use serde_json::{Value, json};
@@ -213,5 +213,6 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
         Command::Instances { migration } => inspect::instances(client, migration.as_deref()).await,
         Command::Token(command) => token::run(client, command).await,
         Command::Plan(command) => plan::run(client, command).await,
+        Command::Approvals(command) => plan::approvals(client, command).await,
     }
 }

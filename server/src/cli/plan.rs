@@ -1,7 +1,7 @@
 //! `plan`: set, show, pause and resume a migration's plan (the steps it takes by itself).
 
 use super::api::{Client, Failure, path_segment};
-use super::args::{PlanCommand, TemplateCommand};
+use super::args::{ApprovalsCommand, PlanCommand, TemplateCommand};
 use super::{Output, render};
 use std::time::Duration;
 use switchyard_proto::json;
@@ -17,6 +17,7 @@ pub(super) async fn run(client: &Client, command: PlanCommand) -> Result<Output,
             stages,
             template,
             hold,
+            approve_advance,
             at,
             window,
             guardrails,
@@ -34,7 +35,7 @@ pub(super) async fn run(client: &Client, command: PlanCommand) -> Result<Output,
                     json::PlanBody {
                         guardrails: guardrails.body()?,
                         template,
-                        stages: flag_stages(&stages, hold, &base)?,
+                        stages: flag_stages(&stages, hold, &approve_advance, &base)?,
                         not_before_ms: at.as_deref().map(parse_at).transpose()?,
                         window: None,
                         reason,
@@ -70,6 +71,47 @@ pub(super) async fn run(client: &Client, command: PlanCommand) -> Result<Output,
         }
     };
     let human = render::plan(&answer.body, verb);
+    Ok(Output::ok(answer.json, human))
+}
+
+/// `approvals list|show|approve|reject`.
+pub(super) async fn approvals(
+    client: &Client,
+    command: ApprovalsCommand,
+) -> Result<Output, Failure> {
+    let answer = match command {
+        ApprovalsCommand::List { all, migration } => {
+            let mut path = format!("/v1/approvals?all={all}");
+            if let Some(key) = migration {
+                path.push_str(&format!("&migration={}", path_segment(&key)?));
+            }
+            let list = client.get::<json::Approvals>(&path).await?;
+            let human = render::approvals(&list.body);
+            return Ok(Output::ok(list.json, human));
+        }
+        ApprovalsCommand::Show { id } => {
+            client
+                .get::<json::Approval>(&format!("/v1/approvals/{id}"))
+                .await?
+        }
+        ApprovalsCommand::Approve { id, reason } => {
+            client
+                .post::<_, json::Approval>(
+                    &format!("/v1/approvals/{id}/approve"),
+                    &json::ApprovalDecision { reason },
+                )
+                .await?
+        }
+        ApprovalsCommand::Reject { id, reason } => {
+            client
+                .post::<_, json::Approval>(
+                    &format!("/v1/approvals/{id}/reject"),
+                    &json::ApprovalDecision { reason },
+                )
+                .await?
+        }
+    };
+    let human = render::approval(&answer.body);
     Ok(Output::ok(answer.json, human))
 }
 
@@ -121,12 +163,22 @@ fn plan_path(key: &str) -> Result<String, Failure> {
 
 /// `--stage dual_write=1,25,100 --stage shadow=100 …` as a plan's stages, each step held
 /// `hold`. Every stage but the plan's last (of these and `base`'s, a template's, in stage order)
-/// advances after its last step; the last stops.
+/// advances after its last step, once approved for those named in `approve`; the last stops.
 fn flag_stages(
     stages: &[String],
     hold: Option<Duration>,
+    approve: &[String],
     base: &[String],
 ) -> Result<Vec<json::PlanStage>, Failure> {
+    if let Some(unknown) = approve.iter().find(|a| {
+        !stages
+            .iter()
+            .any(|s| s.split('=').next() == Some(a.as_str()))
+    }) {
+        return Err(Failure::usage(format!(
+            "--approve-advance {unknown}: name a stage given with --stage"
+        )));
+    }
     let hold_seconds = hold.map_or(0, |h| h.as_secs());
     let mut parsed = Vec::with_capacity(stages.len());
     for raw in stages {
@@ -162,6 +214,8 @@ fn flag_stages(
         .map(|(stage, steps)| json::PlanStage {
             then: if Some(&stage) == last.as_ref() {
                 "stop"
+            } else if approve.contains(&stage) {
+                "approve"
             } else {
                 "advance"
             }
@@ -211,12 +265,13 @@ async fn template(client: &Client, command: TemplateCommand) -> Result<Output, F
             name,
             stages,
             hold,
+            approve_advance,
             window,
             description,
             reason,
         } => {
             let body = json::PlanTemplateBody {
-                stages: flag_stages(&stages, hold, &[])?,
+                stages: flag_stages(&stages, hold, &approve_advance, &[])?,
                 window,
                 description,
                 reason,

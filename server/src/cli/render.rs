@@ -683,6 +683,67 @@ pub(super) fn plan(p: &json::PlanView, verb: &str) -> String {
     out
 }
 
+/// An approval request: what it would change, who asked, where it stands, and what to do.
+pub(super) fn approval(a: &json::Approval) -> String {
+    let mut out = format!(
+        "approval {} for {}: {} ({})\n  change           {} at version {}\n  requested by     {} at {}: {}",
+        a.id,
+        a.key,
+        a.status,
+        a.gated,
+        a.change,
+        a.expected_version,
+        a.requested_by,
+        switchyard_domain::time::format_minute(a.requested_at_ms),
+        a.reason
+    );
+    if a.status == "pending" {
+        out.push_str(&format!(
+            "\n  next             another operator runs `switchyard approvals approve {} --reason …` \
+             (or reject it)",
+            a.id
+        ));
+    } else {
+        out.push_str(&format!(
+            "\n  decided by       {}{}: {}",
+            a.decided_by,
+            a.decided_at_ms
+                .map(|at| format!(" at {}", switchyard_domain::time::format_minute(at)))
+                .unwrap_or_default(),
+            a.decision_reason
+        ));
+    }
+    if let Some(m) = &a.migration {
+        out.push_str(&format!(
+            "\n  now              {} {} (version {})",
+            m.record.stage,
+            switchyard_domain::BasisPoints::new(m.record.rollout_bp).map_or_else(
+                |_| format!("{} bp", m.record.rollout_bp),
+                |bp| bp.to_string()
+            ),
+            m.record.version
+        ));
+    }
+    out
+}
+
+/// Approval requests, one line each (newest first).
+pub(super) fn approvals(list: &json::Approvals) -> String {
+    if list.approvals.is_empty() {
+        return "no approval requests".to_owned();
+    }
+    list.approvals
+        .iter()
+        .map(|a| {
+            format!(
+                "{:>5}  {:<9} {:<28} {}  by {}",
+                a.id, a.status, a.key, a.change, a.requested_by
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A template: its name, description, window and stages.
 pub(super) fn template(t: &json::PlanTemplate) -> String {
     let mut out = format!("{} (set by {})", t.name, t.updated_by);

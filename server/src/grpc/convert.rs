@@ -136,6 +136,7 @@ impl From<AuditRecord> for pb::AuditEntry {
             reason: e.reason,
             before_json: e.before_json,
             after_json: e.after_json,
+            approved_by: e.approved_by,
         }
     }
 }

@@ -65,7 +65,9 @@ pub fn status(method: &str, e: ApiError) -> Status {
         ApiError::NotFound(_) => Code::NotFound,
         ApiError::AlreadyExists(_) => Code::AlreadyExists,
         ApiError::Stale { .. } => Code::Aborted,
-        ApiError::Refused { .. } | ApiError::NotApplicable { .. } => Code::FailedPrecondition,
+        ApiError::Refused { .. }
+        | ApiError::NotApplicable { .. }
+        | ApiError::ApprovalRequired { .. } => Code::FailedPrecondition,
         ApiError::Unauthenticated(_) => Code::Unauthenticated,
         ApiError::PermissionDenied(_) => Code::PermissionDenied,
         ApiError::PayloadTooLarge(_) => Code::ResourceExhausted,
@@ -183,7 +185,14 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let result = async {
             let op = Operation::try_from(&r)?;
             self.app
-                .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
+                .mutate_or_bypass(
+                    &who,
+                    &r.key,
+                    Version(r.expected_version),
+                    &r.reason,
+                    op,
+                    r.bypass_approval,
+                )
                 .await
         }
         .await;
@@ -217,12 +226,13 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         let result = async {
             let event = Event::try_from(&r)?;
             self.app
-                .mutate(
+                .mutate_or_bypass(
                     &who,
                     &r.key,
                     Version(r.expected_version),
                     &r.reason,
                     Operation::Record(event),
+                    r.bypass_approval,
                 )
                 .await
         }
@@ -561,6 +571,95 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
     ) -> Result<Response<pb::PlanView>, Status> {
         self.plan_status("ResumePlan", request, false).await
     }
+
+    async fn request_approval(
+        &self,
+        request: Request<pb::RequestApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        use pb::request_approval_request::Change;
+        const M: &str = "RequestApproval";
+        let who = self.caller(M, &request).await?;
+        let result = async {
+            let (key, expected, reason, op) = match &request.get_ref().change {
+                Some(Change::SetRollout(r)) => (
+                    &r.key,
+                    r.expected_version,
+                    &r.reason,
+                    Operation::try_from(r)?,
+                ),
+                Some(Change::Advance(r)) => {
+                    (&r.key, r.expected_version, &r.reason, Operation::Advance)
+                }
+                Some(Change::Retreat(r)) => {
+                    (&r.key, r.expected_version, &r.reason, Operation::Retreat)
+                }
+                Some(Change::RecordEvent(r)) => (
+                    &r.key,
+                    r.expected_version,
+                    &r.reason,
+                    Operation::Record(Event::try_from(r)?),
+                ),
+                None => {
+                    return Err(ApiError::invalid(
+                        "no change given: set one of set_rollout, advance, retreat, record_event",
+                    ));
+                }
+            };
+            self.app
+                .request_approval(&who, key, Version(expected), reason, op)
+                .await
+        }
+        .await;
+        match result {
+            Ok(filed) => ok(M, approval(&filed, None)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        const M: &str = "ListApprovals";
+        let who = self.caller(M, &request).await?;
+        let r = request.get_ref();
+        let key = (!r.key.is_empty()).then_some(r.key.as_str());
+        match self.app.approvals(&who, r.all, key).await {
+            Ok(found) => ok(
+                M,
+                pb::ListApprovalsResponse {
+                    approvals: found.iter().map(|a| approval(a, None)).collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn get_approval(
+        &self,
+        request: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        const M: &str = "GetApproval";
+        let who = self.caller(M, &request).await?;
+        match self.app.approval(&who, request.get_ref().id).await {
+            Ok(found) => ok(M, approval(&found, None)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn approve_change(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        self.decide_approval("ApproveChange", request, true).await
+    }
+
+    async fn reject_change(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        self.decide_approval("RejectChange", request, false).await
+    }
 }
 
 impl GrpcApi {
@@ -593,11 +692,47 @@ impl GrpcApi {
         let r = request.into_inner();
         match self
             .app
-            .mutate(&who, &r.key, Version(r.expected_version), &r.reason, op)
+            .mutate_or_bypass(
+                &who,
+                &r.key,
+                Version(r.expected_version),
+                &r.reason,
+                op,
+                r.bypass_approval,
+            )
             .await
         {
             Ok(m) => ok(method, pb::Migration::from(&m)),
             Err(e) => Err(status(method, e)),
         }
+    }
+
+    async fn decide_approval(
+        &self,
+        method: &str,
+        request: Request<pb::DecideApprovalRequest>,
+        approve: bool,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let who = self.caller(method, &request).await?;
+        let r = request.get_ref();
+        match self
+            .app
+            .decide_approval(&who, r.id, approve, &r.reason)
+            .await
+        {
+            Ok((decided, after)) => ok(method, approval(&decided, after.as_ref())),
+            Err(e) => Err(status(method, e)),
+        }
+    }
+}
+
+/// An approval request in the proto's shape, with the migration after it was applied.
+fn approval(
+    a: &crate::store::StoredApproval,
+    after: Option<&switchyard_domain::Migration>,
+) -> pb::Approval {
+    pb::Approval {
+        migration: after.map(pb::Migration::from),
+        ..pb::Approval::from(&crate::http::json::approval(a, None))
     }
 }

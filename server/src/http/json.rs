@@ -4,12 +4,12 @@
 use crate::app::{BackfillProgress, Decision, Lifecycle, MAX_BODY_BYTES, Usage};
 use crate::error::ApiError;
 use crate::hub::Snapshot;
-use crate::store::{AuditRecord, ClientInstance, MismatchEntity, TokenRecord};
+use crate::store::{AuditRecord, ClientInstance, MismatchEntity, StoredApproval, TokenRecord};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use switchyard_domain::Migration;
+use switchyard_domain::{Migration, Operation};
 use switchyard_proto::json;
 
 /// `axum::Json`, but a rejection becomes an `ApiError` in our JSON error format.
@@ -119,6 +119,7 @@ pub fn audit_page(entries: Vec<AuditRecord>, next_before_id: Option<u64>) -> jso
                 at_ms: e.at_ms,
                 action: e.action,
                 reason: e.reason,
+                approved_by: e.approved_by,
             })
             .collect(),
         next_before_id,
@@ -134,6 +135,37 @@ pub fn instance(i: ClientInstance, live: bool, uses_migration: Option<bool>) -> 
         last_seen_ms: i.last_seen_ms,
         live,
         uses_migration,
+    }
+}
+
+pub fn approval(a: &StoredApproval, after: Option<&Migration>) -> json::Approval {
+    let r = &a.request;
+    let (action, stage, rollout_bp) = match &r.operation {
+        Operation::SetRollout { stage, rollout } => (
+            "set_rollout",
+            stage.map(|s| s.as_str().to_owned()),
+            Some(rollout.get()),
+        ),
+        op => (op.action(), None, None),
+    };
+    json::Approval {
+        id: a.id,
+        key: r.key.clone(),
+        change: r.description.clone(),
+        action: action.to_owned(),
+        stage,
+        rollout_bp,
+        gated: r.gated.map_or("plan", |g| g.as_str()).to_owned(),
+        expected_version: r.expected_version.0,
+        reason: r.reason.clone(),
+        requested_by: r.requested_by.clone(),
+        requested_at_ms: r.requested_at_ms,
+        origin: if r.by_plan { "plan" } else { "person" }.to_owned(),
+        status: a.status.as_str().to_owned(),
+        decided_by: a.decided_by.clone(),
+        decided_at_ms: (a.decided_at_ms != 0).then_some(a.decided_at_ms),
+        decision_reason: a.decision_reason.clone(),
+        migration: after.map(json::Migration::from),
     }
 }
 

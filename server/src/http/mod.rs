@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::{TokenRevoked, WatchItem};
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
-use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::header::{self, ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -47,6 +47,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/migrations/{key}/traffic", get(traffic))
         .route("/migrations/{key}/actions", get(dry_run))
         .route("/plans", get(list_plans))
+        .route("/approvals", get(list_approvals))
+        .route("/approvals/{id}", get(get_approval))
+        .route("/approvals/{id}/approve", post(approve))
+        .route("/approvals/{id}/reject", post(reject))
         .route("/plan-templates", get(list_templates))
         .route(
             "/plan-templates/{name}",
@@ -196,9 +200,9 @@ impl IntoResponse for ApiError {
             ApiError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists(_) | ApiError::Stale { .. } => StatusCode::CONFLICT,
-            ApiError::Refused { .. } | ApiError::NotApplicable { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::Refused { .. }
+            | ApiError::NotApplicable { .. }
+            | ApiError::ApprovalRequired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -349,15 +353,22 @@ async fn set_rollout(
     Caller(who): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<wire::Rollout>,
-) -> Result<axum::Json<wire::Migration>, ApiError> {
+) -> Result<Response, ApiError> {
     let op = Operation::SetRollout {
         stage: body.stage.as_deref().map(Stage::parse).transpose()?,
         rollout: BasisPoints::new(body.rollout_bp)?,
     };
-    let done = app
-        .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
-        .await?;
-    Ok(json::migration(&done))
+    let asked = Asked::of(body.request_approval, body.bypass_approval)?;
+    change(
+        &app,
+        &who,
+        &key,
+        body.expected_version,
+        &body.reason,
+        op,
+        asked,
+    )
+    .await
 }
 
 async fn advance(
@@ -365,7 +376,7 @@ async fn advance(
     caller: Caller,
     key: Path<String>,
     body: ApiJson<wire::Step>,
-) -> Result<axum::Json<wire::Migration>, ApiError> {
+) -> Result<Response, ApiError> {
     step(state, caller, key, body, Operation::Advance).await
 }
 
@@ -374,7 +385,7 @@ async fn retreat(
     caller: Caller,
     key: Path<String>,
     body: ApiJson<wire::Step>,
-) -> Result<axum::Json<wire::Migration>, ApiError> {
+) -> Result<Response, ApiError> {
     step(state, caller, key, body, Operation::Retreat).await
 }
 
@@ -384,11 +395,75 @@ async fn step(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<wire::Step>,
     op: Operation,
-) -> Result<axum::Json<wire::Migration>, ApiError> {
-    let done = app
-        .mutate(&who, &key, Version(body.expected_version), &body.reason, op)
-        .await?;
-    Ok(json::migration(&done))
+) -> Result<Response, ApiError> {
+    let asked = Asked::of(body.request_approval, body.bypass_approval)?;
+    change(
+        &app,
+        &who,
+        &key,
+        body.expected_version,
+        &body.reason,
+        op,
+        asked,
+    )
+    .await
+}
+
+/// What a change's body asks of the approval policy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// Apply it (refused if a second operator must approve it).
+    Apply,
+    /// File it for a second operator's approval.
+    Request,
+    /// Apply it without the approval (admins).
+    Bypass,
+}
+
+impl Asked {
+    fn of(request: bool, bypass: bool) -> Result<Asked, ApiError> {
+        match (request, bypass) {
+            (false, false) => Ok(Asked::Apply),
+            (true, false) => Ok(Asked::Request),
+            (false, true) => Ok(Asked::Bypass),
+            (true, true) => Err(ApiError::invalid(
+                "request_approval and bypass_approval exclude each other: ask a second operator \
+                 or bypass (admins), not both",
+            )),
+        }
+    }
+}
+
+/// A change: applied (200 with the migration), or filed for approval (202 with the request
+/// and its Location).
+async fn change(
+    app: &App,
+    who: &Principal,
+    key: &str,
+    expected: u64,
+    reason: &str,
+    op: Operation,
+    asked: Asked,
+) -> Result<Response, ApiError> {
+    let expected = Version(expected);
+    let done = match asked {
+        Asked::Apply => app.mutate(who, key, expected, reason, op).await?,
+        Asked::Bypass => {
+            app.mutate_bypassing_approval(who, key, expected, reason, op)
+                .await?
+        }
+        Asked::Request => {
+            let filed = app.request_approval(who, key, expected, reason, op).await?;
+            let location = format!("/v1/approvals/{}", filed.id);
+            return Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                axum::Json(json::approval(&filed, None)),
+            )
+                .into_response());
+        }
+    };
+    Ok(json::migration(&done).into_response())
 }
 
 /// Parses an event name as the API and CLI spell it (`expand_applied` or `expand-applied`).
@@ -408,18 +483,88 @@ async fn record_event(
     Caller(who): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<wire::RecordEvent>,
-) -> Result<axum::Json<wire::Migration>, ApiError> {
+) -> Result<Response, ApiError> {
     let event = parse_event(&body.event, body.rows_done, body.rows_total_estimate)?;
-    let done = app
-        .mutate(
-            &who,
-            &key,
-            Version(body.expected_version),
-            &body.reason,
-            Operation::Record(event),
-        )
+    let asked = Asked::of(body.request_approval, body.bypass_approval)?;
+    change(
+        &app,
+        &who,
+        &key,
+        body.expected_version,
+        &body.reason,
+        Operation::Record(event),
+        asked,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsQuery {
+    /// Every request, not only the pending ones.
+    #[serde(default)]
+    all: bool,
+    migration: Option<String>,
+}
+
+async fn list_approvals(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Query(q): Query<ApprovalsQuery>,
+) -> Result<axum::Json<wire::Approvals>, ApiError> {
+    let found = app.approvals(&who, q.all, q.migration.as_deref()).await?;
+    Ok(axum::Json(wire::Approvals {
+        approvals: found.iter().map(|a| json::approval(a, None)).collect(),
+    }))
+}
+
+fn approval_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "invalid approval id {:?}: allowed a number",
+            raw.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+async fn get_approval(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<wire::Approval>, ApiError> {
+    let found = app.approval(&who, approval_id(&id)?).await?;
+    Ok(axum::Json(json::approval(&found, None)))
+}
+
+async fn approve(
+    state: State<Arc<App>>,
+    caller: Caller,
+    id: Path<String>,
+    body: ApiJson<wire::ApprovalDecision>,
+) -> Result<axum::Json<wire::Approval>, ApiError> {
+    decide_approval(state, caller, id, body, true).await
+}
+
+async fn reject(
+    state: State<Arc<App>>,
+    caller: Caller,
+    id: Path<String>,
+    body: ApiJson<wire::ApprovalDecision>,
+) -> Result<axum::Json<wire::Approval>, ApiError> {
+    decide_approval(state, caller, id, body, false).await
+}
+
+async fn decide_approval(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<wire::ApprovalDecision>,
+    approve: bool,
+) -> Result<axum::Json<wire::Approval>, ApiError> {
+    let (decided, after) = app
+        .decide_approval(&who, approval_id(&id)?, approve, &body.reason)
         .await?;
-    Ok(json::migration(&done))
+    Ok(axum::Json(json::approval(&decided, after.as_ref())))
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ use super::rows::{AuditRecord, AuditRow, MigrationRow};
 use super::state::parse_state;
 use super::{Store, StoreError, Tx, next_version, read_snapshot_version};
 use std::time::Duration;
+use switchyard_domain::approval::ApprovalStatus;
 use switchyard_domain::rules::DomainError;
 use switchyard_domain::traffic::TrafficCounts;
 use switchyard_domain::{Fleet, Migration, NewMigration, Reason, Version};
@@ -29,6 +30,20 @@ pub struct Alongside {
     /// Pause the migration's running plan, with this reason, if the change commits: a person
     /// changed it by hand, and the plan must not carry on from a state it did not choose.
     pub pause_plan: Option<String>,
+    /// The second person's approval the change is made under: marked applied if the change
+    /// commits (refused if it is no longer pending, so one approval applies once), and named
+    /// in the audit record.
+    pub approval: Option<ApprovalUse>,
+}
+
+/// An approval a change is applied under (see [`Alongside::approval`]).
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalUse {
+    /// The request approved; `None` for an admin's bypass.
+    pub id: Option<u64>,
+    /// For the audit record: `bob (token 3)`, or the bypass.
+    pub approved_by: String,
+    pub decision_reason: String,
 }
 
 impl Store {
@@ -76,7 +91,14 @@ impl Store {
                     other => other.into(),
                 })?;
                 insert_audit(
-                    tx, &migration, actor, now_ms, "create", reason, "", &row.state,
+                    tx,
+                    &migration,
+                    (actor, ""),
+                    now_ms,
+                    "create",
+                    reason,
+                    "",
+                    &row.state,
                 )
                 .await?;
                 self.notify(tx, version).await?;
@@ -213,6 +235,30 @@ impl Store {
                 if alongside.forget_checkpoint {
                     forget_checkpoint(tx, key).await?;
                 }
+                if let Some(ApprovalUse {
+                    id: Some(id),
+                    approved_by,
+                    decision_reason,
+                }) = &alongside.approval
+                {
+                    let closed = super::approvals::close_in(
+                        tx,
+                        *id,
+                        ApprovalStatus::Applied,
+                        approved_by,
+                        decision_reason,
+                        now_ms,
+                    )
+                    .await?;
+                    if !closed {
+                        return Err(StoreError::Refused {
+                            error: DomainError::NotApplicable(format!(
+                                "approval {id} is no longer pending: another decision came first"
+                            )),
+                            current: Box::new(current),
+                        });
+                    }
+                }
                 if let Some(reason) = &alongside.pause_plan {
                     super::plans::plan_status_in(
                         tx,
@@ -250,10 +296,14 @@ impl Store {
                         current: Box::new(current),
                     });
                 }
+                let approved_by = alongside
+                    .approval
+                    .as_ref()
+                    .map_or("", |a| a.approved_by.as_str());
                 insert_audit(
                     tx,
                     &next,
-                    actor,
+                    (actor, approved_by),
                     now_ms,
                     &action,
                     &reason,
@@ -297,7 +347,7 @@ impl Store {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, migration_key, version, actor, at_ms, action, reason, before_json, \
-             after_json FROM audit_log WHERE migration_key = $1 AND id < $2 \
+             after_json, approved_by FROM audit_log WHERE migration_key = $1 AND id < $2 \
              ORDER BY id DESC LIMIT $3",
         )
         .bind(key)
@@ -313,7 +363,7 @@ impl Store {
 async fn insert_audit(
     tx: &mut Tx<'_>,
     after: &Migration,
-    actor: &str,
+    (actor, approved_by): (&str, &str),
     now_ms: i64,
     action: &str,
     reason: &Reason,
@@ -322,7 +372,7 @@ async fn insert_audit(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (migration_key, version, actor, at_ms, action, reason, \
-         before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         before_json, after_json, approved_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(after.key.as_str())
     .bind(after.version.0 as i64)
@@ -332,6 +382,7 @@ async fn insert_audit(
     .bind(reason.as_str())
     .bind(before_json)
     .bind(after_json)
+    .bind(approved_by)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -22,6 +22,7 @@
 //! sampled them);
 //! `rows` and `state` hold the row types and the stored form of a migration.
 
+mod approvals;
 mod checkpoints;
 mod clients;
 mod migrations;
@@ -41,9 +42,10 @@ use switchyard_domain::rules::DomainError;
 use switchyard_domain::{Migration, Version};
 use tokio::sync::Mutex;
 
+pub use approvals::{NewApproval, StoredApproval};
 pub use checkpoints::{Checkpoint, StoredSettings};
 pub use clients::{HeartbeatOutcome, InstanceOwner, Registrant};
-pub use migrations::{Alongside, Mutated};
+pub use migrations::{Alongside, ApprovalUse, Mutated};
 pub use mismatches::MismatchEntity;
 pub use plans::{PlanStatus, StoredPlan, StoredTemplate};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};

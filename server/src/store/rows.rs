@@ -56,6 +56,9 @@ pub struct AuditRecord {
     pub reason: String,
     pub before_json: String,
     pub after_json: String,
+    /// Who approved the change (four eyes), or that an admin bypassed the approval; empty
+    /// when it needed none.
+    pub approved_by: String,
 }
 
 impl AuditRecord {
@@ -89,6 +92,7 @@ pub(super) struct AuditRow {
     reason: String,
     before_json: String,
     after_json: String,
+    approved_by: String,
 }
 
 impl AuditRow {
@@ -103,6 +107,7 @@ impl AuditRow {
             reason: self.reason,
             before_json: self.before_json,
             after_json: self.after_json,
+            approved_by: self.approved_by,
         }
     }
 }
