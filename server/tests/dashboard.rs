@@ -79,7 +79,11 @@ fn the_dashboard_in_a_real_browser() {
     std::fs::create_dir_all(&tmp).unwrap();
     let db = tmp.join("switchyard.db");
     let database_url = format!("sqlite://{}", db.display());
-    let guard = Guard(Some(serve_with(&database_url, None, &["--min-soak", "0s"])));
+    let guard = Guard(Some(serve_with(
+        &database_url,
+        None,
+        &["--min-soak", "0s", "--require-approval", "contract"],
+    )));
     let served = guard.0.as_ref().unwrap();
     let admin = served
         .token
@@ -95,6 +99,7 @@ fn the_dashboard_in_a_real_browser() {
     };
     let operator = token("alice", "operator");
     let reader = token("viewer", "reader");
+    let second = token("bob", "operator");
 
     runtime().block_on(seed(served, &base, &operator, &reader));
 
@@ -112,6 +117,7 @@ fn the_dashboard_in_a_real_browser() {
         .env("DASHBOARD_URL", &base)
         .env("OPERATOR_TOKEN", &operator)
         .env("READER_TOKEN", &reader)
+        .env("SECOND_OPERATOR_TOKEN", &second)
         .env("SWITCHYARD_BIN", BIN)
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOT_DIR", &screenshots)

@@ -56,6 +56,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/vocabulary.js", JS),
     asset!("js/views/signin.js", JS),
     asset!("js/views/list.js", JS),
+    asset!("js/views/approvals.js", JS),
     asset!("js/views/migration/page.js", JS),
     asset!("js/views/migration/actions.js", JS),
     asset!("js/views/migration/track.js", JS),

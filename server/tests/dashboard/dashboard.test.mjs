@@ -28,6 +28,10 @@ const TIMEOUT = 10_000;
 const run = promisify(execFile);
 const switchyard = (...args) =>
   run(BIN, args, { env: { ...process.env, SWITCHYARD_SERVER: BASE, SWITCHYARD_TOKEN: OPERATOR } });
+// A second operator: four eyes need two people.
+const SECOND_OPERATOR = env("SECOND_OPERATOR_TOKEN");
+const switchyardAsSecond = (...args) =>
+  run(BIN, args, { env: { ...process.env, SWITCHYARD_SERVER: BASE, SWITCHYARD_TOKEN: SECOND_OPERATOR } });
 
 async function apiGet(path, token = OPERATOR) {
   const r = await fetch(`${BASE}/v1${path}`, { headers: { Authorization: `Bearer ${token}` } });
@@ -104,7 +108,7 @@ async function restartServer() {
   for (let attempt = 0; attempt < 20; attempt++) {
     const child = spawn(
       BIN,
-      ["serve", "--http-addr", addr, "--grpc-addr", "127.0.0.1:0", "--database-url", env("DATABASE_URL"), "--min-soak", "0s"],
+      ["serve", "--http-addr", addr, "--grpc-addr", "127.0.0.1:0", "--database-url", env("DATABASE_URL"), "--min-soak", "0s", "--require-approval", "contract"],
       { stdio: ["ignore", "pipe", "inherit"], env: serverEnv },
     );
     const ready = await new Promise((resolve) => {
@@ -327,6 +331,28 @@ try {
   const paused = await apiGet("/migrations/orders.split-address/plan");
   check(paused.status === "paused" && paused.status_reason.includes("hold for the launch"), `paused: ${JSON.stringify(paused)}`);
   await planBox.getByRole("button", { name: "Resume plan…" }).waitFor();
+
+  console.log("four eyes: a request from a second operator in the inbox and on the page, rejected");
+  const soaking = "sessions.token-hash";
+  const version = String((await apiGet(`/migrations/${soaking}`)).version);
+  await switchyardAsSecond("record", soaking, "contracted", "--expected-version", version, "--request-approval", "--reason", "drop the old column tonight");
+  await page.goto(`${BASE}/#/`);
+  const inbox = page.getByRole("region", { name: /Waiting for approval/ });
+  await inbox.getByRole("link", { name: soaking }).waitFor();
+  const inboxText = await inbox.textContent();
+  check(inboxText.includes("record contracted at complete 100%") && !inboxText.includes("[object"), `the inbox says what would change: ${inboxText}`);
+  await shot(page, "approvals-inbox-1280");
+  await inbox.getByRole("link", { name: soaking }).click();
+  const waiting = page.getByRole("region", { name: "Waiting for approval" });
+  await waiting.getByText("drop the old column tonight", { exact: false }).waitFor();
+  // Not alice's own request: she may approve or reject it.
+  await waiting.getByRole("button", { name: "Approve…" }).waitFor();
+  await waiting.getByRole("button", { name: "Reject…" }).click();
+  await dialog.getByLabel(/Reason/).fill("not before the soak ends");
+  await dialog.getByRole("button", { name: "Reject" }).click();
+  await waiting.waitFor({ state: "hidden" });
+  const decided = (await apiGet(`/approvals?all=true&migration=${soaking}`)).approvals[0];
+  check(decided.status === "rejected" && decided.decision_reason === "not before the soak ends" && decided.decided_by.startsWith("alice"), `rejected: ${JSON.stringify(decided)}`);
 
   console.log("phone width");
   await page.setViewportSize(PHONE);

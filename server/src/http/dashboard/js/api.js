@@ -112,16 +112,22 @@ export const api = {
   backfill: (key) => request("GET", `/migrations/${k(key)}/backfill`),
   backfillSettings: (key, settings, reason) =>
     request("PUT", `/migrations/${k(key)}/backfill/settings`, { body: { ...settings, reason } }),
-  rollout: (key, rolloutBp, expectedVersion, reason) =>
+  // `extra`: { request_approval: true } files the change for a second operator's approval
+  // (answered with the request, not the migration).
+  rollout: (key, rolloutBp, expectedVersion, reason, extra = {}) =>
     request("POST", `/migrations/${k(key)}/rollout`, {
-      body: { rollout_bp: rolloutBp, expected_version: expectedVersion, reason },
+      body: { rollout_bp: rolloutBp, expected_version: expectedVersion, reason, ...extra },
     }),
-  advance: (key, expectedVersion, reason) =>
-    request("POST", `/migrations/${k(key)}/advance`, { body: { expected_version: expectedVersion, reason } }),
-  retreat: (key, expectedVersion, reason) =>
-    request("POST", `/migrations/${k(key)}/retreat`, { body: { expected_version: expectedVersion, reason } }),
-  record: (key, event, expectedVersion, reason) =>
-    request("POST", `/migrations/${k(key)}/events`, { body: { event, expected_version: expectedVersion, reason } }),
+  advance: (key, expectedVersion, reason, extra = {}) =>
+    request("POST", `/migrations/${k(key)}/advance`, { body: { expected_version: expectedVersion, reason, ...extra } }),
+  retreat: (key, expectedVersion, reason, extra = {}) =>
+    request("POST", `/migrations/${k(key)}/retreat`, { body: { expected_version: expectedVersion, reason, ...extra } }),
+  record: (key, event, expectedVersion, reason, extra = {}) =>
+    request("POST", `/migrations/${k(key)}/events`, { body: { event, expected_version: expectedVersion, reason, ...extra } }),
+  /** Changes waiting for a second operator's approval (of one migration, or all). */
+  approvals: (key) => request("GET", key ? `/approvals?migration=${k(key)}` : "/approvals"),
+  approve: (id, reason) => request("POST", `/approvals/${id}/approve`, { body: { reason } }),
+  reject: (id, reason) => request("POST", `/approvals/${id}/reject`, { body: { reason } }),
 };
 
 /** What the token may do, from the permissions whoami lists, so the page hides what would be refused. */

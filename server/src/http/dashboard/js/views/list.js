@@ -5,6 +5,7 @@
 import { h, fill, timeAgo } from "../dom.js";
 import { count, percent, span, stageLabel } from "../format.js";
 import { alerts, fleet, gather } from "../insights.js";
+import { approvalsInbox } from "./approvals.js";
 
 const REFRESH_MS = 20_000;
 const PARALLEL = 3;
@@ -48,10 +49,12 @@ export function listView(store) {
     h("div", { class: "tool" }, h("label", { for: "list-stage", text: "Stage" }), stageFilter),
     h("div", { class: "tool" }, h("label", { for: "list-sort", text: "Sort by" }), sortBy),
   );
+  const inbox = approvalsInbox();
   const element = h(
     "section",
     { class: "page" },
     h("div", { class: "page-head" }, h("h1", { tabindex: "-1", text: "Migrations" }), summary),
+    inbox.element,
     tools,
     h("div", { class: "table-wrap" }, table),
   );
@@ -121,10 +124,15 @@ export function listView(store) {
   const unsubscribe = store.subscribe((key) => {
     render();
     refresh(key ? [key] : store.migrations.keys());
+    inbox.refresh();
   });
-  const timer = setInterval(() => refresh(store.migrations.keys()), REFRESH_MS);
+  const timer = setInterval(() => {
+    refresh(store.migrations.keys());
+    inbox.refresh();
+  }, REFRESH_MS);
   render();
   if (store.loaded) refresh(store.migrations.keys());
+  inbox.refresh();
 
   return {
     element,

@@ -55,6 +55,25 @@ export function actions(ctx, publish) {
       if (e instanceof ApiError && newer(e.current)) publish(e.current, false);
       const text = explain(e);
       show("error", text.title, text.detail);
+      // Four eyes: the same change, at the same version and with the same reason, can be filed
+      // for a second operator's approval.
+      if (e instanceof ApiError && e.code === "approval_required") {
+        const ask = h("button", { type: "button", class: "btn btn-small", text: "Request approval" });
+        ask.addEventListener("click", async () => {
+          ask.disabled = true;
+          try {
+            const filed = await send(expected, reason, { request_approval: true });
+            const text = `Approval ${filed.id} requested (${filed.change}): another operator approves it on this page or with switchyard approvals approve ${filed.id}.`;
+            show("ok", text);
+            announce(text);
+            ctx.approvalsChanged?.();
+          } catch (again) {
+            const text = explain(again);
+            show("error", text.title, text.detail);
+          }
+        });
+        result.querySelector("[data-testid=result]")?.append(ask);
+      }
     }
   }
 
@@ -76,6 +95,8 @@ function explain(e) {
       return { title: "Your token may not do this", detail: e.message };
     case "not_applicable":
       return { title: "Not applicable now", detail: e.message };
+    case "approval_required":
+      return { title: "Needs a second operator's approval", detail: e.message };
     default:
       return { title: `Refused (${e.code})`, detail: e.message };
   }

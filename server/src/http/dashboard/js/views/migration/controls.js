@@ -65,7 +65,7 @@ export function controlsCard(ctx, act, result) {
       body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(m.stage)} ${percent(bp)}`), rampConsequence(m, vocabulary.prevStage(m.stage), bp)],
       confirmLabel: `Ramp to ${percent(bp)}`,
       danger: bp < m.rollout_bp,
-      send: (v, reason) => api.rollout(key, bp, v, reason),
+      send: (v, reason, extra) => api.rollout(key, bp, v, reason, extra),
       done: (n) => `Rollout of ${stageLabel(n.stage)} is now ${percent(n.rollout_bp)} (version ${n.version}).`,
       after: () => {
         rampDirty = false;
@@ -84,7 +84,7 @@ export function controlsCard(ctx, act, result) {
       title: `Advance to ${stageLabel(next)}?`,
       body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(next)} 0%`), h("p", { text: `The front moves to ${stageLabel(next)} at 0%: no entity changes yet; ramp it from there.` })],
       confirmLabel: `Advance to ${stageLabel(next)}`,
-      send: (v, reason) => api.advance(key, v, reason),
+      send: (v, reason, extra) => api.advance(key, v, reason, extra),
       done: (n) => `Advanced to ${stageLabel(n.stage)} at ${percent(n.rollout_bp)} (version ${n.version}).`,
     });
   });
@@ -96,7 +96,7 @@ export function controlsCard(ctx, act, result) {
       body: [changeLine(`${stageLabel(m.stage)} ${percent(m.rollout_bp)}`, `${stageLabel(prev)} 100%`), h("p", { text: "Every entity is already at the previous stage; this makes it the current one so you can ramp it down." })],
       confirmLabel: `Step back to ${stageLabel(prev)}`,
       danger: true,
-      send: (v, reason) => api.retreat(key, v, reason),
+      send: (v, reason, extra) => api.retreat(key, v, reason, extra),
       done: (n) => `Stepped back to ${stageLabel(n.stage)} at ${percent(n.rollout_bp)} (version ${n.version}).`,
     });
   });
@@ -117,7 +117,7 @@ export function controlsCard(ctx, act, result) {
       body: [h("p", {}, "Records ", h("strong", { text: label.toLowerCase() }), ` for ${key}. Events are facts the safety rules rely on: record only what has happened.`)],
       confirmLabel: "Record",
       danger: event === "contracted",
-      send: (v, reason) => api.record(key, event, v, reason),
+      send: (v, reason, extra) => api.record(key, event, v, reason, extra),
       done: (n) => `Recorded ${label.toLowerCase()} (version ${n.version}).`,
     });
   });

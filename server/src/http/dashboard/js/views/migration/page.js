@@ -26,6 +26,7 @@ import { usageCard } from "./usage.js";
 import { mismatchesCard } from "./mismatches.js";
 import { timelineCard } from "./timeline.js";
 import { planCard } from "./plan.js";
+import { approvalsCard } from "../approvals.js";
 
 const POLL_MS = 10_000;
 
@@ -40,7 +41,7 @@ export function migrationView(key, store) {
     store,
     vocabulary: store.vocabulary,
     current: () => store.migrations.get(key),
-    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, usage: null, mismatches: null, audit: null, history: null, actions: null, plan: null },
+    facts: { instances: null, traffic: null, trafficHour: null, backfill: null, gate: null, usage: null, mismatches: null, audit: null, history: null, actions: null, plan: null, approvals: null },
     isDestroyed: () => destroyed,
   };
   const { facts, current } = ctx;
@@ -62,6 +63,12 @@ export function migrationView(key, store) {
   const audit = auditCard(ctx);
   const timeline = timelineCard(ctx);
   const planBox = planCard(ctx, changes.act);
+  const approvalsBox = approvalsCard(ctx, changes.act);
+  // A request filed or decided here: the card and the plan show it at once, not at the next poll.
+  ctx.approvalsChanged = () => {
+    load("approvals", () => api.approvals(key));
+    load("plan", async () => (await api.plans()).plans.find((p) => p.key === key) ?? false);
+  };
 
   const head = h("div", { class: "page-head" });
   const alertBox = h("div", { class: "alerts-box" });
@@ -71,7 +78,7 @@ export function migrationView(key, store) {
     // Three groups: on a wide screen the side group is a column beside the other two; on a
     // phone they stack in this order, so the gate comes before the long traffic and audit.
     h("div", { class: "col-top" }, track.element, controls.element, timeline.element),
-    h("div", { class: "col-side" }, planBox.element, gate.element, backfill.element, instances.element),
+    h("div", { class: "col-side" }, approvalsBox.element, planBox.element, gate.element, backfill.element, instances.element),
     h("div", { class: "col-bottom" }, traffic.element, mismatches.element, usage.element, audit.element),
   );
   const element = h("article", { class: "page migration-page" }, h("a", { href: "#/", class: "back", text: "← All migrations" }), head, alertBox, columns);
@@ -112,6 +119,8 @@ export function migrationView(key, store) {
     const m = current();
     if (!m) return;
     const list = alerts(m, { instances: facts.instances, traffic: facts.trafficHour, backfill: facts.backfill });
+    // A halted plan is the first thing to see: the guardrail, its figures and the window.
+    if (facts.plan && facts.plan.status === "halted") list.unshift({ level: "error", text: `Plan halted: ${facts.plan.status_reason}. Look at the traffic below, then resume the plan or take over.` });
     fill(alertBox, list.length > 0 && h("ul", { class: "alerts alerts-page", "aria-label": "Alerts" }, list.map((a) => h("li", { class: `alert-${a.level}`, text: a.text }))));
   };
   // What each fact redraws when it arrives.
@@ -125,6 +134,7 @@ export function migrationView(key, store) {
     alerts: renderAlerts,
     actions: controls.render,
     plan: planBox.render,
+    approvals: approvalsBox.render,
     history: () => {
       timeline.render();
       traffic.render();
@@ -190,6 +200,7 @@ export function migrationView(key, store) {
     if (current()?.has_backfill) load("backfill", () => api.backfill(key));
     // From the list of plans (never a 404 for a migration without one); false: no plan.
     load("plan", async () => (await api.plans()).plans.find((p) => p.key === key) ?? false);
+    load("approvals", () => api.approvals(key));
   };
   const loadAll = () => {
     load("audit", () => api.audit(key));

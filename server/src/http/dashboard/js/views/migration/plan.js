@@ -5,6 +5,8 @@ import { api } from "../../api.js";
 import { fill, h } from "../../dom.js";
 import { percent, span, stageLabel } from "../../format.js";
 
+const THEN = { advance: " then advance", approve: " then advance once approved", stop: " then stop" };
+
 export function planCard(ctx, act) {
   const { key, store, current } = ctx;
   const element = h("section", { class: "card plan", "aria-labelledby": "plan-title" });
@@ -48,13 +50,13 @@ export function planCard(ctx, act) {
               return h("span", { class: ["plan-step", `step-${state}`], title: st.hold_seconds ? `held ${span(st.hold_seconds)}` : "no hold", text: `${state === "done" ? "✓ " : ""}${percent(st.rollout_bp)}` });
             }),
           ),
-          h("span", { class: "muted", text: s.then === "advance" ? " then advance" : " then stop" }),
+          h("span", { class: "muted", text: THEN[s.then] ?? ` then ${s.then}` }),
         ),
       ),
     );
     const canOperate = store.can.operate;
     const pause = p.status === "running" && canOperate && h("button", { type: "button", class: "btn btn-small", text: "Pause plan…", onclick: () => change(true) });
-    const resume = p.status === "paused" && canOperate && h("button", { type: "button", class: "btn btn-small", text: "Resume plan…", onclick: () => change(false) });
+    const resume = (p.status === "paused" || p.status === "halted") && canOperate && h("button", { type: "button", class: "btn btn-small", text: "Resume plan…", onclick: () => change(false) });
     fill(
       element,
       h("div", { class: "section-head" }, title, h("span", { class: ["badge", `plan-${p.status}`], text: p.status })),
