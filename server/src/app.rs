@@ -634,6 +634,7 @@ impl App {
                         forget_checkpoint: false,
                         pause_plan: None,
                         approval: via.approval(who),
+                        notify: Some(crate::webhooks::event_type(&op, &via)),
                     },
                     |current, fleet, traffic, next_version| {
                         let report = gate::evaluate(
@@ -689,6 +690,7 @@ impl App {
                         forget_checkpoint: op == Operation::Record(Event::BackfillCancelled),
                         pause_plan,
                         approval: via.approval(who),
+                        notify: Some(crate::webhooks::event_type(&op, &via)),
                     },
                     |current, fleet, traffic, next_version| {
                         let (mut next, reason) =

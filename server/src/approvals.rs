@@ -183,6 +183,18 @@ impl App {
                     key = %new.key, approval = id, actor = %new.requested_by,
                     change = %new.description, "approval requested"
                 );
+                self.notify(
+                    &new.key,
+                    "approval_request",
+                    serde_json::json!({
+                        "approval": id,
+                        "change": new.description,
+                        "requested_by": new.requested_by,
+                        "reason": new.reason,
+                        "origin": if new.by_plan { "plan" } else { "person" },
+                    }),
+                )
+                .await;
                 self.stored_approval(id).await
             }
             Err(pending) => Err(ApiError::AlreadyExists(format!(

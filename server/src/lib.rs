@@ -18,6 +18,7 @@
 //! - [`observe`]: the usage observer, reading each target database's statement statistics.
 //! - [`plans`]: migration plans and the driver that takes their steps.
 //! - [`approvals`]: four eyes, changes a second operator approves before they apply.
+//! - [`webhooks`]: subscriptions to a migration's events, sent from a durable outbox.
 
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -38,3 +39,4 @@ pub mod plans;
 pub mod startup;
 pub mod store;
 pub mod tls;
+pub mod webhooks;

@@ -387,6 +387,35 @@ pub fn document(app: &App) -> Value {
                             "approvals": { "type": "array", "items": { "$ref": "#/components/schemas/Approval" } } } } } } },
                         "400": errors(&["400"])["400"], "401": errors(&["401"])["401"] } }
             },
+            "/v1/webhooks": {
+                "get": { "summary": "Webhook subscriptions (operator role); secrets are never shown after creation",
+                    "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["webhooks"], "properties": {
+                            "webhooks": { "type": "array", "items": { "$ref": "#/components/schemas/Webhook" } } } } } } },
+                        "401": errors(&["401"])["401"], "403": errors(&["403"])["403"] } },
+                "post": { "summary": "Subscribe a URL to events (operator role). Each event is POSTed at least once, in order per subscription, from a durable outbox (a change's event is written in the change's transaction), retried with backoff for a day; signed with Switchyard-Signature: v1=<hex HMAC-SHA256(secret, \"<Switchyard-Timestamp>.<body>\")>. The secret is in this answer only",
+                    "requestBody": body("CreateWebhook"),
+                    "responses": {
+                        "201": { "description": "Created: the subscription and its secret",
+                            "headers": { "Location": { "schema": { "type": "string" }, "description": "its delivery log: /v1/webhooks/{id}/deliveries" } },
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WebhookCreated" } } } },
+                        "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "403": errors(&["403"])["403"],
+                        "408": errors(&["408"])["408"], "413": errors(&["413"])["413"] } }
+            },
+            "/v1/webhooks/{id}": {
+                "delete": { "summary": "Remove a subscription (operator role): nothing more is sent to it; its log stays",
+                    "parameters": [approval_id.clone()], "responses": ok("Webhook", &["400", "401", "403", "404"]) }
+            },
+            "/v1/webhooks/{id}/test": {
+                "post": { "summary": "Send a test event to one subscription, through the outbox as any event (operator role)",
+                    "parameters": [approval_id.clone()], "responses": ok("WebhookTest", &["400", "401", "403", "404"]) }
+            },
+            "/v1/webhooks/{id}/deliveries": {
+                "get": { "summary": "A subscription's delivery log, newest first: status, attempts, the receiver's last status and error (operator role)",
+                    "parameters": [approval_id.clone(), { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": u32::MAX },
+                        "description": "at most this many (1 to 500; default 50)" }],
+                    "responses": ok("WebhookDeliveries", &["400", "401", "403", "404"]) }
+            },
             "/v1/approvals/{id}": {
                 "get": { "summary": "One approval request", "parameters": [approval_id.clone()],
                     "responses": ok("Approval", &["400", "401", "403", "404"]) }
@@ -596,6 +625,30 @@ pub fn document(app: &App) -> Value {
                         "description": "stale: the migration changed after the request, which was refused at approval (rule 8) and can never apply" },
                     "decided_by": { "type": "string" }, "decided_at_ms": { "type": ["integer", "null"] }, "decision_reason": { "type": "string" },
                     "migration": { "$ref": "#/components/schemas/Migration", "description": "on approval: the migration after the change" } } },
+                "CreateWebhook": { "type": "object", "required": ["url", "events"], "additionalProperties": false, "properties": {
+                    "url": { "type": "string", "maxLength": 2000, "description": "an absolute http:// or https:// URL" },
+                    "migrations": { "type": "array", "maxItems": 32, "items": { "type": "string" }, "description": "migration keys or prefixes (orders.*); empty or absent: every migration" },
+                    "events": { "type": "array", "minItems": 1, "items": { "type": "string", "enum": crate::webhooks::EVENT_TYPES } },
+                    "format": { "type": "string", "enum": ["json", "slack"], "default": "json", "description": "json: the event; slack: {\"text\": …} for a Slack incoming webhook" } } },
+                "Webhook": { "type": "object", "required": ["id", "url", "migrations", "events", "format", "created_by", "created_at_ms"], "properties": {
+                    "id": uint64.clone(), "url": { "type": "string" },
+                    "migrations": { "type": "array", "items": { "type": "string" } },
+                    "events": { "type": "array", "items": { "type": "string" } },
+                    "format": { "type": "string" }, "created_by": { "type": "string" }, "created_at_ms": { "type": "integer" },
+                    "removed_at_ms": { "type": ["integer", "null"] } } },
+                "WebhookCreated": { "type": "object", "required": ["webhook", "secret"], "properties": {
+                    "webhook": { "$ref": "#/components/schemas/Webhook" },
+                    "secret": { "type": "string", "description": "shown this once: verify Switchyard-Signature with it" } } },
+                "WebhookTest": { "type": "object", "required": ["delivery"], "properties": { "delivery": uint64.clone() } },
+                "WebhookDeliveries": { "type": "object", "required": ["webhook", "deliveries"], "properties": {
+                    "webhook": { "$ref": "#/components/schemas/Webhook" },
+                    "deliveries": { "type": "array", "items": { "type": "object",
+                        "required": ["id", "event", "key", "created_at_ms", "status", "attempts", "last_status", "last_error", "next_attempt_ms"], "properties": {
+                        "id": uint64.clone(), "event": { "type": "string" }, "key": { "type": "string" },
+                        "created_at_ms": { "type": "integer" },
+                        "status": { "type": "string", "enum": ["pending", "delivered", "failed"] },
+                        "attempts": { "type": "integer" }, "last_status": { "type": "integer" }, "last_error": { "type": "string" },
+                        "next_attempt_ms": { "type": "integer" }, "delivered_at_ms": { "type": ["integer", "null"] } } } } } },
                 "ApprovalDecision": { "type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
                     "reason": reason.clone() } },
                 "Decision": { "type": "object", "properties": {
@@ -916,6 +969,11 @@ const OPERATIONS: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/migrations/{key}/actions", "dryRunActions", "migrations"),
     ("get", "/v1/plans", "listPlans", "plans"),
     ("get", "/v1/approvals", "listApprovals", "approvals"),
+    ("get", "/v1/webhooks", "listWebhooks", "webhooks"),
+    ("post", "/v1/webhooks", "addWebhook", "webhooks"),
+    ("delete", "/v1/webhooks/{id}", "removeWebhook", "webhooks"),
+    ("post", "/v1/webhooks/{id}/test", "testWebhook", "webhooks"),
+    ("get", "/v1/webhooks/{id}/deliveries", "webhookDeliveries", "webhooks"),
     ("get", "/v1/approvals/{id}", "getApproval", "approvals"),
     ("post", "/v1/approvals/{id}/approve", "approveChange", "approvals"),
     ("post", "/v1/approvals/{id}/reject", "rejectChange", "approvals"),
@@ -961,6 +1019,7 @@ fn name_operations(doc: &mut Value) {
         { "name": "backfill", "description": "Backfill progress, checkpoints and settings" },
         { "name": "plans", "description": "Migration plans: the steps a migration takes by itself" },
         { "name": "approvals", "description": "Four eyes: changes a second operator approves before they are applied" },
+        { "name": "webhooks", "description": "Subscriptions to a migration's events, signed and delivered at least once" },
         { "name": "tokens", "description": "API tokens, their roles and scopes" },
         { "name": "meta", "description": "Health, readiness, metrics, this document, the API's vocabulary" },
         { "name": "OFREP", "description": "OpenFeature remote evaluation: the stage as the variant, the plan as the value" }

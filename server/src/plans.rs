@@ -111,6 +111,8 @@ impl App {
         {
             tracing::warn!(key, "plan {why}");
             crate::metrics::record_plan_halt();
+            self.notify(key, "plan_halt", serde_json::json!({ "why": why }))
+                .await;
         }
         Ok(())
     }

@@ -175,6 +175,10 @@ pub struct ServeConfig {
         value_parser = parse_approval_policy
     )]
     pub require_approval: switchyard_domain::approval::ApprovalPolicy,
+    /// How often the replica sending webhooks looks for due deliveries (an event waits at
+    /// most this long before its first attempt).
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub webhook_interval: Duration,
 }
 
 fn parse_approval_policy(raw: &str) -> Result<switchyard_domain::approval::ApprovalPolicy, String> {
@@ -253,6 +257,7 @@ impl Default for ServeConfig {
             observe_activity_interval: Duration::from_secs(1),
             plan_interval: Duration::from_secs(1),
             require_approval: Default::default(),
+            webhook_interval: Duration::from_secs(1),
         }
     }
 }
@@ -434,6 +439,7 @@ impl Server {
             grpc_task,
             prune_task,
             crate::plans::spawn(app.clone(), config.plan_interval, shutdown.subscribe()),
+            crate::webhooks::spawn(app.clone(), config.webhook_interval, shutdown.subscribe()),
         ];
         tasks.extend(crate::observe::spawn(
             app.clone(),

@@ -129,6 +129,11 @@ const HTTP: &[Op] = &[
     op("GET /v1/migrations/{key}/actions", Read, Migration),
     op("GET /v1/plans", Read, Listing),
     op("GET /v1/approvals", Read, Listing),
+    op("GET /v1/webhooks", Operate, Unscoped),
+    op("POST /v1/webhooks", Operate, Unscoped),
+    op("DELETE /v1/webhooks/{id}", Operate, Unscoped),
+    op("POST /v1/webhooks/{id}/test", Operate, Unscoped),
+    op("GET /v1/webhooks/{id}/deliveries", Operate, Unscoped),
     op("GET /v1/approvals/{id}", Read, Migration),
     op("POST /v1/approvals/{id}/approve", Operate, Migration),
     op("POST /v1/approvals/{id}/reject", Operate, Migration),
@@ -299,6 +304,11 @@ async fn http(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
             Some(json!({ "name": format!("made-by-{}", caller.name), "role": "reader" }))
         }
         "POST /v1/tokens/{id}/revoke" => Some(json!({})),
+        // Subscribed to the migrations in every caller's scope, at an address nothing listens
+        // on; removing and testing go to a subscription that does not exist.
+        "POST /v1/webhooks" => Some(json!({
+            "url": "http://127.0.0.1:9/matrix", "migrations": [SCOPE], "events": ["change"],
+        })),
         "POST /v1/approvals/{id}/approve" | "POST /v1/approvals/{id}/reject" => {
             Some(json!({ "reason": "authorization matrix" }))
         }

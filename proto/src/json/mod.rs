@@ -15,6 +15,7 @@ mod reports;
 mod requests;
 mod tokens;
 mod vocabulary;
+mod webhooks;
 
 pub use approvals::*;
 pub use migration::*;
@@ -23,3 +24,4 @@ pub use reports::*;
 pub use requests::*;
 pub use tokens::*;
 pub use vocabulary::*;
+pub use webhooks::*;

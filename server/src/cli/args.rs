@@ -260,6 +260,10 @@ pub enum Command {
     /// reject. A change is filed with `--request-approval` on ramp, advance, retreat or record.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Webhooks: POST a migration's events to a URL, signed, at least once (operator role):
+    /// add, list, test, deliveries, remove.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -527,6 +531,51 @@ pub enum PlanCommand {
     /// Named plans to start migrations from: `plan template set|list|remove`.
     #[command(subcommand)]
     Template(TemplateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Subscribe a URL; prints the signing secret, shown this once.
+    Add {
+        /// Where to POST the events (http:// or https://).
+        url: String,
+        /// An event type to send: change, plan_step, plan_halt, approval_request, backfill
+        /// (repeat, or comma-separated).
+        #[arg(
+            long = "event",
+            value_name = "TYPE",
+            value_delimiter = ',',
+            required = true
+        )]
+        events: Vec<String>,
+        /// Only this migration's events (a key, or a prefix such as orders.*; repeat);
+        /// default every migration.
+        #[arg(long = "migration", value_name = "KEY")]
+        migrations: Vec<String>,
+        /// json (the event as it is) or slack (a Slack incoming webhook's {"text": …}).
+        #[arg(long, default_value = "json", value_parser = ["json", "slack"])]
+        format: String,
+    },
+    /// The subscriptions (without their secrets).
+    List,
+    /// Send a test event to one subscription.
+    Test {
+        /// The subscription's number.
+        id: u64,
+    },
+    /// A subscription's delivery log, newest first: status, attempts, last error.
+    Deliveries {
+        /// The subscription's number.
+        id: u64,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Remove a subscription: nothing more is sent to it.
+    Remove {
+        /// The subscription's number.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,7 +20,7 @@ mod token;
 pub use api::{Client, Failure};
 pub use args::{
     ApprovalsCommand, BackfillCommand, Change, Cli, Command, MigrationCommand, PlanCommand, Remote,
-    TemplateCommand, TokenCommand, command, parse,
+    TemplateCommand, TokenCommand, WebhookCommand, command, parse,
 };
 use migration::Rename;
 use serde_json::{Value, json};
@@ -214,5 +214,6 @@ async fn execute(client: &Client, command: Command) -> Result<Output, Failure> {
         Command::Token(command) => token::run(client, command).await,
         Command::Plan(command) => plan::run(client, command).await,
         Command::Approvals(command) => plan::approvals(client, command).await,
+        Command::Webhook(command) => token::webhook(client, command).await,
     }
 }

@@ -727,6 +727,56 @@ pub(super) fn approval(a: &json::Approval) -> String {
     out
 }
 
+/// A webhook subscription on one line and its filters below.
+pub(super) fn webhook(w: &json::Webhook) -> String {
+    format!(
+        "{:>4}  {} ({})\n      events {} · migrations {} · by {}",
+        w.id,
+        w.url,
+        w.format,
+        w.events.join(","),
+        if w.migrations.is_empty() {
+            "all".to_owned()
+        } else {
+            w.migrations.join(",")
+        },
+        w.created_by
+    )
+}
+
+/// A subscription's delivery log.
+pub(super) fn deliveries(log: &json::WebhookDeliveries) -> String {
+    let mut out = webhook(&log.webhook);
+    if log.deliveries.is_empty() {
+        out.push_str("\n  no deliveries yet");
+    }
+    for d in &log.deliveries {
+        let detail = match d.status.as_str() {
+            "delivered" => format!(
+                "delivered {} (HTTP {}) after {} attempt(s)",
+                d.delivered_at_ms
+                    .map(switchyard_domain::time::format_minute)
+                    .unwrap_or_default(),
+                d.last_status,
+                d.attempts
+            ),
+            "pending" if d.attempts == 0 => "pending".to_owned(),
+            "pending" => format!(
+                "retrying at {} after {} attempt(s): {}",
+                switchyard_domain::time::format_minute(d.next_attempt_ms),
+                d.attempts,
+                d.last_error
+            ),
+            _ => format!("failed after {} attempt(s): {}", d.attempts, d.last_error),
+        };
+        out.push_str(&format!(
+            "\n  {:>6}  {:<16} {:<28} {detail}",
+            d.id, d.event, d.key
+        ));
+    }
+    out
+}
+
 /// Approval requests, one line each (newest first).
 pub(super) fn approvals(list: &json::Approvals) -> String {
     if list.approvals.is_empty() {

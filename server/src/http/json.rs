@@ -169,6 +169,34 @@ pub fn approval(a: &StoredApproval, after: Option<&Migration>) -> json::Approval
     }
 }
 
+pub fn webhook(w: &crate::store::StoredWebhook) -> json::Webhook {
+    json::Webhook {
+        id: w.id,
+        url: w.url.clone(),
+        migrations: w.migrations.texts(),
+        events: w.events.clone(),
+        format: w.format.clone(),
+        created_by: w.created_by.clone(),
+        created_at_ms: w.created_at_ms,
+        removed_at_ms: w.removed_at_ms,
+    }
+}
+
+pub fn delivery(d: &crate::store::Delivery) -> json::WebhookDelivery {
+    json::WebhookDelivery {
+        id: d.id as u64,
+        event: d.event_type.clone(),
+        key: d.migration_key.clone(),
+        created_at_ms: d.created_at_ms,
+        status: d.status.clone(),
+        attempts: d.attempts.max(0) as u64,
+        last_status: u16::try_from(d.last_status).unwrap_or(0),
+        last_error: d.last_error.clone(),
+        next_attempt_ms: d.next_attempt_ms,
+        delivered_at_ms: (d.delivered_at_ms != 0).then_some(d.delivered_at_ms),
+    }
+}
+
 pub fn token(t: TokenRecord) -> json::Token {
     json::Token {
         id: t.id,

@@ -48,6 +48,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/migrations/{key}/actions", get(dry_run))
         .route("/plans", get(list_plans))
         .route("/approvals", get(list_approvals))
+        .route("/webhooks", post(add_webhook).get(list_webhooks))
+        .route("/webhooks/{id}", axum::routing::delete(remove_webhook))
+        .route("/webhooks/{id}/test", post(test_webhook))
+        .route("/webhooks/{id}/deliveries", get(webhook_deliveries))
         .route("/approvals/{id}", get(get_approval))
         .route("/approvals/{id}/approve", post(approve))
         .route("/approvals/{id}/reject", post(reject))
@@ -496,6 +500,92 @@ async fn record_event(
         asked,
     )
     .await
+}
+
+fn webhook_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "invalid webhook id {:?}: allowed a number",
+            raw.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+async fn add_webhook(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<wire::CreateWebhook>,
+) -> Result<Response, ApiError> {
+    let (hook, secret) = app
+        .add_webhook(
+            &who,
+            crate::webhooks::NewWebhook {
+                url: body.url,
+                migrations: body.migrations,
+                events: body.events,
+                format: body.format,
+            },
+        )
+        .await?;
+    let location = format!("/v1/webhooks/{}/deliveries", hook.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(wire::WebhookCreated {
+            webhook: json::webhook(&hook),
+            secret,
+        }),
+    )
+        .into_response())
+}
+
+async fn list_webhooks(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+) -> Result<axum::Json<wire::Webhooks>, ApiError> {
+    let hooks = app.webhooks(&who).await?;
+    Ok(axum::Json(wire::Webhooks {
+        webhooks: hooks.iter().map(json::webhook).collect(),
+    }))
+}
+
+async fn remove_webhook(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<wire::Webhook>, ApiError> {
+    let removed = app.remove_webhook(&who, webhook_id(&id)?).await?;
+    Ok(axum::Json(json::webhook(&removed)))
+}
+
+async fn test_webhook(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<wire::WebhookTest>, ApiError> {
+    let delivery = app.test_webhook(&who, webhook_id(&id)?).await?;
+    Ok(axum::Json(wire::WebhookTest { delivery }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    limit: Option<u32>,
+}
+
+async fn webhook_deliveries(
+    State(app): State<Arc<App>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<axum::Json<wire::WebhookDeliveries>, ApiError> {
+    let (hook, deliveries) = app
+        .webhook_deliveries(&who, webhook_id(&id)?, q.limit.unwrap_or(50))
+        .await?;
+    Ok(axum::Json(wire::WebhookDeliveries {
+        webhook: json::webhook(&hook),
+        deliveries: deliveries.iter().map(json::delivery).collect(),
+    }))
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,9 @@ pub struct Alongside {
     /// commits (refused if it is no longer pending, so one approval applies once), and named
     /// in the audit record.
     pub approval: Option<ApprovalUse>,
+    /// The webhook event type the change is sent as (`change`, `plan_step`, `backfill`),
+    /// enqueued for the subscriptions that want it in the change's transaction.
+    pub notify: Option<&'static str>,
 }
 
 /// An approval a change is applied under (see [`Alongside::approval`]).
@@ -99,6 +102,25 @@ impl Store {
                     reason,
                     "",
                     &row.state,
+                )
+                .await?;
+                let event = super::webhooks::ChangeEvent {
+                    event_type: "change",
+                    before: &migration,
+                    after: &migration,
+                    actor,
+                    approved_by: "",
+                    action: "create",
+                    reason: reason.as_str(),
+                    at_ms: now_ms,
+                };
+                super::webhooks::enqueue_in(
+                    tx,
+                    migration.key.as_str(),
+                    "change",
+                    &event.payload(),
+                    now_ms,
+                    None,
                 )
                 .await?;
                 self.notify(tx, version).await?;
@@ -311,6 +333,27 @@ impl Store {
                     &row.state,
                 )
                 .await?;
+                if let Some(event_type) = alongside.notify {
+                    let event = super::webhooks::ChangeEvent {
+                        event_type,
+                        before: &current,
+                        after: &next,
+                        actor,
+                        approved_by,
+                        action: &action,
+                        reason: reason.as_str(),
+                        at_ms: now_ms,
+                    };
+                    super::webhooks::enqueue_in(
+                        tx,
+                        key,
+                        event_type,
+                        &event.payload(),
+                        now_ms,
+                        None,
+                    )
+                    .await?;
+                }
                 self.notify(tx, version).await?;
                 Ok(Mutated { migration: next })
             })

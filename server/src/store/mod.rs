@@ -32,6 +32,7 @@ mod rows;
 mod state;
 mod tokens;
 mod usage;
+mod webhooks;
 
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -50,6 +51,7 @@ pub use mismatches::MismatchEntity;
 pub use plans::{PlanStatus, StoredPlan, StoredTemplate};
 pub use rows::{AuditRecord, ClientInstance, TokenRecord};
 pub use usage::{PassOutcome, PassRead, Relevant, RetireRead, TargetStatus};
+pub use webhooks::{Delivery, StoredWebhook};
 
 /// The transaction every write and consistent read runs in.
 type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
@@ -302,6 +304,8 @@ async fn next_version(tx: &mut Tx<'_>) -> Result<Version, StoreError> {
 pub(crate) enum Lease {
     ObserverTarget,
     PlanDriver,
+    /// The webhook sender's: one replica sends, so deliveries keep their order.
+    WebhookSender,
 }
 
 impl Lease {
@@ -309,7 +313,8 @@ impl Lease {
     fn table(self) -> (&'static str, &'static str) {
         match self {
             Lease::ObserverTarget => ("observer_targets", "target"),
-            Lease::PlanDriver => ("plan_driver", "name"),
+            // Named leases of the replicas' single drivers share the plan driver's table.
+            Lease::PlanDriver | Lease::WebhookSender => ("plan_driver", "name"),
         }
     }
 }
