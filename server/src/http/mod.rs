@@ -503,12 +503,7 @@ async fn record_event(
 }
 
 fn webhook_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::invalid(format!(
-            "invalid webhook id {:?}: allowed a number",
-            raw.chars().take(40).collect::<String>()
-        ))
-    })
+    path_id("webhook", raw)
 }
 
 async fn add_webhook(
@@ -608,13 +603,18 @@ async fn list_approvals(
     }))
 }
 
-fn approval_id(raw: &str) -> Result<u64, ApiError> {
+/// A numeric id from the path (`what`: "approval", "webhook", "token"), or a clear 400.
+fn path_id(what: &str, raw: &str) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::invalid(format!(
-            "invalid approval id {:?}: allowed a number",
+            "invalid {what} id {:?}: allowed a number",
             raw.chars().take(40).collect::<String>()
         ))
     })
+}
+
+fn approval_id(raw: &str) -> Result<u64, ApiError> {
+    path_id("approval", raw)
 }
 
 async fn get_approval(
@@ -1021,9 +1021,7 @@ async fn revoke_token(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<wire::Token>, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::invalid(format!("invalid token id {id:?}: allowed a number")))?;
+    let id = path_id("token", &id)?;
     Ok(axum::Json(json::token(app.revoke_token(&who, id).await?)))
 }
 
