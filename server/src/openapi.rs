@@ -250,6 +250,9 @@ pub fn document(app: &App) -> Value {
             "responses": responses,
         })
     };
+    // Asking a second operator and bypassing one exclude each other.
+    let both_approval_flags = json!({ "required": ["request_approval", "bypass_approval"], "properties": {
+        "request_approval": { "const": true }, "bypass_approval": { "const": true } } });
     let approval_flags = json!({
         "request_approval": { "type": "boolean", "default": false, "description": "File the change for a second operator's approval instead of applying it (answered 202 with the request)" },
         "bypass_approval": { "type": "boolean", "default": false, "description": "Apply a change that needs a second operator's approval without it (admin role; the audit record says so)" } });
@@ -381,7 +384,7 @@ pub fn document(app: &App) -> Value {
                 "get": { "summary": "Changes filed for a second operator's approval, newest first: pending ones, or with all=true every one (at most 500)",
                     "parameters": [
                         { "name": "all", "in": "query", "schema": { "type": "boolean", "default": false } },
-                        { "name": "migration", "in": "query", "schema": { "type": "string" }, "description": "only this migration's" }],
+                        { "name": "migration", "in": "query", "schema": key_schema.clone(), "description": "only this migration's" }],
                     "responses": { "200": { "description": "OK", "content": { "application/json": { "schema": {
                         "type": "object", "required": ["approvals"], "properties": {
                             "approvals": { "type": "array", "items": { "$ref": "#/components/schemas/Approval" } } } } } } },
@@ -597,10 +600,12 @@ pub fn document(app: &App) -> Value {
                 "SetRollout": { "type": "object", "required": ["rollout_bp", "expected_version", "reason"], "additionalProperties": false, "properties": {
                     "stage": nullable("Stage"), "rollout_bp": { "$ref": "#/components/schemas/BasisPoints" },
                     "expected_version": uint64.clone(), "reason": reason.clone(),
-                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() },
+                    "not": both_approval_flags.clone() },
                 "Step": { "type": "object", "required": ["expected_version", "reason"], "additionalProperties": false, "properties": {
                     "expected_version": uint64.clone(), "reason": reason.clone(),
-                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() },
+                    "not": both_approval_flags.clone() },
                 "RecordEvent": { "type": "object", "required": ["event", "expected_version", "reason"], "additionalProperties": false,
                     "if": { "required": ["event"], "properties": { "event": { "const": EventKind::BackfillProgress.as_str() } } },
                     "then": { "required": ["rows_done"], "properties": { "rows_done": count.clone() },
@@ -609,7 +614,8 @@ pub fn document(app: &App) -> Value {
                     "event": { "$ref": "#/components/schemas/EventName" },
                     "expected_version": uint64.clone(), "reason": reason,
                     "rows_done": nullable_count.clone(), "rows_total_estimate": nullable_count,
-                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() } },
+                    "request_approval": approval_flags["request_approval"].clone(), "bypass_approval": approval_flags["bypass_approval"].clone() },
+                    "not": both_approval_flags.clone() },
                 "Approval": { "type": "object", "required": ["id", "key", "change", "action", "gated", "expected_version", "reason", "requested_by", "requested_at_ms", "origin", "status", "decided_by", "decision_reason"], "properties": {
                     "id": uint64.clone(), "key": { "type": "string" },
                     "change": { "type": "string", "description": "the change in words, from the front it was asked at: `advance shadow 100% → live 0%`" },
@@ -626,8 +632,8 @@ pub fn document(app: &App) -> Value {
                     "decided_by": { "type": "string" }, "decided_at_ms": { "type": ["integer", "null"] }, "decision_reason": { "type": "string" },
                     "migration": { "$ref": "#/components/schemas/Migration", "description": "on approval: the migration after the change" } } },
                 "CreateWebhook": { "type": "object", "required": ["url", "events"], "additionalProperties": false, "properties": {
-                    "url": { "type": "string", "maxLength": 2000, "description": "an absolute http:// or https:// URL" },
-                    "migrations": { "type": "array", "maxItems": 32, "items": { "type": "string" }, "description": "migration keys or prefixes (orders.*); empty or absent: every migration" },
+                    "url": { "type": "string", "maxLength": 2000, "pattern": "^https?://[^\\s/?#]+(/\\S*)?$", "description": "an absolute http:// or https:// URL with a host" },
+                    "migrations": { "items": scope["items"].clone(), "type": "array", "maxItems": Scope::MAX_PATTERNS, "description": "migration keys or key prefixes ending in '*' (orders.*); empty or absent: every migration" },
                     "events": { "type": "array", "minItems": 1, "items": { "type": "string", "enum": crate::webhooks::EVENT_TYPES } },
                     "format": { "type": "string", "enum": ["json", "slack"], "default": "json", "description": "json: the event; slack: {\"text\": …} for a Slack incoming webhook" } } },
                 "Webhook": { "type": "object", "required": ["id", "url", "migrations", "events", "format", "created_by", "created_at_ms"], "properties": {
