@@ -1,8 +1,9 @@
 //! Guardrails: what halts a plan. Checked while it runs and before each step, on what clients
 //! reported since the migration's last change (the step now being held) and on the fleet: the
 //! shadow mismatch ratio, the new shape's error ratio (absolute, and against the old shape's),
-//! the new shape's p99 latency against the old's, and instances that have not applied the last
-//! change for too long. A ratio judges only with a minimum sample.
+//! the new shape's p99 latency against the old's, instances that have not applied the last
+//! change for too long, and a running backfill that has stalled (no batch) or held itself back
+//! for too long. A ratio judges only with a minimum sample.
 
 use crate::time::format_span;
 use crate::traffic::{Histogram, LATENCY_BOUNDS_US, TrafficCounts};
@@ -20,6 +21,9 @@ pub struct Guardrails {
     pub max_p99_ratio_vs_old: f64,
     /// How long a live instance may go without applying the last change.
     pub max_behind_ms: u64,
+    /// How long a running backfill may go without a batch, or hold itself back (replica lag,
+    /// WAL rate, autovacuum), before the plan halts.
+    pub max_backfill_stall_ms: u64,
     /// Operations on a side, and comparisons, needed before a ratio judges.
     pub min_operations: u64,
     pub min_comparisons: u64,
@@ -35,6 +39,7 @@ impl Default for Guardrails {
             max_error_ratio_vs_old: 2.0,
             max_p99_ratio_vs_old: 2.0,
             max_behind_ms: 10 * 60_000,
+            max_backfill_stall_ms: 15 * 60_000,
             min_operations: 100,
             min_comparisons: 100,
             on_breach: OnBreach::Halt,
@@ -81,6 +86,15 @@ pub struct Breach {
     pub figures: String,
 }
 
+/// A running (not paused) backfill, as its runner last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillWatch {
+    /// The last batch's checkpoint (or the start, before the first).
+    pub last_batch_ms: i64,
+    /// Since when the runner holds itself back, and why; `None` while it does not.
+    pub held: Option<(i64, String)>,
+}
+
 /// A live instance that has not applied the migration's last change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Behind {
@@ -108,10 +122,12 @@ impl Guardrails {
 
     /// The first guardrail `traffic` (reported since `since_ms`) and the fleet cross, if any.
     /// `behind` are the live instances that have not applied the change made at `since_ms`.
+    /// `backfill`: the migration's running backfill, if one runs.
     pub fn breach(
         &self,
         traffic: &TrafficCounts,
         behind: &[Behind],
+        backfill: Option<&BackfillWatch>,
         since_ms: i64,
         now_ms: i64,
     ) -> Option<Breach> {
@@ -201,6 +217,29 @@ impl Guardrails {
                 ),
             });
         }
+        if let Some(b) = backfill {
+            let limit = format_span(self.max_backfill_stall_ms as i64);
+            if let Some((since, why)) = &b.held {
+                if now_ms - since > self.max_backfill_stall_ms as i64 {
+                    return Some(Breach {
+                        guardrail: "backfill_held",
+                        figures: format!(
+                            "the backfill has held itself back for {} (limit {limit}): {why}",
+                            format_span(now_ms - since)
+                        ),
+                    });
+                }
+            } else if now_ms - b.last_batch_ms > self.max_backfill_stall_ms as i64 {
+                return Some(Breach {
+                    guardrail: "backfill_stalled",
+                    figures: format!(
+                        "the backfill has reported no batch for {} (limit {limit}): is its \
+                         runner alive?",
+                        format_span(now_ms - b.last_batch_ms)
+                    ),
+                });
+            }
+        }
         None
     }
 }
@@ -277,12 +316,13 @@ mod tests {
     fn each_guardrail_halts_with_its_figures_and_small_samples_do_not_judge() {
         let g = Guardrails::default();
         let healthy = traffic(side(1000, 1, 4), side(1000, 1, 4), 500, 0);
-        assert_eq!(g.breach(&healthy, &[], 0, 60_000), None);
+        assert_eq!(g.breach(&healthy, &[], None, 0, 60_000), None);
 
         let b = g
             .breach(
                 &traffic(side(1000, 1, 4), side(1000, 1, 4), 500, 2),
                 &[],
+                None,
                 0,
                 60_000,
             )
@@ -297,6 +337,7 @@ mod tests {
             g.breach(
                 &traffic(side(1000, 1, 4), side(1000, 1, 4), 50, 2),
                 &[],
+                None,
                 0,
                 60_000
             ),
@@ -307,6 +348,7 @@ mod tests {
             .breach(
                 &traffic(side(1000, 1, 4), side(1000, 30, 4), 0, 0),
                 &[],
+                None,
                 0,
                 60_000,
             )
@@ -316,6 +358,7 @@ mod tests {
             .breach(
                 &traffic(side(1000, 1, 4), side(1000, 5, 4), 0, 0),
                 &[],
+                None,
                 0,
                 60_000,
             )
@@ -325,6 +368,7 @@ mod tests {
             .breach(
                 &traffic(side(1000, 0, 4), side(1000, 0, 7), 0, 0),
                 &[],
+                None,
                 0,
                 60_000,
             )
@@ -341,6 +385,7 @@ mod tests {
             g.breach(
                 &traffic(side(1000, 0, 4), side(50, 10, 4), 0, 0),
                 &[],
+                None,
                 0,
                 60_000
             ),
@@ -351,9 +396,41 @@ mod tests {
             service: "api".into(),
             instance_id: "api-1".into(),
         }];
-        assert_eq!(g.breach(&healthy, &behind, 0, 9 * 60_000), None);
-        let b = g.breach(&healthy, &behind, 0, 11 * 60_000).unwrap();
+        assert_eq!(g.breach(&healthy, &behind, None, 0, 9 * 60_000), None);
+        let b = g.breach(&healthy, &behind, None, 0, 11 * 60_000).unwrap();
         assert_eq!(b.guardrail, "instances_behind");
         assert!(b.figures.ends_with(": api-1 of api"), "{}", b.figures);
+    }
+
+    #[test]
+    fn a_stalled_or_held_backfill_halts() {
+        let g = Guardrails::default();
+        let quiet = TrafficCounts::default();
+        let minute = 60_000;
+        let running = BackfillWatch {
+            last_batch_ms: 0,
+            held: None,
+        };
+        assert_eq!(g.breach(&quiet, &[], Some(&running), 0, 14 * minute), None);
+        let b = g
+            .breach(&quiet, &[], Some(&running), 0, 16 * minute)
+            .unwrap();
+        assert_eq!(b.guardrail, "backfill_stalled");
+        assert_eq!(
+            b.figures,
+            "the backfill has reported no batch for 16m (limit 15m): is its runner alive?"
+        );
+        // Held on purpose: judged by how long it has held, not by its last batch.
+        let held = BackfillWatch {
+            last_batch_ms: 0,
+            held: Some((10 * minute, "replica lag 3s over 2s".to_owned())),
+        };
+        assert_eq!(g.breach(&quiet, &[], Some(&held), 0, 20 * minute), None);
+        let b = g.breach(&quiet, &[], Some(&held), 0, 26 * minute).unwrap();
+        assert_eq!(b.guardrail, "backfill_held");
+        assert_eq!(
+            b.figures,
+            "the backfill has held itself back for 16m (limit 15m): replica lag 3s over 2s"
+        );
     }
 }

@@ -747,6 +747,7 @@ pub fn document(app: &App) -> Value {
                         "max_error_ratio_vs_old": { "type": "number", "minimum": 0, "description": "the new shape's error ratio against the old shape's (default 2)" },
                         "max_p99_ratio_vs_old": { "type": "number", "minimum": 0, "description": "the new shape's p99 latency bucket against the old shape's (default 2)" },
                         "max_behind_seconds": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER / 1000, "description": "how long a live instance may go without applying the last change (default 600)" },
+                        "max_backfill_stall_seconds": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER / 1000, "description": "how long a running backfill may go without a batch, or hold itself back, before the plan halts (default 900)" },
                         "min_operations": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER, "description": "operations on a side needed before an error or latency ratio judges (default 100)" },
                         "min_comparisons": { "type": "integer", "minimum": 0, "maximum": MAX_STORED_NUMBER, "description": "shadow comparisons needed before the mismatch ratio judges (default 100)" },
                         "on_breach": { "type": "string", "enum": OnBreach::ALL.map(OnBreach::as_str), "description": "halt (default), or rollback: also move the front back to the plan's previous step" } } },

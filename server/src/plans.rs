@@ -52,7 +52,28 @@ impl App {
                 instance_id: i.instance_id,
             })
             .collect();
-        Ok(stored.guardrails.breach(&traffic, &behind, since, now))
+        // A running backfill that a person has not paused: its last batch, and whether its
+        // runner holds itself back (from the checkpoint every replica reads alike).
+        let backfill = if m.backfill.status == switchyard_domain::BackfillStatus::Running
+            && !m.backfill.paused
+        {
+            let checkpoint = self.store.checkpoint(key).await?;
+            Some(guardrail::BackfillWatch {
+                // Before its first batch: the migration's last change (no earlier than the
+                // start).
+                last_batch_ms: checkpoint
+                    .as_ref()
+                    .map_or(m.updated_at_ms, |c| c.updated_at_ms),
+                held: checkpoint
+                    .filter(|c| c.throttled_since_ms > 0)
+                    .map(|c| (c.throttled_since_ms, c.throttle_reason)),
+            })
+        } else {
+            None
+        };
+        Ok(stored
+            .guardrails
+            .breach(&traffic, &behind, backfill.as_ref(), since, now))
     }
 
     /// Halts the plan for `breach`; with `on_breach: rollback`, first moves the front back to

@@ -632,6 +632,60 @@ async fn a_guardrail_halts_the_plan_and_rolls_back_to_the_last_good_step(db: Db)
     srv.stop().await;
 }
 
+async fn a_stalled_backfill_halts_the_plan(db: Db) {
+    let srv = start(db).await;
+    let key = "orders.stalled-backfill";
+    srv.ready_for_backfill(key).await;
+    record(&srv, key, "backfill_started").await;
+    // The plan waits for the backfill (rule 4 refuses the advance) and watches it meanwhile.
+    let (status, body) = put_plan(
+        &srv,
+        key,
+        json!({ "stages": [
+            { "stage": "dual_write", "steps": [{ "rollout_bp": 10000 }], "then": "advance" },
+            { "stage": "shadow", "steps": [{ "rollout_bp": 10000 }], "then": "stop" }],
+            "guardrails": { "max_backfill_stall_seconds": 600 }, "reason": "after the backfill" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["guardrails"]["max_backfill_stall_seconds"], 600,
+        "{body}"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the plan to wait on rule 4",
+        || async {
+            let p = plan(&srv, key).await;
+            if p["waiting"].as_str().unwrap_or_default().contains("rule 4") {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+    // No batch for 11 minutes: the runner is gone.
+    srv.clock.advance(Duration::from_secs(11 * 60));
+    eventually(
+        Duration::from_secs(10),
+        "the guardrail to halt the plan",
+        || async { plan(&srv, key).await["status"] == "halted" },
+    )
+    .await;
+    let why = plan(&srv, key).await["status_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        why.starts_with(
+            "halted by guardrail backfill_stalled: the backfill has reported no batch for 11m (limit 10m)"
+        ),
+        "{why}"
+    );
+    srv.stop().await;
+}
+
 /// The same plan through gRPC: set, read back with what it does next, paused and resumed.
 async fn plans_over_grpc(db: Db) {
     use switchyard_proto::v1 as pb;
@@ -718,6 +772,7 @@ async fn plans_over_grpc(db: Db) {
 }
 
 both_databases!(
+    a_stalled_backfill_halts_the_plan,
     a_plan_drives_a_migration_from_off_to_complete,
     a_manual_change_pauses_the_plan_and_resume_carries_on,
     refused_and_scheduled_steps_wait_and_say_why,

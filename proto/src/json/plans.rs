@@ -39,6 +39,9 @@ pub struct GuardrailsBody {
     pub max_p99_ratio_vs_old: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_behind_seconds: Option<u64>,
+    /// How long a running backfill may go without a batch, or hold itself back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backfill_stall_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_operations: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +66,14 @@ impl GuardrailsBody {
                 s.checked_mul(1000)
                     .ok_or_else(|| InvalidInput("max_behind_seconds is too large".to_owned()))
             })?,
+            max_backfill_stall_ms: self.max_backfill_stall_seconds.map_or(
+                Ok(d.max_backfill_stall_ms),
+                |s| {
+                    s.checked_mul(1000).ok_or_else(|| {
+                        InvalidInput("max_backfill_stall_seconds is too large".to_owned())
+                    })
+                },
+            )?,
             min_operations: self.min_operations.unwrap_or(d.min_operations),
             min_comparisons: self.min_comparisons.unwrap_or(d.min_comparisons),
             on_breach: self
@@ -82,6 +93,7 @@ impl GuardrailsBody {
             max_error_ratio_vs_old: Some(g.max_error_ratio_vs_old),
             max_p99_ratio_vs_old: Some(g.max_p99_ratio_vs_old),
             max_behind_seconds: Some(g.max_behind_ms / 1000),
+            max_backfill_stall_seconds: Some(g.max_backfill_stall_ms / 1000),
             min_operations: Some(g.min_operations),
             min_comparisons: Some(g.min_comparisons),
             on_breach: Some(g.on_breach.as_str().to_owned()),

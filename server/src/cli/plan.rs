@@ -136,6 +136,10 @@ pub struct GuardrailArgs {
     /// (default 10m).
     #[arg(long, value_parser = humantime::parse_duration)]
     max_behind: Option<Duration>,
+    /// Halt when a running backfill has written no batch, or held itself back (replica lag,
+    /// WAL rate, autovacuum), for this long (default 15m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_backfill_stall: Option<Duration>,
     /// On a breach, also move the front back to the plan's previous step (rollback), or only
     /// halt (default).
     #[arg(long, value_parser = ["halt", "rollback"])]
@@ -150,6 +154,7 @@ impl GuardrailArgs {
             max_error_ratio_vs_old: self.max_error_ratio_vs_old,
             max_p99_ratio_vs_old: self.max_p99_ratio_vs_old,
             max_behind_seconds: self.max_behind.map(|d| d.as_secs()),
+            max_backfill_stall_seconds: self.max_backfill_stall.map(|d| d.as_secs()),
             min_operations: None,
             min_comparisons: None,
             on_breach: self.on_breach.clone(),
