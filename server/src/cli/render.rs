@@ -185,7 +185,7 @@ pub(super) fn audit(page: &json::AuditPage) -> String {
         // Id and version unpadded, as the CLI has always printed them.
         let (before, after) = e.fronts();
         out.push_str(&format!(
-            "#{} v{} {} {:<20} {} -> {}\n        by {}: {}\n",
+            "#{} v{} {} {:<20} {} -> {}\n        by {}{}: {}\n",
             e.id,
             e.version,
             time(Some(e.at_ms)),
@@ -193,6 +193,14 @@ pub(super) fn audit(page: &json::AuditPage) -> String {
             front(before),
             front(after),
             cell(&e.actor),
+            // Four eyes: who approved it (or that an admin bypassed the approval).
+            if e.approved_by.is_empty() {
+                String::new()
+            } else if e.approved_by.starts_with("approval bypassed") {
+                format!(", {}", cell(&e.approved_by))
+            } else {
+                format!(", approved by {}", cell(&e.approved_by))
+            },
             cell(&e.reason),
         ));
     }
