@@ -3,10 +3,13 @@
 //! shadow mismatch ratio, the new shape's error ratio (absolute, and against the old shape's),
 //! the new shape's p99 latency against the old's, instances that have not applied the last
 //! change for too long, and a running backfill that has stalled (no batch) or held itself back
-//! for too long. A ratio judges only with a minimum sample.
+//! for too long. A ratio judges only with a minimum sample. From the database's own evidence
+//! (the usage observer): a caller outside the migration that still touches the old shape once
+//! it stops being written, and a target database that cannot be observed for too long.
 
 use crate::time::format_span;
 use crate::traffic::{Histogram, LATENCY_BOUNDS_US, TrafficCounts};
+use crate::usage::{self, Observation};
 
 /// Thresholds; the defaults suit a cautious rollout and a plan may override each.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +27,9 @@ pub struct Guardrails {
     /// How long a running backfill may go without a batch, or hold itself back (replica lag,
     /// WAL rate, autovacuum), before the plan halts.
     pub max_backfill_stall_ms: u64,
+    /// How long the migration's target database may go unobserved (unreachable, unreadable,
+    /// not configured) before the plan halts: it ramps on the database's evidence.
+    pub max_unobserved_ms: u64,
     /// Operations on a side, and comparisons, needed before a ratio judges.
     pub min_operations: u64,
     pub min_comparisons: u64,
@@ -40,6 +46,7 @@ impl Default for Guardrails {
             max_p99_ratio_vs_old: 2.0,
             max_behind_ms: 10 * 60_000,
             max_backfill_stall_ms: 15 * 60_000,
+            max_unobserved_ms: 10 * 60_000,
             min_operations: 100,
             min_comparisons: 100,
             on_breach: OnBreach::Halt,
@@ -93,6 +100,17 @@ pub struct BackfillWatch {
     pub last_batch_ms: i64,
     /// Since when the runner holds itself back, and why; `None` while it does not.
     pub held: Option<(i64, String)>,
+}
+
+/// What the usage observer says of the migration's target database.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseWatch<'a> {
+    pub observation: &'a Observation,
+    /// Whether the old shape has stopped being written (`rampdown`, `complete`): from then on
+    /// a caller outside the migration that touches it reads stale data or breaks at the drop.
+    pub old_shape_retiring: bool,
+    /// The application names of the migration's own clients (its fleet and expected services).
+    pub known_services: &'a [String],
 }
 
 /// A live instance that has not applied the migration's last change.
@@ -241,6 +259,85 @@ impl Guardrails {
             }
         }
         None
+    }
+
+    /// The first guardrail the database's evidence crosses: a caller the observer saw that is
+    /// not one of the migration's clients, touching the old shape since `since_ms` while it is
+    /// retiring; or the target unobserved for longer than allowed. A statement whose caller the
+    /// observer did not catch is left to the gate, which blocks on any use during the soak.
+    pub fn database_breach(
+        &self,
+        db: DatabaseWatch<'_>,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Option<Breach> {
+        let Observation::Declared {
+            target,
+            nothing_declared: false,
+            failing,
+            last_pass_ms,
+            uses,
+            ..
+        } = db.observation
+        else {
+            return None;
+        };
+        if let Err((evidence, _)) = usage::readable(db.observation, now_ms) {
+            // Since when the evidence is missing: the failure's start, the last good pass, or
+            // (never read) the last change.
+            let missing_since = failing
+                .as_ref()
+                .map(|(_, since)| *since)
+                .or(*last_pass_ms)
+                .unwrap_or(since_ms);
+            if now_ms - missing_since > self.max_unobserved_ms as i64 {
+                return Some(Breach {
+                    guardrail: "database_unobserved",
+                    figures: format!(
+                        "{evidence} (for {}, limit {})",
+                        format_span(now_ms - missing_since),
+                        format_span(self.max_unobserved_ms as i64)
+                    ),
+                });
+            }
+            return None;
+        }
+        if !db.old_shape_retiring {
+            return None;
+        }
+        let outsiders: Vec<usage::StatementSummary> =
+            usage::summarize(uses, Some(since_ms), db.known_services)
+                .into_iter()
+                .filter(|s| {
+                    s.calls_in_window > 0
+                        && s.sessions
+                            .iter()
+                            .any(|x| !db.known_services.contains(&x.application_name))
+                })
+                .collect();
+        let first = outsiders.first()?;
+        let callers: Vec<String> = first
+            .sessions
+            .iter()
+            .filter(|x| !db.known_services.contains(&x.application_name))
+            .take(3)
+            .map(ToString::to_string)
+            .collect();
+        Some(Breach {
+            guardrail: "database_old_shape_use",
+            figures: format!(
+                "database {target} ran `{}` {} time(s) in the {} since the last change, by {}, \
+                 not a client of this migration{}",
+                usage::shorten(&first.statement, 200),
+                first.calls_in_window,
+                format_span(now_ms - since_ms),
+                callers.join(", "),
+                match outsiders.len() - 1 {
+                    0 => String::new(),
+                    n => format!(", and {n} more statement(s)"),
+                }
+            ),
+        })
     }
 }
 
@@ -432,5 +529,139 @@ mod tests {
             b.figures,
             "the backfill has held itself back for 16m (limit 15m): replica lag 3s over 2s"
         );
+    }
+
+    fn observed(
+        last_pass_ms: i64,
+        failing: Option<(String, i64)>,
+        uses: Vec<usage::StatementUse>,
+    ) -> Observation {
+        Observation::Declared {
+            target: "main".into(),
+            configured: true,
+            nothing_declared: false,
+            covered_since: Some((0, "first observed".into())),
+            last_pass_ms: Some(last_pass_ms),
+            failing,
+            stale_after_ms: 3 * 60_000,
+            uses,
+            retire: None,
+            log_failing: None,
+        }
+    }
+
+    fn read_by(at: i64, entry: &str, application_name: &str) -> usage::StatementUse {
+        usage::StatementUse {
+            minute_ms: at - at.rem_euclid(60_000),
+            last_seen_ms: at,
+            entry: entry.into(),
+            statement: format!("SELECT username FROM users -- {entry}"),
+            role: "app".into(),
+            objects: vec![usage::ObjectRef {
+                object: "column:users.username".into(),
+                possible: None,
+            }],
+            calls: 7,
+            rows: 7,
+            sessions: if application_name.is_empty() {
+                Vec::new()
+            } else {
+                vec![usage::Session {
+                    role: "app".into(),
+                    application_name: application_name.into(),
+                    client_addr: "10.0.0.5".into(),
+                }]
+            },
+        }
+    }
+
+    #[test]
+    fn an_outside_caller_of_the_retiring_old_shape_halts() {
+        let g = Guardrails::default();
+        let minute = 60_000;
+        let known = ["orders-svc".to_owned()];
+        let obs = observed(
+            20 * minute,
+            None,
+            vec![
+                // Before the last change: judged by the gate, not by this step.
+                read_by(5 * minute, "q0", "report-cron"),
+                // The migration's own client, and a statement whose caller was not caught.
+                read_by(15 * minute, "q1", "orders-svc"),
+                read_by(16 * minute, "q2", ""),
+            ],
+        );
+        let watch = |observation, old_shape_retiring| DatabaseWatch {
+            observation,
+            old_shape_retiring,
+            known_services: &known,
+        };
+        assert_eq!(
+            g.database_breach(watch(&obs, true), 10 * minute, 20 * minute),
+            None
+        );
+
+        let Observation::Declared { uses, .. } = &obs else {
+            unreachable!()
+        };
+        let mut uses = uses.clone();
+        uses.push(read_by(18 * minute, "q3", "report-cron"));
+        let obs = observed(20 * minute, None, uses);
+        // Before rampdown the old shape is still written: reading it is fine.
+        assert_eq!(
+            g.database_breach(watch(&obs, false), 10 * minute, 20 * minute),
+            None
+        );
+        let b = g
+            .database_breach(watch(&obs, true), 10 * minute, 20 * minute)
+            .unwrap();
+        assert_eq!(b.guardrail, "database_old_shape_use");
+        assert_eq!(
+            b.figures,
+            "database main ran `SELECT username FROM users -- q3` 7 time(s) in the 10m since the \
+             last change, by report-cron (role app, from 10.0.0.5), not a client of this migration"
+        );
+    }
+
+    #[test]
+    fn a_target_unobserved_for_too_long_halts() {
+        let g = Guardrails::default();
+        let minute = 60_000;
+        let failing = observed(
+            0,
+            Some(("password authentication failed".into(), 2 * minute)),
+            vec![],
+        );
+        let watch = DatabaseWatch {
+            observation: &failing,
+            old_shape_retiring: false,
+            known_services: &[],
+        };
+        assert_eq!(g.database_breach(watch, 0, 11 * minute), None);
+        let b = g.database_breach(watch, 0, 13 * minute).unwrap();
+        assert_eq!(b.guardrail, "database_unobserved");
+        assert!(
+            b.figures.contains("password authentication failed"),
+            "{}",
+            b.figures
+        );
+        assert!(b.figures.ends_with("(for 11m, limit 10m)"), "{}", b.figures);
+        // A stale observer counts from its last pass.
+        let stale = observed(minute, None, vec![]);
+        let watch = DatabaseWatch {
+            observation: &stale,
+            ..watch
+        };
+        assert_eq!(g.database_breach(watch, 0, 10 * minute), None);
+        assert_eq!(
+            g.database_breach(watch, 0, 12 * minute).unwrap().guardrail,
+            "database_unobserved"
+        );
+        // No target declared: nothing to judge.
+        let watch = DatabaseWatch {
+            observation: &Observation::NotDeclared,
+            ..watch
+        };
+        assert_eq!(g.database_breach(watch, 0, 60 * minute), None);
     }
 }

@@ -331,7 +331,7 @@ pub fn judge(
 /// Whether the observer vouches for the target now: configured here, not failing, and read
 /// within the staleness bound. `Ok(last pass)`, or why not with what to do. Both checks stand
 /// on it: neither passes without a readable target.
-fn readable(obs: &Observation, now_ms: i64) -> Result<i64, (String, String)> {
+pub(crate) fn readable(obs: &Observation, now_ms: i64) -> Result<i64, (String, String)> {
     let Observation::Declared {
         target,
         configured,
@@ -521,7 +521,7 @@ fn describe(s: &StatementSummary) -> String {
     )
 }
 
-fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         return flat;

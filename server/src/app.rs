@@ -87,6 +87,8 @@ pub struct App {
 /// Evidence rows one usage or gate answer reads at most (newest first: a blocking use is never
 /// cut off by older ones).
 const USAGE_ROWS: u32 = 10_000;
+/// How long a backfill holds itself back before a webhook says so.
+const HELD_NOTICE_AFTER_MS: u64 = 60_000;
 
 /// A migration's usage evidence, as `GET /v1/migrations/{key}/usage` answers it.
 #[derive(Debug, Clone)]
@@ -1210,7 +1212,7 @@ impl App {
 
     /// The contract gate for `migration` on `fleet`, reading its traffic and the database's
     /// evidence now.
-    async fn evaluate_gate(
+    pub(crate) async fn evaluate_gate(
         &self,
         migration: &Migration,
         fleet: &rules::Fleet,
@@ -1248,7 +1250,11 @@ impl App {
             .await
     }
 
-    async fn observation_since(&self, m: &Migration, since: i64) -> Result<Observation, ApiError> {
+    pub(crate) async fn observation_since(
+        &self,
+        m: &Migration,
+        since: i64,
+    ) -> Result<Observation, ApiError> {
         let Some(target) = &m.database.target else {
             return Ok(Observation::NotDeclared);
         };
@@ -1414,6 +1420,20 @@ impl App {
         check_text("throttle.reason", throttle.reason, TextKind::Opaque)?;
         let now = self.now();
         let holding = !throttle.reason.is_empty();
+        // A hold that has just lasted a minute is worth telling people about (webhook event
+        // `backfill`, action `backfill_held`); shorter ones (a lag spike) are routine. Once per
+        // hold: the runner's previous checkpoint had held for less, or not at all.
+        let held_notice = if holding && throttle.held_ms >= HELD_NOTICE_AFTER_MS {
+            self.store
+                .checkpoint(migration.key.as_str())
+                .await?
+                .is_none_or(|p| {
+                    p.throttled_since_ms == 0
+                        || p.updated_at_ms - p.throttled_since_ms < HELD_NOTICE_AFTER_MS as i64
+                })
+        } else {
+            false
+        };
         let saved = self
             .store
             .save_checkpoint(
@@ -1436,6 +1456,19 @@ impl App {
                 |current| checkpoint_admitted(current, started_version),
             )
             .await?;
+        if held_notice {
+            self.notify(
+                migration.key.as_str(),
+                "backfill",
+                serde_json::json!({
+                    "action": "backfill_held",
+                    "reason": saved.throttle_reason,
+                    "held_since_ms": saved.throttled_since_ms,
+                    "runner": saved.runner,
+                }),
+            )
+            .await;
+        }
         let settings = self.store.backfill_settings(migration.key.as_str()).await?;
         Ok(BackfillProgress::new(&migration, Some(saved), settings))
     }

@@ -40,16 +40,13 @@ impl App {
         {
             traffic.add(&counts);
         }
-        let behind: Vec<guardrail::Behind> = self
-            .store
-            .fleet(key, now, self.client_ttl)
-            .await?
-            .live
-            .into_iter()
+        let live = self.store.fleet(key, now, self.client_ttl).await?.live;
+        let behind: Vec<guardrail::Behind> = live
+            .iter()
             .filter(|i| i.applied_version < m.version)
             .map(|i| guardrail::Behind {
-                service: i.service,
-                instance_id: i.instance_id,
+                service: i.service.clone(),
+                instance_id: i.instance_id.clone(),
             })
             .collect();
         // A running backfill that a person has not paused: its last batch, and whether its
@@ -71,9 +68,29 @@ impl App {
         } else {
             None
         };
-        Ok(stored
-            .guardrails
-            .breach(&traffic, &behind, backfill.as_ref(), since, now))
+        if let Some(breach) =
+            stored
+                .guardrails
+                .breach(&traffic, &behind, backfill.as_ref(), since, now)
+        {
+            return Ok(Some(breach));
+        }
+        if m.database.target.is_none() {
+            return Ok(None);
+        }
+        // The database's own evidence: what the observer saw since the last change.
+        let observation = self.observation_since(m, since).await?;
+        let mut known: Vec<String> = live.into_iter().map(|i| i.service).collect();
+        known.extend(m.expected_services.iter().cloned());
+        Ok(stored.guardrails.database_breach(
+            guardrail::DatabaseWatch {
+                observation: &observation,
+                old_shape_retiring: matches!(m.stage, Stage::Rampdown | Stage::Complete),
+                known_services: &known,
+            },
+            since,
+            now,
+        ))
     }
 
     /// Halts the plan for `breach`; with `on_breach: rollback`, first moves the front back to

@@ -22,16 +22,17 @@ use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_domain::{Operation, Permission, Scope};
+use switchyard_domain::{Operation, Permission, Scope, Stage};
 use tokio::sync::watch;
 
 /// The event types a subscription may choose.
-pub const EVENT_TYPES: [&str; 5] = [
+pub const EVENT_TYPES: [&str; 6] = [
     "change",
     "plan_step",
     "plan_halt",
     "approval_request",
     "backfill",
+    "gate_pass",
 ];
 
 /// The most subscriptions a server keeps: each is read at every enqueue.
@@ -209,6 +210,54 @@ impl App {
         }
     }
 
+    /// Announces each contract gate that has started to pass since the last look (`gate_pass`),
+    /// once: a gate that stops passing (a hidden caller, a rollback) is announced again when it
+    /// passes again. Only gates some subscription asks for are evaluated, and only those of
+    /// migrations at `complete` (before it, the gate cannot pass).
+    async fn announce_gates(&self) -> Result<(), ApiError> {
+        let wanted = self
+            .store
+            .webhooks()
+            .await?
+            .into_iter()
+            .any(|w| w.events.iter().any(|e| e == "gate_pass"));
+        if !wanted {
+            return Ok(());
+        }
+        let announced = self.store.gate_passes().await?;
+        for m in self.hub.snapshot().migrations.values() {
+            let key = m.key.as_str();
+            let was = announced.get(key).copied();
+            let passed = if m.stage == Stage::Complete && m.soak_started_at_ms.is_some() {
+                let now = self.now();
+                let fleet = self.store.fleet(key, now, self.client_ttl).await?;
+                self.evaluate_gate(m, &fleet, now).await?.passed
+            } else {
+                false
+            };
+            match (passed, was) {
+                (true, None) => {
+                    self.notify(
+                        key,
+                        "gate_pass",
+                        serde_json::json!({
+                            "version": m.version.0,
+                            "stage": m.stage.as_str(),
+                            "rollout_bp": m.rollout_bp.get(),
+                        }),
+                    )
+                    .await;
+                    self.store
+                        .set_gate_pass(key, Some(m.version.0 as i64), self.now())
+                        .await?;
+                }
+                (false, Some(_)) => self.store.set_gate_pass(key, None, self.now()).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// One round: every subscription's pending deliveries, in order, each subscription
     /// stopping at its first one not yet due or failing (so none overtakes an earlier one).
     async fn send_round(&self, client: &reqwest::Client) -> Result<(), ApiError> {
@@ -315,6 +364,11 @@ fn body(hook: &StoredWebhook, d: &Delivery) -> String {
         )
     };
     let text = match d.event_type.as_str() {
+        "backfill" if s("action") == "backfill_held" => format!(
+            ":hourglass: *{}*: the backfill holds itself back: {}",
+            s("key"),
+            s("reason")
+        ),
         "change" | "plan_step" | "backfill" => format!(
             "*{}*: {} {} → {} by {}{}: {}",
             s("key"),
@@ -328,6 +382,10 @@ fn body(hook: &StoredWebhook, d: &Delivery) -> String {
                 format!(" ({})", s("approved_by"))
             },
             s("reason")
+        ),
+        "gate_pass" => format!(
+            ":white_check_mark: *{}*: the contract gate passes; the old shape may be dropped",
+            s("key")
         ),
         "plan_halt" => format!(":rotating_light: *{}*: plan {}", s("key"), s("why")),
         "approval_request" => format!(
@@ -398,6 +456,7 @@ pub fn spawn(
             .timeout(SEND_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let mut round: u64 = 0;
         loop {
             let now = app.now();
             match app
@@ -412,6 +471,14 @@ pub fn spawn(
                 .await
             {
                 Ok(true) => {
+                    // Gates are evaluated every fifth round: each look reads a migration's
+                    // traffic and the database's evidence.
+                    if round % 5 == 0 {
+                        if let Err(e) = app.announce_gates().await {
+                            tracing::warn!(error = %e, "looking at the gates failed; retrying");
+                        }
+                    }
+                    round = round.wrapping_add(1);
                     if let Err(e) = app.send_round(&client).await {
                         tracing::warn!(error = %e, "sending webhooks failed; retrying");
                     }

@@ -11,6 +11,7 @@
 
 pub mod drill;
 pub mod pgcluster;
+pub mod receiver;
 
 use anyhow::Context;
 use rand::Rng;

@@ -8,11 +8,15 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_domain::time::{format_minute, format_second};
 use switchyard_domain::traffic::{TrafficCounts, minute_of};
 use switchyard_proto::v1 as pb;
-use switchyard_tests::{CLIENT_TTL, Db, TestServer, both_databases, grpc_detail};
+use switchyard_tests::receiver::Receiver;
+use switchyard_tests::{
+    CLIENT_TTL, Db, TestClock, TestDb, TestServer, both_databases, eventually, grpc_detail,
+};
 
 const REASON: &str = "e2e: gate";
 const KEY: &str = "users.username-to-handle";
@@ -920,7 +924,115 @@ async fn mismatches_of_the_live_window_are_not_forgotten(db: Db) {
     srv.stop().await;
 }
 
+/// A server whose webhook sender looks every 20 ms (gates every fifth look).
+async fn announcing_server(db: Arc<TestDb>, clock: TestClock) -> TestServer {
+    TestServer::start_configured(db, clock, |c| {
+        c.webhook_interval = Duration::from_millis(20);
+    })
+    .await
+}
+
+fn event_types(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .events()
+        .iter()
+        .map(|(_, e)| e["event"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The gate starting to pass is announced to a `gate_pass` subscription, signed, once: not on
+/// later looks, nor by the server started after a restart (which looks at the gates before it
+/// sends the test event below); and again after it has stopped passing and passes anew.
+async fn the_gate_starting_to_pass_is_announced_once(db: Db) {
+    let (receiver, url) = Receiver::start().await;
+    let db = Arc::new(TestDb::new(db).await);
+    let clock = TestClock::new();
+    let srv = announcing_server(db.clone(), clock.clone()).await;
+    let (status, created) = srv
+        .post(
+            "/v1/webhooks",
+            json!({ "url": url, "events": ["gate_pass"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (id, secret) = (
+        created["webhook"]["id"].as_u64().unwrap(),
+        created["secret"].as_str().unwrap().to_owned(),
+    );
+    let instance = api(&[KEY]);
+    create(&srv, KEY, false, &["api"]).await;
+    drive_to_complete(&srv, KEY, &instance).await;
+    assert_failing(&gate(&srv, KEY).await, &["soak"]);
+    advance_clock(&srv, SOAK_MS);
+    beat(&srv, &instance).await;
+    assert_failing(&gate(&srv, KEY).await, &[]);
+    let version = srv.version_of(KEY).await;
+    eventually(Duration::from_secs(10), "the gate_pass event", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    let (headers, event) = receiver.events().remove(0);
+    assert_eq!(headers["switchyard-event"], "gate_pass");
+    assert_eq!(
+        (
+            &event["event"],
+            &event["key"],
+            &event["version"],
+            &event["stage"]
+        ),
+        (
+            &json!("gate_pass"),
+            &json!(KEY),
+            &json!(version),
+            &json!("complete")
+        ),
+        "{event}"
+    );
+    receiver.check_signatures(&secret);
+
+    // A restart: the new sender takes the lease once the old one's has run out, looks at the
+    // gates in its first round, then sends the test event.
+    srv.stop().await;
+    let srv = announcing_server(db.clone(), clock.clone()).await;
+    advance_clock(&srv, 11_000);
+    beat(&srv, &instance).await;
+    let (status, body) = srv
+        .post(&format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(Duration::from_secs(10), "the test event", || async {
+        event_types(&receiver).len() == 2
+    })
+    .await;
+    assert_eq!(event_types(&receiver), ["gate_pass", "test"]);
+
+    // Old-shape reads during the soak: the gate stops passing; a whole soak later without them
+    // it passes again, and is announced again.
+    send_telemetry(&srv, &instance, KEY, minute_of(now(&srv)), old_reads(3)).await;
+    assert_eq!(gate(&srv, KEY).await["passed"], false);
+    eventually(
+        Duration::from_secs(10),
+        "the pass to be forgotten",
+        || async { srv.server.app.store.gate_passes().await.unwrap().is_empty() },
+    )
+    .await;
+    advance_clock(&srv, SOAK_MS + MIN);
+    beat(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
+    report_idle(&srv, &instance).await;
+    assert_failing(&gate(&srv, KEY).await, &[]);
+    eventually(
+        Duration::from_secs(10),
+        "the second gate_pass event",
+        || async { event_types(&receiver).len() == 3 },
+    )
+    .await;
+    assert_eq!(event_types(&receiver), ["gate_pass", "test", "gate_pass"]);
+    srv.stop().await;
+}
+
 both_databases!(
+    the_gate_starting_to_pass_is_announced_once,
     lifecycle_fast_forwarded,
     old_traffic_and_step_back,
     lifecycle_view,

@@ -64,6 +64,7 @@ async fn server(cluster: &PgCluster, extra: Vec<TargetDatabase>) -> TestServer {
         c.target_databases = targets;
         c.observe_interval = Duration::from_millis(300);
         c.observe_activity_interval = Duration::from_millis(50);
+        c.plan_interval = Duration::from_millis(50);
     })
     .await
 }
@@ -123,6 +124,12 @@ async fn to_complete(s: &TestServer, key: &str) {
         (m["stage"].as_str(), m["rollout_bp"].as_u64()),
         (Some("complete"), Some(10_000))
     );
+}
+
+async fn plan_of(s: &TestServer, key: &str) -> Value {
+    let (status, body) = s.get(&format!("/v1/migrations/{key}/plan")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
 }
 
 async fn usage(s: &TestServer, key: &str) -> Value {
@@ -355,4 +362,84 @@ async fn replicas_count_each_call_once() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A plan ramping the old side's writes down halts on the database's own evidence: a caller
+/// that is not one of the migration's clients still reads the old column. The migration's own
+/// service reading it (its migrator's old side) does not halt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_halts_when_an_outside_caller_reads_the_old_shape_it_stops_writing() {
+    let cluster = cluster();
+    let s = server(&cluster, vec![]).await;
+    let key = "users.planned-rename";
+    create(&s, key, "main").await;
+    eventually(Duration::from_secs(20), "coverage to start", || async {
+        usage(&s, key).await["covered_since_ms"].is_i64()
+    })
+    .await;
+    let mut steps = vec![("events", json!({"event": "expand_applied"}))];
+    for _ in ["dual_write", "shadow", "live"] {
+        steps.push(("advance", json!({})));
+        steps.push(("rollout", json!({"rollout_bp": 10_000})));
+    }
+    steps.push(("advance", json!({})));
+    for (path, mut body) in steps {
+        body["expected_version"] = s.version_of(key).await.into();
+        body["reason"] = "test".into();
+        let (status, answer) = s.post(&format!("/v1/migrations/{key}/{path}"), body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+        s.heartbeat("users-svc", "users-1", s.snapshot_version().await)
+            .await;
+    }
+    assert_eq!(s.migration(key).await["stage"], "rampdown");
+    let (status, body) = s
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/migrations/{key}/plan"),
+            Some(json!({ "stages": [{ "stage": "rampdown",
+                "steps": [{ "rollout_bp": 2500, "hold_seconds": 3600 }, { "rollout_bp": 10000 }],
+                "then": "stop" }], "reason": "ramp the old writes down" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(Duration::from_secs(20), "the first step", || async {
+        s.migration(key).await["rollout_bp"] == 2500
+    })
+    .await;
+    s.heartbeat("users-svc", "users-1", s.snapshot_version().await)
+        .await;
+
+    // The migration's own service still reads the old column on its old side: expected.
+    let mut migrator = session(&cluster, "app", "users-svc").await;
+    read_old_column(&mut migrator, 10).await;
+    next_pass(&s, key).await;
+    next_pass(&s, key).await;
+    let plan = plan_of(&s, key).await;
+    assert_eq!(plan["status"], "running", "{plan}");
+
+    // A report nobody told about the migration reads it too.
+    let mut hidden = session(&cluster, "reports", "nightly-report").await;
+    read_old_column(&mut hidden, 4).await;
+    eventually(Duration::from_secs(20), "the plan to halt", || async {
+        plan_of(&s, key).await["status"] == "halted"
+    })
+    .await;
+    let why = plan_of(&s, key).await["status_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        why.starts_with("halted by guardrail database_old_shape_use: database main ran `SELECT username FROM users WHERE id = $1` 4 time(s)"),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            "by nightly-report (role reports, from 127.0.0.1), not a client of this migration"
+        ),
+        "{why}"
+    );
+    assert!(!why.contains("users-svc"), "{why}");
+    assert_eq!(s.migration(key).await["rollout_bp"], 2500);
+    drop((migrator, hidden));
+    s.stop().await;
 }

@@ -3,67 +3,13 @@
 //! receiver that is down for a while gets every event once it is back, in order, with the
 //! retries in the delivery log, across a server restart in between.
 
-use axum::http::HeaderMap;
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use switchyard_tests::receiver::Receiver;
 use switchyard_tests::{Db, TestClock, TestDb, TestServer, both_databases, eventually, wait_for};
-
-/// A receiver on a free local port: what it was sent (headers, body), and whether it answers
-/// 503 (down) or 204.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
-    down: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let receiver = Receiver::default();
-        let state = receiver.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: String| {
-                let state = state.clone();
-                async move {
-                    if state.down.load(Ordering::SeqCst) {
-                        return StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    state.got.lock().unwrap().push((headers, body));
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (receiver, url)
-    }
-
-    fn events(&self) -> Vec<(HeaderMap, Value)> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(h, b)| (h.clone(), serde_json::from_str(b).unwrap()))
-            .collect()
-    }
-
-    /// Every request's signature checked with the secret, by an HMAC computed here.
-    fn check_signatures(&self, secret: &str) {
-        for (headers, body) in self.got.lock().unwrap().iter() {
-            let timestamp = headers["switchyard-timestamp"].to_str().unwrap();
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-            mac.update(format!("{timestamp}.{body}").as_bytes());
-            let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
-            assert_eq!(headers["switchyard-signature"], expected.as_str(), "{body}");
-        }
-    }
-}
 
 async fn start_on(db: Arc<TestDb>, clock: TestClock) -> TestServer {
     TestServer::start_configured(db, clock, |c| {
@@ -461,7 +407,74 @@ async fn bad_subscriptions_are_refused(db: Db) {
     srv.stop().await;
 }
 
+/// A backfill runner that holds itself back for a minute is announced (`backfill`, action
+/// `backfill_held`, with the reason) once per hold; shorter holds are not.
+async fn a_backfill_held_for_a_minute_is_announced_once_per_hold(db: Db) {
+    let (receiver, url) = Receiver::start().await;
+    let srv = start_on(Arc::new(TestDb::new(db).await), TestClock::new()).await;
+    let key = "users.held-backfill";
+    srv.ready_for_backfill(key).await;
+    let v = srv.version_of(key).await;
+    let (status, body) = srv
+        .post(
+            &format!("/v1/migrations/{key}/events"),
+            json!({ "event": "backfill_started", "expected_version": v, "reason": "go" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (id, _) = subscribe(&srv, json!({ "url": url, "events": ["backfill"] })).await;
+    let lag = "replica 127.0.0.1:5433 replay lag 3.2s > 1s";
+    // (seconds since the start, how long the runner has held; 0: it does not)
+    let mut clock_at = 0;
+    for (at, held) in [(0, 30), (40, 70), (50, 80), (60, 0), (70, 5), (140, 75)] {
+        srv.clock.advance(Duration::from_secs(at - clock_at));
+        clock_at = at;
+        let throttle = if held == 0 {
+            json!({})
+        } else {
+            json!({ "reason": lag, "held_ms": held * 1000 })
+        };
+        let (status, body) = srv
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/migrations/{key}/backfill/checkpoint"),
+                Some(
+                    json!({ "cursor": at.to_string(), "rows_done": at, "rows_total_estimate": 1000,
+                    "runner": "api/worker-1", "throttle": throttle }),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = srv
+        .post(&format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = wait_for(Duration::from_secs(10), "the events", || async {
+        let events = receiver.events();
+        if events.iter().any(|(_, e)| e["event"] == "test") {
+            Ok(events)
+        } else {
+            Err(format!("{} event(s)", events.len()))
+        }
+    })
+    .await;
+    let held: Vec<&Value> = events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["event"] == "backfill")
+        .collect();
+    assert_eq!(held.len(), 2, "{events:?}");
+    for e in held {
+        assert_eq!(e["action"], "backfill_held", "{e}");
+        assert_eq!(e["reason"], lag, "{e}");
+        assert_eq!(e["key"], key, "{e}");
+    }
+    srv.stop().await;
+}
+
 both_databases!(
+    a_backfill_held_for_a_minute_is_announced_once_per_hold,
     changes_plan_steps_and_a_halt_arrive_signed,
     a_receiver_down_then_back_gets_everything_in_order_across_a_restart,
     bad_subscriptions_are_refused

@@ -42,6 +42,9 @@ pub struct GuardrailsBody {
     /// How long a running backfill may go without a batch, or hold itself back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_backfill_stall_seconds: Option<u64>,
+    /// How long the migration's target database may go unobserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unobserved_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_operations: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +77,14 @@ impl GuardrailsBody {
                     })
                 },
             )?,
+            max_unobserved_ms: self.max_unobserved_seconds.map_or(
+                Ok(d.max_unobserved_ms),
+                |s| {
+                    s.checked_mul(1000).ok_or_else(|| {
+                        InvalidInput("max_unobserved_seconds is too large".to_owned())
+                    })
+                },
+            )?,
             min_operations: self.min_operations.unwrap_or(d.min_operations),
             min_comparisons: self.min_comparisons.unwrap_or(d.min_comparisons),
             on_breach: self
@@ -94,6 +105,7 @@ impl GuardrailsBody {
             max_p99_ratio_vs_old: Some(g.max_p99_ratio_vs_old),
             max_behind_seconds: Some(g.max_behind_ms / 1000),
             max_backfill_stall_seconds: Some(g.max_backfill_stall_ms / 1000),
+            max_unobserved_seconds: Some(g.max_unobserved_ms / 1000),
             min_operations: Some(g.min_operations),
             min_comparisons: Some(g.min_comparisons),
             on_breach: Some(g.on_breach.as_str().to_owned()),

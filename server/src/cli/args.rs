@@ -539,8 +539,8 @@ pub enum WebhookCommand {
     Add {
         /// Where to POST the events (http:// or https://).
         url: String,
-        /// An event type to send: change, plan_step, plan_halt, approval_request, backfill
-        /// (repeat, or comma-separated).
+        /// An event type to send: change, plan_step, plan_halt, approval_request, backfill,
+        /// gate_pass (repeat, or comma-separated).
         #[arg(
             long = "event",
             value_name = "TYPE",

@@ -140,6 +140,10 @@ pub struct GuardrailArgs {
     /// WAL rate, autovacuum), for this long (default 15m).
     #[arg(long, value_parser = humantime::parse_duration)]
     max_backfill_stall: Option<Duration>,
+    /// Halt when the migration's target database cannot be observed (unreachable, unreadable,
+    /// not configured here) for this long (default 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_unobserved: Option<Duration>,
     /// On a breach, also move the front back to the plan's previous step (rollback), or only
     /// halt (default).
     #[arg(long, value_parser = ["halt", "rollback"])]
@@ -155,6 +159,7 @@ impl GuardrailArgs {
             max_p99_ratio_vs_old: self.max_p99_ratio_vs_old,
             max_behind_seconds: self.max_behind.map(|d| d.as_secs()),
             max_backfill_stall_seconds: self.max_backfill_stall.map(|d| d.as_secs()),
+            max_unobserved_seconds: self.max_unobserved.map(|d| d.as_secs()),
             min_operations: None,
             min_comparisons: None,
             on_breach: self.on_breach.clone(),

@@ -90,6 +90,8 @@ struct GuardrailsJson {
     /// Absent in plans stored before this guardrail: the default.
     #[serde(default = "default_backfill_stall_ms")]
     max_backfill_stall_ms: u64,
+    #[serde(default = "default_unobserved_ms")]
+    max_unobserved_ms: u64,
     min_operations: u64,
     min_comparisons: u64,
     on_breach: String,
@@ -97,6 +99,10 @@ struct GuardrailsJson {
 
 fn default_backfill_stall_ms() -> u64 {
     Guardrails::default().max_backfill_stall_ms
+}
+
+fn default_unobserved_ms() -> u64 {
+    Guardrails::default().max_unobserved_ms
 }
 
 #[derive(Serialize, Deserialize)]
@@ -144,6 +150,7 @@ fn plan_json(
             max_p99_ratio_vs_old: guardrails.max_p99_ratio_vs_old,
             max_behind_ms: guardrails.max_behind_ms,
             max_backfill_stall_ms: guardrails.max_backfill_stall_ms,
+            max_unobserved_ms: guardrails.max_unobserved_ms,
             min_operations: guardrails.min_operations,
             min_comparisons: guardrails.min_comparisons,
             on_breach: guardrails.on_breach.as_str().to_owned(),
@@ -167,6 +174,7 @@ fn parse_plan(
             max_p99_ratio_vs_old: g.max_p99_ratio_vs_old,
             max_behind_ms: g.max_behind_ms,
             max_backfill_stall_ms: g.max_backfill_stall_ms,
+            max_unobserved_ms: g.max_unobserved_ms,
             min_operations: g.min_operations,
             min_comparisons: g.min_comparisons,
             on_breach: OnBreach::parse(&g.on_breach).map_err(|e| corrupt(e.0))?,

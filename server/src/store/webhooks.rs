@@ -2,6 +2,7 @@
 //! transaction of what they report, read back by the sender in id order per subscription.
 
 use super::{Store, StoreError, Tx};
+use std::collections::BTreeMap;
 use switchyard_domain::{Migration, Scope};
 
 /// A subscription as stored (its secret only for signing: never answered).
@@ -162,6 +163,39 @@ impl Store {
         self.write(|tx| Box::pin(enqueue_in(tx, key, event_type, payload, now_ms, None)))
             .await
             .map(|_| ())
+    }
+
+    /// The migrations whose gate was announced as passing, with the version it passed at.
+    pub async fn gate_passes(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT migration_key, version FROM gate_passes")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Records that `key`'s gate was announced as passing at `version` (`None`: it stopped
+    /// passing, so the next pass is announced again).
+    pub async fn set_gate_pass(
+        &self,
+        key: &str,
+        version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match version {
+            Some(v) => sqlx::query(
+                "INSERT INTO gate_passes (migration_key, version, passed_at_ms) \
+                 VALUES ($1, $2, $3) ON CONFLICT (migration_key) DO UPDATE SET \
+                 version = excluded.version, passed_at_ms = excluded.passed_at_ms",
+            )
+            .bind(key)
+            .bind(v)
+            .bind(now_ms),
+            None => sqlx::query("DELETE FROM gate_passes WHERE migration_key = $1").bind(key),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Enqueues a `test` event for one subscription only; the delivery's id.
