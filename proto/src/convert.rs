@@ -588,6 +588,64 @@ impl From<&crate::json::PlanView> for pb::PlanView {
     }
 }
 
+impl TryFrom<&pb::SetPlanTemplateRequest> for crate::json::PlanTemplateBody {
+    type Error = InvalidInput;
+
+    fn try_from(r: &pb::SetPlanTemplateRequest) -> Result<Self, InvalidInput> {
+        Ok(crate::json::PlanTemplateBody {
+            stages: plan_stages_from_wire(&r.stages)?,
+            window: (!r.window.is_empty()).then(|| r.window.clone()),
+            description: r.description.clone(),
+            reason: r.reason.clone(),
+        })
+    }
+}
+
+impl From<&crate::json::PlanTemplate> for pb::PlanTemplate {
+    fn from(t: &crate::json::PlanTemplate) -> Self {
+        pb::PlanTemplate {
+            name: t.name.clone(),
+            stages: plan_stages_to_wire(&t.stages),
+            window: t.window.clone().unwrap_or_default(),
+            description: t.description.clone(),
+            updated_by: t.updated_by.clone(),
+            updated_at_ms: t.updated_at_ms,
+        }
+    }
+}
+
+impl From<&crate::json::Webhook> for pb::Webhook {
+    fn from(w: &crate::json::Webhook) -> Self {
+        pb::Webhook {
+            id: w.id,
+            url: w.url.clone(),
+            migrations: w.migrations.clone(),
+            events: w.events.clone(),
+            format: w.format.clone(),
+            created_by: w.created_by.clone(),
+            created_at_ms: w.created_at_ms,
+            removed_at_ms: w.removed_at_ms.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&crate::json::WebhookDelivery> for pb::WebhookDelivery {
+    fn from(d: &crate::json::WebhookDelivery) -> Self {
+        pb::WebhookDelivery {
+            id: d.id,
+            event: d.event.clone(),
+            key: d.key.clone(),
+            created_at_ms: d.created_at_ms,
+            status: d.status.clone(),
+            attempts: d.attempts,
+            last_status: u32::from(d.last_status),
+            last_error: d.last_error.clone(),
+            next_attempt_ms: d.next_attempt_ms,
+            delivered_at_ms: d.delivered_at_ms.unwrap_or(0),
+        }
+    }
+}
+
 /// An approval request in the proto's shape; its `migration` (after an approval) is set by the
 /// caller, who has the record.
 impl From<&crate::json::Approval> for pb::Approval {

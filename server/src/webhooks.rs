@@ -147,11 +147,15 @@ impl App {
         id: u64,
     ) -> Result<StoredWebhook, ApiError> {
         let found = self.live_webhook(who, id).await?;
-        if !self.store.remove_webhook(id, self.now()).await? {
+        let now = self.now();
+        if !self.store.remove_webhook(id, now).await? {
             return Err(no_webhook(id));
         }
         tracing::info!(webhook = id, actor = %who.actor(), "webhook removed");
-        Ok(found)
+        Ok(StoredWebhook {
+            removed_at_ms: Some(now),
+            ..found
+        })
     }
 
     /// Sends a `test` event to one subscription (through the outbox, as any event); the

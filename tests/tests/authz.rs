@@ -21,6 +21,8 @@ const SCOPE: &str = "orders.*";
 const STALE: u64 = 1_000_000;
 /// A token id that does not exist.
 const NO_TOKEN_ID: u64 = 999_999;
+/// A webhook id that does not exist.
+const NO_WEBHOOK_ID: u64 = 999_999;
 
 /// The approval request filed on each migration at the start (a fresh store numbers them
 /// from 1): at a stale version, by a token that does not exist, so approving one applies
@@ -210,6 +212,15 @@ const GRPC: &[Op] = &[
     op("GetApproval", Read, Migration),
     op("ApproveChange", Operate, Migration),
     op("RejectChange", Operate, Migration),
+    op("ListPlans", Read, Listing),
+    op("ListPlanTemplates", Read, Unscoped),
+    op("SetPlanTemplate", Operate, Unscoped),
+    op("RemovePlanTemplate", Operate, Unscoped),
+    op("AddWebhook", Operate, Unscoped),
+    op("ListWebhooks", Operate, Unscoped),
+    op("RemoveWebhook", Operate, Unscoped),
+    op("TestWebhook", Operate, Unscoped),
+    op("ListWebhookDeliveries", Operate, Unscoped),
 ];
 
 /// A caller: a role's token, scoped or not, or no token.
@@ -680,6 +691,71 @@ async fn grpc(srv: &TestServer, caller: &Caller, name: &str, key: &str) -> Outco
                 client.reject_change(decision).await.map(|_| None)
             }
         }
+        "ListPlans" => client
+            .list_plans(req(t, pb::ListPlansRequest {}))
+            .await
+            .map(|r| Some(r.get_ref().plans.iter().map(|p| p.key.clone()).collect())),
+        "ListPlanTemplates" => client
+            .list_plan_templates(req(t, pb::ListPlanTemplatesRequest {}))
+            .await
+            .map(|_| None),
+        // No stage: allowed callers are refused by validation, so no template is made.
+        "SetPlanTemplate" => client
+            .set_plan_template(req(
+                t,
+                pb::SetPlanTemplateRequest {
+                    name: "matrix".into(),
+                    reason: "authorization matrix".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| None),
+        "RemovePlanTemplate" => client
+            .remove_plan_template(req(
+                t,
+                pb::RemovePlanTemplateRequest {
+                    name: "no-such-template".into(),
+                },
+            ))
+            .await
+            .map(|_| None),
+        // As over HTTP: the migrations in every caller's scope, an address nothing listens on;
+        // the others go to a subscription that does not exist.
+        "AddWebhook" => client
+            .add_webhook(req(
+                t,
+                pb::AddWebhookRequest {
+                    url: "http://127.0.0.1:9/matrix".into(),
+                    migrations: vec![SCOPE.into()],
+                    events: vec!["change".into()],
+                    format: String::new(),
+                },
+            ))
+            .await
+            .map(|_| None),
+        "ListWebhooks" => client
+            .list_webhooks(req(t, pb::ListWebhooksRequest {}))
+            .await
+            .map(|_| None),
+        "RemoveWebhook" => client
+            .remove_webhook(req(t, pb::WebhookRequest { id: NO_WEBHOOK_ID }))
+            .await
+            .map(|_| None),
+        "TestWebhook" => client
+            .test_webhook(req(t, pb::WebhookRequest { id: NO_WEBHOOK_ID }))
+            .await
+            .map(|_| None),
+        "ListWebhookDeliveries" => client
+            .list_webhook_deliveries(req(
+                t,
+                pb::ListWebhookDeliveriesRequest {
+                    id: NO_WEBHOOK_ID,
+                    limit: 0,
+                },
+            ))
+            .await
+            .map(|_| None),
         other => panic!("no gRPC call for {other} in the matrix"),
     };
     match result {

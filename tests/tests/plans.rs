@@ -768,6 +768,85 @@ async fn plans_over_grpc(db: Db) {
         "{}",
         refused.message()
     );
+    let listed = grpc
+        .list_plans(srv.req(pb::ListPlansRequest {}))
+        .await
+        .expect("ListPlans")
+        .into_inner();
+    assert_eq!(listed.plans.len(), 1);
+    assert_eq!(
+        (
+            listed.plans[0].key.as_str(),
+            listed.plans[0].status.as_str()
+        ),
+        (key, "paused")
+    );
+
+    // Templates: set, listed with the same stages, a plan started from one, removed.
+    let cautious = pb::PlanStage {
+        stage: pb::Stage::DualWrite as i32,
+        steps: vec![
+            pb::PlanStep {
+                rollout_bp: 100,
+                hold_seconds: 3600,
+            },
+            pb::PlanStep {
+                rollout_bp: 10_000,
+                hold_seconds: 0,
+            },
+        ],
+        then: "stop".into(),
+    };
+    let template = grpc
+        .set_plan_template(srv.req(pb::SetPlanTemplateRequest {
+            name: "cautious".into(),
+            stages: vec![cautious.clone()],
+            window: "mon-fri 09:00-16:00 Europe/Berlin".into(),
+            description: "one percent for an hour".into(),
+            reason: "house style".into(),
+        }))
+        .await
+        .expect("SetPlanTemplate")
+        .into_inner();
+    assert_eq!(template.stages, vec![cautious.clone()]);
+    assert_eq!(template.updated_by, "admin (token 1)");
+    let templates = grpc
+        .list_plan_templates(srv.req(pb::ListPlanTemplatesRequest {}))
+        .await
+        .expect("ListPlanTemplates")
+        .into_inner()
+        .templates;
+    assert_eq!(templates, vec![template.clone()]);
+    let view = grpc
+        .set_plan(srv.req(pb::SetPlanRequest {
+            key: key.into(),
+            template: "cautious".into(),
+            reason: "from the template".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("SetPlan from a template")
+        .into_inner();
+    assert_eq!(
+        (view.template.as_str(), view.window.as_str()),
+        ("cautious", "mon-fri 09:00-16:00 Europe/Berlin")
+    );
+    assert_eq!(view.stages, vec![cautious]);
+    let removed = grpc
+        .remove_plan_template(srv.req(pb::RemovePlanTemplateRequest {
+            name: "cautious".into(),
+        }))
+        .await
+        .expect("RemovePlanTemplate")
+        .into_inner();
+    assert_eq!(removed.name, "cautious");
+    let gone = grpc
+        .remove_plan_template(srv.req(pb::RemovePlanTemplateRequest {
+            name: "cautious".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
     srv.stop().await;
 }
 

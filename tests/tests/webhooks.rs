@@ -473,7 +473,101 @@ async fn a_backfill_held_for_a_minute_is_announced_once_per_hold(db: Db) {
     srv.stop().await;
 }
 
+/// The subscriptions through gRPC: added (the secret once), listed without it, a test event
+/// delivered and in the delivery log, removed.
+async fn webhooks_over_grpc(db: Db) {
+    use switchyard_proto::v1 as pb;
+    let (receiver, url) = Receiver::start().await;
+    let srv = start_on(Arc::new(TestDb::new(db).await), TestClock::new()).await;
+    let mut grpc = srv.grpc.clone();
+    let added = grpc
+        .add_webhook(srv.req(pb::AddWebhookRequest {
+            url: url.clone(),
+            migrations: vec!["orders.*".into()],
+            events: vec!["plan_halt".into(), "gate_pass".into()],
+            format: String::new(),
+        }))
+        .await
+        .expect("AddWebhook")
+        .into_inner();
+    assert!(added.secret.starts_with("whsec_"), "{added:?}");
+    let hook = added.webhook.unwrap();
+    assert_eq!(
+        (hook.url.as_str(), hook.format.as_str(), hook.removed_at_ms),
+        (url.as_str(), "json", 0)
+    );
+    let listed = grpc
+        .list_webhooks(srv.req(pb::ListWebhooksRequest {}))
+        .await
+        .expect("ListWebhooks")
+        .into_inner()
+        .webhooks;
+    assert_eq!(listed, vec![hook.clone()]);
+    assert!(!format!("{listed:?}").contains("whsec_"));
+    let test = grpc
+        .test_webhook(srv.req(pb::WebhookRequest { id: hook.id }))
+        .await
+        .expect("TestWebhook")
+        .into_inner();
+    eventually(Duration::from_secs(10), "the test event", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    receiver.check_signatures(&added.secret);
+    let log = wait_for(Duration::from_secs(10), "the delivery recorded", || async {
+        let log = srv
+            .grpc
+            .clone()
+            .list_webhook_deliveries(srv.req(pb::ListWebhookDeliveriesRequest {
+                id: hook.id,
+                limit: 0,
+            }))
+            .await
+            .expect("ListWebhookDeliveries")
+            .into_inner();
+        if log
+            .deliveries
+            .first()
+            .is_some_and(|d| d.status == "delivered")
+        {
+            Ok(log)
+        } else {
+            Err(format!("{log:?}"))
+        }
+    })
+    .await;
+    let d = &log.deliveries[0];
+    assert_eq!(
+        (d.id, d.event.as_str(), d.attempts, d.last_status),
+        (test.delivery, "test", 1, 204)
+    );
+    assert!(d.delivered_at_ms > 0);
+    let removed = grpc
+        .remove_webhook(srv.req(pb::WebhookRequest { id: hook.id }))
+        .await
+        .expect("RemoveWebhook")
+        .into_inner();
+    assert!(removed.removed_at_ms > 0);
+    // A bad subscription is refused, saying what is allowed.
+    let refused = grpc
+        .add_webhook(srv.req(pb::AddWebhookRequest {
+            url,
+            events: vec!["everything".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("gate_pass"),
+        "{}",
+        refused.message()
+    );
+    srv.stop().await;
+}
+
 both_databases!(
+    webhooks_over_grpc,
     a_backfill_held_for_a_minute_is_announced_once_per_hold,
     changes_plan_steps_and_a_halt_arrive_signed,
     a_receiver_down_then_back_gets_everything_in_order_across_a_restart,

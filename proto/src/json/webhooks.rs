@@ -10,7 +10,7 @@ pub struct CreateWebhook {
     /// Migration keys or prefixes (`orders.*`); empty: every migration.
     #[serde(default)]
     pub migrations: Vec<String>,
-    /// Of `change`, `plan_step`, `plan_halt`, `approval_request`, `backfill`.
+    /// Of `change`, `plan_step`, `plan_halt`, `approval_request`, `backfill`, `gate_pass`.
     pub events: Vec<String>,
     /// `json` (the event, default) or `slack` (`{"text": …}` for a Slack incoming webhook).
     #[serde(default = "json_format")]

@@ -682,6 +682,10 @@ pub(super) fn plan(p: &json::PlanView, verb: &str) -> String {
     }
     out.push_str(&plan_stages(&p.stages));
     out.push_str(&format!(
+        "\n  guardrails       {}",
+        guardrails(&p.guardrails)
+    ));
+    out.push_str(&format!(
         "\n  next             {}: {}",
         p.next.kind, p.next.description
     ));
@@ -689,6 +693,34 @@ pub(super) fn plan(p: &json::PlanView, verb: &str) -> String {
         out.push_str(&format!("\n  waiting          {}", p.waiting));
     }
     out
+}
+
+/// The thresholds in effect, on one line: `mismatches ≤ 0%, new-shape errors ≤ 1% and ≤ 2× the
+/// old's, …; on breach halt`.
+fn guardrails(g: &json::GuardrailsBody) -> String {
+    // Rounded so 0.07 reads 7%, not 7.000000000000001%.
+    let pct = |r: Option<f64>| format!("{}%", (r.unwrap_or_default() * 100_000.0).round() / 1000.0);
+    let times = |r: Option<f64>| format!("{}×", r.unwrap_or_default());
+    let secs = |s: Option<u64>| {
+        switchyard_domain::time::format_span(
+            s.unwrap_or_default().min(i64::MAX as u64 / 1000) as i64 * 1000,
+        )
+    };
+    format!(
+        "mismatches ≤ {}, new-shape errors ≤ {} and ≤ {} the old's, p99 ≤ {} the old's \
+         (from {} operations, {} comparisons), instances behind ≤ {}, backfill stalled or held \
+         ≤ {}, database unobserved ≤ {}; on breach {}",
+        pct(g.max_mismatch_ratio),
+        pct(g.max_new_error_ratio),
+        times(g.max_error_ratio_vs_old),
+        times(g.max_p99_ratio_vs_old),
+        g.min_operations.unwrap_or_default(),
+        g.min_comparisons.unwrap_or_default(),
+        secs(g.max_behind_seconds),
+        secs(g.max_backfill_stall_seconds),
+        secs(g.max_unobserved_seconds),
+        g.on_breach.as_deref().unwrap_or("halt")
+    )
 }
 
 /// An approval request: what it would change, who asked, where it stands, and what to do.

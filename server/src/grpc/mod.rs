@@ -572,6 +572,167 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
         self.plan_status("ResumePlan", request, false).await
     }
 
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        const M: &str = "ListPlans";
+        let who = self.caller(M, &request).await?;
+        match self.app.plans(&who).await {
+            Ok(views) => ok(
+                M,
+                pb::ListPlansResponse {
+                    plans: views.iter().map(|v| self.plan_view(v)).collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_plan_templates(
+        &self,
+        request: Request<pb::ListPlanTemplatesRequest>,
+    ) -> Result<Response<pb::ListPlanTemplatesResponse>, Status> {
+        const M: &str = "ListPlanTemplates";
+        let who = self.caller(M, &request).await?;
+        match self.app.templates(&who).await {
+            Ok(found) => ok(
+                M,
+                pb::ListPlanTemplatesResponse {
+                    templates: found.iter().map(plan_template).collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn set_plan_template(
+        &self,
+        request: Request<pb::SetPlanTemplateRequest>,
+    ) -> Result<Response<pb::PlanTemplate>, Status> {
+        const M: &str = "SetPlanTemplate";
+        let who = self.caller(M, &request).await?;
+        let r = request.get_ref();
+        let result = async {
+            let body = switchyard_proto::json::PlanTemplateBody::try_from(r)?;
+            self.app.set_template(&who, &r.name, &body).await
+        }
+        .await;
+        match result {
+            Ok(t) => ok(M, plan_template(&t)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn remove_plan_template(
+        &self,
+        request: Request<pb::RemovePlanTemplateRequest>,
+    ) -> Result<Response<pb::PlanTemplate>, Status> {
+        const M: &str = "RemovePlanTemplate";
+        let who = self.caller(M, &request).await?;
+        match self
+            .app
+            .remove_template(&who, &request.get_ref().name)
+            .await
+        {
+            Ok(t) => ok(M, plan_template(&t)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn add_webhook(
+        &self,
+        request: Request<pb::AddWebhookRequest>,
+    ) -> Result<Response<pb::AddWebhookResponse>, Status> {
+        const M: &str = "AddWebhook";
+        let who = self.caller(M, &request).await?;
+        let r = request.into_inner();
+        let new = crate::webhooks::NewWebhook {
+            url: r.url,
+            migrations: r.migrations,
+            events: r.events,
+            format: if r.format.is_empty() {
+                "json".to_owned()
+            } else {
+                r.format
+            },
+        };
+        match self.app.add_webhook(&who, new).await {
+            Ok((hook, secret)) => ok(
+                M,
+                pb::AddWebhookResponse {
+                    webhook: Some(webhook(&hook)),
+                    secret,
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        const M: &str = "ListWebhooks";
+        let who = self.caller(M, &request).await?;
+        match self.app.webhooks(&who).await {
+            Ok(hooks) => ok(
+                M,
+                pb::ListWebhooksResponse {
+                    webhooks: hooks.iter().map(webhook).collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn remove_webhook(
+        &self,
+        request: Request<pb::WebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        const M: &str = "RemoveWebhook";
+        let who = self.caller(M, &request).await?;
+        match self.app.remove_webhook(&who, request.get_ref().id).await {
+            Ok(removed) => ok(M, webhook(&removed)),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn test_webhook(
+        &self,
+        request: Request<pb::WebhookRequest>,
+    ) -> Result<Response<pb::TestWebhookResponse>, Status> {
+        const M: &str = "TestWebhook";
+        let who = self.caller(M, &request).await?;
+        match self.app.test_webhook(&who, request.get_ref().id).await {
+            Ok(delivery) => ok(M, pb::TestWebhookResponse { delivery }),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        const M: &str = "ListWebhookDeliveries";
+        let who = self.caller(M, &request).await?;
+        let r = request.get_ref();
+        let limit = if r.limit == 0 { 50 } else { r.limit };
+        match self.app.webhook_deliveries(&who, r.id, limit).await {
+            Ok((hook, deliveries)) => ok(
+                M,
+                pb::ListWebhookDeliveriesResponse {
+                    webhook: Some(webhook(&hook)),
+                    deliveries: deliveries
+                        .iter()
+                        .map(|d| pb::WebhookDelivery::from(&crate::http::json::delivery(d)))
+                        .collect(),
+                },
+            ),
+            Err(e) => Err(status(M, e)),
+        }
+    }
+
     async fn request_approval(
         &self,
         request: Request<pb::RequestApprovalRequest>,
@@ -660,6 +821,16 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
     ) -> Result<Response<pb::Approval>, Status> {
         self.decide_approval("RejectChange", request, false).await
     }
+}
+
+/// A template in the proto's shape (the HTTP answer's fields).
+fn plan_template(t: &crate::store::StoredTemplate) -> pb::PlanTemplate {
+    pb::PlanTemplate::from(&crate::http::json::plan_template(t))
+}
+
+/// A subscription in the proto's shape (never its secret).
+fn webhook(w: &crate::store::StoredWebhook) -> pb::Webhook {
+    pb::Webhook::from(&crate::http::json::webhook(w))
 }
 
 impl GrpcApi {

@@ -54,6 +54,7 @@ export function planCard(ctx, act) {
         ),
       ),
     );
+    const g = p.guardrails;
     const canOperate = store.can.operate;
     const pause = p.status === "running" && canOperate && h("button", { type: "button", class: "btn btn-small", text: "Pause plan…", onclick: () => change(true) });
     const resume = (p.status === "paused" || p.status === "halted") && canOperate && h("button", { type: "button", class: "btn btn-small", text: "Resume plan…", onclick: () => change(false) });
@@ -64,6 +65,7 @@ export function planCard(ctx, act) {
       stages,
       h("p", { class: "plan-next", "data-kind": p.next.kind }, h("strong", { text: p.next.kind === "done" ? "Done: " : "Next: " }), p.next.description, countdown),
       p.waiting && p.waiting !== p.next.description && h("p", { class: "plan-waiting warn", text: `Waiting: ${p.waiting}` }),
+      h("details", { class: "plan-guardrails" }, h("summary", { text: `Guardrails (on a breach: ${g.on_breach})` }), h("ul", {}, guardrailItems(g).map((t) => h("li", { text: t })))),
       h("p", { class: "hint", text: `Steps are made in the name of ${p.set_by}.` }),
       (pause || resume) && h("div", { class: "steps" }, pause, resume),
     );
@@ -85,6 +87,19 @@ export function planCard(ctx, act) {
     });
 
   return { element, render, tick };
+}
+
+/** The thresholds in effect, one sentence each. */
+function guardrailItems(g) {
+  const pct = (r) => `${+(r * 100).toFixed(3)}%`;
+  return [
+    `Shadow reads differing: at most ${pct(g.max_mismatch_ratio)} (judged from ${g.min_comparisons} comparisons).`,
+    `New-shape errors: at most ${pct(g.max_new_error_ratio)}, and at most ${g.max_error_ratio_vs_old}× the old shape's (judged from ${g.min_operations} operations).`,
+    `New-shape p99 latency: at most ${g.max_p99_ratio_vs_old}× the old shape's.`,
+    `A live instance behind the last change: at most ${span(g.max_behind_seconds)}.`,
+    `A running backfill with no batch, or holding itself back: at most ${span(g.max_backfill_stall_seconds)}.`,
+    `The target database unobserved: at most ${span(g.max_unobserved_seconds)}; a caller outside the migration touching the old shape once it stops being written halts at once.`,
+  ];
 }
 
 /** Where a planned step stands against the front: done, current (the front is there), or ahead. */

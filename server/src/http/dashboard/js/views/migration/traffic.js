@@ -177,7 +177,7 @@ export function changeMarkers(history, from, to) {
       label = a.backfill.paused ? "backfill paused" : "backfill resumed";
     }
     // A plan's own steps say so: the chart shows which moves no person made.
-    if (kind && e.reason.startsWith("plan step: ")) label = `plan: ${label}`;
+    if (kind && /^plan (step|rollback): /.test(e.reason)) label = `plan: ${label}`;
     if (kind) marks.push({ at: e.at_ms, kind, label, reason: e.reason, actor: e.actor });
   }
   return marks;
