@@ -25,6 +25,9 @@ struct Fixture {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// Every bench migration's salt.
+const SALT: u64 = 0x5eed;
+
 fn migration(key: &str, stage: Stage, rollout: u32, sample: u32, version: u64) -> Migration {
     let mut m = Migration::create(
         NewMigration {
@@ -39,7 +42,7 @@ fn migration(key: &str, stage: Stage, rollout: u32, sample: u32, version: u64) -
             database: Default::default(),
             retire_probation_seconds: None,
         },
-        0x5eed,
+        SALT,
         Version(version),
         0,
     );
@@ -86,6 +89,27 @@ fn fixture() -> &'static Fixture {
             _runtime: runtime,
         }
     })
+}
+
+/// The irreducible work of a decision, on the same keys: xxh3 of the entity key seeded with the
+/// migration's salt, modulo the buckets, compared with the rollout. `stage()` is measured
+/// against this.
+#[divan::bench(threads = [1, 2])]
+fn bare_bucket_compare(bencher: divan::Bencher) {
+    let f = fixture();
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) & 4095;
+        let bucket = switchyard_domain::bucket(
+            divan::black_box(SALT),
+            divan::black_box(f.keys[i].as_bytes()),
+        );
+        if bucket < divan::black_box(5_000) {
+            Stage::Live
+        } else {
+            Stage::Shadow
+        }
+    });
 }
 
 /// `stage()` on a pre-resolved handle (single thread; with `threads` for scaling).

@@ -480,7 +480,9 @@ impl App {
     pub fn visible_item(&self, who: &Principal, item: WatchItem) -> Option<WatchItem> {
         match item {
             WatchItem::Snapshot(s) => Some(WatchItem::Snapshot(visible(who, s))),
-            WatchItem::Change(m) => who.sees(m.key.as_str()).then_some(WatchItem::Change(m)),
+            WatchItem::Change(p) => who
+                .sees(p.migration.key.as_str())
+                .then_some(WatchItem::Change(p)),
         }
     }
 
@@ -1707,5 +1709,6 @@ fn visible(who: &Principal, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
             .filter(|(key, _)| who.sees(key))
             .map(|(key, m)| (key.clone(), m.clone()))
             .collect(),
+        encoded: Default::default(),
     })
 }

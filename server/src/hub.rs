@@ -28,6 +28,45 @@ use tokio::sync::{Notify, broadcast, watch};
 pub struct Snapshot {
     pub version: Version,
     pub migrations: BTreeMap<String, Arc<Migration>>,
+    /// Its wire encodings, made by the first watcher that sends it (see [`Encodings`]).
+    pub encoded: Encodings,
+}
+
+/// One change as the follower publishes it to every watcher.
+#[derive(Debug)]
+pub struct Published {
+    pub migration: Arc<Migration>,
+    /// When this replica published it (for the fan-out delay).
+    pub at: std::time::Instant,
+    pub encoded: Encodings,
+}
+
+/// A message's encodings for the watch transports (gRPC's protobuf frame, SSE's event), each
+/// made once by the first watcher that sends it and then shared by every other: a change
+/// reaching 10,000 watchers is serialized once per transport, not 10,000 times. Opaque to the
+/// hub; a clone starts empty (a cloned snapshot is about to be changed).
+#[derive(Debug, Default)]
+pub struct Encodings {
+    grpc: std::sync::OnceLock<bytes::Bytes>,
+    sse: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Clone for Encodings {
+    fn clone(&self) -> Self {
+        Encodings::default()
+    }
+}
+
+impl Encodings {
+    /// The gRPC encoding, made by `encode` if no watcher has made it yet.
+    pub fn grpc(&self, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.grpc.get_or_init(encode).clone()
+    }
+
+    /// The SSE encoding, made by `encode` if no watcher has made it yet.
+    pub fn sse(&self, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.sse.get_or_init(encode).clone()
+    }
 }
 
 /// Why a watch stream ended early: the token it was opened with was revoked.
@@ -39,14 +78,14 @@ pub struct TokenRevoked;
 #[derive(Debug, Clone)]
 pub enum WatchItem {
     Snapshot(Arc<Snapshot>),
-    Change(Arc<Migration>),
+    Change(Arc<Published>),
 }
 
 pub struct Hub {
     store: Arc<Store>,
     current: RwLock<Arc<Snapshot>>,
-    /// Each change with when this replica published it (for the fan-out delay).
-    changes: broadcast::Sender<(Arc<Migration>, std::time::Instant)>,
+    /// Each change, as this replica published it.
+    changes: broadcast::Sender<Arc<Published>>,
     version: watch::Sender<Version>,
     poke: Notify,
     shutdown: watch::Sender<bool>,
@@ -105,6 +144,7 @@ impl Hub {
                 .into_iter()
                 .map(|m| (m.key.to_string(), Arc::new(m)))
                 .collect(),
+            encoded: Encodings::default(),
         };
         let hub = Arc::new(Self {
             store,
@@ -237,10 +277,10 @@ impl Hub {
                     }
                     _ = stopped(&mut shutdown) => return,
                     received = changes.recv() => match received {
-                        Ok((m, published)) if m.version > last => {
-                            last = m.version;
-                            crate::metrics::record_fanout(published.elapsed());
-                            yield Ok(WatchItem::Change(m));
+                        Ok(p) if p.migration.version > last => {
+                            last = p.migration.version;
+                            crate::metrics::record_fanout(p.at.elapsed());
+                            yield Ok(WatchItem::Change(p));
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -298,10 +338,14 @@ impl Hub {
             next.migrations.insert(m.key.to_string(), m.clone());
         }
         *self.current.write().expect("snapshot lock poisoned") = Arc::new(next);
-        let published = std::time::Instant::now();
-        for m in changed {
+        let at = std::time::Instant::now();
+        for migration in changed {
             // No receivers is fine: nobody is watching.
-            let _ = self.changes.send((m, published));
+            let _ = self.changes.send(Arc::new(Published {
+                migration,
+                at,
+                encoded: Encodings::default(),
+            }));
         }
         self.version.send_replace(version);
         metrics::gauge!("switchyard_snapshot_version").set(version.0 as f64);

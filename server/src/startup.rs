@@ -397,8 +397,12 @@ impl Server {
         };
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let reflection = reflection().build_v1()?;
-        let api = SwitchyardServer::new(GrpcApi::new(app.clone()))
-            .max_decoding_message_size(crate::app::MAX_BODY_BYTES);
+        let api = crate::grpc::EncodedWatch::new(
+            SwitchyardServer::new(GrpcApi::new(app.clone()))
+                .max_decoding_message_size(crate::app::MAX_BODY_BYTES),
+            GrpcApi::new(app.clone()),
+            crate::app::MAX_BODY_BYTES,
+        );
         let mut stop = shutdown.subscribe();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {

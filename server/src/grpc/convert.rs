@@ -88,7 +88,7 @@ impl From<WatchItem> for pb::WatchEvent {
         pb::WatchEvent {
             event: Some(match item {
                 WatchItem::Snapshot(s) => pb::watch_event::Event::Snapshot((&*s).into()),
-                WatchItem::Change(m) => pb::watch_event::Event::Change((&*m).into()),
+                WatchItem::Change(p) => pb::watch_event::Event::Change((&*p.migration).into()),
             }),
         }
     }

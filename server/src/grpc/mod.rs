@@ -4,10 +4,12 @@
 
 mod convert;
 pub mod timing;
+pub mod watch;
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::hub::WatchItem;
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use switchyard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 pub use pb::switchyard_server::SwitchyardServer;
+pub use watch::EncodedWatch;
 
 pub struct GrpcApi {
     app: Arc<App>,
@@ -271,40 +274,17 @@ impl pb::switchyard_server::Switchyard for GrpcApi {
 
     type WatchStream = WatchStream;
 
+    /// Served by [`watch::EncodedWatch`], which sends each change's encoding shared by every
+    /// watcher; this per-watcher encoding is for a server built without it.
     async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        const M: &str = "Watch";
-        let who = self.caller(M, &request).await?;
-        self.app.snapshot(&who).map_err(|e| status(M, e))?;
-        let since = Version(request.get_ref().since_version);
-        self.app
-            .check_since("since_version", since)
-            .await
-            .map_err(|e| status(M, e))?;
-        // A revoked token's stream ends with UNAUTHENTICATED, its message naming the revoke.
-        let stream = self
-            .app
-            .hub
-            .watch(since, who.token_id)
-            .map_err(|e| status(M, e.into()))?;
-        // The connection now carries a stream: it counts against the watch cap, not the
-        // connection cap, for as long as the stream lives.
-        let mark = watched_connection(&request).map(|c| c.mark_watch());
-        let app = self.app.clone();
-        // A scoped token's stream carries only what its scope covers.
-        let stream = stream.filter_map(move |item| {
-            let _carrying = &mark;
-            let event = match item {
-                Ok(item) => app
-                    .visible_item(&who, item)
-                    .map(|i| Ok(pb::WatchEvent::from(i))),
-                Err(crate::hub::TokenRevoked) => Some(Err(status(M, who.revoked()))),
-            };
-            std::future::ready(event)
-        });
-        ok(M, Box::pin(stream) as WatchStream)
+        let items = self.open_watch(request).await?;
+        ok(
+            "Watch",
+            Box::pin(items.map(|item| item.map(pb::WatchEvent::from))) as WatchStream,
+        )
     }
 
     async fn decide(
@@ -834,6 +814,39 @@ fn webhook(w: &crate::store::StoredWebhook) -> pb::Webhook {
 }
 
 impl GrpcApi {
+    /// A watch's items, authenticated, checked and filtered to the caller's scope; a revoked
+    /// token's stream ends with UNAUTHENTICATED, its message naming the revoke.
+    pub(crate) async fn open_watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<impl Stream<Item = Result<WatchItem, Status>> + Send + use<>, Status> {
+        const M: &str = "Watch";
+        let who = self.caller(M, &request).await?;
+        self.app.snapshot(&who).map_err(|e| status(M, e))?;
+        let since = Version(request.get_ref().since_version);
+        self.app
+            .check_since("since_version", since)
+            .await
+            .map_err(|e| status(M, e))?;
+        let stream = self
+            .app
+            .hub
+            .watch(since, who.token_id)
+            .map_err(|e| status(M, e.into()))?;
+        // The connection now carries a stream: it counts against the watch cap, not the
+        // connection cap, for as long as the stream lives.
+        let mark = watched_connection(&request).map(|c| c.mark_watch());
+        let app = self.app.clone();
+        // A scoped token's stream carries only what its scope covers.
+        Ok(stream.filter_map(move |item| {
+            let _carrying = &mark;
+            std::future::ready(match item {
+                Ok(item) => app.visible_item(&who, item).map(Ok),
+                Err(crate::hub::TokenRevoked) => Some(Err(status(M, who.revoked()))),
+            })
+        }))
+    }
+
     async fn plan_status(
         &self,
         method: &str,

@@ -15,7 +15,6 @@ use axum::http::header::{self, ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
@@ -768,13 +767,16 @@ struct WatchQuery {
 /// its version, so a reconnecting EventSource resumes with `Last-Event-ID`. A revoked token's
 /// stream ends with an `error` event carrying the error body, so the client knows not to
 /// reconnect with it.
+///
+/// Each change's event (and an unscoped snapshot's) is written once, by the first watcher that
+/// sends it, and the same bytes go to every other connection (`hub::Encodings`).
 async fn watch(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     connection: Option<axum::Extension<crate::conn::ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     app.snapshot(&who)?;
     let last_event_id = headers
@@ -787,35 +789,78 @@ async fn watch(
     // The connection now carries a stream: it counts against the watch cap, not the
     // connection cap, for as long as the stream lives.
     let mark = connection.map(|axum::Extension(c)| c.mark_watch());
-    let visible = app.clone();
-    let shown = who.clone();
-    // A scoped token's stream carries only what its scope covers.
-    let stream = stream.filter_map(move |item| {
-        let item = match item {
-            Ok(item) => visible.visible_item(&shown, item).map(Ok),
-            Err(revoked) => Some(Err(revoked)),
-        };
-        std::future::ready(item)
-    });
-    let stream = stream.map(move |item| {
-        let _carrying = &mark;
-        let event = match item {
+    let frames = stream.filter_map(move |item| {
+        let frame = match item {
+            // A scoped token's stream carries only what its scope covers.
+            Ok(item) => app.visible_item(&who, item).map(|item| sse_event(&item)),
             // The last event: says why the stream ends, in an error body's shape.
-            Err(TokenRevoked) => SseEvent::default()
-                .event("error")
-                .json_data(json::error_body(&who.revoked())),
-            Ok(WatchItem::Snapshot(s)) => SseEvent::default()
-                .event("snapshot")
-                .id(s.version.to_string())
-                .json_data(json::snapshot(&s)),
-            Ok(WatchItem::Change(m)) => SseEvent::default()
-                .event("change")
-                .id(m.version.to_string())
-                .json_data(wire::Migration::from(&*m)),
+            Err(TokenRevoked) => Some(sse_frame("error", None, &json::error_body(&who.revoked()))),
         };
-        Ok(event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())))
+        std::future::ready(frame)
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let body = async_stream::stream! {
+        let _carrying = mark;
+        tokio::pin!(frames);
+        // A comment after a quiet interval keeps proxies from closing an idle stream.
+        let quiet = tokio::time::sleep(SSE_KEEP_ALIVE);
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(frame) => {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+                        yield Ok::<_, Infallible>(frame);
+                    }
+                    None => return,
+                },
+                _ = &mut quiet => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+                    yield Ok(bytes::Bytes::from_static(b":\n\n"));
+                }
+            }
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// How long an SSE stream may stay silent before a keep-alive comment.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A watch item's SSE event, made by the first watcher that sends it.
+fn sse_event(item: &WatchItem) -> bytes::Bytes {
+    match item {
+        WatchItem::Snapshot(s) => s
+            .encoded
+            .sse(|| sse_frame("snapshot", Some(s.version.0), &json::snapshot(s))),
+        WatchItem::Change(p) => p.encoded.sse(|| {
+            sse_frame(
+                "change",
+                Some(p.migration.version.0),
+                &wire::Migration::from(&*p.migration),
+            )
+        }),
+    }
+}
+
+/// `event: NAME`, `id: ID`, `data: JSON` and the blank line that ends an event. Compact JSON has
+/// no line break (serde escapes those inside strings), so the data is one line.
+fn sse_frame(event: &str, id: Option<u64>, data: &impl serde::Serialize) -> bytes::Bytes {
+    let mut frame = format!("event: {event}\n");
+    if let Some(id) = id {
+        frame.push_str(&format!("id: {id}\n"));
+    }
+    match serde_json::to_string(data) {
+        Ok(json) => frame.push_str(&format!("data: {json}\n\n")),
+        Err(e) => frame = format!("event: error\ndata: {e}\n\n"),
+    }
+    frame.into()
 }
 
 #[derive(Deserialize)]
