@@ -123,7 +123,8 @@ fn stage_by_handle(bencher: divan::Bencher) {
     });
 }
 
-/// `stage()` by migration name: a lock-free map lookup, then the same evaluation.
+/// `stage()` by migration name, the same one every call (a request handler's case): the
+/// thread's memory of the slot it evaluated last, then the same evaluation.
 #[divan::bench(threads = [1, 2])]
 fn stage_by_name(bencher: divan::Bencher) {
     let f = fixture();
@@ -132,6 +133,22 @@ fn stage_by_name(bencher: divan::Bencher) {
         i = (i + 1) & 4095;
         f.client.stage(
             divan::black_box("bench.split"),
+            divan::black_box(f.keys[i].as_bytes()),
+        )
+    });
+}
+
+/// `stage()` by name, alternating between two migrations: each call finds its slot in the
+/// thread's cached map (a hash and a probe) rather than as the slot it evaluated last.
+#[divan::bench(threads = [1, 2])]
+fn stage_by_name_alternating(bencher: divan::Bencher) {
+    let f = fixture();
+    let names = ["bench.split", "bench.compare-none"];
+    let mut i = 0usize;
+    bencher.bench_local(|| {
+        i = (i + 1) & 4095;
+        f.client.stage(
+            divan::black_box(names[i & 1]),
             divan::black_box(f.keys[i].as_bytes()),
         )
     });

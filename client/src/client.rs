@@ -229,7 +229,16 @@ impl Client {
     /// The stage of `entity_key` in `migration`.
     #[inline]
     pub fn stage(&self, migration: &str, entity_key: impl AsRef<[u8]>) -> Stage {
-        self.eval(migration, Some(entity_key.as_ref())).0
+        let key = entity_key.as_ref();
+        match self
+            .shared
+            .registry
+            .with(migration, |slot| slot.stage_of(key))
+        {
+            Some(stage) => stage,
+            // First sight of this name: it gets a slot (once) at its fallback stage.
+            None => self.shared.registry.slot(migration).stage_of(key),
+        }
     }
 
     /// The stage for an operation without an entity: the trailing stage.

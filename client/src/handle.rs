@@ -18,7 +18,7 @@ impl MigrationHandle {
 
     #[inline]
     pub fn stage(&self, entity_key: impl AsRef<[u8]>) -> Stage {
-        self.slot.stage(Some(entity_key.as_ref())).0
+        self.slot.stage_of(entity_key.as_ref())
     }
 
     /// The stage of an integer entity (bucketed by its decimal text, formatted on the stack).

@@ -33,11 +33,15 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Stage, rollout, shadow sample, origin, and (for evaluation to read without working it
+    /// out) the stage of the entities the front has not reached.
     fn pack(self) -> u64 {
+        let behind = Front::new(self.stage, self.rollout).stage_for(Some(u32::MAX));
         (self.stage.index() as u64)
             | (u64::from(self.rollout.get()) << 8)
             | (u64::from(self.shadow_sample.get()) << 24)
             | ((self.origin as u64) << 40)
+            | ((behind.index() as u64) << 48)
     }
 
     #[inline]
@@ -68,6 +72,15 @@ impl State {
             origin: Origin::Fallback,
         }
     }
+}
+
+/// The stage whose index is in the word's low byte (only `State::pack` writes it).
+#[inline(always)]
+fn stage_at(word: u64) -> Stage {
+    Stage::ALL
+        .get((word & 0xFF) as usize)
+        .copied()
+        .unwrap_or(Stage::Off)
 }
 
 pub(crate) struct Slot {
@@ -102,6 +115,33 @@ impl Slot {
 
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    /// The stage of one entity: the hot path of `stage()` by handle and by name. Reads the
+    /// state word and decodes only the front's two stages and the rollout (packed ready by
+    /// `State::pack`); hashes only when the front splits the entities. Same answer as
+    /// [`Slot::stage`] (`the_fast_path_agrees_with_the_front` checks every case).
+    #[inline(always)]
+    pub fn stage_of(&self, entity_key: &[u8]) -> Stage {
+        self.mark_used();
+        let word = self.state.load(Ordering::Acquire);
+        if (word >> 40) & 0xFF != Origin::Snapshot as u64 {
+            self.counters.fallback_evaluation();
+        }
+        let rollout = ((word >> 8) & 0xFFFF) as u32;
+        let front = stage_at(word);
+        if rollout >= switchyard_domain::bucket::BUCKETS {
+            return front;
+        }
+        let behind = stage_at(word >> 48);
+        if rollout == 0 {
+            return behind;
+        }
+        if bucket(self.salt.load(Ordering::Acquire), entity_key) < rollout {
+            front
+        } else {
+            behind
+        }
     }
 
     /// The stage of one entity (`None`: an operation without entity), counting evaluations
@@ -157,23 +197,23 @@ impl Slot {
     }
 }
 
-/// FNV-1a: the registry's keys are migration names chosen by operators, not by an attacker, so
-/// a keyed hash (SipHash, the std default) buys nothing and costs a third of a by-name lookup.
+/// The registry's hasher: xxh3 over the name (a few nanoseconds for a short name, word at a
+/// time), unkeyed. The keys are migration names chosen by operators, not by an attacker, so a
+/// keyed hash (SipHash, the std default) buys nothing and would cost a third of a by-name
+/// lookup.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+pub(crate) struct NameHasher(u64);
 
-impl std::hash::Hasher for Fnv {
+impl std::hash::Hasher for NameHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    /// `str`'s terminator byte: mixed in without another pass of the hash.
+    #[inline]
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 
     #[inline]
@@ -182,11 +222,42 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-type SlotMap = HashMap<Box<str>, Arc<Slot>, std::hash::BuildHasherDefault<Fnv>>;
+type SlotMap = HashMap<Box<str>, Arc<Slot>, std::hash::BuildHasherDefault<NameHasher>>;
 
 /// Name → slot. Slots are never removed, so handles stay valid for the client's lifetime.
+/// A thread's last read of a registry's map (see [`Registry::with`]).
+struct Cached {
+    registry: u64,
+    generation: u64,
+    map: Option<Arc<SlotMap>>,
+    /// The slots this thread evaluated last (in `registry`), replaced in turn.
+    recent: [Option<Arc<Slot>>; RECENT],
+    next: usize,
+}
+
+/// How many slots a thread remembers: a handler that evaluates a few migrations finds each
+/// without a hash.
+const RECENT: usize = 4;
+
+thread_local! {
+    static CACHED: std::cell::RefCell<Cached> = const {
+        std::cell::RefCell::new(Cached {
+            registry: 0,
+            generation: 0,
+            map: None,
+            recent: [None, None, None, None],
+            next: 0,
+        })
+    };
+}
+
 pub(crate) struct Registry {
     map: ArcSwap<SlotMap>,
+    /// This registry among the process's (the per-thread cache below is keyed by it).
+    id: u64,
+    /// Bumped after each new map is stored: a thread whose cached map is of this generation
+    /// (or newer) may read it without touching `map`.
+    generation: AtomicU64,
     /// Serialises writers (the background task, and first-time lookups of new names).
     writer: Mutex<()>,
     fallbacks: HashMap<String, Stage>,
@@ -195,8 +266,11 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub fn new(fallbacks: HashMap<String, Stage>, default_fallback: Stage) -> Registry {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let registry = Registry {
             map: ArcSwap::from_pointee(SlotMap::default()),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             writer: Mutex::new(()),
             fallbacks,
             default_fallback,
@@ -213,10 +287,57 @@ impl Registry {
         self.map.load().get(key).cloned()
     }
 
-    /// Calls `f` with the slot of `key` without touching its reference count (hot path).
+    /// Calls `f` with the slot of `key` (hot path).
+    ///
+    /// Each thread remembers the slots it last evaluated (four) and the map it last read, with
+    /// its generation. Asked for one of those names again (the common case: a request handler
+    /// evaluating its migrations), it compares names and calls `f`: no hash, no atomic. For
+    /// another name, while no name has been added since its map was read, a lookup is a load
+    /// of the generation and a hash-map probe, still with no atomic write (`ArcSwap::load`
+    /// takes and returns a debt slot on every call, half the cost of a by-name evaluation).
+    /// The map only grows and a name's slot never changes, so neither memory can go wrong.
     #[inline]
     pub fn with<R>(&self, key: &str, f: impl FnOnce(&Slot) -> R) -> Option<R> {
-        self.map.load().get(key).map(|slot| f(slot))
+        CACHED.with(|cached| {
+            let found = match cached.try_borrow() {
+                Ok(c) if c.registry == self.id => {
+                    if let Some(recent) = c.recent.iter().flatten().find(|s| *s.key == *key) {
+                        return Some(f(recent));
+                    }
+                    let generation = self.generation.load(Ordering::Acquire);
+                    match &c.map {
+                        Some(map) if c.generation >= generation => Some(map.get(key).cloned()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let slot = match found {
+                Some(slot) => slot,
+                None => {
+                    let generation = self.generation.load(Ordering::Acquire);
+                    let map = self.map.load_full();
+                    let slot = map.get(key).cloned();
+                    if let Ok(mut c) = cached.try_borrow_mut() {
+                        *c = Cached {
+                            registry: self.id,
+                            generation,
+                            map: Some(map),
+                            recent: Default::default(),
+                            next: 0,
+                        };
+                    }
+                    slot
+                }
+            }?;
+            let answer = f(&slot);
+            if let Ok(mut c) = cached.try_borrow_mut() {
+                let next = c.next;
+                c.recent[next] = Some(slot);
+                c.next = (next + 1) % RECENT;
+            }
+            Some(answer)
+        })
     }
 
     /// The slot of `key`, created (at its fallback stage) if new.
@@ -237,6 +358,8 @@ impl Registry {
         let mut next = SlotMap::clone(&self.map.load());
         next.insert(key.into(), slot.clone());
         self.map.store(Arc::new(next));
+        // After the store: a reader that sees this generation loads a map that has the name.
+        self.generation.fetch_add(1, Ordering::Release);
         slot
     }
 
@@ -345,5 +468,65 @@ mod tests {
         assert_eq!(registry.slot("other").stage(None).0, Stage::Off);
         let counts = slot.counters.take();
         assert_eq!(counts.fallback_evaluations, 1);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_front() {
+        let keys: Vec<String> = (0..2_000).map(|i| format!("user-{i}")).collect();
+        for stage in Stage::ALL {
+            for rollout in [0, 1, 2_500, 9_999, 10_000] {
+                for origin in [Origin::Snapshot, Origin::Fallback] {
+                    let slot = Slot::new("a.b", Stage::Off);
+                    slot.salt.store(0x5eed, Ordering::Release);
+                    let state = State {
+                        stage,
+                        rollout: BasisPoints::new(rollout).unwrap(),
+                        shadow_sample: BasisPoints::ZERO,
+                        origin,
+                    };
+                    slot.state.store(state.pack(), Ordering::Release);
+                    for key in &keys {
+                        assert_eq!(
+                            slot.stage_of(key.as_bytes()),
+                            slot.stage(Some(key.as_bytes())).0,
+                            "{stage:?} at {rollout} for {key}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_by_name_see_new_names_and_keep_registries_apart() {
+        let a = Registry::new(HashMap::new(), Stage::Off);
+        let b = Registry::new(HashMap::new(), Stage::Live);
+        let (slot_a, slot_b) = (a.slot("orders.split"), b.slot("orders.split"));
+        // The same thread alternates registries and names: each answer is its registry's slot.
+        for _ in 0..3 {
+            let found = a.with("orders.split", |s| s as *const Slot).unwrap();
+            assert_eq!(found, Arc::as_ptr(&slot_a));
+            let found = b.with("orders.split", |s| s as *const Slot).unwrap();
+            assert_eq!(found, Arc::as_ptr(&slot_b));
+            assert!(a.with("users.email", |_| ()).is_none());
+        }
+        // A name added after this thread cached the map is found at once.
+        let added = a.slot("users.email");
+        let found = a.with("users.email", |s| s as *const Slot).unwrap();
+        assert_eq!(found, Arc::as_ptr(&added));
+        assert_eq!(
+            a.with("orders.split", |s| s.key.to_string()).unwrap(),
+            "orders.split"
+        );
+        // Another thread sees the same.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert_eq!(
+                    a.with("users.email", |s| s.key.to_string()).unwrap(),
+                    "users.email"
+                );
+                assert!(b.with("users.email", |_| ()).is_none());
+            });
+        });
     }
 }

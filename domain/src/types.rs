@@ -65,6 +65,7 @@ impl BasisPoints {
     pub const ZERO: Self = Self(0);
     pub const FULL: Self = Self(10_000);
 
+    #[inline]
     pub fn new(bp: u32) -> Result<Self, InvalidInput> {
         if bp > 10_000 {
             return Err(InvalidInput(format!(
