@@ -790,6 +790,7 @@ async fn watch(
     // connection cap, for as long as the stream lives.
     let mark = connection.map(|axum::Extension(c)| c.mark_watch());
     let frames = stream.filter_map(move |item| {
+        let _carrying = &mark;
         let frame = match item {
             // A scoped token's stream carries only what its scope covers.
             Ok(item) => app.visible_item(&who, item).map(|item| sse_event(&item)),
@@ -798,36 +799,49 @@ async fn watch(
         };
         std::future::ready(frame)
     });
-    let body = async_stream::stream! {
-        let _carrying = mark;
-        tokio::pin!(frames);
-        // A comment after a quiet interval keeps proxies from closing an idle stream.
-        let quiet = tokio::time::sleep(SSE_KEEP_ALIVE);
-        tokio::pin!(quiet);
-        loop {
-            tokio::select! {
-                frame = frames.next() => match frame {
-                    Some(frame) => {
-                        quiet.as_mut().reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
-                        yield Ok::<_, Infallible>(frame);
-                    }
-                    None => return,
-                },
-                _ = &mut quiet => {
-                    quiet.as_mut().reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
-                    yield Ok(bytes::Bytes::from_static(b":\n\n"));
-                }
-            }
-        }
-    };
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        axum::body::Body::from_stream(body),
+        axum::body::Body::new(SseBody {
+            frames: Box::pin(frames),
+            quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
+        }),
     )
         .into_response())
+}
+
+/// An SSE response body: the watch's frames as they come, and a comment after a quiet
+/// interval so proxies do not close an idle stream.
+struct SseBody {
+    frames: std::pin::Pin<Box<dyn futures::Stream<Item = bytes::Bytes> + Send>>,
+    quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for SseBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let frame = match this.frames.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => frame,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => match this.quiet.as_mut().poll(cx) {
+                Poll::Ready(()) => bytes::Bytes::from_static(b":\n\n"),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        this.quiet
+            .as_mut()
+            .reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+        Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
 }
 
 /// How long an SSE stream may stay silent before a keep-alive comment.
