@@ -20,7 +20,7 @@ for _ in $(seq 1 50); do curl -sf "$SWITCHYARD_SERVER/healthz" >/dev/null && bre
 sy() { ./target/release/switchyard "$@" >/dev/null; }
 sy migration create bench.decide --reason bench
 sy record bench.decide expand-applied --reason bench
-sy advance bench.decide --reason bench
-sy ramp bench.decide --percent 50 --reason bench
+sy advance bench.decide --latest --reason bench
+sy ramp bench.decide --percent 50 --latest --reason bench
 # One wrk thread: the server gets the other core of a 2-core machine.
 MIGRATION=bench.decide wrk -t1 -c"$connections" -d"$duration" --latency -s bench/decide.lua "$SWITCHYARD_SERVER"
