@@ -213,18 +213,7 @@ mod tests {
     use crate::{BasisPoints, MigrationKey, NewMigration, Version};
 
     fn at(stage: Stage, percent: u32) -> Migration {
-        let new = NewMigration {
-            key: MigrationKey::parse("users.email").unwrap(),
-            description: String::new(),
-            owner: String::new(),
-            entity_kind: String::new(),
-            soak_seconds: 0,
-            expected_services: Vec::new(),
-            has_backfill: false,
-            shadow_sample: BasisPoints::ZERO,
-            database: Default::default(),
-            retire_probation_seconds: None,
-        };
+        let new = NewMigration::with_key(MigrationKey::parse("users.email").unwrap());
         let mut m = Migration::create(new, 0, Version(1), 0);
         m.stage = stage;
         m.rollout_bp = BasisPoints::new(percent * 100).unwrap();

@@ -63,6 +63,25 @@ pub struct NewMigration {
     pub retire_probation_seconds: Option<u64>,
 }
 
+impl NewMigration {
+    /// A migration named `key` with nothing else said: no description, owner or entity kind,
+    /// no soak, no expected services, no backfill, no shadow sampling, no target database.
+    pub fn with_key(key: MigrationKey) -> NewMigration {
+        NewMigration {
+            key,
+            description: String::new(),
+            owner: String::new(),
+            entity_kind: String::new(),
+            soak_seconds: 0,
+            expected_services: Vec::new(),
+            has_backfill: false,
+            shadow_sample: BasisPoints::ZERO,
+            database: Database::default(),
+            retire_probation_seconds: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
     pub key: MigrationKey,

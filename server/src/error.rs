@@ -209,19 +209,8 @@ mod tests {
 
     #[test]
     fn codes_lists_every_code_once() {
-        use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
-        let new = NewMigration {
-            key: MigrationKey::parse("a.b").unwrap(),
-            description: String::new(),
-            owner: String::new(),
-            entity_kind: String::new(),
-            soak_seconds: 0,
-            expected_services: Vec::new(),
-            has_backfill: false,
-            shadow_sample: BasisPoints::ZERO,
-            database: Default::default(),
-            retire_probation_seconds: None,
-        };
+        use switchyard_domain::{Migration, MigrationKey, NewMigration, Version};
+        let new = NewMigration::with_key(MigrationKey::parse("a.b").unwrap());
         let m = || Box::new(Migration::create(new.clone(), 0, Version(1), 0));
         let every = [
             ApiError::invalid("x"),

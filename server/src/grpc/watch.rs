@@ -150,22 +150,11 @@ impl Encoder for BytesEncoder {
 mod tests {
     use crate::hub::{Encodings, Published, WatchItem};
     use std::sync::Arc;
-    use switchyard_domain::{BasisPoints, Migration, MigrationKey, NewMigration, Version};
+    use switchyard_domain::{Migration, MigrationKey, NewMigration, Version};
 
     #[test]
     fn a_change_is_encoded_once_and_shared_by_every_watcher() {
-        let new = NewMigration {
-            key: MigrationKey::parse("orders.split").unwrap(),
-            description: String::new(),
-            owner: String::new(),
-            entity_kind: String::new(),
-            soak_seconds: 0,
-            expected_services: Vec::new(),
-            has_backfill: false,
-            shadow_sample: BasisPoints::ZERO,
-            database: Default::default(),
-            retire_probation_seconds: None,
-        };
+        let new = NewMigration::with_key(MigrationKey::parse("orders.split").unwrap());
         let change = Arc::new(Published {
             migration: Arc::new(Migration::create(new, 7, Version(3), 0)),
             at: std::time::Instant::now(),
