@@ -15,6 +15,12 @@ impl MigrationKey {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        Self::check(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Whether `raw` is a valid key, without making one (a lookup by key needs no copy).
+    pub fn check(raw: &str) -> Result<(), InvalidInput> {
         let allowed = "a migration key is 1 to 128 characters of a-z, 0-9, '.', '_' or '-', \
                        starting with a letter or digit (e.g. users.username-to-handle)";
         let bytes = raw.as_bytes();
@@ -30,7 +36,7 @@ impl MigrationKey {
                 truncate_for_message(raw)
             )));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

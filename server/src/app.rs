@@ -442,10 +442,10 @@ impl App {
 
     pub fn get_migration(&self, who: &Principal, key: &str) -> Result<Arc<Migration>, ApiError> {
         who.require(Permission::Read)?;
-        let key = MigrationKey::parse(key)?;
-        who.require_on(Permission::Read, key.as_str())?;
+        MigrationKey::check(key)?;
+        who.require_on(Permission::Read, key)?;
         self.hub
-            .get(key.as_str())
+            .get(key)
             .ok_or_else(|| ApiError::NotFound(format!("migration {key} does not exist")))
     }
 

@@ -14,6 +14,9 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded histogram values are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         // Buckets make these Prometheus histograms (without them the exporter writes
@@ -23,6 +26,19 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("static, non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
+        // A histogram keeps each recorded value until upkeep folds it into its buckets; without
+        // this, a server nobody scrapes grows by every request's duration (about a megabyte a
+        // second under a decide load), and a scrape folds minutes of them in one go. The
+        // recorder is process-wide, so is this thread.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
         // Another recorder may already be installed (e.g. by an embedding application); then
         // this handle renders an empty registry rather than failing start-up.
         let _ = metrics::set_global_recorder(recorder);
@@ -190,19 +206,69 @@ pub fn record_client_traffic(migration: &str, counts: &switchyard_domain::traffi
 }
 
 /// One HTTP request: counted by route and status, timed by route and method.
-pub fn record_http(route: String, method: &str, status: u16, elapsed: Duration) {
-    metrics::histogram!(
-        "switchyard_http_request_duration_seconds",
-        "route" => route.clone(),
-        "method" => method.to_owned()
-    )
-    .record(elapsed.as_secs_f64());
-    metrics::counter!(
-        "switchyard_http_requests_total",
-        "route" => route,
-        "status" => status.to_string()
-    )
-    .increment(1);
+///
+/// The handles are kept per thread, by route, method and status: looking one up in the
+/// recorder builds and hashes its label set (three owned strings) on every call, which under a
+/// decide load was a visible share of a request. The keys are bounded: routes are the router's
+/// patterns (or "unmatched"), methods the handful `http::layers::Telemetry` names, statuses the few the
+/// API answers with.
+pub fn record_http(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    thread_local! {
+        static HTTP: std::cell::RefCell<std::collections::HashMap<Box<str>, RouteHandles>> =
+            std::cell::RefCell::default();
+    }
+    HTTP.with_borrow_mut(|routes| {
+        if !routes.contains_key(route) {
+            routes.insert(route.into(), RouteHandles::default());
+        }
+        let handles = routes.get_mut(route).expect("inserted above");
+        handles
+            .duration(route, method)
+            .record(elapsed.as_secs_f64());
+        handles.count(route, status).increment(1);
+    });
+}
+
+/// One route's metric handles, found by a short scan (a route sees one or two methods and a few
+/// statuses).
+#[derive(Default)]
+struct RouteHandles {
+    durations: Vec<(&'static str, metrics::Histogram)>,
+    counts: Vec<(u16, metrics::Counter)>,
+}
+
+impl RouteHandles {
+    fn duration(&mut self, route: &str, method: &'static str) -> &metrics::Histogram {
+        let at = match self.durations.iter().position(|(m, _)| *m == method) {
+            Some(at) => at,
+            None => {
+                let histogram = metrics::histogram!(
+                    "switchyard_http_request_duration_seconds",
+                    "route" => route.to_owned(),
+                    "method" => method
+                );
+                self.durations.push((method, histogram));
+                self.durations.len() - 1
+            }
+        };
+        &self.durations[at].1
+    }
+
+    fn count(&mut self, route: &str, status: u16) -> &metrics::Counter {
+        let at = match self.counts.iter().position(|(s, _)| *s == status) {
+            Some(at) => at,
+            None => {
+                let counter = metrics::counter!(
+                    "switchyard_http_requests_total",
+                    "route" => route.to_owned(),
+                    "status" => status.to_string()
+                );
+                self.counts.push((status, counter));
+                self.counts.len() - 1
+            }
+        };
+        &self.counts[at].1
+    }
 }
 
 /// One gRPC call, timed until its response (for Watch: until the stream starts).

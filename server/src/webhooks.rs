@@ -264,11 +264,23 @@ impl App {
 
     /// One round: every subscription's pending deliveries, in order, each subscription
     /// stopping at its first one not yet due or failing (so none overtakes an earlier one).
-    async fn send_round(&self, client: &reqwest::Client) -> Result<(), ApiError> {
+    async fn send_round(&self, client: &mut Option<reqwest::Client>) -> Result<(), ApiError> {
         let pending = self.store.pending_deliveries(2000).await?;
         if pending.is_empty() {
             return Ok(());
         }
+        // Made when the first delivery is due, not at start: building a client loads the TLS
+        // trust roots, memory (and code) a server without subscriptions never needs.
+        let client = match client {
+            Some(client) => &*client,
+            None => client.insert(
+                reqwest::Client::builder()
+                    .timeout(SEND_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| ApiError::Internal(format!("making the webhook client: {e}")))?,
+            ),
+        };
         let hooks: BTreeMap<u64, StoredWebhook> = self
             .store
             .webhooks()
@@ -456,10 +468,7 @@ pub fn spawn(
         .unwrap_or(i64::MAX)
         .max(SEND_TIMEOUT.as_millis() as i64 * 2);
     tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(SEND_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let mut client = None;
         let mut round: u64 = 0;
         loop {
             let now = app.now();
@@ -483,7 +492,7 @@ pub fn spawn(
                         }
                     }
                     round = round.wrapping_add(1);
-                    if let Err(e) = app.send_round(&client).await {
+                    if let Err(e) = app.send_round(&mut client).await {
                         tracing::warn!(error = %e, "sending webhooks failed; retrying");
                     }
                 }

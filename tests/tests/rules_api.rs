@@ -1823,3 +1823,57 @@ async fn decide_empty_entity_key_means_no_entity_on_both_protocols(db: Db) {
     );
     s.stop().await;
 }
+
+// Decide reads its query by hand and writes its answer by hand (the busiest route): the answer
+// must still agree with gRPC's for any entity key, percent-encoded ones included, and the query
+// must still refuse what it does not know.
+switchyard_tests::both_databases!(decide_over_http_agrees_with_grpc_and_refuses_a_bad_query);
+
+async fn decide_over_http_agrees_with_grpc_and_refuses_a_bad_query(db: Db) {
+    let s = TestServer::start(db).await;
+    let mut f = Flow::create(&s, Via::Http, KEY, false, &[]).await;
+    f.walk_to("dual_write", 5_000).await;
+    for entity in ["user-1", "user 2/ä?&=", "%41", "+plus+"] {
+        let grpc = decide_grpc(&s, KEY, Some(entity))
+            .await
+            .expect("gRPC decide");
+        let (status, http) = decide_http(&s, KEY, Some(entity)).await;
+        assert_eq!(status, StatusCode::OK, "{http}");
+        assert_eq!(http["key"], json!(KEY));
+        assert_eq!(http["bucket"], json!(grpc.bucket), "{entity:?}");
+        assert_eq!(
+            http["stage"],
+            json!(if grpc.stage() == pb::Stage::DualWrite {
+                "dual_write"
+            } else {
+                "off"
+            }),
+            "{entity:?}"
+        );
+        assert_eq!(http["version"], json!(grpc.version), "{entity:?}");
+    }
+
+    let url = |query: &str| format!("{}/v1/migrations/{KEY}/decide?{query}", s.base);
+    for (query, phrase) in [
+        (
+            "entity=user-1",
+            "unknown parameter `entity`; allowed: entity_key",
+        ),
+        (
+            "entity_key=a&entity_key=b",
+            "entity_key given more than once",
+        ),
+    ] {
+        let response = s
+            .http
+            .get(url(query))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        Refusal::from_http(status, &body).assert(Via::Http, "invalid_argument", 0, phrase);
+    }
+    s.stop().await;
+}

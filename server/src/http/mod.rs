@@ -3,6 +3,7 @@
 
 mod dashboard;
 pub(crate) mod json;
+mod layers;
 mod ofrep;
 pub mod serve;
 
@@ -10,11 +11,10 @@ use crate::app::{App, CreateMigrationInput, DEFAULT_COMPLETE_FOR_DAYS, MAX_BODY_
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::hub::{TokenRevoked, WatchItem};
-use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{self, ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
@@ -28,59 +28,62 @@ use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, V
 use switchyard_proto::json as wire;
 
 pub fn router(app: Arc<App>) -> Router {
-    let v1 = Router::new()
-        .route("/migrations", post(create_migration).get(list_migrations))
-        .route("/migrations/{key}", get(get_migration))
-        .route("/migrations/{key}/rollout", post(set_rollout))
-        .route("/migrations/{key}/advance", post(advance))
-        .route("/migrations/{key}/retreat", post(retreat))
-        .route("/migrations/{key}/events", post(record_event))
-        .route("/migrations/{key}/audit", get(audit))
-        .route("/migrations/{key}/decide", get(decide))
-        .route("/snapshot", get(snapshot))
-        .route("/watch", get(watch))
-        .route("/clients/heartbeat", post(heartbeat))
-        .route("/clients", get(instances))
-        .route("/clients/telemetry", post(report_telemetry))
-        .route("/migrations/{key}/instances", get(migration_instances))
-        .route("/migrations/{key}/traffic", get(traffic))
-        .route("/migrations/{key}/actions", get(dry_run))
-        .route("/plans", get(list_plans))
-        .route("/approvals", get(list_approvals))
-        .route("/webhooks", post(add_webhook).get(list_webhooks))
-        .route("/webhooks/{id}", axum::routing::delete(remove_webhook))
-        .route("/webhooks/{id}/test", post(test_webhook))
-        .route("/webhooks/{id}/deliveries", get(webhook_deliveries))
-        .route("/approvals/{id}", get(get_approval))
-        .route("/approvals/{id}/approve", post(approve))
-        .route("/approvals/{id}/reject", post(reject))
-        .route("/plan-templates", get(list_templates))
+    // Every `/v1/` route spelled out in full rather than nested: a nested router rewrites each
+    // request's URI to strip its prefix, an allocation and a parse on every call.
+    let routes = Router::new()
         .route(
-            "/plan-templates/{name}",
+            "/v1/migrations",
+            post(create_migration).get(list_migrations),
+        )
+        .route("/v1/migrations/{key}", get(get_migration))
+        .route("/v1/migrations/{key}/rollout", post(set_rollout))
+        .route("/v1/migrations/{key}/advance", post(advance))
+        .route("/v1/migrations/{key}/retreat", post(retreat))
+        .route("/v1/migrations/{key}/events", post(record_event))
+        .route("/v1/migrations/{key}/audit", get(audit))
+        .route("/v1/migrations/{key}/decide", get(decide))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/watch", get(watch))
+        .route("/v1/clients/heartbeat", post(heartbeat))
+        .route("/v1/clients", get(instances))
+        .route("/v1/clients/telemetry", post(report_telemetry))
+        .route("/v1/migrations/{key}/instances", get(migration_instances))
+        .route("/v1/migrations/{key}/traffic", get(traffic))
+        .route("/v1/migrations/{key}/actions", get(dry_run))
+        .route("/v1/plans", get(list_plans))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/webhooks", post(add_webhook).get(list_webhooks))
+        .route("/v1/webhooks/{id}", axum::routing::delete(remove_webhook))
+        .route("/v1/webhooks/{id}/test", post(test_webhook))
+        .route("/v1/webhooks/{id}/deliveries", get(webhook_deliveries))
+        .route("/v1/approvals/{id}", get(get_approval))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
+        .route("/v1/plan-templates", get(list_templates))
+        .route(
+            "/v1/plan-templates/{name}",
             axum::routing::put(set_template).delete(remove_template),
         )
-        .route("/migrations/{key}/plan", get(get_plan).put(set_plan))
-        .route("/migrations/{key}/plan/pause", post(pause_plan))
-        .route("/migrations/{key}/plan/resume", post(resume_plan))
-        .route("/migrations/{key}/gate", get(gate))
-        .route("/migrations/{key}/usage", get(usage))
-        .route("/migrations/{key}/mismatches", get(mismatches))
-        .route("/migrations/{key}/backfill", get(backfill))
+        .route("/v1/migrations/{key}/plan", get(get_plan).put(set_plan))
+        .route("/v1/migrations/{key}/plan/pause", post(pause_plan))
+        .route("/v1/migrations/{key}/plan/resume", post(resume_plan))
+        .route("/v1/migrations/{key}/gate", get(gate))
+        .route("/v1/migrations/{key}/usage", get(usage))
+        .route("/v1/migrations/{key}/mismatches", get(mismatches))
+        .route("/v1/migrations/{key}/backfill", get(backfill))
         .route(
-            "/migrations/{key}/backfill/checkpoint",
+            "/v1/migrations/{key}/backfill/checkpoint",
             axum::routing::put(checkpoint_backfill),
         )
         .route(
-            "/migrations/{key}/backfill/settings",
+            "/v1/migrations/{key}/backfill/settings",
             axum::routing::put(set_backfill_settings),
         )
-        .route("/lifecycle", get(lifecycle))
-        .route("/tokens", post(create_token).get(list_tokens))
-        .route("/tokens/{id}/revoke", post(revoke_token))
-        .route("/whoami", get(whoami))
-        .route("/vocabulary", get(vocabulary));
-    let routes = Router::new()
-        .nest("/v1", v1)
+        .route("/v1/lifecycle", get(lifecycle))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/vocabulary", get(vocabulary))
         .route("/", get(dashboard::index))
         .route("/assets/{*path}", get(dashboard::asset))
         .route("/healthz", get(|| async { "ok" }))
@@ -90,9 +93,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_flags))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .fallback(|| async { ApiError::NotFound(NO_SUCH_ROUTE.to_owned()) })
-        .layer(axum::middleware::from_fn(count_requests))
-        // One span per request (method, path); `RUST_LOG=tower_http=debug` logs each response.
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(layers::TelemetryLayer)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app);
     // Around the whole router rather than in it: a layer added to a router wraps each route's
@@ -100,102 +101,10 @@ pub fn router(app: Arc<App>) -> Router {
     // allowed methods from that header.
     Router::new()
         .fallback_service(routes)
-        .layer(axum::middleware::from_fn(json_errors))
+        .layer(layers::JsonErrorsLayer)
 }
 
-const NO_SUCH_ROUTE: &str = "no such route; the API is described at /openapi.json";
-
-/// The most of a non-JSON error body read to become a message; axum's rejections are one line.
-const MAX_REJECTION_TEXT: usize = 4096;
-
-/// Every error answer carries the documented `{code, message}` JSON body. Handlers and our
-/// extractors already answer with `ApiError`; this catches what axum writes by itself before or
-/// instead of a handler — a 405 (empty, with `Allow`), a path parameter that is not UTF-8 or
-/// does not parse (plain text), and any other plain-text or empty rejection — and rewrites it
-/// through `ApiError`, keeping its status and headers (`Allow` among them). One place, so a route
-/// added later is covered without doing anything.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .unwrap_or_default();
-    let said = |fallback: &str| {
-        if text.is_empty() {
-            fallback.to_owned()
-        } else {
-            text.clone()
-        }
-    };
-    let error = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(axum::http::header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .replace(',', ", ");
-            ApiError::MethodNotAllowed(format!(
-                "{method} is not allowed on {path}; allowed: {allowed}"
-            ))
-        }
-        StatusCode::NOT_FOUND => ApiError::NotFound(said(NO_SUCH_ROUTE)),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
-            "request body is too large: allowed up to {MAX_BODY_BYTES} bytes"
-        )),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            ApiError::Unavailable(said("unavailable; retry shortly"))
-        }
-        // A status no variant names (none today: axum's JSON rejections go through `ApiJson`)
-        // keeps its status below, with the code of its class.
-        s if s.is_client_error() => {
-            ApiError::invalid(said(s.canonical_reason().unwrap_or("bad request")))
-        }
-        _ => ApiError::Internal(format!("{status} from {method} {path}: {text}")),
-    };
-    let mut rewritten = error.into_response();
-    *rewritten.status_mut() = status;
-    for (name, value) in &parts.headers {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            rewritten.headers_mut().append(name, value.clone());
-        }
-    }
-    rewritten
-}
-
-async fn count_requests(request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    // Only the methods routes answer: any other is one label value, not one per spelling.
-    let method = match *request.method() {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    };
-    let response = next.run(request).await;
-    crate::metrics::record_http(route, method, response.status().as_u16(), started.elapsed());
-    response
-}
+pub(super) const NO_SUCH_ROUTE: &str = "no such route; the API is described at /openapi.json";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -674,22 +583,40 @@ async fn audit(
     Ok(axum::Json(json::audit_page(entries, next)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecideQuery {
-    entity_key: Option<String>,
-}
-
+/// Server-side evaluation. The busiest route for apps that cannot link the client, so it skips
+/// the generic extractors' allocations: the query is read in place, and the answer is written
+/// by hand (`Decision::to_json_bytes`, the same bytes serde writes).
 async fn decide(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
     Path(key): Path<String>,
-    query: Result<Query<DecideQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<wire::Decision>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let entity = entity_key(uri.query())?;
     // An empty key means "no entity", as in the proto, so both protocols answer alike.
-    let entity = q.entity_key.as_deref().filter(|k| !k.is_empty());
-    Ok(axum::Json(json::decision(app.decide(&who, &key, entity)?)))
+    let entity = entity.as_deref().filter(|k| !k.is_empty());
+    let body = json::decision(app.decide(&who, &key, entity)?).to_json_bytes();
+    Ok(([(header::CONTENT_TYPE, JSON_CONTENT)], body).into_response())
+}
+
+const JSON_CONTENT: header::HeaderValue = header::HeaderValue::from_static("application/json");
+
+/// Decide's query: `entity_key` at most once, nothing else.
+fn entity_key(query: Option<&str>) -> Result<Option<std::borrow::Cow<'_, str>>, ApiError> {
+    let mut entity = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if name != "entity_key" {
+            return Err(ApiError::invalid(format!(
+                "invalid query: unknown parameter `{name}`; allowed: entity_key"
+            )));
+        }
+        if entity.replace(value).is_some() {
+            return Err(ApiError::invalid(
+                "invalid query: entity_key given more than once; allowed once",
+            ));
+        }
+    }
+    Ok(entity)
 }
 
 async fn snapshot(
