@@ -239,36 +239,40 @@ struct RouteHandles {
 
 impl RouteHandles {
     fn duration(&mut self, route: &str, method: &'static str) -> &metrics::Histogram {
-        let at = match self.durations.iter().position(|(m, _)| *m == method) {
-            Some(at) => at,
-            None => {
-                let histogram = metrics::histogram!(
-                    "switchyard_http_request_duration_seconds",
-                    "route" => route.to_owned(),
-                    "method" => method
-                );
-                self.durations.push((method, histogram));
-                self.durations.len() - 1
-            }
-        };
-        &self.durations[at].1
+        found_or_made(&mut self.durations, method, || {
+            metrics::histogram!(
+                "switchyard_http_request_duration_seconds",
+                "route" => route.to_owned(),
+                "method" => method
+            )
+        })
     }
 
     fn count(&mut self, route: &str, status: u16) -> &metrics::Counter {
-        let at = match self.counts.iter().position(|(s, _)| *s == status) {
-            Some(at) => at,
-            None => {
-                let counter = metrics::counter!(
-                    "switchyard_http_requests_total",
-                    "route" => route.to_owned(),
-                    "status" => status.to_string()
-                );
-                self.counts.push((status, counter));
-                self.counts.len() - 1
-            }
-        };
-        &self.counts[at].1
+        found_or_made(&mut self.counts, status, || {
+            metrics::counter!(
+                "switchyard_http_requests_total",
+                "route" => route.to_owned(),
+                "status" => status.to_string()
+            )
+        })
     }
+}
+
+/// The value kept under `key`, made and kept on first use.
+fn found_or_made<K: PartialEq + Copy, V>(
+    kept: &mut Vec<(K, V)>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> &V {
+    let at = match kept.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            kept.push((key, make()));
+            kept.len() - 1
+        }
+    };
+    &kept[at].1
 }
 
 /// One gRPC call, timed until its response (for Watch: until the stream starts).
