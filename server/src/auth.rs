@@ -314,4 +314,57 @@ mod tests {
         assert_ne!(hash_token(&a), hash_token(&b));
         assert_eq!(hash_token(&a).len(), 64);
     }
+
+    /// The per-thread entries in front of the shared cache: a revoke still refuses at once, a
+    /// forgotten token is asked of the store again, and two authenticators on one thread (two
+    /// servers in one process) never answer from each other's entries.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_thread_s_recent_tokens_keep_the_shared_cache_s_rules() {
+        let dir = std::env::temp_dir().join(format!("sy-auth-{}", generate_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = |name: &str| format!("sqlite://{}", dir.join(name).display());
+        let store = Arc::new(Store::connect(&url("a.db")).await.unwrap());
+        let other = Authenticator::new(
+            Arc::new(Store::connect(&url("b.db")).await.unwrap()),
+            Arc::default(),
+        );
+        let revocations = Arc::new(Revocations::default());
+        let auth = Authenticator::new(store.clone(), revocations.clone());
+        let mut tokens = Vec::new();
+        for name in ["revoked", "forgotten"] {
+            let token = generate_token();
+            let record = store
+                .create_token(name, Role::Reader, &Scope::all(), &hash_token(&token), 1)
+                .await
+                .unwrap();
+            tokens.push((record.id, token));
+        }
+        let header = |token: &str| format!("Bearer {token}");
+        for (_, token) in &tokens {
+            // The second call is answered from this thread's entry.
+            for _ in 0..2 {
+                auth.authenticate(Some(&header(token))).await.unwrap();
+            }
+            other
+                .authenticate(Some(&header(token)))
+                .await
+                .expect_err("unknown to the other server's store");
+        }
+
+        let (revoked_id, revoked) = &tokens[0];
+        revocations.revoke([*revoked_id]);
+        auth.authenticate(Some(&header(revoked)))
+            .await
+            .expect_err("revoked while remembered");
+
+        // Revoked in the store only: until forgotten it may be trusted from the caches (that
+        // is what `Revocations` is for); once forgotten, the store is asked.
+        let (forgotten_id, forgotten) = &tokens[1];
+        store.revoke_token(*forgotten_id, 2).await.unwrap();
+        auth.forget(&hash_token(forgotten)).await;
+        auth.authenticate(Some(&header(forgotten)))
+            .await
+            .expect_err("forgotten, then asked of the store");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
