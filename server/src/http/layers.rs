@@ -45,7 +45,6 @@ impl<S> Layer<S> for JsonErrorsLayer {
 impl<S> Service<Request> for JsonErrors<S>
 where
     S: Service<Request, Response = Response>,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -90,8 +89,7 @@ where
             if !needs_rewriting(&response) {
                 return Poll::Ready(Ok(response));
             }
-            let method = this.method.clone();
-            let uri = this.uri.clone();
+            let (method, uri) = (std::mem::take(this.method), std::mem::take(this.uri));
             *this.rewriting = Some(Box::pin(rewrite(method, uri, response)));
         }
         let rewriting = this.rewriting.as_mut().expect("set above");
