@@ -97,6 +97,55 @@ pub struct Hub {
     refreshes: std::sync::atomic::AtomicU64,
     started: std::time::Instant,
     open_watches: Arc<std::sync::atomic::AtomicUsize>,
+    /// The relay of each current-thread runtime's thread that has watches (see [`Feed`]).
+    relays: std::sync::Mutex<Vec<(std::thread::ThreadId, broadcast::Sender<Relayed>)>>,
+}
+
+/// Where one watch receives changes from.
+///
+/// A change wakes every watch at once. When the watches are served by a current-thread
+/// runtime, as the gRPC server is, the order of those wake-ups decides how many writes the
+/// change costs: woken from that runtime's own thread, every watch runs before any connection
+/// task, so each HTTP/2 connection then writes all its streams' frames in one go; woken from
+/// another thread, each watch's connection task runs right after it and writes one frame. So
+/// such a runtime gets a relay: one task on its thread that receives each change and passes it
+/// on to the watches there.
+enum Feed {
+    Direct(broadcast::Receiver<Arc<Published>>),
+    Relayed(broadcast::Receiver<Relayed>),
+}
+
+/// What a relay passes on: a change, or that the relay itself fell behind (each of its watches
+/// then catches up from a fresh snapshot, as a watch that falls behind does).
+#[derive(Clone)]
+enum Relayed {
+    Change(Arc<Published>),
+    Behind,
+}
+
+enum Received {
+    Change(Arc<Published>),
+    Behind,
+    Closed,
+}
+
+impl Feed {
+    /// The next change (cancel-safe, as the broadcast's `recv` is).
+    async fn recv(&mut self) -> Received {
+        use broadcast::error::RecvError;
+        match self {
+            Feed::Direct(rx) => match rx.recv().await {
+                Ok(p) => Received::Change(p),
+                Err(RecvError::Lagged(_)) => Received::Behind,
+                Err(RecvError::Closed) => Received::Closed,
+            },
+            Feed::Relayed(rx) => match rx.recv().await {
+                Ok(Relayed::Change(p)) => Received::Change(p),
+                Ok(Relayed::Behind) | Err(RecvError::Lagged(_)) => Received::Behind,
+                Err(RecvError::Closed) => Received::Closed,
+            },
+        }
+    }
 }
 
 /// How the hub learns of changes committed through other replicas.
@@ -159,6 +208,7 @@ impl Hub {
             refreshes: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             open_watches: Arc::default(),
+            relays: Default::default(),
         });
         tokio::spawn(hub.clone().follow());
         if hub.store.backend() == Backend::Postgres && options.notifications {
@@ -263,10 +313,14 @@ impl Hub {
                     return;
                 }
             }
-            let mut changes = hub.changes.subscribe();
+            let mut changes = hub.feed();
             let snapshot = hub.snapshot();
             let mut last = snapshot.version;
             yield Ok(WatchItem::Snapshot(snapshot));
+            // Made once: a new one per change would join and leave the shutdown flag's list of
+            // waiters each time, for every watch.
+            let stop = stopped(&mut shutdown);
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
                     // Checked first: once revoked, not one more change goes out.
@@ -275,24 +329,80 @@ impl Hub {
                         yield Err(TokenRevoked);
                         return;
                     }
-                    _ = stopped(&mut shutdown) => return,
+                    _ = &mut stop => return,
                     received = changes.recv() => match received {
-                        Ok(p) if p.migration.version > last => {
+                        Received::Change(p) if p.migration.version > last => {
                             last = p.migration.version;
                             crate::metrics::record_fanout(p.at.elapsed());
                             yield Ok(WatchItem::Change(p));
                         }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Received::Change(_) => {}
+                        Received::Behind => {
                             let snapshot = hub.snapshot();
                             last = snapshot.version;
                             yield Ok(WatchItem::Snapshot(snapshot));
                         }
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        Received::Closed => return,
                     },
                 }
             }
         })
+    }
+
+    /// A new watch's subscription to the changes published from now on. On a current-thread
+    /// runtime it comes from that thread's relay (see [`Feed`]); elsewhere from the broadcast.
+    fn feed(self: &Arc<Self>) -> Feed {
+        let on_one_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !on_one_thread {
+            return Feed::Direct(self.changes.subscribe());
+        }
+        let thread = std::thread::current().id();
+        let mut relays = self.relays.lock().expect("relay list poisoned");
+        if let Some((_, local)) = relays.iter().find(|(t, _)| *t == thread) {
+            return Feed::Relayed(local.subscribe());
+        }
+        // Subscribed here, before the caller takes its snapshot, as a direct watch would be.
+        let central = self.changes.subscribe();
+        let (local, rx) = broadcast::channel(BROADCAST_CAPACITY);
+        relays.push((thread, local.clone()));
+        tokio::spawn(self.clone().relay(central, local));
+        Feed::Relayed(rx)
+    }
+
+    /// Passes each change on to the watches of one current-thread runtime, from that runtime's
+    /// own thread; ends with the hub, or at the first change after its last watch has gone.
+    async fn relay(
+        self: Arc<Self>,
+        mut central: broadcast::Receiver<Arc<Published>>,
+        local: broadcast::Sender<Relayed>,
+    ) {
+        // Leaves the list however the relay ends (its runtime may drop it mid-wait).
+        struct Listed<'a>(&'a Hub, &'a broadcast::Sender<Relayed>);
+        impl Drop for Listed<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut relays) = self.0.relays.lock() {
+                    relays.retain(|(_, l)| !l.same_channel(self.1));
+                }
+            }
+        }
+        let _listed = Listed(&self, &local);
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let item = tokio::select! {
+                received = central.recv() => match received {
+                    Ok(p) => Relayed::Change(p),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Relayed::Behind,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = stopped(&mut shutdown) => return,
+            };
+            // Nobody left to pass it to. Only this thread subscribes to this relay, so no watch
+            // can join between this send and the relay leaving the list.
+            if local.send(item).is_err() {
+                return;
+            }
+        }
     }
 
     async fn follow(self: Arc<Self>) {
@@ -407,4 +517,121 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// Resolves to whether the published version reached `version` (false if the hub is gone).
 async fn reach(rx: &mut watch::Receiver<Version>, version: Version) -> bool {
     rx.wait_for(|v| *v >= version).await.map(|_| ()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use switchyard_domain::rules::parse_reason;
+    use switchyard_domain::{MigrationKey, NewMigration};
+
+    /// A hub on a fresh SQLite store that learns of changes only when poked.
+    async fn hub() -> (Arc<Hub>, Arc<Store>) {
+        let dir = std::env::temp_dir().join(format!("sy-hub-{}", crate::auth::generate_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("hub.db").display());
+        let store = Arc::new(Store::connect(&url).await.unwrap());
+        let options = HubOptions {
+            poll_interval: Duration::from_secs(3600),
+            notifications: false,
+            max_watches: 100,
+        };
+        let hub = Hub::start(store.clone(), options).await.unwrap();
+        // Its first pass, after which it reads again only when poked.
+        let first = async {
+            while hub.refreshes() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("the hub's first read");
+        (hub, store)
+    }
+
+    /// Commits a new migration without telling the hub.
+    async fn create(store: &Store, key: &str) -> Version {
+        let new = NewMigration::with_key(MigrationKey::parse(key).unwrap());
+        let reason = parse_reason("test").unwrap();
+        let m = store.create_migration(new, 1, "test", &reason, 0).await;
+        m.unwrap().version
+    }
+
+    async fn next(
+        watch: &mut (impl Stream<Item = Result<WatchItem, TokenRevoked>> + Unpin),
+    ) -> WatchItem {
+        let item = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
+        item.expect("no item within 10 s")
+            .expect("ended")
+            .expect("revoked")
+    }
+
+    async fn relays_gone(hub: &Hub) {
+        let gone = async {
+            while !hub.relays.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .expect("the relay never left");
+    }
+
+    /// On a current-thread runtime (the gRPC server's), the watches share one relay, get the
+    /// published change itself, and the relay leaves once they have gone; a later watch gets a
+    /// new one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn watches_on_one_thread_share_a_relay_that_leaves_after_them() {
+        let (hub, store) = hub().await;
+        let mut a = Box::pin(hub.watch(Version(0), 1).unwrap());
+        let mut b = Box::pin(hub.watch(Version(0), 1).unwrap());
+        for w in [&mut a, &mut b] {
+            assert!(matches!(next(w).await, WatchItem::Snapshot(_)));
+        }
+        assert_eq!(hub.relays.lock().unwrap().len(), 1, "one relay per thread");
+
+        let version = create(&store, "orders.one").await;
+        hub.poke();
+        let (WatchItem::Change(x), WatchItem::Change(y)) = (next(&mut a).await, next(&mut b).await)
+        else {
+            panic!("a change was expected on both watches");
+        };
+        assert_eq!(x.migration.version, version);
+        assert!(Arc::ptr_eq(&x, &y), "both got the one published change");
+
+        drop((a, b));
+        create(&store, "orders.two").await;
+        hub.poke();
+        relays_gone(&hub).await;
+
+        let mut c = Box::pin(hub.watch(Version(0), 1).unwrap());
+        assert!(matches!(next(&mut c).await, WatchItem::Snapshot(_)));
+        let version = create(&store, "orders.three").await;
+        hub.poke();
+        let WatchItem::Change(z) = next(&mut c).await else {
+            panic!("a change was expected");
+        };
+        assert_eq!(z.migration.version, version);
+    }
+
+    /// A relay that misses changes (more were published at once than the broadcast holds)
+    /// sends each of its watches a fresh snapshot, as a watch that falls behind is sent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_relay_that_falls_behind_sends_its_watches_a_fresh_snapshot() {
+        let (hub, store) = hub().await;
+        let mut w = Box::pin(hub.watch(Version(0), 1).unwrap());
+        assert!(matches!(next(&mut w).await, WatchItem::Snapshot(_)));
+        let mut latest = Version(0);
+        for i in 0..BROADCAST_CAPACITY + 8 {
+            latest = create(&store, &format!("orders.m{i}")).await;
+        }
+        // One pass publishes them all before the relay runs again.
+        hub.poke();
+        let WatchItem::Snapshot(s) = next(&mut w).await else {
+            panic!("a fresh snapshot was expected");
+        };
+        assert_eq!(s.version, latest);
+        assert_eq!(s.migrations.len(), BROADCAST_CAPACITY + 8);
+    }
 }

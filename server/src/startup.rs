@@ -410,19 +410,22 @@ impl Server {
                 .tls_config(tls.tonic_config())
                 .context("configuring gRPC TLS")?;
         }
-        let grpc_task = tokio::spawn(async move {
-            builder
-                .layer(crate::grpc::timing::TimingLayer)
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(reflection_v1alpha)
-                .add_service(api)
+        let grpc_router = builder
+            .layer(crate::grpc::timing::TimingLayer)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(api);
+        let grpc = grpc.into_std()?;
+        let grpc_task = spawn_grpc_thread(move || async move {
+            let grpc = TcpListener::from_std(grpc)?;
+            grpc_router
                 .serve_with_incoming_shutdown(grpc_incoming(grpc, grpc_connections), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
                 .context("gRPC server")
-        });
+        })?;
 
         let mut stop = shutdown.subscribe();
         let pruner = app.clone();
@@ -503,6 +506,49 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Runs the gRPC server on a thread of its own, on a current-thread runtime. There, a change
+/// wakes every watch stream before any connection task runs, so each HTTP/2 connection writes
+/// its streams' frames together: at 10,000 streams over 100 connections, about 100 writes per
+/// change rather than 10,000 (see `hub::Feed` for the other half). The task returned ends with
+/// the server; aborting it (the drain period is over) cuts the connections still open.
+fn spawn_grpc_thread<F>(
+    serve: impl FnOnce() -> F + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("switchyard-grpc".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the gRPC runtime")
+                .and_then(|runtime| {
+                    let result = runtime.block_on(async move {
+                        tokio::select! {
+                            result = serve() => result,
+                            // The task was aborted, or the server is gone.
+                            _ = cut_rx => Ok(()),
+                        }
+                    });
+                    // Drops the connections still open without waiting on them.
+                    runtime.shutdown_background();
+                    result
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the gRPC thread")?;
+    Ok(tokio::spawn(async move {
+        // Dropped when this task is aborted, which tells the thread to stop.
+        let _cut = cut;
+        done.await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the gRPC thread ended without a result")))
+    }))
 }
 
 /// Connections the kernel may queue before `accept`: when many clients reconnect at once (a
