@@ -410,11 +410,26 @@ impl ConnHandle {
 pub struct Tracked<T> {
     io: T,
     admitted: Admitted,
+    vectored: bool,
 }
 
 impl<T> Tracked<T> {
     pub fn new(io: T, admitted: Admitted) -> Self {
-        Self { io, admitted }
+        Self {
+            io,
+            admitted,
+            vectored: true,
+        }
+    }
+
+    /// Tells the protocol above to write from one buffer. HTTP/2 (h2) then copies each DATA
+    /// frame under 1 KiB into its write buffer, where the frames of many streams leave in one
+    /// write; with vectored writes it copies only those under 256 bytes and writes each longer
+    /// one on its own, which at a watch fan-out is one write per stream (a change's message is
+    /// typically 300–700 bytes).
+    pub fn without_vectored_writes(mut self) -> Self {
+        self.vectored = false;
+        self
     }
 
     pub fn handle(&self) -> ConnHandle {
@@ -482,7 +497,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.vectored && self.io.is_write_vectored()
     }
 }
 

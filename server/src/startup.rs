@@ -584,7 +584,7 @@ fn grpc_incoming(
                     let _ = socket.set_nodelay(true);
                     // Refused: every connection is in use; dropping the socket closes it.
                     if let Some(admitted) = connections.admit() {
-                        yield Ok(Tracked::new(socket, admitted));
+                        yield Ok(Tracked::new(socket, admitted).without_vectored_writes());
                     }
                 }
                 Err(e) => {

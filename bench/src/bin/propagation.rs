@@ -139,7 +139,19 @@ async fn main() -> anyhow::Result<()> {
     };
     let m = post(
         "/v1/migrations".into(),
-        serde_json::json!({"key": key, "reason": "bench"}),
+        // Sized as a real migration is described, so each change's message is as long as a
+        // real one's (about 600 bytes encoded): HTTP/2 writes short frames and long ones
+        // differently.
+        serde_json::json!({
+            "key": key,
+            "reason": "bench",
+            "description": "Split the customer's postal address out of the orders table into \
+                addresses, keyed by customer: reads move to the new table behind the flag, \
+                writes go to both until the old columns are dropped.",
+            "owner": "team-orders",
+            "entity_kind": "customer",
+            "expected_services": ["orders-api", "billing-worker", "address-sync"],
+        }),
     )
     .await?;
     let mut version = m["version"].as_u64().unwrap();
@@ -167,6 +179,8 @@ async fn main() -> anyhow::Result<()> {
     // Each watcher reports (version, receipt instant) of every change of our migration.
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
     let ready = Arc::new(Barrier::new(args.watchers + 1));
+    // The encoded size of a change's gRPC message, as the watchers receive it.
+    let message_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..args.watchers {
         if args.transport == "sse" {
             tokio::spawn(watch_sse(
@@ -181,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut client = SwitchyardClient::new(channels[i % channels.len()].clone());
         let (tx, ready, token, key) = (tx.clone(), ready.clone(), args.token.clone(), key.clone());
+        let message_bytes = message_bytes.clone();
         tokio::spawn(async move {
             let mut stream = client
                 .watch(request(&token, pb::WatchRequest { since_version: 0 }))
@@ -191,8 +206,10 @@ async fn main() -> anyhow::Result<()> {
             stream.next().await.expect("snapshot").expect("snapshot ok");
             ready.wait().await;
             while let Some(Ok(event)) = stream.next().await {
+                let size = prost::Message::encoded_len(&event);
                 if let Some(pb::watch_event::Event::Change(m)) = event.event {
                     if m.key == key {
+                        message_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
                         let _ = tx.send((m.version, Instant::now()));
                     }
                 }
@@ -241,7 +258,8 @@ async fn main() -> anyhow::Result<()> {
          ramp call answered: p50={:?} p99={:?}\n\
          receipt latency from the ramp's request: p50={:?} p99={:?} max={:?}\n\
          every watcher received: p50={:?} p99={:?} max={:?}\n\
-         server RSS: {} KiB before, {} KiB with watches open: {:.1} KiB per watch",
+         server RSS: {} KiB before, {} KiB with watches open: {:.1} KiB per watch\n\
+         a change's gRPC message: {} bytes",
         args.transport,
         args.watchers,
         if args.transport == "grpc" {
@@ -260,7 +278,8 @@ async fn main() -> anyhow::Result<()> {
         all_received.last().copied().unwrap_or_default(),
         rss_before,
         rss_after,
-        per_watch
+        per_watch,
+        message_bytes.load(std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }
