@@ -140,6 +140,15 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_watch_streams: u32,
+    /// Threads serving gRPC, each with its own share of the connections (0: one per CPU
+    /// core). A change reaching many watch streams is written by all of them at once.
+    #[arg(
+        long,
+        env = "SWITCHYARD_GRPC_THREADS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=256)
+    )]
+    pub grpc_threads: u16,
     /// A database migrations may name as their target, `NAME=URL` (repeat the flag; in the
     /// environment, comma-separated). Connect with a read-only role: the server only reads
     /// statistics views. The URL is never stored, logged or returned.
@@ -252,6 +261,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_watch_streams: 20_000,
+            grpc_threads: 0,
             target_databases: Vec::new(),
             observe_interval: Duration::from_secs(60),
             observe_activity_interval: Duration::from_secs(1),
@@ -403,7 +413,6 @@ impl Server {
             GrpcApi::new(app.clone()),
             crate::app::MAX_BODY_BYTES,
         );
-        let mut stop = shutdown.subscribe();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = builder
@@ -416,16 +425,33 @@ impl Server {
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(api);
-        let grpc = grpc.into_std()?;
-        let grpc_task = spawn_grpc_thread(move || async move {
-            let grpc = TcpListener::from_std(grpc)?;
-            grpc_router
-                .serve_with_incoming_shutdown(grpc_incoming(grpc, grpc_connections), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("gRPC server")
-        })?;
+        // Each gRPC thread serves the connections handed to it, in turn.
+        let threads = match config.grpc_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::from(n),
+        };
+        let mut grpc_tasks = Vec::with_capacity(threads + 1);
+        let mut handoffs = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (handoff, handed) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+            handoffs.push(handoff);
+            let router = grpc_router.clone();
+            let mut stop = shutdown.subscribe();
+            grpc_tasks.push(spawn_grpc_thread(move || async move {
+                router
+                    .serve_with_incoming_shutdown(handed_over(handed), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .context("gRPC server")
+            })?);
+        }
+        grpc_tasks.push(tokio::spawn(accept_grpc(
+            grpc,
+            grpc_connections,
+            handoffs,
+            shutdown.subscribe(),
+        )));
 
         let mut stop = shutdown.subscribe();
         let pruner = app.clone();
@@ -443,11 +469,11 @@ impl Server {
 
         let mut tasks = vec![
             http_task,
-            grpc_task,
             prune_task,
             crate::plans::spawn(app.clone(), config.plan_interval, shutdown.subscribe()),
             crate::webhooks::spawn(app.clone(), config.webhook_interval, shutdown.subscribe()),
         ];
+        tasks.extend(grpc_tasks);
         tasks.extend(crate::observe::spawn(
             app.clone(),
             config
@@ -508,7 +534,7 @@ impl Server {
     }
 }
 
-/// Runs the gRPC server on a thread of its own, on a current-thread runtime. There, a change
+/// Runs one gRPC server on a thread of its own, on a current-thread runtime. There, a change
 /// wakes every watch stream before any connection task runs, so each HTTP/2 connection writes
 /// its streams' frames together: at 10,000 streams over 100 connections, about 100 writes per
 /// change rather than 10,000 (see `hub::Feed` for the other half). The task returned ends with
@@ -570,29 +596,72 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-/// The gRPC listener's connections, registered with its connection limits. tonic serves
-/// them; a connection the sweeper closes fails its next read, which ends it.
-fn grpc_incoming(
+/// Accepts the gRPC listener's connections, registers them with its connection limits and hands
+/// them to the gRPC threads in turn; ends at shutdown. A connection the sweeper closes fails
+/// its next read, which ends it.
+async fn accept_grpc(
     listener: TcpListener,
     connections: Arc<Connections>,
+    threads: Vec<tokio::sync::mpsc::Sender<Handoff>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut next = 0;
+    loop {
+        let accepted = tokio::select! {
+            accepted = async {
+                connections.settled().await;
+                listener.accept().await
+            } => accepted,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        match accepted {
+            Ok((socket, _peer)) => {
+                let _ = socket.set_nodelay(true);
+                // Refused: every connection is in use; dropping the socket closes it.
+                let Some(admitted) = connections.admit() else {
+                    continue;
+                };
+                // Out of the accepting runtime, to be registered with the serving thread's.
+                let socket = match socket.into_std() {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "handing over a gRPC connection failed");
+                        continue;
+                    }
+                };
+                let thread = &threads[next % threads.len()];
+                next += 1;
+                if thread.send((socket, admitted)).await.is_err() {
+                    // That thread's server has ended: the server is shutting down.
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                // Out of descriptors, typically: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                tokio::time::sleep(crate::http::serve::ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// An accepted gRPC connection on its way to the thread that serves it.
+type Handoff = (std::net::TcpStream, crate::conn::Admitted);
+
+/// Accepted connections waiting for their thread; the acceptor waits when one is full.
+const HANDOFF_QUEUE: usize = 64;
+
+/// A gRPC thread's incoming connections: those the acceptor hands it, registered with its own
+/// runtime, which then drives their reads and writes. Never yields an error (tonic would end
+/// the server on one).
+fn handed_over(
+    mut handed: tokio::sync::mpsc::Receiver<Handoff>,
 ) -> impl futures::Stream<Item = std::io::Result<Tracked<tokio::net::TcpStream>>> {
     async_stream::stream! {
-        loop {
-            connections.settled().await;
-            match listener.accept().await {
-                Ok((socket, _peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    // Refused: every connection is in use; dropping the socket closes it.
-                    if let Some(admitted) = connections.admit() {
-                        yield Ok(Tracked::new(socket, admitted).without_vectored_writes());
-                    }
-                }
-                Err(e) => {
-                    // Out of descriptors, typically: back off instead of spinning (tonic
-                    // would end the server on an error from its incoming stream).
-                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                    tokio::time::sleep(crate::http::serve::ACCEPT_BACKOFF).await;
-                }
+        while let Some((socket, admitted)) = handed.recv().await {
+            match tokio::net::TcpStream::from_std(socket) {
+                Ok(socket) => yield Ok(Tracked::new(socket, admitted).without_vectored_writes()),
+                Err(e) => tracing::warn!(error = %e, "taking over a gRPC connection failed"),
             }
         }
     }
