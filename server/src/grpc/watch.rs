@@ -1,15 +1,17 @@
 //! `Watch` with each message encoded once for every watcher.
 //!
 //! tonic's generated service encodes every message for every stream: a change reaching 10,000
-//! watchers would be converted to its protobuf type and encoded 10,000 times. [`EncodedWatch`]
-//! wraps the generated service and serves the `Watch` path itself, with a codec whose messages
-//! are already-encoded bytes: the first watcher to send a change encodes it into the change's
-//! shared [`crate::hub::Encodings`], every other one writes the same bytes. Every other path
-//! goes to the generated service unchanged.
+//! watchers would be converted to its protobuf type and encoded 10,000 times, and each stream
+//! would keep a buffer as large as the largest message it sent (a snapshot). [`EncodedWatch`]
+//! wraps the generated service and serves the `Watch` path itself: tonic still reads the
+//! request and answers a refusal, but an opened watch's response body is [`SharedFrames`],
+//! which sends each message as its shared, already-framed bytes: the first watcher to send a
+//! change frames it into the change's [`crate::hub::Encodings`], every other one sends the same
+//! buffer. Every other path goes to the generated service unchanged.
 
 use super::{GrpcApi, ok};
 use crate::hub::WatchItem;
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use std::convert::Infallible;
@@ -17,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use switchyard_proto::v1 as pb;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -71,100 +72,126 @@ where
         if request.uri().path() != WATCH_PATH {
             return Box::pin(self.inner.call(request));
         }
-        let api = self.api.clone();
+        let opened = Arc::new(std::sync::Mutex::new(None));
+        let watch = Watch {
+            api: self.api.clone(),
+            opened: opened.clone(),
+        };
         let max = self.max_decoding_message_size;
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(SharedBytes::default())
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
                 .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.server_streaming(Watch(api), request).await)
+            let response = grpc.server_streaming(watch, request).await;
+            let items = opened.lock().expect("watch slot poisoned").take();
+            Ok(match items {
+                // Opened: tonic's answer has the headers; its body (over no messages) gives way
+                // to the shared frames.
+                Some(items) => {
+                    let (parts, _) = response.into_parts();
+                    let body = tonic::body::Body::new(SharedFrames {
+                        items,
+                        ended: false,
+                    });
+                    axum::http::Response::from_parts(parts, body)
+                }
+                // Refused: tonic's answer carries the status.
+                None => response,
+            })
         })
     }
 }
 
-/// The `Watch` call: the caller's items as their shared encodings.
-struct Watch(Arc<GrpcApi>);
+/// The `Watch` call: opens the caller's watch and leaves its items, as their shared frames, in
+/// `opened` for [`EncodedWatch`] to send.
+struct Watch {
+    api: Arc<GrpcApi>,
+    opened: Arc<std::sync::Mutex<Option<FrameStream>>>,
+}
 
-type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl tonic::server::ServerStreamingService<pb::WatchRequest> for Watch {
-    type Response = Bytes;
-    type ResponseStream = EncodedStream;
-    type Future = BoxFuture<Response<EncodedStream>, Status>;
+    type Response = pb::WatchEvent;
+    type ResponseStream = futures::stream::Empty<Result<pb::WatchEvent, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<pb::WatchRequest>) -> Self::Future {
-        let api = self.0.clone();
+        let api = self.api.clone();
+        let opened = self.opened.clone();
         Box::pin(async move {
             let items = api.open_watch(request).await?;
-            ok(
-                "Watch",
-                Box::pin(items.map(|item| item.map(|i| encoded(&i)))) as EncodedStream,
-            )
+            let frames = items.map(|item| item.map(|i| encoded(&i)));
+            *opened.lock().expect("watch slot poisoned") = Some(Box::pin(frames));
+            ok("Watch", futures::stream::empty())
         })
     }
 }
 
-/// `item` as a protobuf `WatchEvent`, encoded by the first watcher that sends it.
+/// A watch's response body: each message's shared frame as a DATA frame of its own (a
+/// reference to the one buffer, not a copy), then the status in the trailers, as tonic ends a
+/// stream: `OK` when the watch ends, or the error that ended it.
+struct SharedFrames {
+    items: FrameStream,
+    ended: bool,
+}
+
+impl http_body::Body for SharedFrames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(self.items.as_mut().poll_next(cx)) {
+            Some(Ok(frame)) => return Poll::Ready(Some(Ok(http_body::Frame::data(frame)))),
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = axum::http::HeaderMap::new();
+        status.add_header(&mut trailers)?;
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// `item` as a gRPC message (the uncompressed flag, the length, the protobuf `WatchEvent`),
+/// framed by the first watcher that sends it.
 pub fn encoded(item: &WatchItem) -> Bytes {
     let encodings = match item {
         WatchItem::Snapshot(s) => &s.encoded,
         WatchItem::Change(p) => &p.encoded,
     };
-    encodings.grpc(|| pb::WatchEvent::from(item.clone()).encode_to_vec().into())
+    encodings.grpc(|| {
+        let event = pb::WatchEvent::from(item.clone());
+        let len = event.encoded_len();
+        let mut frame = Vec::with_capacity(GRPC_HEADER_BYTES + len);
+        frame.push(0);
+        // A message is far below 4 GiB: the hub holds it in memory as one snapshot.
+        frame.extend_from_slice(&(len as u32).to_be_bytes());
+        event
+            .encode(&mut frame)
+            .expect("a Vec grows to hold the message");
+        frame.into()
+    })
 }
 
-/// Sends messages that are already encoded; reads `WatchRequest`s as tonic's prost codec does.
-#[derive(Default)]
-struct SharedBytes(tonic_prost::ProstCodec<pb::WatchEvent, pb::WatchRequest>);
-
-impl Codec for SharedBytes {
-    type Encode = Bytes;
-    type Decode = pb::WatchRequest;
-    type Encoder = BytesEncoder;
-    type Decoder = <tonic_prost::ProstCodec<pb::WatchEvent, pb::WatchRequest> as Codec>::Decoder;
-
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        self.0.decoder()
-    }
-}
-
-struct BytesEncoder;
-
-/// A watch stream's first encode buffer (see [`BytesEncoder::buffer_settings`]).
-const ENCODE_BUFFER_BYTES: usize = 1024;
-
-/// Encoded messages gathered before the buffer is handed on (tonic's default).
-const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    /// Each stream keeps its encode buffer for as long as it is open, so its first size is
-    /// part of every watch's cost: tonic's default, 8 KiB, is 3 KiB more per watch at 10,000
-    /// watches than this, which holds a typical change; a larger message (a snapshot) grows
-    /// the buffer as it needs.
-    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
-        tonic::codec::BufferSettings::new(ENCODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
-    }
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // The frame's bytes are the stream's own (its header and length go before them), so
-        // the shared encoding is copied in: one memcpy, no encoding, no allocation per watcher.
-        dst.reserve(item.len());
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
+/// A gRPC message's prefix: the compression flag and the length.
+const GRPC_HEADER_BYTES: usize = 5;
 
 #[cfg(test)]
 mod tests {
     use crate::hub::{Encodings, Published, WatchItem};
     use std::sync::Arc;
     use switchyard_domain::{Migration, MigrationKey, NewMigration, Version};
+    use switchyard_proto::v1 as pb;
 
     #[test]
     fn a_change_is_encoded_once_and_shared_by_every_watcher() {
@@ -180,5 +207,14 @@ mod tests {
         assert_eq!(first, second);
         // The same buffer, not an equal copy: the second watcher encoded nothing.
         assert_eq!(first.as_ptr(), second.as_ptr());
+        // A whole gRPC message: uncompressed, its length, then the event.
+        assert_eq!(first[0], 0, "the compression flag");
+        let len = u32::from_be_bytes(first[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, first.len() - 5);
+        let event = <pb::WatchEvent as prost::Message>::decode(&first[5..]).unwrap();
+        let Some(pb::watch_event::Event::Change(m)) = event.event else {
+            panic!("a change was expected");
+        };
+        assert_eq!((m.key.as_str(), m.version), ("orders.split", 3));
     }
 }
