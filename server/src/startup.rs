@@ -399,14 +399,8 @@ impl Server {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SwitchyardServer<GrpcApi>>().await;
         // Both reflection versions: v1 for current clients, v1alpha for the many (stock
-        // grpcio-reflection, grpcurl builds) that speak only it.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        let reflection = reflection().build_v1()?;
+        // grpcio-reflection, grpcurl builds) that speak only it; each built on first use.
+        let (reflection, reflection_v1alpha) = crate::grpc::lazy::reflection();
         let api = crate::grpc::EncodedWatch::new(
             SwitchyardServer::new(GrpcApi::new(app.clone()))
                 .max_decoding_message_size(crate::app::MAX_BODY_BYTES),

@@ -3,6 +3,7 @@
 //! the wire forms of the server's own records are in `convert`.
 
 mod convert;
+pub mod lazy;
 pub mod timing;
 pub mod watch;
 
