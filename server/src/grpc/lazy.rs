@@ -5,59 +5,16 @@
 //! request. Wrapped in [`Lazy`], a service is built by the first request that reaches it, once,
 //! and shared by every connection afterwards.
 
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tonic::server::NamedService;
 
-/// Reflection (v1 and v1alpha) over this server's services and the health service, built on
-/// first use.
-pub fn reflection() -> (
-    Lazy<impl ReflectionService + use<>>,
-    Lazy<impl ReflectionService + use<>>,
-) {
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // The descriptor sets are compiled in: `reflection_builds` proves they build.
-    let v1 = Lazy::new(move || builder().build_v1().expect("reflection v1 builds"));
-    let v1alpha = Lazy::new(move || {
-        builder()
-            .build_v1alpha()
-            .expect("reflection v1alpha builds")
-    });
-    (v1, v1alpha)
-}
-
-/// What tonic's router asks of a service, named for the reflection services' unnameable types.
-pub trait ReflectionService:
-    tower::Service<
-        axum::http::Request<tonic::body::Body>,
-        Response = axum::http::Response<tonic::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + NamedService
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> ReflectionService for S where
-    S: tower::Service<
-            axum::http::Request<tonic::body::Body>,
-            Response = axum::http::Response<tonic::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
+/// What reflection (v1 and v1alpha) describes: this server's services and the health service.
+/// The sets are compiled in, so building from them cannot fail at run time (`reflection_builds`).
+pub fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchyard_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// A service built by the first request that reaches it.
@@ -116,14 +73,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
 
-    /// The compiled-in descriptor sets build both versions (`reflection` builds them with
-    /// `expect` on first use), and nothing is built before a request.
+    /// The compiled-in descriptor sets build both versions (the server builds them with
+    /// `expect` on first use).
     #[test]
     fn reflection_builds() {
-        let (v1, v1alpha) = reflection();
-        assert!(!v1.is_made() && !v1alpha.is_made());
-        let _ = (v1.make)();
-        let _ = (v1alpha.make)();
+        reflection().build_v1().unwrap();
+        reflection().build_v1alpha().unwrap();
+    }
+
+    /// Nothing is built before a request; the first builds it, once, for every clone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lazy_service_is_built_once_by_its_first_request() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let counted = builds.clone();
+        let mut service = Lazy::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tower::service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n + 1) })
+        });
+        let mut other = service.clone();
+        assert!(!service.is_made());
+        assert_eq!(builds.load(Ordering::SeqCst), 0);
+        assert_eq!(service.call(1).await.unwrap(), 2);
+        assert_eq!(other.call(2).await.unwrap(), 3);
+        assert!(other.is_made());
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
     }
 }
