@@ -322,15 +322,19 @@ async fn a_receiver_down_then_back_gets_everything_in_order_across_a_restart(db:
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
     // The receiver has the last event before its answer reaches the server, which records
     // the delivery only then: wait for the log to catch up.
-    let log = wait_for(Duration::from_secs(10), "every delivery recorded", || async {
-        let (_, log) = srv.get(&format!("/v1/webhooks/{id}/deliveries")).await;
-        let log = log["deliveries"].as_array().unwrap().clone();
-        if log.iter().all(|d| d["status"] == "delivered") {
-            Ok(log)
-        } else {
-            Err(format!("{log:?}"))
-        }
-    })
+    let log = wait_for(
+        Duration::from_secs(10),
+        "every delivery recorded",
+        || async {
+            let (_, log) = srv.get(&format!("/v1/webhooks/{id}/deliveries")).await;
+            let log = log["deliveries"].as_array().unwrap().clone();
+            if log.iter().all(|d| d["status"] == "delivered") {
+                Ok(log)
+            } else {
+                Err(format!("{log:?}"))
+            }
+        },
+    )
     .await;
     assert_eq!(log.last().unwrap()["attempts"], 3, "{log:?}");
     // No duplicate: each delivery id once.

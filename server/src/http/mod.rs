@@ -734,16 +734,20 @@ async fn watch(
         axum::body::Body::new(SseBody {
             frames: Box::pin(frames),
             quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
+            sent: false,
         }),
     )
         .into_response())
 }
 
-/// An SSE response body: the watch's frames as they come, and a comment after a quiet
-/// interval so proxies do not close an idle stream.
+/// An SSE response body: the watch's frames as they come, and a comment when a whole quiet
+/// interval passed with nothing sent, so proxies do not close an idle stream.
 struct SseBody {
     frames: std::pin::Pin<Box<dyn futures::Stream<Item = bytes::Bytes> + Send>>,
     quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether an event went out since the quiet timer was last set. Noted rather than timed:
+    /// resetting the timer on every event read the clock once per watcher per change.
+    sent: bool,
 }
 
 impl http_body::Body for SseBody {
@@ -754,24 +758,34 @@ impl http_body::Body for SseBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
-        use std::task::Poll;
+        use std::task::{Poll, ready};
         let this = &mut *self;
-        let frame = match this.frames.as_mut().poll_next(cx) {
-            Poll::Ready(Some(frame)) => frame,
+        match this.frames.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.sent = true;
+                return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+            }
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => match this.quiet.as_mut().poll(cx) {
-                Poll::Ready(()) => bytes::Bytes::from_static(b":\n\n"),
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        this.quiet
-            .as_mut()
-            .reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
-        Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+            Poll::Pending => {}
+        }
+        loop {
+            ready!(this.quiet.as_mut().poll(cx));
+            this.quiet
+                .as_mut()
+                .reset(tokio::time::Instant::now() + SSE_KEEP_ALIVE);
+            if !std::mem::take(&mut this.sent) {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                    b":\n\n",
+                )))));
+            }
+            // Something went out during the interval: wait a whole new one (polled again to
+            // register for it).
+        }
     }
 }
 
-/// How long an SSE stream may stay silent before a keep-alive comment.
+/// A watch stream gets a keep-alive comment after a whole interval this long in which nothing
+/// was sent: it is silent for at most twice this.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// A watch item's SSE event, made by the first watcher that sends it.
