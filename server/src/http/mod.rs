@@ -1227,3 +1227,45 @@ async fn checkpoint_backfill(
         .await?,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use std::time::Duration;
+
+    async fn next_frame(body: &mut SseBody) -> bytes::Bytes {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .expect("the stream goes on")
+            .expect("infallible");
+        frame.into_data().expect("a data frame")
+    }
+
+    /// A stream is never silent for more than two intervals, and gets a comment only after a
+    /// whole interval in which nothing went out.
+    #[tokio::test(start_paused = true)]
+    async fn sse_keep_alive_follows_a_whole_quiet_interval() {
+        let start = tokio::time::Instant::now();
+        let (events, frames) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+        let mut body = SseBody {
+            frames: Box::pin(frames),
+            quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
+            sent: false,
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        events
+            .unbounded_send(bytes::Bytes::from_static(b"event: change\n\n"))
+            .unwrap();
+        assert_eq!(&next_frame(&mut body).await[..], b"event: change\n\n");
+        // The first interval had an event: no comment at 15 s, but at 30 s.
+        assert_eq!(&next_frame(&mut body).await[..], b":\n\n");
+        assert_eq!(start.elapsed(), SSE_KEEP_ALIVE * 2);
+        // Quiet since: the next one a single interval later.
+        assert_eq!(&next_frame(&mut body).await[..], b":\n\n");
+        assert_eq!(start.elapsed(), SSE_KEEP_ALIVE * 3);
+        drop(events);
+        let end = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(end.is_none(), "the stream ends with its frames");
+    }
+}
