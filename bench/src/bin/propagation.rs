@@ -170,19 +170,14 @@ impl SseReader {
                     self.framing = Framing::Size(0);
                     return self.feed(&rest, out);
                 }
-                Framing::Size(size) => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    self.framing = match (b as char).to_digit(16) {
-                        Some(d) => Framing::Size(size * 16 + d as usize),
-                        None if b == b'\n' => Framing::Data(size),
-                        None => Framing::SizeLine(size),
-                    };
-                    assert!(
-                        !matches!(self.framing, Framing::Data(0)),
-                        "the server ended the SSE stream"
-                    );
-                }
+                Framing::Size(size) => match (bytes[0] as char).to_digit(16) {
+                    Some(d) => {
+                        bytes = &bytes[1..];
+                        self.framing = Framing::Size(size * 16 + d as usize);
+                    }
+                    // The digits end: the rest of the line (unconsumed here) is skipped below.
+                    None => self.framing = Framing::SizeLine(size),
+                },
                 Framing::SizeLine(size) => {
                     let b = bytes[0];
                     bytes = &bytes[1..];

@@ -731,11 +731,7 @@ async fn watch(
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        axum::body::Body::new(SseBody {
-            frames: Box::pin(frames),
-            quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
-            sent: false,
-        }),
+        axum::body::Body::new(SseBody::new(Box::pin(frames))),
     )
         .into_response())
 }
@@ -748,6 +744,16 @@ struct SseBody {
     /// Whether an event went out since the quiet timer was last set. Noted rather than timed:
     /// resetting the timer on every event read the clock once per watcher per change.
     sent: bool,
+}
+
+impl SseBody {
+    fn new(frames: std::pin::Pin<Box<dyn futures::Stream<Item = bytes::Bytes> + Send>>) -> Self {
+        Self {
+            frames,
+            quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
+            sent: false,
+        }
+    }
 }
 
 impl http_body::Body for SseBody {
@@ -1248,11 +1254,7 @@ mod tests {
     async fn sse_keep_alive_follows_a_whole_quiet_interval() {
         let start = tokio::time::Instant::now();
         let (events, frames) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
-        let mut body = SseBody {
-            frames: Box::pin(frames),
-            quiet: Box::pin(tokio::time::sleep(SSE_KEEP_ALIVE)),
-            sent: false,
-        };
+        let mut body = SseBody::new(Box::pin(frames));
         tokio::time::advance(Duration::from_secs(10)).await;
         events
             .unbounded_send(bytes::Bytes::from_static(b"event: change\n\n"))
