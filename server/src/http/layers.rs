@@ -27,7 +27,7 @@ const MAX_REJECTION_TEXT: usize = 4096;
 /// through `ApiError`, keeping its status and headers (`Allow` among them). One place, so a route
 /// added later is covered without doing anything.
 #[derive(Clone)]
-pub(super) struct JsonErrors<S> {
+pub struct JsonErrors<S> {
     inner: S,
 }
 
@@ -66,7 +66,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    pub(super) struct JsonErrorsFuture<F> {
+    pub struct JsonErrorsFuture<F> {
         #[pin]
         inner: F,
         method: Method,

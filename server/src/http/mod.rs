@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_domain::{BasisPoints, Event, EventKind, Operation, Role, Stage, Version};
 use switchyard_proto::json as wire;
+use tower::Layer;
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<App>) -> Api {
     // Every `/v1/` route spelled out in full rather than nested: a nested router rewrites each
     // request's URI to strip its prefix, an allocation and a parse on every call.
     let routes = Router::new()
@@ -93,16 +94,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_flags))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .fallback(|| async { ApiError::NotFound(NO_SUCH_ROUTE.to_owned()) })
-        .layer(layers::TelemetryLayer)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // One layer for both: each layer a router is given wraps every route in another boxed
+        // service, cloned and called (a boxed future) per request.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(layers::TelemetryLayer)
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .with_state(app);
     // Around the whole router rather than in it: a layer added to a router wraps each route's
     // handlers, inside the code that adds a 405's `Allow` header, and the message names the
-    // allowed methods from that header.
-    Router::new()
-        .fallback_service(routes)
-        .layer(layers::JsonErrorsLayer)
+    // allowed methods from that header. Wrapped directly rather than as an outer router's
+    // fallback, which would route every request twice.
+    layers::JsonErrorsLayer.layer(routes)
 }
+
+/// The HTTP API as one service: the router inside the layer that gives every error answer its
+/// JSON body.
+pub type Api = layers::JsonErrors<Router>;
 
 pub(super) const NO_SUCH_ROUTE: &str = "no such route; the API is described at /openapi.json";
 
