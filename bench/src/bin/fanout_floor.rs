@@ -91,17 +91,30 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         .context("starting the watchers' process")?;
     let mut reports = BufReader::new(watchers.stdout.take().context("watchers' stdout")?).lines();
 
-    let mut servers = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let (server, _) = listener.accept().context("accepting")?;
-        // As the server sets its sockets: an event goes out when written.
-        server.set_nodelay(true)?;
-        servers.push(server);
-    }
+    // Accepted on a thread of its own, so that a watchers' process that fails part way (out of
+    // descriptors, say) ends the run with its error instead of leaving an accept waiting.
+    let connections = args.connections;
+    let accepting = std::thread::spawn(move || -> std::io::Result<Vec<TcpStream>> {
+        let mut servers = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let (server, _) = listener.accept()?;
+            // As the server sets its sockets: an event goes out when written.
+            server.set_nodelay(true)?;
+            servers.push(server);
+        }
+        Ok(servers)
+    });
     // The watchers' process says when all of its connections are open.
-    reports
-        .next()
-        .context("the watchers' process ended before connecting")??;
+    if reports.next().transpose()?.is_none() {
+        bail!(
+            "the watchers' process ended before connecting: {}",
+            watchers.wait()?
+        );
+    }
+    let servers = accepting
+        .join()
+        .expect("accepting thread")
+        .context("accepting")?;
 
     let event = vec![b'x'; args.bytes];
     let mut writers = Vec::new();

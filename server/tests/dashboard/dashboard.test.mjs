@@ -279,8 +279,12 @@ try {
   const events = (await apiGet("/migrations/users.username-to-handle/audit?limit=2")).entries.map((e) => `${e.action}: ${e.reason}`);
   check(events.join() === "backfill_resumed: quiet again,backfill_paused: peak hours", `backfill events audited: ${events}`);
   console.log("the pause and resume, and the seeded ramps, are marked on the charts");
-  await page.locator(".chart svg .marker-pause").first().waitFor();
-  check((await page.locator(".chart").first().locator("svg .marker-pause").count()) === 2, "a pause and a resume marker on the operations chart");
+  // The chart redraws as each audited change comes in on the live feed, so the resume's marker
+  // can arrive a moment after the pause's: wait (bounded) for both rather than count at once.
+  const pauseMarkers = () => page.locator(".chart").first().locator("svg .marker-pause").count();
+  await page
+    .waitForFunction(() => document.querySelector(".chart")?.querySelectorAll("svg .marker-pause").length === 2, null, { timeout: 10_000 })
+    .catch(async () => check(false, `a pause and a resume marker on the operations chart (found ${await pauseMarkers()})`));
   const markerTitle = await page.locator(".chart").first().locator("svg .marker-pause title").last().textContent();
   check(/backfill (paused|resumed) \(alice/.test(markerTitle), `a marker names the change and who made it: ${markerTitle}`);
   await page.locator(".chart").first().locator("svg .marker-advance, svg .marker-ramp").first().waitFor();
