@@ -709,7 +709,6 @@ struct WatchQuery {
 async fn watch(
     State(app): State<Arc<App>>,
     Caller(who): Caller,
-    connection: Option<axum::Extension<crate::conn::ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -724,7 +723,7 @@ async fn watch(
     let stream = app.hub.watch(since, who.token_id)?;
     // The connection now carries a stream: it counts against the watch cap, not the
     // connection cap, for as long as the stream lives.
-    let mark = connection.map(|axum::Extension(c)| c.mark_watch());
+    let mark = serve::connection().map(|c| c.mark_watch());
     let frames = stream.filter_map(move |item| {
         let _carrying = &mark;
         let frame = match item {

@@ -155,8 +155,8 @@ impl Connection {
 }
 
 /// The router as one connection's service: marks the connection busy for each request until
-/// its response has been written, gives the request body its deadline, and hands handlers the
-/// connection (a watch marks it as carrying a stream).
+/// its response has been written, gives the request body its deadline, and lets handlers reach
+/// the connection ([`connection`]: a watch marks it as carrying a stream).
 #[derive(Clone)]
 struct PerConnection {
     router: Api,
@@ -178,15 +178,27 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerConnection {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let busy = self.handle.conn.begin_request();
         let timeout = self.body_timeout;
-        let mut request = request.map(|body| Body::new(DeadlineBody::new(body, timeout)));
-        request.extensions_mut().insert(self.handle.clone());
+        let request = request.map(|body| Body::new(DeadlineBody::new(body, timeout)));
         // Cloning the router clones an `Arc`.
         let router = self.router.clone();
-        Box::pin(async move {
+        Box::pin(CONNECTION.scope(self.handle.clone(), async move {
             let response = router.oneshot(request).await?;
             Ok(response.map(|body| Body::new(UntilWritten { body, _busy: busy })))
-        })
+        }))
     }
+}
+
+tokio::task_local! {
+    /// The connection a request came on, while its answer is being made. A task-local rather
+    /// than a request extension: only the watch handler reads it, and the extension cost every
+    /// request an allocation and a growth of its extensions table.
+    static CONNECTION: ConnHandle;
+}
+
+/// The connection the request being answered came on (`None` outside this listener, as in
+/// tests that call the router directly).
+pub(crate) fn connection() -> Option<ConnHandle> {
+    CONNECTION.try_with(ConnHandle::clone).ok()
 }
 
 /// A response body that keeps its connection marked busy until hyper has written all of it
