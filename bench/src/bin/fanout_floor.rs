@@ -20,6 +20,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+use switchyard_bench::{percentile, raise_file_limit, split};
 
 #[derive(Parser)]
 struct Args {
@@ -118,7 +119,7 @@ fn serve(args: &Args) -> anyhow::Result<()> {
 
     let event = vec![b'x'; args.bytes];
     let mut writers = Vec::new();
-    for part in chunks(servers, args.connections.div_ceil(args.writers)) {
+    for part in split(servers, args.writers) {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let event = event.clone();
         let handle = std::thread::spawn(move || -> std::io::Result<()> {
@@ -187,7 +188,7 @@ fn watch(args: &Args, port: u16) -> anyhow::Result<()> {
         clients.push(client);
     }
     println!("connected");
-    let readers: Vec<_> = chunks(clients, args.connections.div_ceil(args.readers))
+    let readers: Vec<_> = split(clients, args.readers)
         .into_iter()
         .map(|part| {
             let (bytes, rounds) = (args.bytes, args.rounds);
@@ -257,40 +258,15 @@ fn read_rounds(sockets: Vec<TcpStream>, bytes: usize, rounds: usize) -> anyhow::
     Ok(())
 }
 
-fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
-    let mut parts = Vec::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        parts.push(items.by_ref().take(size).collect());
-    }
-    parts
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Raises the soft descriptor limit to cover `needed`, up to the hard limit.
+/// Raises the soft descriptor limit to the hard one, and fails clearly if that is short of
+/// `needed`.
 fn raise_descriptor_limit(needed: usize) -> anyhow::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit write and read only the struct passed.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        if (limit.rlim_max as usize) < needed {
-            bail!(
-                "{needed} descriptors needed, the hard limit is {}: raise it (ulimit -Hn) or use \
-                 fewer --connections",
-                limit.rlim_max
-            );
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    let limit = raise_file_limit();
+    if (limit as usize) < needed {
+        bail!(
+            "{needed} descriptors needed, the hard limit is {limit}: raise it (ulimit -Hn) or use \
+             fewer --connections"
+        );
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use clap::Parser;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use switchyard_bench::raise_file_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -33,21 +34,6 @@ struct Args {
     /// How often a slowloris connection sends its next header line.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     trickle: Duration,
-}
-
-/// The flood needs a descriptor per connection: raise the soft limit to the hard one.
-fn raise_file_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for getrlimit/setrlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
 }
 
 /// One health check on a new connection: its latency, or why it failed.

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use switchyard_bench::percentile;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::switchyard_client::SwitchyardClient;
 use tokio::sync::{Barrier, Notify};
@@ -316,14 +317,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .nth(1)
         .context("VmRSS value")?
         .parse()?)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn request<T>(token: &str, message: T) -> tonic::Request<T> {
